@@ -1,0 +1,1 @@
+"""The admin API (Litestar), shipped as ``lmcache_native.api``."""

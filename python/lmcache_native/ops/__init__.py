@@ -1,0 +1,25 @@
+"""Tensor-level entry points to the native kernels.
+
+Each op validates its tensors, extracts pointers/strides/stream and picks the CPU twin or the
+CUDA kernel by device. Names match the kernels in ``csrc/kernels/``.
+"""
+
+from __future__ import annotations
+
+from lmcache_native.ops._layout import LAYOUTS, PagedKV, describe
+from lmcache_native.ops.kv_chunk_md5 import kv_chunk_md5
+from lmcache_native.ops.paged_kv_gather import paged_kv_gather
+from lmcache_native.ops.paged_kv_scatter import paged_kv_scatter
+from lmcache_native.ops.slot_ranges import compress_slot_mapping, expand_slot_ranges, parse_slot_mapping
+
+__all__ = [
+    "LAYOUTS",
+    "PagedKV",
+    "compress_slot_mapping",
+    "describe",
+    "expand_slot_ranges",
+    "kv_chunk_md5",
+    "paged_kv_gather",
+    "paged_kv_scatter",
+    "parse_slot_mapping",
+]

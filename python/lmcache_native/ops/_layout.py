@@ -1,0 +1,172 @@
+"""Describe vLLM paged KV caches to the kernels: pointers, element strides, device, stream.
+
+The kernels see a layer as ``(data_ptr, PagedKVLayout)``; this module derives the layout from
+the tensors' real strides (so non-contiguous views work) and checks every argument, naming it
+in the error. See ``csrc/kernels/paged_kv_layout.h`` for the index formula.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+LAYOUTS: tuple[str, ...] = ("flash_attn", "flashinfer", "hnd", "mla", "vllm_cpu")
+
+_RANK = {"flash_attn": 5, "flashinfer": 5, "hnd": 5, "mla": 3, "vllm_cpu": 4}
+_SHAPE_DOC = {
+    "flash_attn": "[2, num_blocks, block_size, num_heads, head_size]",
+    "flashinfer": "[num_blocks, 2, block_size, num_heads, head_size]",
+    "hnd": "[num_blocks, 2, num_heads, block_size, head_size]",
+    "mla": "[num_blocks, block_size, head_size]",
+    "vllm_cpu": "[num_blocks, num_heads, block_size, 2 * head_size]",
+}
+
+
+@dataclass(frozen=True)
+class PagedKV:
+    """A validated list of per-layer paged caches, ready for the kernels.
+
+    Attributes:
+        layer_ptrs: data pointer of each layer (same order as the input list).
+        flat: the 16 int64 values of ``PagedKVLayout`` (``csrc/kernels/paged_kv_layout.h``).
+        num_kv: 2 (K and V) or 1 (MLA).
+        num_layers, num_blocks, block_size, num_heads, head_size: the cache geometry.
+        dtype: element dtype of every layer.
+        device: device of every layer.
+    """
+
+    layer_ptrs: list[int]
+    flat: list[int]
+    num_kv: int
+    num_layers: int
+    num_blocks: int
+    block_size: int
+    num_heads: int
+    head_size: int
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def num_slots(self) -> int:
+        """Slots in one layer (``num_blocks * block_size``)."""
+        return self.num_blocks * self.block_size
+
+    @property
+    def row_elems(self) -> int:
+        """Elements of one token's row for one kv side (``num_heads * head_size``)."""
+        return self.num_heads * self.head_size
+
+    @property
+    def elem_size(self) -> int:
+        """Bytes per element."""
+        return torch.empty((), dtype=self.dtype).element_size()
+
+    def chunk_shape(self, num_tokens: int) -> tuple[int, int, int, int]:
+        """Shape of the contiguous chunk buffer for ``num_tokens`` tokens."""
+        return (self.num_kv, self.num_layers, num_tokens, self.row_elems)
+
+
+def _geometry(t: torch.Tensor, layout: str) -> tuple[int, int, int, int, int, list[int]]:
+    """Returns (num_kv, num_blocks, block_size, num_heads, head_size, 10 stride values)."""
+    s = t.stride()
+    if layout == "flash_attn":
+        kv2, n, b, h, d = t.shape
+        if kv2 != 2:
+            raise ValueError(f"kv_caches: flash_attn dim 0 must be 2 (K, V), got shape {tuple(t.shape)}")
+        return 2, n, b, h, d, [0, s[0], s[1], s[1], s[2], s[2], s[3], s[3], s[4], s[4]]
+    if layout == "flashinfer":
+        n, kv2, b, h, d = t.shape
+        if kv2 != 2:
+            raise ValueError(f"kv_caches: flashinfer dim 1 must be 2 (K, V), got shape {tuple(t.shape)}")
+        return 2, n, b, h, d, [0, s[1], s[0], s[0], s[2], s[2], s[3], s[3], s[4], s[4]]
+    if layout == "hnd":
+        n, kv2, h, b, d = t.shape
+        if kv2 != 2:
+            raise ValueError(f"kv_caches: hnd dim 1 must be 2 (K, V), got shape {tuple(t.shape)}")
+        return 2, n, b, h, d, [0, s[1], s[0], s[0], s[3], s[3], s[2], s[2], s[4], s[4]]
+    if layout == "mla":
+        n, b, d = t.shape
+        return 1, n, b, 1, d, [0, 0, s[0], s[0], s[1], s[1], 0, 0, s[2], s[2]]
+    if layout == "vllm_cpu":
+        n, h, b, d2 = t.shape
+        if d2 % 2 != 0:
+            raise ValueError(f"kv_caches: vllm_cpu last dim must be 2 * head_size, got {d2}")
+        d = d2 // 2
+        if s[3] != 1 or (b > 1 and s[2] != d2):
+            raise ValueError(
+                "kv_caches: vllm_cpu needs each (block, head) region [block_size, 2 * head_size] "
+                f"contiguous, got strides {tuple(s)}"
+            )
+        # K is stored transposed [head_size, block_size], then V as [block_size, head_size].
+        return 2, n, b, h, d, [0, b * d, s[0], s[0], 1, d, s[1], s[1], b, 1]
+    raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
+
+
+def describe(kv_caches: Sequence[torch.Tensor], layout: str) -> PagedKV:
+    """Validates per-layer caches and describes them for the kernels.
+
+    Args:
+        kv_caches: one tensor per layer, all with the same shape, strides, dtype and device,
+            shaped as ``layout`` requires (see ``_SHAPE_DOC``); any dtype of 1, 2, 4 or 8 bytes.
+        layout: one of ``LAYOUTS``.
+
+    Returns:
+        The pointers and flat layout.
+
+    Raises:
+        TypeError: ``kv_caches`` is not a non-empty sequence of tensors.
+        ValueError: bad layout name, shape, dtype, strides, or layers that differ.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
+    if isinstance(kv_caches, torch.Tensor) or not isinstance(kv_caches, Sequence):
+        raise TypeError("kv_caches must be a list of per-layer tensors")
+    if len(kv_caches) == 0:
+        raise ValueError("kv_caches must hold at least one layer")
+    first = kv_caches[0]
+    for i, t in enumerate(kv_caches):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"kv_caches[{i}] must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != _RANK[layout]:
+            raise ValueError(
+                f"kv_caches[{i}] must be {_SHAPE_DOC[layout]} for layout {layout!r}, "
+                f"got shape {tuple(t.shape)}"
+            )
+        if t.shape != first.shape or t.stride() != first.stride():
+            raise ValueError(
+                f"kv_caches[{i}] shape/strides {tuple(t.shape)}/{t.stride()} differ from "
+                f"kv_caches[0] {tuple(first.shape)}/{first.stride()}"
+            )
+        if t.dtype != first.dtype:
+            raise ValueError(f"kv_caches[{i}] dtype {t.dtype} differs from kv_caches[0] {first.dtype}")
+        if t.device != first.device:
+            raise ValueError(f"kv_caches[{i}] device {t.device} differs from kv_caches[0] {first.device}")
+    if first.element_size() not in (1, 2, 4, 8) or first.is_complex():
+        raise ValueError(f"kv_caches dtype {first.dtype} is not supported (1/2/4/8-byte real types)")
+    if any(st < 0 for st in first.stride()):
+        raise ValueError(f"kv_caches strides must be non-negative, got {first.stride()}")
+    num_kv, n, b, h, d, st = _geometry(first, layout)
+    if b <= 0 or h <= 0 or d <= 0:
+        raise ValueError(f"kv_caches has an empty dimension: shape {tuple(first.shape)}")
+    flat = [num_kv, n, b, h, d, first.element_size(), *st]
+    return PagedKV(
+        layer_ptrs=[int(t.data_ptr()) for t in kv_caches],
+        flat=flat,
+        num_kv=num_kv,
+        num_layers=len(kv_caches),
+        num_blocks=n,
+        block_size=b,
+        num_heads=h,
+        head_size=d,
+        dtype=first.dtype,
+        device=first.device,
+    )
+
+
+def stream_of(device: torch.device) -> int:
+    """The caller's current CUDA stream handle on ``device`` (0 for the CPU)."""
+    if device.type != "cuda":
+        return 0
+    return int(torch.cuda.current_stream(device).cuda_stream)
