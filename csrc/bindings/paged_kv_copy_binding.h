@@ -1,0 +1,85 @@
+// Binding helpers shared by paged_kv_gather.cpp and paged_kv_scatter.cpp: argument checks, the
+// CUDA device guard and the read-back of the device-side slot validation.
+#pragma once
+
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "bindings/common.h"
+#include "common/check.h"
+
+#ifdef LMC_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+namespace lmc {
+namespace copy_binding {
+
+// Checks what the kernels cannot: counts, pointers, slot width.
+inline void check_args(const std::vector<int64_t>& layer_ptrs, int64_t slot_mapping,
+                       int64_t num_tokens, int64_t slot_elem_size, int64_t chunk,
+                       const char* chunk_name) {
+  LMC_CHECK_ARG(!layer_ptrs.empty(), "kv_caches must hold at least one layer");
+  LMC_CHECK_ARG(num_tokens >= 0, "num_tokens must be >= 0, got ", num_tokens);
+  LMC_CHECK_ARG(slot_elem_size == 4 || slot_elem_size == 8,
+                "slot_mapping must be int32 or int64 (element size 4 or 8), got element size ",
+                slot_elem_size);
+  if (num_tokens == 0) return;
+  for (size_t i = 0; i < layer_ptrs.size(); ++i) {
+    LMC_CHECK_ARG(layer_ptrs[i] != 0, "kv_caches[", i, "] has a null data pointer");
+  }
+  LMC_CHECK_ARG(slot_mapping != 0, "slot_mapping has a null data pointer");
+  LMC_CHECK_ARG(chunk != 0, chunk_name, " has a null data pointer");
+}
+
+inline std::vector<void*> to_ptrs(const std::vector<int64_t>& addresses) {
+  std::vector<void*> out(addresses.size());
+  for (size_t i = 0; i < addresses.size(); ++i) out[i] = as_ptr<void>(addresses[i]);
+  return out;
+}
+
+#ifdef LMC_WITH_CUDA
+// Makes `device` current for the scope and restores the previous device after.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    LMC_CHECK_CUDA(cudaGetDevice(&prev_));
+    if (prev_ != device) LMC_CHECK_CUDA(cudaSetDevice(device));
+  }
+  ~DeviceGuard() { cudaSetDevice(prev_); }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int prev_ = 0;
+};
+
+// Waits for `stream`, then throws std::out_of_range when the validation kernel flagged a slot.
+// NOTE: this is the one host wait of a CUDA copy; it is what lets an out-of-range slot raise
+// IndexError from the call that passed it.
+inline void raise_if_bad_slot(const unsigned long long* bad_pos, int64_t slot_mapping,
+                              int64_t slot_elem_size, int64_t num_slots, cudaStream_t stream) {
+  unsigned long long bad = 0;
+  LMC_CHECK_CUDA(cudaMemcpyAsync(&bad, bad_pos, sizeof(bad), cudaMemcpyDeviceToHost, stream));
+  LMC_CHECK_CUDA(cudaStreamSynchronize(stream));
+  if (bad == ~0ULL) return;
+  int64_t value = 0;
+  const char* src = as_ptr<const char>(slot_mapping) + static_cast<int64_t>(bad) * slot_elem_size;
+  if (slot_elem_size == 8) {
+    LMC_CHECK_CUDA(cudaMemcpy(&value, src, 8, cudaMemcpyDeviceToHost));
+  } else {
+    int32_t v32 = 0;
+    LMC_CHECK_CUDA(cudaMemcpy(&v32, src, 4, cudaMemcpyDeviceToHost));
+    value = v32;
+  }
+  throw std::out_of_range(detail::concat(
+      "slot_mapping[", bad, "] = ", value, " is out of range: slots must be -1 (padding) or in [0, ",
+      num_slots, ") (num_blocks * block_size); nothing was written"));
+}
+#endif
+
+}  // namespace copy_binding
+}  // namespace lmc

@@ -1,0 +1,59 @@
+// Binding of paged_kv_gather: argument checks, GIL release, CPU twin or CUDA launcher.
+// Tensors arrive as addresses; lmcache_native.ops.paged_kv_gather derives them from torch.
+#include "kernels/paged_kv_gather.h"
+
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "bindings/common.h"
+#include "bindings/paged_kv_copy_binding.h"
+
+namespace py = pybind11;
+
+namespace lmc {
+namespace {
+
+void paged_kv_gather(const std::vector<int64_t>& layer_ptrs, const std::vector<int64_t>& layout,
+                     int64_t slot_mapping, int64_t num_tokens, int64_t slot_elem_size,
+                     int64_t out, int64_t device, int64_t stream, int64_t scratch) {
+  const PagedKVLayout l = layout_from_flat(layout);
+  copy_binding::check_args(layer_ptrs, slot_mapping, num_tokens, slot_elem_size, out, "out");
+  if (num_tokens == 0) return;
+  const std::vector<void*> ptrs = copy_binding::to_ptrs(layer_ptrs);
+  const auto num_layers = static_cast<int64_t>(ptrs.size());
+  if (device < 0) {
+    py::gil_scoped_release release;
+    paged_kv_gather_cpu(ptrs.data(), num_layers, l, as_ptr<const void>(slot_mapping),
+                        slot_elem_size, num_tokens, as_ptr<void>(out));
+    return;
+  }
+#ifdef LMC_WITH_CUDA
+  LMC_CHECK_ARG(scratch != 0, "scratch (device validation result) must not be null");
+  py::gil_scoped_release release;
+  copy_binding::DeviceGuard guard(static_cast<int>(device));
+  auto* bad_pos = as_ptr<unsigned long long>(scratch);
+  auto s = as_ptr<CUstream_st>(stream);
+  LMC_CHECK_CUDA(launch_paged_kv_gather(ptrs.data(), num_layers, l,
+                                        as_ptr<const void>(slot_mapping), slot_elem_size,
+                                        num_tokens, as_ptr<void>(out), bad_pos, s));
+  copy_binding::raise_if_bad_slot(bad_pos, slot_mapping, slot_elem_size, l.num_slots(), s);
+#else
+  (void)stream;
+  (void)scratch;
+  throw std::invalid_argument(
+      "paged_kv_gather: CUDA cache passed to a build without CUDA kernels (LMC_CUDA=OFF)");
+#endif
+}
+
+}  // namespace
+
+void register_paged_kv_gather(py::module_& m) {
+  m.def("paged_kv_gather", &paged_kv_gather, py::arg("layer_ptrs"), py::arg("layout"),
+        py::arg("slot_mapping"), py::arg("num_tokens"), py::arg("slot_elem_size"), py::arg("out"),
+        py::arg("device"), py::arg("stream"), py::arg("scratch"),
+        "Paged caches -> chunk buffer [num_kv, num_layers, num_tokens, row]. Addresses only; "
+        "device -1 runs the CPU twin, else the CUDA kernel on `stream` with `scratch` an int64 "
+        "device word for the slot check. Raises IndexError for an out-of-range slot.");
+}
+
+}  // namespace lmc

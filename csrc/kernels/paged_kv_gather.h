@@ -1,0 +1,56 @@
+// paged_kv_gather: paged KV cache -> contiguous chunk buffer (the store direction), all layers
+// in one call.
+//
+//   out[kv][layer][i][:] = row(layer, kv, slot_mapping[i])   for every i with slot != -1
+//
+// row(layer, kv, slot) is one token's num_heads * head_size elements of one kv side, addressed
+// through PagedKVLayout (paged_kv_layout.h), so one entry point serves every vLLM layout.
+// Slot -1 is padding: out's row is left untouched. Any other slot outside [0, num_slots) is an
+// error reported before anything is written.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/paged_kv_layout.h"
+
+#ifdef LMC_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+namespace lmc {
+
+/// @brief CPU twin of paged_kv_gather; threads over (kv, layer, token tile) work items.
+/// @param layer_ptrs     [num_layers] base address of each layer's cache, each laid out as `layout`
+/// @param num_layers     layers to copy (>= 0)
+/// @param layout         geometry and element strides of one layer's cache
+/// @param slot_mapping   [num_tokens] int32 or int64 slots (slot_elem_size bytes each)
+/// @param slot_elem_size 4 or 8
+/// @param num_tokens     tokens to copy (>= 0)
+/// @param out            [num_kv, num_layers, num_tokens, num_heads * head_size] contiguous,
+///                       layout.elem_size bytes per element
+/// @throws std::out_of_range naming the first slot outside [-1, num_slots) and its position
+///         (nothing is written); std::invalid_argument for a bad size or a null pointer.
+void paged_kv_gather_cpu(const void* const* layer_ptrs, int64_t num_layers,
+                         const PagedKVLayout& layout, const void* slot_mapping,
+                         int64_t slot_elem_size, int64_t num_tokens, void* out);
+
+#ifdef LMC_WITH_CUDA
+/// @brief CUDA paged_kv_gather, enqueued on `stream` (nothing waits for it).
+///
+/// A validation kernel records in *bad_pos the smallest position of an out-of-range slot
+/// (ULLONG_MAX when none); the copy kernels read *bad_pos first and write nothing when it is set,
+/// so the caller reads *bad_pos back after the launch to report the error.
+/// @param layer_ptrs     [num_layers] host array of device addresses, one per layer (any count;
+///                       copied into kernel parameters, kMaxLayersPerLaunch per launch)
+/// @param slot_mapping   [num_tokens] int32 or int64 slots in device memory
+/// @param out            [num_kv, num_layers, num_tokens, num_heads * head_size] contiguous, in
+///                       device memory or in pinned host memory (addressed directly, zero-copy)
+/// @param bad_pos        [1] device scratch, overwritten
+/// @return the first CUDA error of the enqueued work (cudaSuccess when all launched).
+cudaError_t launch_paged_kv_gather(const void* const* layer_ptrs, int64_t num_layers,
+                                   const PagedKVLayout& layout, const void* slot_mapping,
+                                   int64_t slot_elem_size, int64_t num_tokens, void* out,
+                                   unsigned long long* bad_pos, cudaStream_t stream);
+#endif
+
+}  // namespace lmc

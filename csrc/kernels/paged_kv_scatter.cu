@@ -1,0 +1,19 @@
+// CUDA paged_kv_scatter (declared in paged_kv_scatter.h); kernels in paged_kv_copy_impl.cuh.
+#include "kernels/paged_kv_scatter.h"
+
+#include "kernels/paged_kv_copy_impl.cuh"
+
+namespace lmc {
+
+cudaError_t launch_paged_kv_scatter(const void* chunk, void* const* layer_ptrs, int64_t num_layers,
+                                    const PagedKVLayout& layout, const void* slot_mapping,
+                                    int64_t slot_elem_size, int64_t num_tokens,
+                                    unsigned long long* bad_pos, cudaStream_t stream) {
+  // NOTE: the shared kernel moves Words in either direction through non-const pointers; the
+  // chunk is only read when kGather is false.
+  return copy_cuda::launch_paged_kv_copy</*kGather=*/false>(
+      layer_ptrs, num_layers, layout, slot_mapping, slot_elem_size, num_tokens,
+      const_cast<void*>(chunk), bad_pos, stream);
+}
+
+}  // namespace lmc

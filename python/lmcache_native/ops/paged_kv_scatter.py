@@ -1,0 +1,57 @@
+"""``paged_kv_scatter``: contiguous chunk buffer -> paged KV caches (the load direction)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from lmcache_native import _native
+from lmcache_native.ops._paged_kv_copy import prepare
+
+
+def paged_kv_scatter(
+    chunk: torch.Tensor,
+    kv_caches: Sequence[torch.Tensor],
+    slot_mapping: torch.Tensor,
+    layout: str,
+) -> None:
+    """Copies ``chunk``'s rows into the slots of ``slot_mapping`` in every layer.
+
+    ``row(layer, kv, slot_mapping[i]) = chunk[kv, layer, i]`` for every token ``i`` whose slot
+    is not ``-1``; padding tokens (slot ``-1``) leave the cache untouched. All layers are copied
+    in one call by the CPU twin (CPU cache) or the CUDA kernel (CUDA cache, on the current
+    stream; the call returns after the copy finished). Two tokens naming the same slot write
+    the same row; which one wins is unspecified.
+
+    Args:
+        chunk: ``[num_kv, num_layers, num_tokens, num_heads * head_size]`` contiguous, the
+            cache's dtype (``num_kv`` is 1 for ``mla``, else 2); on the CPU for a CPU cache, on
+            the cache's CUDA device or in pinned CPU memory for a CUDA cache.
+        kv_caches: one paged cache per layer, shaped as ``layout`` requires (see
+            ``lmcache_native.ops.LAYOUTS``), all with the same shape, strides, dtype and device;
+            any 1/2/4/8-byte dtype; may be non-contiguous views.
+        slot_mapping: ``[num_tokens]`` int32 or int64 slots (``block * block_size + offset``),
+            on the cache's device or the CPU.
+        layout: ``"flash_attn"``, ``"flashinfer"``, ``"hnd"``, ``"mla"`` or ``"vllm_cpu"``.
+
+    Raises:
+        TypeError: an argument of the wrong type or dtype.
+        ValueError: a wrong shape, device, layout, or a non-contiguous ``chunk``.
+        IndexError: a slot outside ``[-1, num_blocks * block_size)``; nothing is written.
+        RuntimeError: a CUDA cache on a build without CUDA kernels, or a CUDA failure.
+    """
+    kv, slots, chunk_t, launch = prepare(
+        "paged_kv_scatter", "chunk", kv_caches, slot_mapping, chunk, layout
+    )
+    _native.C.paged_kv_scatter(
+        int(chunk_t.data_ptr()),
+        kv.layer_ptrs,
+        kv.flat,
+        int(slots.data_ptr()),
+        int(slots.numel()),
+        int(slots.element_size()),
+        launch["device"],
+        launch["stream"],
+        launch["scratch"],
+    )
