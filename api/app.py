@@ -1,0 +1,86 @@
+"""The app factory: ``create_app(engine, config) -> Litestar``.
+
+Each call builds an independent app; there is no module-level app or state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
+from lmcache_native import VERSION
+from lmcache_native.api.controllers import CONTROLLERS
+from lmcache_native.api.deps import InferenceInfoProvider, dependencies
+from lmcache_native.api.errors import EXCEPTION_HANDLERS
+from lmcache_native.api.security import (
+    API_KEY_CONFIG,
+    MAX_BODY_BYTES,
+    MAX_QUERY_BYTES,
+    QueryLimitMiddleware,
+    make_api_key_guard,
+)
+from lmcache_native.config import LMCacheEngineConfig
+from lmcache_native.engine import CacheEngine
+
+OPENAPI_PATH = "/schema"
+"""The OpenAPI document is served at ``/schema/openapi.json`` (rendered page at ``/schema``)."""
+
+
+def openapi_config() -> OpenAPIConfig:
+    """The OpenAPI settings (title, version, path) of every app this module builds."""
+    return OpenAPIConfig(
+        title="lmcache-native admin API",
+        version=VERSION,
+        description=(
+            "Cache management, configuration, freeze, hot cache, chunk statistics and bypass "
+            "endpoints of an lmcache-native engine. Every error body is "
+            '{"error": ..., "message": ...}.'
+        ),
+        path=OPENAPI_PATH,
+        render_plugins=[ScalarRenderPlugin()],
+        create_examples=False,
+    )
+
+
+def create_app(
+    engine: CacheEngine | None,
+    config: LMCacheEngineConfig | None = None,
+    *,
+    inference_info: InferenceInfoProvider | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    max_query_bytes: int = MAX_QUERY_BYTES,
+) -> Litestar:
+    """Builds the admin API for one engine.
+
+    Args:
+        engine: the engine behind the API, or ``None`` (engine endpoints then answer 503).
+        config: the configuration ``/conf`` reads and updates and the API key comes from;
+            defaults to ``engine.config`` when the engine has one, else to the defaults.
+        inference_info: called by ``/inference_info`` for host details (e.g. the vLLM
+            worker's model and parallel config); must return a JSON-able dict.
+        max_body_bytes: largest request body (413 beyond).
+        max_query_bytes: largest query string (414 beyond).
+
+    Returns:
+        A Litestar ASGI app; serve it with uvicorn or ``lmcache_native.api.server.start``.
+    """
+    if config is None:
+        config = getattr(engine, "config", None) or LMCacheEngineConfig.from_defaults()
+    cfg = config
+
+    def api_key() -> str | None:
+        value: Any = cfg.get(API_KEY_CONFIG)
+        return str(value) if value else None
+
+    return Litestar(
+        route_handlers=list(CONTROLLERS),
+        dependencies=dependencies(engine, cfg, inference_info),
+        exception_handlers=dict(EXCEPTION_HANDLERS),
+        guards=[make_api_key_guard(api_key)],
+        middleware=[QueryLimitMiddleware(max_query_bytes)],
+        request_max_body_size=max_body_bytes,
+        openapi_config=openapi_config(),
+        debug=False,
+    )

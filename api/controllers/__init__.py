@@ -1,0 +1,35 @@
+"""One controller per endpoint group of ``inference_apis.rst``, plus observability."""
+
+from __future__ import annotations
+
+from lmcache_native.api.controllers.bypass import BypassController
+from lmcache_native.api.controllers.cache import CacheController
+from lmcache_native.api.controllers.chunk_statistics import ChunkStatisticsController
+from lmcache_native.api.controllers.configuration import ConfigurationController
+from lmcache_native.api.controllers.freeze import FreezeController
+from lmcache_native.api.controllers.hot_cache import HotCacheController
+from lmcache_native.api.controllers.observability import ObservabilityController
+from lmcache_native.api.controllers.version import VersionController
+
+CONTROLLERS = (
+    VersionController,
+    ConfigurationController,
+    CacheController,
+    FreezeController,
+    HotCacheController,
+    ChunkStatisticsController,
+    BypassController,
+    ObservabilityController,
+)
+
+__all__ = [
+    "CONTROLLERS",
+    "BypassController",
+    "CacheController",
+    "ChunkStatisticsController",
+    "ConfigurationController",
+    "FreezeController",
+    "HotCacheController",
+    "ObservabilityController",
+    "VersionController",
+]

@@ -1,0 +1,83 @@
+"""Bypass Mode: ``GET /bypass/list``, ``PUT /bypass/add``, ``PUT /bypass/remove``."""
+
+from __future__ import annotations
+
+from litestar import Controller, get, put
+from litestar.params import Parameter
+from lmcache_native.api.errors import bad_request, error_responses
+from lmcache_native.api.schemas import BypassAddResult, BypassList, BypassRemoveResult
+from lmcache_native.engine import CacheEngine
+
+_BACKEND_NAME = Parameter(
+    default=None, required=False, description="A backend name from /bypass/list (required)."
+)
+
+
+def _require_name(backend_name: str | None) -> str:
+    if not backend_name:
+        raise bad_request("Missing parameter", "backend_name is required")
+    return backend_name
+
+
+class BypassController(Controller):
+    """A bypassed storage backend is skipped by contains/put/get."""
+
+    path = "/bypass"
+    tags = ["bypass"]
+
+    @get(
+        "/list",
+        summary="List Bypassed Backends",
+        sync_to_thread=True,
+        responses=error_responses(503),
+        opt={"error_title": "Failed to list bypassed backends"},
+    )
+    def list_backends(self, engine: CacheEngine) -> BypassList:
+        """Bypassed backends and every backend name."""
+        return BypassList(
+            status="success",
+            bypassed_backends=list(engine.bypassed_backends()),
+            all_backends=list(engine.all_backends()),
+        )
+
+    @put(
+        "/add",
+        summary="Add a Backend to Bypass List",
+        status_code=200,
+        sync_to_thread=True,
+        responses=error_responses(400, 503),
+        opt={"error_title": "Failed to add bypass backend"},
+    )
+    def add(self, engine: CacheEngine, backend_name: str | None = _BACKEND_NAME) -> BypassAddResult:
+        """Bypasses a backend."""
+        name = _require_name(backend_name)
+        was = engine.bypass_add(name)
+        return BypassAddResult(
+            status="success",
+            backend_name=name,
+            bypassed=True,
+            was_already_bypassed=bool(was),
+            bypassed_backends=list(engine.bypassed_backends()),
+        )
+
+    @put(
+        "/remove",
+        summary="Remove a Backend from Bypass List",
+        status_code=200,
+        sync_to_thread=True,
+        responses=error_responses(400, 503),
+        opt={"error_title": "Failed to remove bypass backend"},
+    )
+    def remove(
+        self, engine: CacheEngine, backend_name: str | None = _BACKEND_NAME
+    ) -> BypassRemoveResult:
+        """Restores a bypassed backend."""
+        name = _require_name(backend_name)
+        was = engine.bypass_remove(name)
+        return BypassRemoveResult(
+            status="success",
+            backend_name=name,
+            bypassed=False,
+            was_bypassed=bool(was),
+            bypassed_backends=list(engine.bypassed_backends()),
+        )

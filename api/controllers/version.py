@@ -1,0 +1,93 @@
+"""Version & Info: ``/lmc_version``, ``/commit_id``, ``/version``, ``/inference_info``,
+``/inference_version``."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+from litestar import Controller, MediaType, get
+from litestar.params import Parameter
+from lmcache_native import COMMIT_ID, VERSION
+from lmcache_native.api.deps import InferenceInfoProvider
+from lmcache_native.api.errors import error_responses
+from lmcache_native.api.schemas import InferenceInfo, InferenceVersion
+from lmcache_native.engine import CacheEngine
+
+
+def installed_vllm_version() -> str | None:
+    """The installed vLLM distribution's version, or ``None``; never imports vLLM."""
+    try:
+        return importlib.metadata.version("vllm")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+class VersionController(Controller):
+    """Version strings of this package and of the inference framework."""
+
+    tags = ["version"]
+
+    @get(
+        "/lmc_version",
+        summary="LMCache Version",
+        media_type=MediaType.TEXT,
+        responses=error_responses(),
+    )
+    async def lmc_version(self) -> str:
+        """The lmcache-native version string."""
+        return VERSION
+
+    @get(
+        "/commit_id",
+        summary="LMCache Commit ID",
+        media_type=MediaType.TEXT,
+        responses=error_responses(),
+    )
+    async def commit_id(self) -> str:
+        """The git commit the package was built from ("NA" when unknown)."""
+        return COMMIT_ID
+
+    @get(
+        "/version",
+        summary="Full Version Info",
+        media_type=MediaType.TEXT,
+        responses=error_responses(),
+    )
+    async def version(self) -> str:
+        """``<version>-<commit id>``."""
+        return f"{VERSION}-{COMMIT_ID}"
+
+    @get("/inference_version", summary="vLLM Version", responses=error_responses())
+    async def inference_version(self) -> InferenceVersion:
+        """The installed vLLM version (null when vLLM is not installed)."""
+        return InferenceVersion(vllm_version=installed_vllm_version())
+
+    @get(
+        "/inference_info",
+        summary="Inference Information",
+        sync_to_thread=True,
+        responses=error_responses(400),
+        opt={"error_title": "Failed to get inference info"},
+    )
+    def inference_info(
+        self,
+        maybe_engine: CacheEngine | None,
+        host_info: InferenceInfoProvider | None,
+        format: str | None = Parameter(  # noqa: A002 - the spec's parameter name
+            default=None, required=False, description="Reserved for future use."
+        ),
+    ) -> InferenceInfo:
+        """vLLM and engine details: versions, engine metadata, KV cache, host details."""
+        engine_meta = kv = None
+        if maybe_engine is not None:
+            engine_meta = maybe_engine.metadata_dict()
+            if maybe_engine.has_kv_caches:
+                kv = maybe_engine.kv_info()
+        return InferenceInfo(
+            vllm_version=installed_vllm_version(),
+            lmcache_native_version=VERSION,
+            commit_id=COMMIT_ID,
+            engine=engine_meta,
+            kv_cache=kv,
+            inference=host_info() if host_info is not None else None,
+        )
