@@ -1,0 +1,515 @@
+"""paged_kv_gather / paged_kv_scatter against the naive references, bit for bit.
+
+Every destination (the chunk buffer for gather, every layer's whole cache for scatter) is
+pre-filled with a sentinel byte and compared in full as raw bytes, so a stray write anywhere
+fails. Payloads are random integers viewed as the dtype (NaN/Inf bit patterns included).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from lmcache_native import _native
+from lmcache_native.ops import LAYOUTS, describe, paged_kv_gather, paged_kv_scatter
+from lmcache_native.testing import reference as ref
+
+SENTINEL = 0xA5
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float64]
+_INT_OF_WIDTH = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def random_bits(shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
+    """Uniform random bit patterns of ``dtype`` (every NaN/Inf/denormal pattern can occur)."""
+    width = torch.empty((), dtype=dtype).element_size()
+    raw = torch.randint(0, 256, (*shape, width), dtype=torch.uint8, generator=gen)
+    return raw.view(_INT_OF_WIDTH[width]).view(dtype).reshape(shape)
+
+
+def cache_shape(layout: str, n: int, b: int, h: int, d: int) -> tuple[int, ...]:
+    """Per-layer cache shape of ``layout`` for (num_blocks, block_size, num_heads, head_size)."""
+    return {
+        "flash_attn": (2, n, b, h, d),
+        "flashinfer": (n, 2, b, h, d),
+        "hnd": (n, 2, h, b, d),
+        "mla": (n, b, d),
+        "vllm_cpu": (n, h, b, 2 * d),
+    }[layout]
+
+
+def make_caches(
+    layout: str,
+    dtype: torch.dtype,
+    *,
+    num_layers: int = 3,
+    num_blocks: int = 5,
+    block_size: int = 4,
+    num_heads: int = 2,
+    head_size: int = 8,
+    seed: int = 0,
+) -> list[torch.Tensor]:
+    """Random per-layer caches (MLA uses one head)."""
+    gen = torch.Generator().manual_seed(seed)
+    h = 1 if layout == "mla" else num_heads
+    shape = cache_shape(layout, num_blocks, block_size, h, head_size)
+    return [random_bits(shape, dtype, gen) for _ in range(num_layers)]
+
+
+def fill_sentinel(t: torch.Tensor) -> None:
+    """Fills every byte of a contiguous tensor with the sentinel."""
+    assert t.is_contiguous()
+    t.view(torch.uint8).fill_(SENTINEL)
+
+
+def as_bytes(t: torch.Tensor) -> torch.Tensor:
+    """The raw bytes of ``t`` (a contiguous copy for views), as a flat uint8 tensor on the CPU."""
+    return t.contiguous().view(torch.uint8).reshape(-1).cpu()
+
+
+def assert_same_bytes(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    a, e = as_bytes(actual), as_bytes(expected)
+    assert a.shape == e.shape
+    if not torch.equal(a, e):
+        bad = (a != e).nonzero().reshape(-1)
+        pytest.fail(f"{bad.numel()} bytes differ, first at byte {int(bad[0])}")
+
+
+def sentinel_like(shape: tuple[int, ...], dtype: torch.dtype, device: str = "cpu") -> torch.Tensor:
+    t = torch.empty(shape, dtype=dtype, device=device)
+    t.view(torch.uint8).fill_(SENTINEL)
+    return t
+
+
+def chunk_shape(caches: list[torch.Tensor], layout: str, num_tokens: int) -> tuple[int, ...]:
+    return describe(caches, layout).chunk_shape(num_tokens)
+
+
+def mixed_slots(num_slots: int, block_size: int, seed: int = 1) -> list[int]:
+    """Unique slots: a full block in order, a partial block, scattered slots, padding, last slot."""
+    gen = torch.Generator().manual_seed(seed)
+    first_block = list(range(2 * block_size, 3 * block_size))  # one whole block, offsets in order
+    perm = (torch.randperm(num_slots - 2, generator=gen) + 1).tolist()  # 1 .. num_slots - 2
+    rest = [s for s in perm if s not in first_block][:6]
+    return [*first_block, -1, rest[0], rest[1], -1, num_slots - 1, *rest[2:], 0]
+
+
+def expected_gather(caches: list[torch.Tensor], slots: list[int], layout: str) -> torch.Tensor:
+    out = sentinel_like(chunk_shape(caches, layout, len(slots)), caches[0].dtype)
+    ref.paged_kv_gather([c.cpu() for c in caches], slots, out, layout)
+    return out
+
+
+def expected_scatter(
+    chunk: torch.Tensor, caches: list[torch.Tensor], slots: list[int], layout: str
+) -> list[torch.Tensor]:
+    exp = [c.cpu().clone() for c in caches]
+    ref.paged_kv_scatter(chunk.cpu(), exp, slots, layout)
+    return exp
+
+
+# --- bit-exact over every layout and dtype --------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_gather_matches_reference(layout: str, dtype: torch.dtype) -> None:
+    caches = make_caches(layout, dtype)
+    slots = mixed_slots(5 * 4, 4)
+    out = sentinel_like(chunk_shape(caches, layout, len(slots)), dtype)
+    paged_kv_gather(caches, torch.tensor(slots), out, layout)
+    assert_same_bytes(out, expected_gather(caches, slots, layout))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_scatter_matches_reference(layout: str, dtype: torch.dtype) -> None:
+    caches = make_caches(layout, dtype)
+    for c in caches:
+        fill_sentinel(c)
+    slots = mixed_slots(5 * 4, 4)
+    chunk = random_bits(
+        chunk_shape(caches, layout, len(slots)), dtype, torch.Generator().manual_seed(7)
+    )
+    exp = expected_scatter(chunk, caches, slots, layout)
+    paged_kv_scatter(chunk, caches, torch.tensor(slots), layout)
+    for got, want in zip(caches, exp, strict=True):
+        assert_same_bytes(got, want)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_gather_scatter_round_trip(layout: str) -> None:
+    src = make_caches(layout, torch.bfloat16, seed=3)
+    slots = mixed_slots(5 * 4, 4, seed=4)
+    chunk = sentinel_like(chunk_shape(src, layout, len(slots)), torch.bfloat16)
+    paged_kv_gather(src, torch.tensor(slots), chunk, layout)
+    dst = [sentinel_like(tuple(c.shape), c.dtype) for c in src]
+    paged_kv_scatter(chunk, dst, torch.tensor(slots), layout)
+    for d, s in zip(dst, src, strict=True):
+        for slot in slots:
+            if slot == -1:
+                continue
+            for kv in range(ref.num_kv(layout)):
+                assert_same_bytes(ref.kv_row(d, layout, kv, slot), ref.kv_row(s, layout, kv, slot))
+    # Every other slot still holds the sentinel: compare against the reference scatter.
+    exp = expected_scatter(
+        chunk, [sentinel_like(tuple(c.shape), c.dtype) for c in src], slots, layout
+    )
+    for d, e in zip(dst, exp, strict=True):
+        assert_same_bytes(d, e)
+
+
+# --- named edge cases -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["flash_attn", "vllm_cpu", "mla"])
+def test_zero_tokens(layout: str) -> None:
+    caches = make_caches(layout, torch.float16)
+    before = [c.clone() for c in caches]
+    out = sentinel_like(chunk_shape(caches, layout, 0), torch.float16)
+    paged_kv_gather(caches, torch.empty(0, dtype=torch.int64), out, layout)
+    paged_kv_scatter(out, caches, torch.empty(0, dtype=torch.int64), layout)
+    for c, b in zip(caches, before, strict=True):
+        assert_same_bytes(c, b)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_all_padding_writes_nothing(layout: str) -> None:
+    caches = make_caches(layout, torch.float32)
+    before = [c.clone() for c in caches]
+    slots = torch.full((7,), -1, dtype=torch.int64)
+    out = sentinel_like(chunk_shape(caches, layout, 7), torch.float32)
+    paged_kv_gather(caches, slots, out, layout)
+    assert_same_bytes(out, sentinel_like(tuple(out.shape), torch.float32))
+    chunk = random_bits(tuple(out.shape), torch.float32, torch.Generator().manual_seed(2))
+    paged_kv_scatter(chunk, caches, slots, layout)
+    for c, b in zip(caches, before, strict=True):
+        assert_same_bytes(c, b)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_last_slot_of_last_block(layout: str) -> None:
+    caches = make_caches(layout, torch.bfloat16, num_blocks=3, block_size=16)
+    num_slots = 3 * 16
+    slots = [num_slots - 1, 0, num_slots - 16]
+    out = sentinel_like(chunk_shape(caches, layout, len(slots)), torch.bfloat16)
+    paged_kv_gather(caches, torch.tensor(slots), out, layout)
+    assert_same_bytes(out, expected_gather(caches, slots, layout))
+    for c in caches:
+        fill_sentinel(c)
+    exp = expected_scatter(out, caches, slots, layout)
+    paged_kv_scatter(out, caches, torch.tensor(slots), layout)
+    for got, want in zip(caches, exp, strict=True):
+        assert_same_bytes(got, want)
+
+
+def _strided_views(
+    kind: str,
+) -> tuple[list[torch.Tensor], Callable[[list[torch.Tensor]], list[torch.Tensor]], str]:
+    """Base tensors, the function that cuts the per-layer (non-contiguous) caches out of
+    them, and the layout."""
+    gen = torch.Generator().manual_seed(11)
+    if kind == "head_slice":  # flash_attn, head_size half of the stored dim: per-head rows
+        bases = [random_bits((2, 5, 4, 3, 16), torch.float16, gen) for _ in range(2)]
+        return bases, lambda bs: [b[..., :8] for b in bs], "flash_attn"
+    if kind == "every_other_block":  # flashinfer, block stride doubled: rows stay contiguous
+        bases = [random_bits((10, 2, 4, 2, 8), torch.float32, gen) for _ in range(2)]
+        return bases, lambda bs: [b[::2] for b in bs], "flashinfer"
+    if kind == "dim_stride":  # hnd with every other element of the head dim: fully strided
+        bases = [random_bits((5, 2, 2, 4, 16), torch.bfloat16, gen) for _ in range(2)]
+        return bases, lambda bs: [b[..., ::2] for b in bs], "hnd"
+    if kind == "stacked_layers":  # one tensor for all layers, layer views into it (vLLM style)
+        bases = [random_bits((3, 2, 5, 4, 2, 8), torch.float16, gen)]
+        return bases, lambda bs: [bs[0][i] for i in range(3)], "flash_attn"
+    if kind == "vllm_cpu_block_view":  # vllm_cpu with every other block
+        bases = [random_bits((10, 2, 4, 16), torch.float16, gen) for _ in range(2)]
+        return bases, lambda bs: [b[1::2] for b in bs], "vllm_cpu"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["head_slice", "every_other_block", "dim_stride", "stacked_layers", "vllm_cpu_block_view"],
+)
+def test_non_contiguous_cache(kind: str) -> None:
+    bases, cut, layout = _strided_views(kind)
+    caches = cut(bases)
+    assert not all(c.is_contiguous() for c in caches) or kind == "stacked_layers"
+    num_slots = describe(caches, layout).num_slots
+    slots = [num_slots - 1, 3, 4, 5, -1, 0, 9]
+    out = sentinel_like(chunk_shape(caches, layout, len(slots)), caches[0].dtype)
+    paged_kv_gather(caches, torch.tensor(slots), out, layout)
+    assert_same_bytes(out, expected_gather(caches, slots, layout))
+
+    # Scatter: compare the whole base tensors, so bytes a view skips must stay unchanged too.
+    chunk = random_bits(tuple(out.shape), out.dtype, torch.Generator().manual_seed(5))
+    exp_bases = [b.clone() for b in bases]
+    ref.paged_kv_scatter(chunk, cut(exp_bases), slots, layout)
+    paged_kv_scatter(chunk, caches, torch.tensor(slots), layout)
+    for got, want in zip(bases, exp_bases, strict=True):
+        assert_same_bytes(got, want)
+
+
+@pytest.mark.parametrize("bad", [20, 21, -2, 2**40, -(2**40)])
+@pytest.mark.parametrize("layout", ["flash_attn", "vllm_cpu", "mla"])
+def test_out_of_range_slot_raises_and_writes_nothing(layout: str, bad: int) -> None:
+    caches = make_caches(layout, torch.float16)  # 5 blocks of 4: slots 0..19
+    slots = torch.tensor([0, 1, 2, 3, 19, -1, bad, 5])
+    out = sentinel_like(chunk_shape(caches, layout, len(slots)), torch.float16)
+    with pytest.raises(IndexError, match=rf"slot_mapping\[6\] = {bad}\b"):
+        paged_kv_gather(caches, slots, out, layout)
+    assert_same_bytes(out, sentinel_like(tuple(out.shape), torch.float16))
+
+    before = [c.clone() for c in caches]
+    chunk = random_bits(tuple(out.shape), torch.float16, torch.Generator().manual_seed(3))
+    with pytest.raises(IndexError, match=r"slot_mapping\[6\]"):
+        paged_kv_scatter(chunk, caches, slots, layout)
+    for c, b in zip(caches, before, strict=True):
+        assert_same_bytes(c, b)
+
+
+def test_int32_slot_mapping() -> None:
+    caches = make_caches("flashinfer", torch.bfloat16)
+    slots = mixed_slots(20, 4)
+    out = sentinel_like(chunk_shape(caches, "flashinfer", len(slots)), torch.bfloat16)
+    paged_kv_gather(caches, torch.tensor(slots, dtype=torch.int32), out, "flashinfer")
+    assert_same_bytes(out, expected_gather(caches, slots, "flashinfer"))
+    with pytest.raises(IndexError, match=r"slot_mapping\[1\] = 20\b"):
+        paged_kv_gather(
+            caches, torch.tensor([0, 20], dtype=torch.int32), out[:, :, :2].clone(), "flashinfer"
+        )
+
+
+def test_non_contiguous_slot_mapping() -> None:
+    caches = make_caches("flash_attn", torch.float32)
+    base = torch.tensor([0, 99, 5, 99, 19, 99, -1, 99])
+    slots = base[::2]
+    out = sentinel_like(chunk_shape(caches, "flash_attn", 4), torch.float32)
+    paged_kv_gather(caches, slots, out, "flash_attn")
+    assert_same_bytes(out, expected_gather(caches, slots.tolist(), "flash_attn"))
+
+
+@pytest.mark.parametrize("layout", ["flash_attn", "vllm_cpu"])
+def test_many_layers(layout: str) -> None:
+    caches = make_caches(
+        layout, torch.float16, num_layers=130, num_blocks=2, head_size=4, num_heads=1
+    )
+    slots = [7, 0, -1, 3]
+    out = sentinel_like(chunk_shape(caches, layout, len(slots)), torch.float16)
+    paged_kv_gather(caches, torch.tensor(slots), out, layout)
+    assert_same_bytes(out, expected_gather(caches, slots, layout))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("layout", ["flash_attn", "vllm_cpu", "hnd"])
+def test_multithreaded_large_copy(layout: str, threads: int) -> None:
+    """Big enough to be split over threads and to use the streaming-store path (16 KiB runs)."""
+    prev = _native.num_threads()
+    _native.set_num_threads(threads)
+    try:
+        caches = make_caches(
+            layout,
+            torch.float32,
+            num_layers=2,
+            num_blocks=40,
+            block_size=16,
+            num_heads=4,
+            head_size=64,
+        )
+        gen = torch.Generator().manual_seed(9)
+        blocks = torch.randperm(40, generator=gen)[:24]
+        slots = (blocks[:, None] * 16 + torch.arange(16)).reshape(-1)
+        slots[5] = -1
+        out = sentinel_like(chunk_shape(caches, layout, slots.numel()), torch.float32)
+        paged_kv_gather(caches, slots, out, layout)
+        assert_same_bytes(out, expected_gather(caches, slots.tolist(), layout))
+        chunk = random_bits(tuple(out.shape), torch.float32, gen)
+        exp = expected_scatter(chunk, caches, slots.tolist(), layout)
+        paged_kv_scatter(chunk, caches, slots, layout)
+        for got, want in zip(caches, exp, strict=True):
+            assert_same_bytes(got, want)
+    finally:
+        _native.set_num_threads(prev)
+
+
+def test_misaligned_chunk_buffer() -> None:
+    """A contiguous chunk starting one element into its storage (not 16-byte aligned)."""
+    caches = make_caches(
+        "flash_attn", torch.float16, num_blocks=8, block_size=16, num_heads=4, head_size=64
+    )
+    slots = list(range(16, 64))
+    shape = chunk_shape(caches, "flash_attn", len(slots))
+    storage = sentinel_like((1 + torch.Size(shape).numel(),), torch.float16)
+    out = storage[1:].view(shape)
+    paged_kv_gather(caches, torch.tensor(slots), out, "flash_attn")
+    assert_same_bytes(out.clone(), expected_gather(caches, slots, "flash_attn"))
+    assert int(storage[:1].view(torch.uint8)[0]) == SENTINEL
+
+
+# --- argument checks ---------------------------------------------------------------------------
+
+
+def test_bad_arguments_name_the_argument() -> None:
+    caches = make_caches("flash_attn", torch.float16)
+    slots = torch.tensor([0, 1])
+    good = sentinel_like(chunk_shape(caches, "flash_attn", 2), torch.float16)
+    with pytest.raises(TypeError, match="out dtype"):
+        paged_kv_gather(caches, slots, good.to(torch.float32), "flash_attn")
+    with pytest.raises(ValueError, match="out must have shape"):
+        paged_kv_gather(caches, slots, good[:, :, :1].clone(), "flash_attn")
+    with pytest.raises(ValueError, match="out must be contiguous"):
+        paged_kv_gather(
+            caches, slots, good.transpose(2, 3).contiguous().transpose(2, 3), "flash_attn"
+        )
+    with pytest.raises(ValueError, match="out must be on the CPU"):
+        paged_kv_gather(
+            caches, slots, torch.empty(good.shape, dtype=torch.float16, device="meta"), "flash_attn"
+        )
+    with pytest.raises(TypeError, match="out must be a torch.Tensor"):
+        paged_kv_gather(caches, slots, [0.0], "flash_attn")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="slot_mapping must be int32 or int64"):
+        paged_kv_gather(caches, slots.float(), good, "flash_attn")
+    with pytest.raises(TypeError, match="slot_mapping must be a torch.Tensor"):
+        paged_kv_gather(caches, [0, 1], good, "flash_attn")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="slot_mapping must be 1-D"):
+        paged_kv_gather(caches, slots.view(1, 2), good, "flash_attn")
+    with pytest.raises(ValueError, match="layout must be one of"):
+        paged_kv_gather(caches, slots, good, "nhd")
+    with pytest.raises(ValueError, match=r"kv_caches\[1\]"):
+        paged_kv_gather([caches[0], caches[1][:, :4]], slots, good, "flash_attn")
+    with pytest.raises(TypeError, match="chunk dtype"):
+        paged_kv_scatter(good.to(torch.bfloat16), caches, slots, "flash_attn")
+    with pytest.raises(ValueError, match="chunk must have shape"):
+        paged_kv_scatter(good[:1], caches, slots, "flash_attn")
+    with pytest.raises(ValueError, match="chunk must be on the CPU"):
+        paged_kv_scatter(
+            torch.empty(good.shape, dtype=torch.float16, device="meta"), caches, slots, "flash_attn"
+        )
+
+
+# --- CUDA ----------------------------------------------------------------------------------------
+
+
+def _cuda(ts: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [t.cuda() for t in ts]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_cuda_gather_scatter_match_reference(layout: str, dtype: torch.dtype) -> None:
+    caches = make_caches(layout, dtype)
+    slots = mixed_slots(20, 4)
+    exp_out = expected_gather(caches, slots, layout)
+    out = sentinel_like(tuple(exp_out.shape), dtype, "cuda")
+    paged_kv_gather(_cuda(caches), torch.tensor(slots, device="cuda"), out, layout)
+    assert_same_bytes(out, exp_out)
+
+    dst = [sentinel_like(tuple(c.shape), dtype) for c in caches]
+    chunk = random_bits(tuple(exp_out.shape), dtype, torch.Generator().manual_seed(8))
+    exp = expected_scatter(chunk, dst, slots, layout)
+    dst_cuda = _cuda(dst)
+    paged_kv_scatter(chunk.cuda(), dst_cuda, torch.tensor(slots, device="cuda"), layout)
+    for got, want in zip(dst_cuda, exp, strict=True):
+        assert_same_bytes(got, want)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_cuda_cpu_parity(layout: str) -> None:
+    """The CPU twin and the CUDA kernel produce the same bytes on the same input."""
+    caches = make_caches(
+        layout, torch.bfloat16, num_blocks=16, block_size=16, num_heads=4, head_size=64
+    )
+    gen = torch.Generator().manual_seed(21)
+    slots = torch.randperm(256, generator=gen)[:100]
+    slots[::7] = -1
+    out_cpu = sentinel_like(chunk_shape(caches, layout, 100), torch.bfloat16)
+    out_gpu = sentinel_like(tuple(out_cpu.shape), torch.bfloat16, "cuda")
+    paged_kv_gather(caches, slots, out_cpu, layout)
+    paged_kv_gather(_cuda(caches), slots.cuda(), out_gpu, layout)
+    assert_same_bytes(out_gpu, out_cpu)
+
+    chunk = random_bits(tuple(out_cpu.shape), torch.bfloat16, gen)
+    cpu_dst = [c.clone() for c in caches]
+    gpu_dst = _cuda(caches)
+    paged_kv_scatter(chunk, cpu_dst, slots, layout)
+    paged_kv_scatter(chunk.cuda(), gpu_dst, slots.cuda(), layout)
+    for g, c in zip(gpu_dst, cpu_dst, strict=True):
+        assert_same_bytes(g, c)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("layout", ["flash_attn", "hnd", "mla"])
+def test_cuda_pinned_host_chunk(layout: str) -> None:
+    caches = make_caches(
+        layout, torch.float16, num_blocks=8, block_size=16, num_heads=2, head_size=64
+    )
+    slots = [*range(16, 48), -1, 127]
+    exp_out = expected_gather(caches, slots, layout)
+    out = sentinel_like(tuple(exp_out.shape), torch.float16).pin_memory()
+    paged_kv_gather(_cuda(caches), torch.tensor(slots), out, layout)  # CPU slot_mapping too
+    assert_same_bytes(out, exp_out)
+
+    chunk = random_bits(
+        tuple(exp_out.shape), torch.float16, torch.Generator().manual_seed(4)
+    ).pin_memory()
+    dst = [sentinel_like(tuple(c.shape), torch.float16) for c in caches]
+    exp = expected_scatter(chunk, dst, slots, layout)
+    dst_cuda = _cuda(dst)
+    paged_kv_scatter(chunk, dst_cuda, torch.tensor(slots, device="cuda"), layout)
+    for got, want in zip(dst_cuda, exp, strict=True):
+        assert_same_bytes(got, want)
+
+
+@pytest.mark.cuda
+def test_cuda_out_of_range_slot_writes_nothing() -> None:
+    caches = _cuda(make_caches("flash_attn", torch.bfloat16))
+    slots = torch.tensor([0, 1, 19, -1, 20, 3], device="cuda", dtype=torch.int32)
+    out = sentinel_like(chunk_shape(caches, "flash_attn", 6), torch.bfloat16, "cuda")
+    with pytest.raises(IndexError, match=r"slot_mapping\[4\] = 20\b"):
+        paged_kv_gather(caches, slots, out, "flash_attn")
+    assert_same_bytes(out, sentinel_like(tuple(out.shape), torch.bfloat16))
+    before = [c.clone() for c in caches]
+    with pytest.raises(IndexError, match=r"slot_mapping\[4\] = 20\b"):
+        paged_kv_scatter(out, caches, slots, "flash_attn")
+    for c, b in zip(caches, before, strict=True):
+        assert_same_bytes(c, b)
+
+
+@pytest.mark.cuda
+def test_cuda_more_layers_than_one_launch() -> None:
+    caches = make_caches(
+        "flashinfer", torch.float16, num_layers=300, num_blocks=2, num_heads=1, head_size=8
+    )
+    slots = [7, 0, -1, 3]
+    exp_out = expected_gather(caches, slots, "flashinfer")
+    out = sentinel_like(tuple(exp_out.shape), torch.float16, "cuda")
+    paged_kv_gather(_cuda(caches), torch.tensor(slots, device="cuda"), out, "flashinfer")
+    assert_same_bytes(out, exp_out)
+
+
+@pytest.mark.cuda
+def test_cuda_device_rules() -> None:
+    caches = _cuda(make_caches("flash_attn", torch.float16))
+    slots = torch.tensor([0, 1], device="cuda")
+    shape = chunk_shape(caches, "flash_attn", 2)
+    with pytest.raises(ValueError, match="pinned"):
+        paged_kv_gather(caches, slots, torch.empty(shape, dtype=torch.float16), "flash_attn")
+    with pytest.raises(ValueError, match="slot_mapping must be on the cache's device"):
+        paged_kv_gather(
+            make_caches("flash_attn", torch.float16),
+            slots,
+            torch.empty(shape, dtype=torch.float16),
+            "flash_attn",
+        )
+    with pytest.raises(ValueError, match="chunk must be on the CPU"):
+        paged_kv_scatter(
+            torch.empty(shape, dtype=torch.float16, device="cuda"),
+            make_caches("flash_attn", torch.float16),
+            slots.cpu(),
+            "flash_attn",
+        )
