@@ -1,0 +1,189 @@
+"""The storage tier interface, its counters, and the buffer protocols tiers depend on.
+
+Tiers store chunk buffers under string keys (``CacheKey.to_string()``). A miss — absent,
+corrupt, or a tier that is down — is ``None``/``False``, never an exception. Buffers handed out
+by :meth:`StorageBackend.get` carry one reference that the caller must drop with ``unref()``.
+
+The storage layer never imports the engine: buffers and their allocator are protocols here, and
+the engine's ``ChunkBufferPool`` implements them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import torch
+
+
+class ChunkBufferLike(Protocol):
+    """A reference-counted host chunk buffer (``lmcache_native.engine.memory.ChunkBuffer``)."""
+
+    tensor: torch.Tensor
+    nbytes: int
+
+    @property
+    def num_tokens(self) -> int: ...
+
+    def byte_view(self) -> np.ndarray: ...
+
+    def ref(self) -> ChunkBufferLike: ...
+
+    def unref(self) -> None: ...
+
+    @property
+    def refcount(self) -> int: ...
+
+
+#: Allocates a buffer of (shape, dtype) with one reference, or returns None when out of memory.
+Allocator = Callable[[Sequence[int], torch.dtype], "ChunkBufferLike | None"]
+
+
+@dataclass
+class TierStats:
+    """Measured counters of one tier (monotonic) plus its current size.
+
+    Attributes:
+        hits, misses: ``get`` outcomes (a corrupt entry or a down tier is a miss).
+        puts: entries written; ``put_bytes``/``put_tokens`` their payload bytes and tokens.
+        rejected_puts: ``put`` calls that stored nothing (no room, hot cache off, tier down).
+        get_bytes, get_tokens: payload bytes and tokens returned by hits.
+        evictions: entries dropped for capacity.
+        checksum_failures: entries whose header or payload check failed (then deleted).
+        errors: I/O or connection errors (the tier answered a miss instead).
+        used_bytes, capacity_bytes, num_chunks: current size (capacity 0 = unbounded/unknown).
+    """
+
+    hits: int = 0
+    misses: int = 0
+    puts: int = 0
+    put_bytes: int = 0
+    put_tokens: int = 0
+    rejected_puts: int = 0
+    get_bytes: int = 0
+    get_tokens: int = 0
+    evictions: int = 0
+    checksum_failures: int = 0
+    errors: int = 0
+    used_bytes: int = 0
+    capacity_bytes: int = 0
+    num_chunks: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters as a plain dict."""
+        return asdict(self)
+
+
+class StorageBackend(ABC):
+    """One storage tier.
+
+    Subclasses set ``name`` (the name the admin API and ``bypass`` use) and implement the
+    abstract methods thread-safely. The batched variants default to loops.
+    """
+
+    name: ClassVar[str] = "StorageBackend"
+
+    def __init__(self) -> None:
+        self._stats = TierStats()
+        self._stats_lock = threading.Lock()
+
+    # -- the interface -------------------------------------------------------------------------
+
+    @abstractmethod
+    def contains(self, key: str) -> bool:
+        """Whether ``key`` is stored (cheap; does not verify the payload)."""
+
+    @abstractmethod
+    def get(self, key: str) -> ChunkBufferLike | None:
+        """The chunk under ``key`` with one reference for the caller, or ``None`` on a miss."""
+
+    @abstractmethod
+    def put(self, key: str, buf: ChunkBufferLike) -> bool:
+        """Stores ``buf`` under ``key``; the caller keeps its own reference.
+
+        Returns:
+            ``True`` when the tier holds ``key`` afterwards (also when it already did).
+        """
+
+    @abstractmethod
+    def remove(self, key: str) -> bool:
+        """Deletes ``key``; ``True`` when something was deleted."""
+
+    @abstractmethod
+    def clear(self) -> int:
+        """Deletes every entry this tier owns; returns how many were deleted."""
+
+    def keys(self) -> list[str]:
+        """The stored keys (diagnostics and tests; may be slow for remote tiers)."""
+        return []
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Releases resources (buffers, files, connections)."""
+
+    def batched_contains(self, keys: Sequence[str]) -> list[bool]:
+        """``contains`` for each key."""
+        return [self.contains(k) for k in keys]
+
+    def batched_get(self, keys: Sequence[str]) -> list[ChunkBufferLike | None]:
+        """``get`` for each key."""
+        return [self.get(k) for k in keys]
+
+    def batched_put(self, items: Iterable[tuple[str, ChunkBufferLike]]) -> list[bool]:
+        """``put`` for each (key, buffer)."""
+        return [self.put(k, b) for k, b in items]
+
+    def stats(self) -> dict[str, int]:
+        """Counters and current size (see :class:`TierStats`)."""
+        with self._stats_lock:
+            out = self._stats.as_dict()
+        out.update(self._size_stats())
+        return out
+
+    def _size_stats(self) -> dict[str, int]:
+        """``used_bytes``/``capacity_bytes``/``num_chunks``; subclasses override."""
+        return {}
+
+    # -- counter helpers -----------------------------------------------------------------------
+
+    def _count(self, **deltas: int) -> None:
+        with self._stats_lock:
+            for field, d in deltas.items():
+                setattr(self._stats, field, getattr(self._stats, field) + d)
+
+    def _count_hit(self, buf: ChunkBufferLike) -> None:
+        self._count(hits=1, get_bytes=buf.nbytes, get_tokens=buf.num_tokens)
+
+    def _count_put(self, buf: ChunkBufferLike) -> None:
+        self._count(puts=1, put_bytes=buf.nbytes, put_tokens=buf.num_tokens)
+
+
+class RateLimitedLogger:
+    """Logs at most one message per ``interval`` seconds per tag, counting what it suppressed."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def warning(self, tag: str, msg: str, *args: Any) -> None:
+        """Logs ``msg % args`` as a warning unless ``tag`` logged within the interval."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(tag)
+            if last is not None and now - last < self._interval:
+                self._suppressed[tag] = self._suppressed.get(tag, 0) + 1
+                return
+            suppressed = self._suppressed.pop(tag, 0)
+            self._last[tag] = now
+        if suppressed:
+            msg += " (%d similar messages suppressed)"
+            args = (*args, suppressed)
+        self._logger.warning(msg, *args)

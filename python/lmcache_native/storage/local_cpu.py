@@ -1,0 +1,190 @@
+"""LocalCPUBackend: chunk buffers in host memory, a byte capacity, an eviction policy, and the
+hot-cache switch.
+
+The tier holds one reference on each stored buffer. Eviction skips buffers that someone else
+still references (a retrieve being scattered, a background write being serialized), so memory
+being read is never evicted or reused. With the hot cache off the tier is empty and refuses
+every put.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from lmcache_native.storage.base import ChunkBufferLike, StorageBackend
+from lmcache_native.storage.policies import make_policy
+
+
+class LocalCPUBackend(StorageBackend):
+    """The CPU tier.
+
+    Args:
+        capacity_bytes: the most payload bytes held at once.
+        policy: ``cache_policy`` name (LRU, LFU, FIFO).
+    """
+
+    name = "LocalCPUBackend"
+
+    def __init__(self, capacity_bytes: int, policy: str = "LRU") -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._entries: dict[str, ChunkBufferLike] = {}
+        self._policy = make_policy(policy)
+        self._capacity = int(capacity_bytes)
+        self._used = 0
+        self._hot = True
+
+    # -- switches ------------------------------------------------------------------------------
+
+    @property
+    def hot_cache_enabled(self) -> bool:
+        """Whether the tier keeps chunks."""
+        return self._hot
+
+    def set_hot_cache(self, enabled: bool) -> int:
+        """Turns the hot cache on or off; off clears the tier. Returns entries removed."""
+        with self._lock:
+            self._hot = bool(enabled)
+        return 0 if enabled else self.clear()
+
+    @property
+    def capacity_bytes(self) -> int:
+        """Capacity in bytes."""
+        return self._capacity
+
+    def set_capacity(self, capacity_bytes: int) -> int:
+        """Changes the capacity, evicting down to it. Returns entries evicted."""
+        with self._lock:
+            self._capacity = int(capacity_bytes)
+            victims = self._pick_victims_locked(self._used - self._capacity)
+        self._release(victims)
+        return len(victims)
+
+    # -- interface -----------------------------------------------------------------------------
+
+    def contains(self, key: str) -> bool:
+        with self._lock:
+            return key in self._entries
+
+    def batched_contains(self, keys: list[str]) -> list[bool]:
+        with self._lock:
+            return [k in self._entries for k in keys]
+
+    def get(self, key: str) -> ChunkBufferLike | None:
+        with self._lock:
+            buf = self._entries.get(key)
+            if buf is not None:
+                buf.ref()
+                self._policy.on_access(key)
+        if buf is None:
+            self._count(misses=1)
+            return None
+        self._count_hit(buf)
+        return buf
+
+    def put(self, key: str, buf: ChunkBufferLike) -> bool:
+        victims: list[ChunkBufferLike] = []
+        with self._lock:
+            if not self._hot:
+                ok = False
+            elif key in self._entries:
+                self._policy.on_access(key)
+                return True
+            elif buf.nbytes > self._capacity:
+                ok = False
+            else:
+                need = self._used + buf.nbytes - self._capacity
+                victims = self._pick_victims_locked(need, all_or_nothing=True)
+                ok = self._used + buf.nbytes <= self._capacity
+                if ok:
+                    self._entries[key] = buf.ref()
+                    self._used += buf.nbytes
+                    self._policy.on_insert(key)
+        self._release(victims)
+        if not ok:
+            self._count(rejected_puts=1)
+            return False
+        self._count_put(buf)
+        return True
+
+    def remove(self, key: str) -> bool:
+        with self._lock:
+            buf = self._pop_locked(key)
+        if buf is None:
+            return False
+        buf.unref()
+        return True
+
+    def clear(self) -> int:
+        with self._lock:
+            bufs = list(self._entries.values())
+            self._entries.clear()
+            self._policy.clear()
+            self._used = 0
+        for b in bufs:
+            b.unref()
+        return len(bufs)
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return list(self._entries)
+
+    def close(self) -> None:
+        self.clear()
+
+    def evict_bytes(self, nbytes: int) -> int:
+        """Evicts unreferenced entries until ``nbytes`` are freed (or none is left to evict).
+
+        Used by the storage manager when the buffer pool is full. Returns bytes freed.
+        """
+        with self._lock:
+            victims = self._pick_victims_locked(nbytes)
+        self._release(victims)
+        return sum(b.nbytes for b in victims)
+
+    def _size_stats(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "used_bytes": self._used,
+                "capacity_bytes": self._capacity,
+                "num_chunks": len(self._entries),
+            }
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _pop_locked(self, key: str) -> ChunkBufferLike | None:
+        buf = self._entries.pop(key, None)
+        if buf is not None:
+            self._used -= buf.nbytes
+            self._policy.on_remove(key)
+        return buf
+
+    def _pick_victims_locked(
+        self, need: int, all_or_nothing: bool = False
+    ) -> list[ChunkBufferLike]:
+        """Removes entries in policy order, skipping referenced buffers, until ``need`` bytes.
+
+        With ``all_or_nothing``, removes nothing unless ``need`` bytes can be freed.
+        """
+        if need <= 0:
+            return []
+        chosen: list[str] = []
+        freed = 0
+        for key in self._policy.candidates():
+            if freed >= need:
+                break
+            buf = self._entries[key]
+            if buf.refcount > 1:  # being read or written elsewhere: never evicted
+                continue
+            chosen.append(key)
+            freed += buf.nbytes
+        if all_or_nothing and freed < need:
+            return []
+        victims = [b for b in (self._pop_locked(k) for k in chosen) if b is not None]
+        return victims
+
+    def _release(self, victims: list[ChunkBufferLike]) -> None:
+        if victims:
+            self._count(evictions=len(victims))
+        for b in victims:
+            b.unref()

@@ -1,0 +1,312 @@
+"""StorageManager: the tiers in order, promotion, bypass, freeze, and the background writer.
+
+Tier order is LocalCPUBackend -> LocalDiskBackend -> RemoteBackend (whichever exist).
+
+- ``put`` stores into the CPU tier on the caller's thread and queues the chunk (one more buffer
+  reference) for the disk and remote tiers, which a background thread writes; the queue is
+  bounded and a full queue drops the write (counted) rather than block the request.
+- ``get`` asks the tiers in order, stops at the first hit and promotes a lower-tier hit into
+  the CPU tier.
+- ``lookup_prefix`` is the longest run of leading keys each stored in some tier.
+- A bypassed tier is skipped by contains/put/get (and by queued writes not yet done).
+- While frozen, ``put`` stores nothing and contains/get/lookup use the CPU tier only.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+
+from lmcache_native.errors import UnknownBackendError
+from lmcache_native.storage.base import ChunkBufferLike, StorageBackend
+from lmcache_native.storage.local_cpu import LocalCPUBackend
+
+logger = logging.getLogger(__name__)
+
+
+class _PoolLike(Protocol):
+    """The buffer pool the manager allocates from (``engine.memory.ChunkBufferPool``)."""
+
+    def allocate(self, shape: Sequence[int], dtype: torch.dtype) -> ChunkBufferLike | None: ...
+
+
+class StorageManager:
+    """Tiers behind one interface.
+
+    Args:
+        backends: the tiers in lookup order (a LocalCPUBackend, if any, first).
+        pool: the buffer pool new chunks and promoted chunks are allocated from.
+        writer_queue_size: queued disk/remote writes before new ones are dropped.
+        async_writes: write disk/remote tiers on a background thread (``False``: inline).
+    """
+
+    def __init__(
+        self,
+        backends: Sequence[StorageBackend],
+        pool: _PoolLike,
+        writer_queue_size: int = 256,
+        async_writes: bool = True,
+    ) -> None:
+        names = [b.name for b in backends]
+        if len(set(names)) != len(names):
+            raise ValueError(f"backend names must be unique, got {names}")
+        self._backends = list(backends)
+        self._by_name = {b.name: b for b in self._backends}
+        self._pool = pool
+        cpu = self._by_name.get(LocalCPUBackend.name)
+        self.cpu: LocalCPUBackend | None = cpu if isinstance(cpu, LocalCPUBackend) else None
+        self._lower = [b for b in self._backends if b is not self.cpu]
+        self._lock = threading.Lock()
+        self._bypassed: set[str] = set()
+        self._frozen = False
+        self.dropped_writes = 0
+        self.failed_allocations = 0
+        self._async = async_writes and bool(self._lower)
+        self._queue: queue.Queue[tuple[str, ChunkBufferLike] | None] = queue.Queue(
+            maxsize=max(1, writer_queue_size)
+        )
+        self._writer: threading.Thread | None = None
+        self._closed = False
+        if self._async:
+            self._writer = threading.Thread(
+                target=self._writer_loop, name="lmcache-storage-writer", daemon=True
+            )
+            self._writer.start()
+
+    # -- tiers ---------------------------------------------------------------------------------
+
+    @property
+    def backends(self) -> list[StorageBackend]:
+        """The tiers in order."""
+        return list(self._backends)
+
+    def backend_names(self) -> list[str]:
+        """Names of the tiers in order."""
+        return [b.name for b in self._backends]
+
+    def backend(self, name: str) -> StorageBackend:
+        """The tier called ``name``.
+
+        Raises:
+            UnknownBackendError: no such tier.
+        """
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise UnknownBackendError(name, self.backend_names()) from None
+
+    def _active(self, for_read: bool) -> list[StorageBackend]:
+        with self._lock:
+            bypassed = set(self._bypassed)
+            frozen = self._frozen
+        tiers = [b for b in self._backends if b.name not in bypassed]
+        if frozen and for_read:
+            tiers = [b for b in tiers if b is self.cpu]
+        return tiers
+
+    # -- switches ------------------------------------------------------------------------------
+
+    @property
+    def frozen(self) -> bool:
+        """Whether stores are skipped and reads use the CPU tier only."""
+        return self._frozen
+
+    def set_frozen(self, frozen: bool) -> None:
+        """Freezes or unfreezes."""
+        with self._lock:
+            self._frozen = bool(frozen)
+
+    def bypass_add(self, name: str) -> bool:
+        """Bypasses ``name``; returns whether it already was."""
+        self.backend(name)
+        with self._lock:
+            was = name in self._bypassed
+            self._bypassed.add(name)
+        return was
+
+    def bypass_remove(self, name: str) -> bool:
+        """Stops bypassing ``name``; returns whether it was bypassed."""
+        self.backend(name)
+        with self._lock:
+            was = name in self._bypassed
+            self._bypassed.discard(name)
+        return was
+
+    def bypassed(self) -> list[str]:
+        """Bypassed tier names, in tier order."""
+        with self._lock:
+            return [n for n in self.backend_names() if n in self._bypassed]
+
+    def is_bypassed(self, name: str) -> bool:
+        """Whether ``name`` is bypassed."""
+        with self._lock:
+            return name in self._bypassed
+
+    # -- memory --------------------------------------------------------------------------------
+
+    def allocate(self, shape: Sequence[int], dtype: torch.dtype) -> ChunkBufferLike | None:
+        """A pooled buffer, evicting unreferenced CPU-tier chunks when the pool is full.
+
+        Returns ``None`` when nothing more can be freed (all memory is referenced).
+        """
+        buf = self._pool.allocate(shape, dtype)
+        while buf is None:
+            need = 1
+            for s in shape:
+                need *= int(s)
+            need *= torch.empty((), dtype=dtype).element_size()
+            if self.cpu is None or self.cpu.evict_bytes(need) == 0:
+                self.failed_allocations += 1
+                return None
+            buf = self._pool.allocate(shape, dtype)
+        return buf
+
+    # -- data path -----------------------------------------------------------------------------
+
+    def contains(self, key: str) -> bool:
+        """Whether some active tier holds ``key``."""
+        return any(b.contains(key) for b in self._active(for_read=True))
+
+    def lookup_prefix(self, keys: Sequence[str]) -> int:
+        """How many leading ``keys`` are each stored in some active tier."""
+        n = len(keys)
+        found = [False] * n
+        for tier in self._active(for_read=True):
+            todo = [i for i in range(n) if not found[i]]
+            if not todo:
+                break
+            for i, hit in zip(todo, tier.batched_contains([keys[i] for i in todo]), strict=True):
+                found[i] = hit
+        for i, hit in enumerate(found):
+            if not hit:
+                return i
+        return n
+
+    def get(self, key: str) -> tuple[ChunkBufferLike, str] | None:
+        """The chunk and the name of the tier it came from, or ``None``.
+
+        The buffer carries one reference for the caller. A hit below the CPU tier is promoted
+        into it (when the CPU tier is active and its hot cache is on).
+        """
+        tiers = self._active(for_read=True)
+        for tier in tiers:
+            buf = tier.get(key)
+            if buf is None:
+                continue
+            if tier is not self.cpu and self.cpu is not None and self.cpu in tiers:
+                self.cpu.put(key, buf)
+            return buf, tier.name
+        return None
+
+    def put(self, key: str, buf: ChunkBufferLike) -> list[str]:
+        """Stores ``buf`` into every active tier (disk/remote in the background).
+
+        The caller keeps its reference. Returns the tiers written or queued (empty when frozen).
+        """
+        if self._frozen:
+            return []
+        tiers = self._active(for_read=False)
+        done: list[str] = []
+        lower = []
+        for tier in tiers:
+            if tier is self.cpu:
+                if tier.put(key, buf):
+                    done.append(tier.name)
+            else:
+                lower.append(tier)
+        if not lower:
+            return done
+        if not self._async:
+            for tier in lower:
+                if tier.put(key, buf):
+                    done.append(tier.name)
+            return done
+        try:
+            self._queue.put_nowait((key, buf.ref()))
+        except queue.Full:
+            buf.unref()
+            with self._lock:
+                self.dropped_writes += 1
+            return done
+        return done + [t.name for t in lower]
+
+    def remove(self, key: str) -> int:
+        """Deletes ``key`` from every tier; returns how many tiers held it."""
+        return sum(int(b.remove(key)) for b in self._backends)
+
+    def clear(self, locations: Sequence[str] | None = None) -> dict[str, int]:
+        """Clears the named tiers (all when ``None``); returns entries removed per tier.
+
+        Raises:
+            UnknownBackendError: a name is not a tier (nothing is cleared then).
+        """
+        names = self.backend_names() if locations is None else list(dict.fromkeys(locations))
+        tiers = [self.backend(n) for n in names]
+        if any(t is not self.cpu for t in tiers):
+            self.flush()
+        return {t.name: t.clear() for t in tiers}
+
+    # -- background writer ---------------------------------------------------------------------
+
+    def _writer_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                key, buf = item
+                try:
+                    for tier in self._lower:
+                        if self.is_bypassed(tier.name):
+                            continue
+                        try:
+                            tier.put(key, buf)
+                        except Exception:  # noqa: BLE001 - a tier bug must not kill the writer
+                            logger.exception("StorageManager: %s.put(%s) failed", tier.name, key)
+                finally:
+                    buf.unref()
+            finally:
+                self._queue.task_done()
+
+    def pending_writes(self) -> int:
+        """Queued disk/remote writes not yet finished."""
+        return self._queue.unfinished_tasks
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Waits until every queued write is done; ``False`` on timeout."""
+        if not self._async:
+            return True
+        if timeout is None:
+            self._queue.join()
+            return True
+        done = threading.Event()
+
+        def wait() -> None:
+            self._queue.join()
+            done.set()
+
+        threading.Thread(target=wait, daemon=True).start()
+        return done.wait(timeout)
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Each tier's counters, by name."""
+        return {b.name: b.stats() for b in self._backends}
+
+    def close(self) -> None:
+        """Finishes queued writes, stops the writer, closes every tier."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
+        for b in self._backends:
+            try:
+                b.close()
+            except Exception:  # noqa: BLE001 - close the others regardless
+                logger.exception("StorageManager: closing %s failed", b.name)

@@ -1,0 +1,89 @@
+"""Fixtures for the storage tests: a buffer pool, seeded chunks, and every tier."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from lmcache_native.engine.memory import ChunkBuffer, ChunkBufferPool
+from lmcache_native.storage import LocalCPUBackend, LocalDiskBackend, RemoteBackend, StorageBackend
+
+# 2 kv x 2 layers x 16 tokens x (2 heads * 16) bf16 = 4 KiB per chunk.
+CHUNK_SHAPE = (2, 2, 16, 32)
+NAMESPACE = "test-model@1@0@"
+
+
+def random_bits(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """Seeded random bit patterns viewed as ``dtype`` (NaN/Inf patterns included)."""
+    g = torch.Generator().manual_seed(seed)
+    elem = torch.empty((), dtype=dtype).element_size()
+    n = 1
+    for s in shape:
+        n *= s
+    raw = torch.randint(0, 256, (n * elem,), dtype=torch.uint8, generator=g)
+    return raw.view(dtype).view(shape)
+
+
+def key_of(i: int) -> str:
+    return f"{NAMESPACE}{i:016x}@bfloat16"
+
+
+@pytest.fixture
+def pool() -> ChunkBufferPool:
+    return ChunkBufferPool(64 << 20, pin_memory=False)
+
+
+MakeChunk = Callable[..., ChunkBuffer]
+
+
+@pytest.fixture
+def make_chunk(pool: ChunkBufferPool) -> MakeChunk:
+    """``make_chunk(seed, shape=CHUNK_SHAPE, dtype=bfloat16)`` -> a filled pooled buffer."""
+
+    def make(
+        seed: int, shape: tuple[int, ...] = CHUNK_SHAPE, dtype: torch.dtype = torch.bfloat16
+    ) -> ChunkBuffer:
+        buf = pool.allocate(shape, dtype)
+        assert buf is not None
+        buf.tensor.copy_(random_bits(shape, dtype, seed))
+        return buf
+
+    return make
+
+
+def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (
+        a.shape == b.shape
+        and a.dtype == b.dtype
+        and torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+    )
+
+
+TIERS = ["cpu", "disk", "redis", "fs"]
+
+
+def build_tier(
+    kind: str, tmp_path: Path, pool: ChunkBufferPool, request: pytest.FixtureRequest
+) -> StorageBackend:
+    if kind == "cpu":
+        return LocalCPUBackend(16 << 20)
+    if kind == "disk":
+        return LocalDiskBackend(tmp_path / "disk", 16 << 20, pool.allocate)
+    if kind == "redis":
+        url = request.getfixturevalue("redis_url")
+        return RemoteBackend(url, pool.allocate, timeout_secs=2, namespace=NAMESPACE)
+    if kind == "fs":
+        return RemoteBackend(f"fs://{tmp_path / 'fs'}", pool.allocate, namespace=NAMESPACE)
+    raise AssertionError(kind)
+
+
+@pytest.fixture(params=TIERS)
+def tier(
+    request: pytest.FixtureRequest, tmp_path: Path, pool: ChunkBufferPool
+) -> Iterator[StorageBackend]:
+    backend = build_tier(request.param, tmp_path, pool, request)
+    yield backend
+    backend.clear()
+    backend.close()
