@@ -6,14 +6,20 @@ Nothing here is module-global: ``dependencies(...)`` builds fresh providers for 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Optional
 
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from lmcache_native.api.errors import NO_ENGINE_MESSAGE, NO_KV_CACHE_MESSAGE, UNAVAILABLE, ApiError
 from lmcache_native.config import LMCacheEngineConfig
 from lmcache_native.engine import CacheEngine
 
 InferenceInfoProvider = Callable[[], dict[str, Any]]
+
+# Handler parameter types: the parameter's name picks the provider (see ``dependencies``).
+EngineDep = NamedDependency[CacheEngine]
+MaybeEngineDep = NamedDependency[Optional[CacheEngine]]  # noqa: UP045 - evaluated at runtime
+ConfigDep = NamedDependency[LMCacheEngineConfig]
+HostInfoDep = NamedDependency[Optional[InferenceInfoProvider]]  # noqa: UP045
 
 
 def dependencies(

@@ -20,6 +20,7 @@ from litestar.exceptions import (
     MethodNotAllowedException,
     NotAuthorizedException,
     NotFoundException,
+    SerializationException,
     ValidationException,
 )
 from litestar.openapi.datastructures import ResponseSpec
@@ -114,8 +115,9 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
         return response
     if status_code == 413:
         return _body(413, "Request too large", "The request body exceeds the server's limit.")
-    if status_code == 400 and detail.startswith("JSON is malformed"):
-        return _body(400, "Invalid JSON body", detail)
+    if status_code == 400 and isinstance(exc.__cause__, SerializationException):
+        # Litestar wraps body decoding failures (and only those) in a ClientException.
+        return _body(400, "Invalid JSON body", f"The request body is not valid JSON: {detail}")
     if status_code >= 500:
         logger.error("HTTP %d on %s: %s", status_code, request.url.path, detail)
         return _body(status_code, HTTPStatus(status_code).phrase, "Internal server error")

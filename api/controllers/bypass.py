@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from litestar import Controller, get, put
 from litestar.params import Parameter
+from lmcache_native.api.deps import EngineDep
 from lmcache_native.api.errors import bad_request, error_responses
 from lmcache_native.api.schemas import BypassAddResult, BypassList, BypassRemoveResult
-from lmcache_native.engine import CacheEngine
 
 _BACKEND_NAME = Parameter(
     default=None, required=False, description="A backend name from /bypass/list (required)."
@@ -32,7 +32,7 @@ class BypassController(Controller):
         responses=error_responses(503),
         opt={"error_title": "Failed to list bypassed backends"},
     )
-    def list_backends(self, engine: CacheEngine) -> BypassList:
+    def list_backends(self, engine: EngineDep) -> BypassList:
         """Bypassed backends and every backend name."""
         return BypassList(
             status="success",
@@ -48,7 +48,7 @@ class BypassController(Controller):
         responses=error_responses(400, 503),
         opt={"error_title": "Failed to add bypass backend"},
     )
-    def add(self, engine: CacheEngine, backend_name: str | None = _BACKEND_NAME) -> BypassAddResult:
+    def add(self, engine: EngineDep, backend_name: str | None = _BACKEND_NAME) -> BypassAddResult:
         """Bypasses a backend."""
         name = _require_name(backend_name)
         was = engine.bypass_add(name)
@@ -69,7 +69,7 @@ class BypassController(Controller):
         opt={"error_title": "Failed to remove bypass backend"},
     )
     def remove(
-        self, engine: CacheEngine, backend_name: str | None = _BACKEND_NAME
+        self, engine: EngineDep, backend_name: str | None = _BACKEND_NAME
     ) -> BypassRemoveResult:
         """Restores a bypassed backend."""
         name = _require_name(backend_name)

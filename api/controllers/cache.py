@@ -11,8 +11,9 @@ import re
 import torch
 from litestar import Controller, delete, get, post
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import JSONBody, Parameter
 from lmcache_native import ops
+from lmcache_native.api.deps import EngineDep
 from lmcache_native.api.errors import ApiError, bad_request, error_responses
 from lmcache_native.api.schemas import (
     ClearResult,
@@ -26,7 +27,6 @@ from lmcache_native.api.schemas import (
     RetrieveResult,
     StoreResult,
 )
-from lmcache_native.engine import CacheEngine
 from lmcache_native.errors import LMCacheError
 
 _INT = re.compile(r"[+-]?[0-9]+", re.ASCII)
@@ -142,7 +142,7 @@ class CacheController(Controller):
     )
     def clear(
         self,
-        engine: CacheEngine,
+        engine: EngineDep,
         locations: list[str] | None = _LOCATIONS,
     ) -> ClearResult:
         """Removes cached chunks from the named tiers (all tiers when none is named)."""
@@ -164,7 +164,7 @@ class CacheController(Controller):
     )
     def store(
         self,
-        kv_engine: CacheEngine,
+        kv_engine: EngineDep,
         tokens_mock: str | None = _TOKENS_MOCK,
         tokens_input: str | None = _TOKENS_INPUT,
     ) -> StoreResult:
@@ -190,7 +190,7 @@ class CacheController(Controller):
     )
     def retrieve(
         self,
-        kv_engine: CacheEngine,
+        kv_engine: EngineDep,
         tokens_mock: str | None = _TOKENS_MOCK,
         tokens_input: str | None = _TOKENS_INPUT,
     ) -> RetrieveResult:
@@ -213,7 +213,7 @@ class CacheController(Controller):
     )
     def kvcache_check(
         self,
-        kv_engine: CacheEngine,
+        kv_engine: EngineDep,
         slot_mapping: str | None = Parameter(
             default=None,
             required=False,
@@ -282,7 +282,7 @@ class CacheController(Controller):
     )
     def kvcache_record_slot(
         self,
-        engine: CacheEngine,
+        engine: EngineDep,
         enabled: str | None = Parameter(
             default=None,
             required=False,
@@ -303,7 +303,7 @@ class CacheController(Controller):
         responses=error_responses(503),
         opt={"error_title": "Failed to get kvcache info"},
     )
-    def kvcache_info(self, kv_engine: CacheEngine) -> KVCacheInfo:
+    def kvcache_info(self, kv_engine: EngineDep) -> KVCacheInfo:
         """Layers of the registered KV cache: shape, dtype, device."""
         info = kv_engine.kv_info()
         layers = {
@@ -333,7 +333,9 @@ class CacheController(Controller):
         ),
         opt={"error_title": "Failed to load chunks from FSConnector"},
     )
-    def load_fs_chunks(self, engine: CacheEngine, data: LoadFsChunksRequest) -> LoadFsChunksResult:
+    def load_fs_chunks(
+        self, engine: EngineDep, data: JSONBody[LoadFsChunksRequest]
+    ) -> LoadFsChunksResult:
         """Loads chunk files of the ``fs://`` remote named in a config file into the CPU tier."""
         if data.max_chunks is not None and data.max_chunks < 0:
             raise ApiError(

@@ -6,12 +6,12 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, get, post
+from lmcache_native.api.deps import EngineDep
 from lmcache_native.api.errors import bad_request, error_responses
 from lmcache_native.api.schemas import ChunkStatisticsStatus, StatusMessage
-from lmcache_native.engine import CacheEngine
 
 
-def _statistics(engine: CacheEngine) -> Any:
+def _statistics(engine: EngineDep) -> Any:
     stats = engine.statistics
     if not stats.available:
         raise bad_request("Not available", "Client does not support statistics.")
@@ -32,7 +32,7 @@ class ChunkStatisticsController(Controller):
         responses=error_responses(400, 503),
         opt={"error_title": "Failed to start"},
     )
-    def start(self, engine: CacheEngine) -> StatusMessage:
+    def start(self, engine: EngineDep) -> StatusMessage:
         """Starts collecting."""
         _statistics(engine).start()
         return StatusMessage(status="success", message="Started")
@@ -45,7 +45,7 @@ class ChunkStatisticsController(Controller):
         responses=error_responses(400, 503),
         opt={"error_title": "Failed to stop"},
     )
-    def stop(self, engine: CacheEngine) -> StatusMessage:
+    def stop(self, engine: EngineDep) -> StatusMessage:
         """Stops collecting (the counts are kept)."""
         _statistics(engine).stop()
         return StatusMessage(status="success", message="Stopped")
@@ -58,7 +58,7 @@ class ChunkStatisticsController(Controller):
         responses=error_responses(400, 503),
         opt={"error_title": "Failed to reset"},
     )
-    def reset(self, engine: CacheEngine) -> StatusMessage:
+    def reset(self, engine: EngineDep) -> StatusMessage:
         """Forgets every count."""
         _statistics(engine).reset()
         return StatusMessage(status="success", message="Reset")
@@ -70,6 +70,6 @@ class ChunkStatisticsController(Controller):
         responses=error_responses(400, 503),
         opt={"error_title": "Failed to get status"},
     )
-    def status(self, engine: CacheEngine) -> ChunkStatisticsStatus:
+    def status(self, engine: EngineDep) -> ChunkStatisticsStatus:
         """Current counts and the auto-exit settings."""
         return msgspec.convert(_statistics(engine).status(), ChunkStatisticsStatus, strict=False)

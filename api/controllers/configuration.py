@@ -6,11 +6,10 @@ from typing import Any, Union
 
 from litestar import Controller, Response, get, post
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import JSONBody, Parameter
+from lmcache_native.api.deps import ConfigDep, EngineDep
 from lmcache_native.api.errors import error_responses
 from lmcache_native.api.schemas import ConfUpdateResult, ErrorBody
-from lmcache_native.config import LMCacheEngineConfig
-from lmcache_native.engine import CacheEngine
 
 _NAMES = Parameter(
     default=None,
@@ -39,7 +38,7 @@ class ConfigurationController(Controller):
     tags = ["configuration"]
 
     @get("/conf", sync_to_thread=True, summary="Get Configuration", responses=error_responses(400))
-    def get_conf(self, config: LMCacheEngineConfig, names: str | None = _NAMES) -> dict[str, Any]:
+    def get_conf(self, config: ConfigDep, names: str | None = _NAMES) -> dict[str, Any]:
         """Current configuration values (secrets such as the API key are masked)."""
         return _filter(config.to_dict(), split_names(names))
 
@@ -62,7 +61,7 @@ class ConfigurationController(Controller):
         ),
     )
     def post_conf(
-        self, config: LMCacheEngineConfig, data: dict[str, Any]
+        self, config: ConfigDep, data: JSONBody[dict[str, Any]]
     ) -> Response[ConfUpdateResult]:
         """Updates several keys at once; 400 (with what was updated) when any key failed."""
         updated, errors = config.update(data)
@@ -76,6 +75,6 @@ class ConfigurationController(Controller):
     @get(
         "/meta", summary="Engine Metadata", sync_to_thread=True, responses=error_responses(400, 503)
     )
-    def get_meta(self, engine: CacheEngine, names: str | None = _NAMES) -> dict[str, Any]:
+    def get_meta(self, engine: EngineDep, names: str | None = _NAMES) -> dict[str, Any]:
         """Engine metadata (worker_id, world_size, model_name, kv_shape, kv_dtype, ...)."""
         return _filter(engine.metadata_dict(), split_names(names))

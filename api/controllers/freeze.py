@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from litestar import Controller, get, put
+from lmcache_native.api.deps import EngineDep
 from lmcache_native.api.errors import error_responses
 from lmcache_native.api.schemas import FreezeStatus
-from lmcache_native.engine import CacheEngine
 
 
 class FreezeController(Controller):
@@ -22,7 +22,7 @@ class FreezeController(Controller):
         responses=error_responses(503),
         opt={"error_title": "Failed to enable freeze mode"},
     )
-    def enable(self, engine: CacheEngine) -> FreezeStatus:
+    def enable(self, engine: EngineDep) -> FreezeStatus:
         """Enables freeze mode."""
         engine.freeze(True)
         return FreezeStatus(
@@ -37,7 +37,7 @@ class FreezeController(Controller):
         responses=error_responses(503),
         opt={"error_title": "Failed to disable freeze mode"},
     )
-    def disable(self, engine: CacheEngine) -> FreezeStatus:
+    def disable(self, engine: EngineDep) -> FreezeStatus:
         """Disables freeze mode; stores proceed normally."""
         engine.freeze(False)
         return FreezeStatus(
@@ -51,7 +51,7 @@ class FreezeController(Controller):
         responses=error_responses(503),
         opt={"error_title": "Failed to get freeze status"},
     )
-    def status(self, engine: CacheEngine) -> FreezeStatus:
+    def status(self, engine: EngineDep) -> FreezeStatus:
         """Whether freeze mode is on."""
         frozen = bool(engine.is_frozen)
         state = "enabled" if frozen else "disabled"

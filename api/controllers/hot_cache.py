@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from litestar import Controller, get, put
+from lmcache_native.api.deps import EngineDep
 from lmcache_native.api.errors import error_responses
 from lmcache_native.api.schemas import HotCacheStatus
-from lmcache_native.engine import CacheEngine
 
 
 class HotCacheController(Controller):
@@ -22,7 +22,7 @@ class HotCacheController(Controller):
         responses=error_responses(503),
         opt={"error_title": "Failed to enable hot cache"},
     )
-    def enable(self, engine: CacheEngine) -> HotCacheStatus:
+    def enable(self, engine: EngineDep) -> HotCacheStatus:
         """Enables the hot cache."""
         engine.set_hot_cache(True)
         return HotCacheStatus(
@@ -37,7 +37,7 @@ class HotCacheController(Controller):
         responses=error_responses(503),
         opt={"error_title": "Failed to disable hot cache"},
     )
-    def disable(self, engine: CacheEngine) -> HotCacheStatus:
+    def disable(self, engine: EngineDep) -> HotCacheStatus:
         """Disables the hot cache; its entries are cleared."""
         engine.set_hot_cache(False)
         return HotCacheStatus(
@@ -51,7 +51,7 @@ class HotCacheController(Controller):
         responses=error_responses(503),
         opt={"error_title": "Failed to get hot cache status"},
     )
-    def status(self, engine: CacheEngine) -> HotCacheStatus:
+    def status(self, engine: EngineDep) -> HotCacheStatus:
         """Whether the hot cache is on."""
         on = bool(engine.hot_cache_enabled)
         state = "enabled" if on else "disabled"

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from litestar import Controller, Response, get
+from lmcache_native.api.deps import EngineDep, MaybeEngineDep
 from lmcache_native.api.errors import error_responses
 from lmcache_native.api.schemas import Health
-from lmcache_native.engine import CacheEngine
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 
@@ -21,7 +21,7 @@ class ObservabilityController(Controller):
         media_type=CONTENT_TYPE_LATEST,
         responses=error_responses(503),
     )
-    def metrics(self, engine: CacheEngine) -> Response[bytes]:
+    def metrics(self, engine: EngineDep) -> Response[bytes]:
         """Engine metrics: hits, misses, stored/retrieved tokens and bytes per tier, copy time,
         checksum failures, tier errors."""
         return Response(generate_latest(engine.metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -31,7 +31,7 @@ class ObservabilityController(Controller):
         summary="Health",
         responses=error_responses(),
     )
-    async def health(self, maybe_engine: CacheEngine | None) -> Health:
+    async def health(self, maybe_engine: MaybeEngineDep) -> Health:
         """Always 200 while the server runs; says whether an engine and a KV cache are attached."""
         return Health(
             status="ok",

@@ -8,10 +8,9 @@ import importlib.metadata
 from litestar import Controller, MediaType, get
 from litestar.params import Parameter
 from lmcache_native import COMMIT_ID, VERSION
-from lmcache_native.api.deps import InferenceInfoProvider
+from lmcache_native.api.deps import HostInfoDep, MaybeEngineDep
 from lmcache_native.api.errors import error_responses
 from lmcache_native.api.schemas import InferenceInfo, InferenceVersion
-from lmcache_native.engine import CacheEngine
 
 
 def installed_vllm_version() -> str | None:
@@ -71,8 +70,8 @@ class VersionController(Controller):
     )
     def inference_info(
         self,
-        maybe_engine: CacheEngine | None,
-        host_info: InferenceInfoProvider | None,
+        maybe_engine: MaybeEngineDep,
+        host_info: HostInfoDep,
         format: str | None = Parameter(  # noqa: A002 - the spec's parameter name
             default=None, required=False, description="Reserved for future use."
         ),

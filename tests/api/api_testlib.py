@@ -1,0 +1,68 @@
+"""Shared helpers of the API tests: the small test cache, a real engine, the error-shape check."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lmcache_native.cli import make_kv_caches
+from lmcache_native.config import LMCacheEngineConfig
+from lmcache_native.engine import CacheEngine, EngineMetadata
+
+NUM_LAYERS = 2
+NUM_BLOCKS = 8
+BLOCK_SIZE = 16
+NUM_HEADS = 2
+HEAD_SIZE = 8
+NUM_SLOTS = NUM_BLOCKS * BLOCK_SIZE  # 128
+CHUNK_SIZE = 16
+LAYOUT = "flash_attn"
+DTYPE = torch.bfloat16
+
+
+def make_config(**overrides: Any) -> LMCacheEngineConfig:
+    """Small test configuration: 16-token chunks, statistics on, a small CPU tier."""
+    values: dict[str, Any] = {
+        "chunk_size": CHUNK_SIZE,
+        "enable_chunk_statistics": True,
+        "max_local_cpu_size": 0.01,
+    }
+    values.update(overrides)
+    return LMCacheEngineConfig.from_defaults(**values)
+
+
+def make_caches(seed: int = 1234) -> dict[str, torch.Tensor]:
+    """Seeded random bf16 paged caches, flash-attn layout, ``layer_0..``."""
+    return make_kv_caches(
+        NUM_LAYERS, LAYOUT, NUM_BLOCKS, BLOCK_SIZE, NUM_HEADS, HEAD_SIZE, DTYPE, seed=seed
+    )
+
+
+def make_engine(
+    config: LMCacheEngineConfig, caches: dict[str, torch.Tensor] | None = None
+) -> CacheEngine:
+    """A real engine; ``caches`` (if given) are registered as its paged KV cache."""
+    metadata = EngineMetadata(
+        model_name="test-model",
+        world_size=1,
+        worker_id=0,
+        kv_dtype=DTYPE,
+        kv_shape=(NUM_LAYERS, 2, CHUNK_SIZE, NUM_HEADS, HEAD_SIZE),
+    )
+    engine = CacheEngine(config, metadata)
+    if caches is not None:
+        engine.register_kv_caches(caches, LAYOUT)
+    return engine
+
+
+def assert_error(response: Any, status: int, error: str, message: str | None = None) -> dict:
+    """Asserts the ``{"error", "message"}`` shape, the status and the title (and message)."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert body["error"] == error, body
+    assert isinstance(body["message"], str) and body["message"], body
+    if message is not None:
+        assert body["message"] == message, body
+    assert "Traceback" not in response.text
+    return body

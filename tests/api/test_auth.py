@@ -1,0 +1,115 @@
+"""API key: every request needs 'Authorization: Bearer <key>' when one is configured."""
+
+from __future__ import annotations
+
+import hmac
+
+import pytest
+from api_testlib import assert_error, make_config
+from lmcache_native.api import security
+
+KEY = "test-key-0123456789"
+
+ROUTES = [
+    ("get", "/lmc_version"),
+    ("get", "/commit_id"),
+    ("get", "/version"),
+    ("get", "/inference_info"),
+    ("get", "/inference_version"),
+    ("get", "/conf"),
+    ("post", "/conf"),
+    ("get", "/meta"),
+    ("delete", "/cache/clear"),
+    ("post", "/cache/store?tokens_mock=0,16"),
+    ("post", "/cache/retrieve?tokens_mock=0,16"),
+    ("get", "/cache/kvcache/check?slot_mapping=0&chunk_size=1"),
+    ("post", "/cache/kvcache/record_slot"),
+    ("get", "/cache/kvcache/info"),
+    ("post", "/cache/load-fs-chunks"),
+    ("put", "/freeze/enable"),
+    ("put", "/freeze/disable"),
+    ("get", "/freeze/status"),
+    ("put", "/hot_cache/enable"),
+    ("put", "/hot_cache/disable"),
+    ("get", "/hot_cache/status"),
+    ("post", "/chunk_statistics/start"),
+    ("post", "/chunk_statistics/stop"),
+    ("post", "/chunk_statistics/reset"),
+    ("get", "/chunk_statistics/status"),
+    ("get", "/bypass/list"),
+    ("put", "/bypass/add?backend_name=LocalCPUBackend"),
+    ("put", "/bypass/remove?backend_name=LocalCPUBackend"),
+    ("get", "/metrics"),
+    ("get", "/health"),
+    ("get", "/schema/openapi.json"),
+]
+
+
+@pytest.fixture
+def secured(make_client, engine):
+    return make_client(engine, make_config(internal_api_server_api_key=KEY))
+
+
+def _call(client, method, path, headers=None):
+    if method == "post" and path in ("/conf", "/cache/load-fs-chunks"):
+        return client.post(path, json={}, headers=headers)
+    return getattr(client, method)(path, headers=headers)
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+def test_every_route_requires_the_key(secured, method, path):
+    r = _call(secured, method, path)
+    assert_error(r, 401, "Unauthorized")
+    assert r.headers["www-authenticate"] == "Bearer"
+    assert KEY not in r.text
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+def test_every_route_accepts_the_key(secured, method, path):
+    r = _call(secured, method, path, headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code != 401, r.text
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        f"Bearer {KEY}x",
+        f"Bearer {KEY[:-1]}",
+        f"Basic {KEY}",
+        KEY,
+        "Bearer",
+        "Bearer ",
+        f"bearer{KEY}",
+        b"Bearer \xe9\xe9",
+    ],
+)
+def test_wrong_credentials(secured, header):
+    r = secured.get("/health", headers={"Authorization": header})
+    assert_error(r, 401, "Unauthorized")
+
+
+def test_scheme_is_case_insensitive(secured):
+    assert secured.get("/health", headers={"Authorization": f"bearer {KEY}"}).status_code == 200
+
+
+def test_no_key_configured_means_open(client):
+    assert client.get("/health").status_code == 200
+
+
+def test_compare_is_constant_time(secured, monkeypatch):
+    calls = []
+    real = hmac.compare_digest
+
+    def spy(a, b):
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(security.hmac, "compare_digest", spy)
+    secured.get("/health", headers={"Authorization": "Bearer nope"})
+    secured.get("/health", headers={"Authorization": f"Bearer {KEY}"})
+    assert calls == [(b"nope", KEY.encode()), (KEY.encode(), KEY.encode())]
+
+
+def test_unknown_paths_do_not_leak_with_key(secured):
+    # Routing happens before guards: an unknown path is a plain 404 either way.
+    assert_error(secured.get("/nope"), 404, "Not found")

@@ -1,0 +1,163 @@
+"""Freeze, hot cache and bypass endpoints."""
+
+from __future__ import annotations
+
+import pytest
+from api_testlib import assert_error
+
+# --- freeze ----------------------------------------------------------------------------------
+
+
+def test_freeze_cycle(client, engine):
+    r = client.get("/freeze/status")
+    assert r.json() == {"status": "success", "freeze": False, "message": "Freeze mode is disabled"}
+    r = client.put("/freeze/enable")
+    assert r.status_code == 200
+    assert r.json() == {
+        "status": "success",
+        "freeze": True,
+        "message": "Freeze mode enabled successfully",
+    }
+    assert engine.is_frozen is True
+    assert client.get("/freeze/status").json() == {
+        "status": "success",
+        "freeze": True,
+        "message": "Freeze mode is enabled",
+    }
+    r = client.put("/freeze/disable")
+    assert r.json() == {
+        "status": "success",
+        "freeze": False,
+        "message": "Freeze mode disabled successfully",
+    }
+    assert engine.is_frozen is False
+
+
+def test_freeze_keeps_cpu_hits(client):
+    client.post("/cache/store?tokens_mock=0,32")
+    client.put("/freeze/enable")
+    assert client.post("/cache/retrieve?tokens_mock=0,32").json()["num_retrieved"] == 32
+    assert client.post("/cache/store?tokens_mock=100,132").json()["num_stored_tokens"] == 0
+    assert client.post("/cache/retrieve?tokens_mock=100,132").json()["num_retrieved"] == 0
+
+
+# --- hot cache -------------------------------------------------------------------------------
+
+
+def test_hot_cache_cycle(client, engine):
+    assert client.get("/hot_cache/status").json() == {
+        "status": "success",
+        "hot_cache": True,
+        "message": "Hot cache is enabled",
+    }
+    r = client.put("/hot_cache/disable")
+    assert r.json() == {
+        "status": "success",
+        "hot_cache": False,
+        "message": "Hot cache disabled successfully",
+    }
+    assert engine.hot_cache_enabled is False
+    assert client.get("/hot_cache/status").json()["message"] == "Hot cache is disabled"
+    r = client.put("/hot_cache/enable")
+    assert r.json() == {
+        "status": "success",
+        "hot_cache": True,
+        "message": "Hot cache enabled successfully",
+    }
+    assert engine.hot_cache_enabled is True
+
+
+def test_hot_cache_disable_clears_cpu_tier(client):
+    client.post("/cache/store?tokens_mock=0,32")
+    client.put("/hot_cache/disable")
+    assert client.post("/cache/retrieve?tokens_mock=0,32").json()["num_retrieved"] == 0
+    client.post("/cache/store?tokens_mock=0,32")
+    assert client.post("/cache/retrieve?tokens_mock=0,32").json()["num_retrieved"] == 0
+    client.put("/hot_cache/enable")
+    client.post("/cache/store?tokens_mock=0,32")
+    assert client.post("/cache/retrieve?tokens_mock=0,32").json()["num_retrieved"] == 32
+
+
+# --- bypass ----------------------------------------------------------------------------------
+
+
+def test_bypass_list(client, engine):
+    r = client.get("/bypass/list")
+    assert r.status_code == 200
+    assert r.json() == {
+        "status": "success",
+        "bypassed_backends": [],
+        "all_backends": engine.all_backends(),
+    }
+    assert "LocalCPUBackend" in r.json()["all_backends"]
+
+
+def test_bypass_add_and_remove(client, engine):
+    r = client.put("/bypass/add?backend_name=LocalCPUBackend")
+    assert r.json() == {
+        "status": "success",
+        "backend_name": "LocalCPUBackend",
+        "bypassed": True,
+        "was_already_bypassed": False,
+        "bypassed_backends": ["LocalCPUBackend"],
+    }
+    assert engine.bypassed_backends() == ["LocalCPUBackend"]
+    r = client.put("/bypass/add?backend_name=LocalCPUBackend")
+    assert r.json()["was_already_bypassed"] is True
+    assert client.get("/bypass/list").json()["bypassed_backends"] == ["LocalCPUBackend"]
+
+    r = client.put("/bypass/remove?backend_name=LocalCPUBackend")
+    assert r.json() == {
+        "status": "success",
+        "backend_name": "LocalCPUBackend",
+        "bypassed": False,
+        "was_bypassed": True,
+        "bypassed_backends": [],
+    }
+    r = client.put("/bypass/remove?backend_name=LocalCPUBackend")
+    assert r.json()["was_bypassed"] is False
+
+
+def test_bypassed_cpu_tier_is_skipped(client):
+    client.post("/cache/store?tokens_mock=0,32")
+    client.put("/bypass/add?backend_name=LocalCPUBackend")
+    assert client.post("/cache/retrieve?tokens_mock=0,32").json()["num_retrieved"] == 0
+    client.put("/bypass/remove?backend_name=LocalCPUBackend")
+    assert client.post("/cache/retrieve?tokens_mock=0,32").json()["num_retrieved"] == 32
+
+
+@pytest.mark.parametrize("action", ["add", "remove"])
+def test_bypass_unknown_backend(client, engine, action):
+    r = client.put(f"/bypass/{action}?backend_name=FooBackend")
+    assert_error(
+        r,
+        400,
+        "Unknown backend",
+        f"Backend 'FooBackend' not found. Available: {engine.all_backends()}",
+    )
+
+
+@pytest.mark.parametrize("action", ["add", "remove"])
+def test_bypass_missing_name(client, action):
+    assert_error(
+        client.put(f"/bypass/{action}"), 400, "Missing parameter", "backend_name is required"
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("put", "/freeze/enable"),
+        ("put", "/freeze/disable"),
+        ("get", "/freeze/status"),
+        ("put", "/hot_cache/enable"),
+        ("put", "/hot_cache/disable"),
+        ("get", "/hot_cache/status"),
+        ("get", "/bypass/list"),
+        ("put", "/bypass/add?backend_name=LocalCPUBackend"),
+        ("put", "/bypass/remove?backend_name=LocalCPUBackend"),
+    ],
+)
+def test_modes_503_without_engine(no_engine_client, method, path):
+    body = assert_error(getattr(no_engine_client, method)(path), 503, "LMCache API is unavailable")
+    assert body["message"] == "LMCache engine not configured."

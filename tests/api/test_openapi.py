@@ -1,0 +1,88 @@
+"""The OpenAPI document: snapshot, coverage of the spec, error responses documented.
+
+After an intended API change, regenerate the snapshot with
+    .venv/bin/python -m lmcache_native.api.openapi tests/api/openapi_snapshot.json
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from lmcache_native.api.openapi import openapi_document, render
+
+SNAPSHOT = Path(__file__).with_name("openapi_snapshot.json")
+
+# Every endpoint of inference_apis.rst, plus /metrics and /health.
+ENDPOINTS = [
+    ("get", "/lmc_version"),
+    ("get", "/commit_id"),
+    ("get", "/version"),
+    ("get", "/inference_info"),
+    ("get", "/inference_version"),
+    ("get", "/conf"),
+    ("post", "/conf"),
+    ("get", "/meta"),
+    ("delete", "/cache/clear"),
+    ("post", "/cache/store"),
+    ("post", "/cache/retrieve"),
+    ("get", "/cache/kvcache/check"),
+    ("post", "/cache/kvcache/record_slot"),
+    ("get", "/cache/kvcache/info"),
+    ("post", "/cache/load-fs-chunks"),
+    ("put", "/freeze/enable"),
+    ("put", "/freeze/disable"),
+    ("get", "/freeze/status"),
+    ("put", "/hot_cache/enable"),
+    ("put", "/hot_cache/disable"),
+    ("get", "/hot_cache/status"),
+    ("post", "/chunk_statistics/start"),
+    ("post", "/chunk_statistics/stop"),
+    ("post", "/chunk_statistics/reset"),
+    ("get", "/chunk_statistics/status"),
+    ("get", "/bypass/list"),
+    ("put", "/bypass/add"),
+    ("put", "/bypass/remove"),
+    ("get", "/metrics"),
+    ("get", "/health"),
+]
+
+
+def test_snapshot_matches():
+    expected = SNAPSHOT.read_text(encoding="utf-8")
+    assert render() == expected, (
+        "The OpenAPI document changed. If intended, regenerate it with: "
+        ".venv/bin/python -m lmcache_native.api.openapi tests/api/openapi_snapshot.json"
+    )
+
+
+def test_served_document_equals_snapshot(client):
+    r = client.get("/schema/openapi.json")
+    assert r.status_code == 200
+    assert r.json() == json.loads(SNAPSHOT.read_text(encoding="utf-8"))
+
+
+def test_exactly_the_spec_endpoints():
+    doc = openapi_document()
+    found = {(m, p) for p, ops in doc["paths"].items() for m in ops}
+    assert found == set(ENDPOINTS)
+    assert len(ENDPOINTS) == 30
+
+
+@pytest.mark.parametrize(("method", "path"), ENDPOINTS)
+def test_errors_documented_with_error_shape(method, path):
+    doc = openapi_document()
+    op = doc["paths"][path][method]
+    for code in ("401", "500"):
+        schema = op["responses"][code]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/ErrorBody"}
+    if op.get("parameters") or "requestBody" in op:
+        assert "400" in op["responses"]
+    assert "200" in op["responses"]
+
+
+def test_error_body_schema():
+    schema = openapi_document()["components"]["schemas"]["ErrorBody"]
+    assert schema["required"] == ["error", "message"]
+    assert schema["properties"] == {"error": {"type": "string"}, "message": {"type": "string"}}
