@@ -1,0 +1,132 @@
+// Bindings of slot_ranges: parse (to slots or to ranges), compress (runs -> Python list),
+// expand (CPU twin, CUDA launcher).
+#include "kernels/slot_ranges.h"
+
+#include <Python.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "bindings/common.h"
+
+namespace py = pybind11;
+
+namespace lmc {
+namespace {
+
+// UTF-8 bytes of a str without copying (CPython caches them; ASCII strings are used as-is).
+std::pair<const char*, int64_t> utf8_of(const py::str& text) {
+  Py_ssize_t len = 0;
+  const char* p = PyUnicode_AsUTF8AndSize(text.ptr(), &len);
+  if (p == nullptr) throw py::error_already_set();
+  return {p, static_cast<int64_t>(len)};
+}
+
+// Parses text into an int64 numpy array: the slots, or (as_ranges) one (start, end) row per
+// item. Validation and counting run before the array is allocated.
+py::array_t<int64_t> parse_py(const py::str& text, int64_t max_slots, bool as_ranges) {
+  auto [s, n] = utf8_of(text);
+  SlotCount count{};
+  {
+    py::gil_scoped_release release;
+    count = slot_ranges_count(s, n, max_slots);
+  }
+  if (as_ranges) {
+    py::array_t<int64_t> out({static_cast<py::ssize_t>(count.num_items), py::ssize_t{2}});
+    int64_t* dst = out.mutable_data();
+    py::gil_scoped_release release;
+    slot_ranges_fill_ranges(s, n, dst);
+    return out;
+  }
+  py::array_t<int64_t> out(static_cast<py::ssize_t>(count.num_slots));
+  int64_t* dst = out.mutable_data();
+  py::gil_scoped_release release;
+  slot_ranges_fill(s, n, dst);
+  return out;
+}
+
+// Builds [int | [start, end]] from n contiguous int64 slots at address slots.
+py::list compress_py(int64_t slots, int64_t n) {
+  LMC_CHECK_ARG(n >= 0, "n must be >= 0, got ", n);
+  std::vector<int64_t> runs(static_cast<size_t>(2 * n));
+  int64_t num_runs = 0;
+  {
+    py::gil_scoped_release release;
+    num_runs = slot_ranges_runs(as_ptr<const int64_t>(slots), n, runs.data());
+  }
+  int64_t num_items = 0;
+  for (int64_t r = 0; r < num_runs; ++r) num_items += runs[2 * r + 1] >= 3 ? 1 : runs[2 * r + 1];
+  // NOTE: filled through the C API (PyList_SET_ITEM steals each reference); one list
+  // allocation and one int object per item is the least Python work the result needs.
+  PyObject* list = PyList_New(static_cast<Py_ssize_t>(num_items));
+  if (list == nullptr) throw py::error_already_set();
+  py::list out = py::reinterpret_steal<py::list>(list);
+  Py_ssize_t k = 0;
+  auto new_int = [](int64_t v) {
+    PyObject* o = PyLong_FromLongLong(v);
+    if (o == nullptr) throw py::error_already_set();
+    return o;
+  };
+  for (int64_t r = 0; r < num_runs; ++r) {
+    const int64_t start = runs[2 * r], length = runs[2 * r + 1];
+    if (length >= 3) {
+      PyObject* pair = PyList_New(2);
+      if (pair == nullptr) throw py::error_already_set();
+      PyList_SET_ITEM(list, k++, pair);
+      PyList_SET_ITEM(pair, 0, new_int(start));
+      PyList_SET_ITEM(pair, 1, new_int(start + length - 1));
+    } else {
+      for (int64_t t = 0; t < length; ++t) PyList_SET_ITEM(list, k++, new_int(start + t));
+    }
+  }
+  return out;
+}
+
+void expand_cpu_py(int64_t ranges, int64_t num_ranges, int64_t slots, int64_t num_slots) {
+  py::gil_scoped_release release;
+  slot_ranges_expand_cpu(as_ptr<const int64_t>(ranges), num_ranges, as_ptr<int64_t>(slots),
+                         num_slots);
+}
+
+#ifdef LMC_WITH_CUDA
+void expand_cuda_py(int64_t ranges, int64_t offsets, int64_t num_ranges, int64_t slots,
+                    int64_t num_slots, int64_t stream) {
+  LMC_CHECK_ARG(num_ranges >= 0 && num_slots >= 0, "num_ranges and num_slots must be >= 0");
+  py::gil_scoped_release release;
+  LMC_CHECK_CUDA(launch_slot_ranges_expand(
+      as_ptr<const int64_t>(ranges), as_ptr<const int64_t>(offsets), num_ranges,
+      as_ptr<int64_t>(slots), num_slots,
+      reinterpret_cast<cudaStream_t>(static_cast<uintptr_t>(stream))));
+}
+#endif
+
+}  // namespace
+
+void register_slot_ranges(py::module_& m) {
+  m.def(
+      "parse_slot_mapping",
+      [](const py::str& text, int64_t max_slots) { return parse_py(text, max_slots, false); },
+      py::arg("text"), py::arg("max_slots"),
+      "Parses a slot string into an int64 array of slots (ValueError naming the position).");
+  m.def(
+      "parse_slot_ranges",
+      [](const py::str& text, int64_t max_slots) { return parse_py(text, max_slots, true); },
+      py::arg("text"), py::arg("max_slots"),
+      "Parses a slot string into an int64 array [num_items, 2] of inclusive (start, end).");
+  m.def("compress_slot_mapping", &compress_py, py::arg("slots"), py::arg("n"),
+        "Compresses n contiguous int64 slots at address slots: runs of >= 3 consecutive "
+        "values become [start, end], shorter runs stay ints, order kept.");
+  m.def("slot_ranges_expand_cpu", &expand_cpu_py, py::arg("ranges"), py::arg("num_ranges"),
+        py::arg("slots"), py::arg("num_slots"),
+        "Expands [num_ranges, 2] inclusive ranges (host) into num_slots slots (host).");
+#ifdef LMC_WITH_CUDA
+  m.def("slot_ranges_expand_cuda", &expand_cuda_py, py::arg("ranges"), py::arg("offsets"),
+        py::arg("num_ranges"), py::arg("slots"), py::arg("num_slots"), py::arg("stream"),
+        "Launches the expansion of [num_ranges, 2] ranges with exclusive offsets (device) into "
+        "num_slots slots (device) on stream.");
+#endif
+}
+
+}  // namespace lmc

@@ -1,0 +1,135 @@
+// 8-lane multi-buffer MD5 transform with AVX2 (one message per 32-bit lane).
+//
+// Compiled for every x86-64 target with a per-function target attribute (no -march flag), so
+// one binary runs everywhere; kv_chunk_md5_cpu.cpp calls it only after
+// __builtin_cpu_supports("avx2").
+#include "kernels/kv_chunk_md5.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+
+#include <immintrin.h>
+
+#include "kernels/md5.h"
+
+#define LMC_TARGET_AVX2 __attribute__((target("avx2")))
+
+namespace lmc::md5_simd {
+namespace {
+
+// 8x8 transpose of 32-bit words: r[lane] holds 8 words of lane's block on entry, r[i] holds
+// word i of all 8 lanes on exit.
+LMC_TARGET_AVX2 inline void transpose8(__m256i r[8]) {
+  const __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]);
+  const __m256i t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+  const __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]);
+  const __m256i t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+  const __m256i t4 = _mm256_unpacklo_epi32(r[4], r[5]);
+  const __m256i t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+  const __m256i t6 = _mm256_unpacklo_epi32(r[6], r[7]);
+  const __m256i t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+  const __m256i u0 = _mm256_unpacklo_epi64(t0, t2);
+  const __m256i u1 = _mm256_unpackhi_epi64(t0, t2);
+  const __m256i u2 = _mm256_unpacklo_epi64(t1, t3);
+  const __m256i u3 = _mm256_unpackhi_epi64(t1, t3);
+  const __m256i u4 = _mm256_unpacklo_epi64(t4, t6);
+  const __m256i u5 = _mm256_unpackhi_epi64(t4, t6);
+  const __m256i u6 = _mm256_unpacklo_epi64(t5, t7);
+  const __m256i u7 = _mm256_unpackhi_epi64(t5, t7);
+  r[0] = _mm256_permute2x128_si256(u0, u4, 0x20);
+  r[4] = _mm256_permute2x128_si256(u0, u4, 0x31);
+  r[1] = _mm256_permute2x128_si256(u1, u5, 0x20);
+  r[5] = _mm256_permute2x128_si256(u1, u5, 0x31);
+  r[2] = _mm256_permute2x128_si256(u2, u6, 0x20);
+  r[6] = _mm256_permute2x128_si256(u2, u6, 0x31);
+  r[3] = _mm256_permute2x128_si256(u3, u7, 0x20);
+  r[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
+}
+
+LMC_TARGET_AVX2 inline __m256i rotl8(__m256i x, int s) {
+  return _mm256_or_si256(_mm256_slli_epi32(x, s), _mm256_srli_epi32(x, 32 - s));
+}
+LMC_TARGET_AVX2 inline __m256i f8(__m256i b, __m256i c, __m256i d) {
+  return _mm256_xor_si256(d, _mm256_and_si256(b, _mm256_xor_si256(c, d)));
+}
+LMC_TARGET_AVX2 inline __m256i g8(__m256i b, __m256i c, __m256i d) {
+  return _mm256_xor_si256(c, _mm256_and_si256(d, _mm256_xor_si256(b, c)));
+}
+LMC_TARGET_AVX2 inline __m256i h8(__m256i b, __m256i c, __m256i d) {
+  return _mm256_xor_si256(_mm256_xor_si256(b, c), d);
+}
+// c ^ (b | ~d) == ~c ^ (~b & d)
+LMC_TARGET_AVX2 inline __m256i i8(__m256i b, __m256i c, __m256i d) {
+  return _mm256_xor_si256(_mm256_andnot_si256(b, d), _mm256_xor_si256(c, _mm256_set1_epi32(-1)));
+}
+
+}  // namespace
+
+#define LMC_STEP8(fn, a, b, c, d, i)                                                            \
+  a = _mm256_add_epi32(                                                                        \
+      a, _mm256_add_epi32(m[kMd5G[i]], _mm256_set1_epi32(static_cast<int>(kMd5K[i]))));        \
+  a = _mm256_add_epi32(a, fn(b, c, d));                                                        \
+  a = _mm256_add_epi32(rotl8(a, kMd5S[i]), b);
+
+#define LMC_ROUND8(fn, i0)                 \
+  LMC_STEP8(fn, a, b, c, d, (i0) + 0)      \
+  LMC_STEP8(fn, d, a, b, c, (i0) + 1)      \
+  LMC_STEP8(fn, c, d, a, b, (i0) + 2)      \
+  LMC_STEP8(fn, b, c, d, a, (i0) + 3)
+
+LMC_TARGET_AVX2 void md5_x8_avx2(uint32_t* state, const uint8_t* const* blocks,
+                                 int64_t num_blocks) {
+  __m256i a = _mm256_load_si256(reinterpret_cast<const __m256i*>(state + 0));
+  __m256i b = _mm256_load_si256(reinterpret_cast<const __m256i*>(state + 8));
+  __m256i c = _mm256_load_si256(reinterpret_cast<const __m256i*>(state + 16));
+  __m256i d = _mm256_load_si256(reinterpret_cast<const __m256i*>(state + 24));
+  for (int64_t blk = 0; blk < num_blocks; ++blk) {
+    const uint8_t* const* p = blocks + blk * 8;
+    __m256i m[16];
+    for (int lane = 0; lane < 8; ++lane) {
+      m[lane] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p[lane]));
+      m[8 + lane] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p[lane] + 32));
+    }
+    transpose8(m);
+    transpose8(m + 8);
+    const __m256i a0 = a, b0 = b, c0 = c, d0 = d;
+    LMC_ROUND8(f8, 0)
+    LMC_ROUND8(f8, 4)
+    LMC_ROUND8(f8, 8)
+    LMC_ROUND8(f8, 12)
+    LMC_ROUND8(g8, 16)
+    LMC_ROUND8(g8, 20)
+    LMC_ROUND8(g8, 24)
+    LMC_ROUND8(g8, 28)
+    LMC_ROUND8(h8, 32)
+    LMC_ROUND8(h8, 36)
+    LMC_ROUND8(h8, 40)
+    LMC_ROUND8(h8, 44)
+    LMC_ROUND8(i8, 48)
+    LMC_ROUND8(i8, 52)
+    LMC_ROUND8(i8, 56)
+    LMC_ROUND8(i8, 60)
+    a = _mm256_add_epi32(a, a0);
+    b = _mm256_add_epi32(b, b0);
+    c = _mm256_add_epi32(c, c0);
+    d = _mm256_add_epi32(d, d0);
+  }
+  _mm256_store_si256(reinterpret_cast<__m256i*>(state + 0), a);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(state + 8), b);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(state + 16), c);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(state + 24), d);
+}
+
+#undef LMC_ROUND8
+#undef LMC_STEP8
+
+}  // namespace lmc::md5_simd
+
+#else  // not x86: never selected (md5_isa_supported is false), defined for the linker.
+
+#include <cstdlib>
+
+namespace lmc::md5_simd {
+void md5_x8_avx2(uint32_t*, const uint8_t* const*, int64_t) { std::abort(); }
+}  // namespace lmc::md5_simd
+
+#endif

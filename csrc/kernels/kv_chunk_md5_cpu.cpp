@@ -1,0 +1,446 @@
+// CPU twin of kv_chunk_md5: multi-buffer MD5 over (chunk, layer) messages, threads on top.
+//
+// Messages of equal length are grouped W at a time (W = 16 for AVX-512, 8 for AVX2, 1 scalar).
+// Each lane owns a reader that walks its message's bytes straight out of the paged cache: a
+// batch of 64-byte blocks is handed to the transform as pointers into the cache when the
+// bytes are contiguous there, else (segment boundaries inside the batch, or vllm_cpu's
+// transposed K) copied into a small per-lane staging buffer first.
+#include "kernels/kv_chunk_md5.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "common/check.h"
+#include "common/thread_pool.h"
+#include "kernels/md5.h"
+
+namespace lmc {
+namespace {
+
+// Blocks per transform call (16 KB of staging for 16 lanes).
+constexpr int64_t kMaxBatchBlocks = 16;
+
+alignas(64) const uint8_t kZeroBlock[kMd5BlockBytes] = {};
+
+// ---- instruction-set selection -------------------------------------------------------------
+
+bool cpu_has(Md5Isa isa) {
+#if defined(__x86_64__) || defined(__i386__)
+  switch (isa) {
+    case Md5Isa::kScalar: return true;
+    case Md5Isa::kAvx2: return __builtin_cpu_supports("avx2");
+    case Md5Isa::kAvx512: return __builtin_cpu_supports("avx512f");
+  }
+  return false;
+#else
+  return isa == Md5Isa::kScalar;
+#endif
+}
+
+Md5Isa best_isa() {
+  if (cpu_has(Md5Isa::kAvx512)) return Md5Isa::kAvx512;
+  if (cpu_has(Md5Isa::kAvx2)) return Md5Isa::kAvx2;
+  return Md5Isa::kScalar;
+}
+
+Md5Isa initial_isa() {
+  if (const char* env = std::getenv("LMC_MD5_ISA")) {
+    for (Md5Isa isa : {Md5Isa::kScalar, Md5Isa::kAvx2, Md5Isa::kAvx512}) {
+      if (std::strcmp(env, md5_isa_name(isa)) == 0 && cpu_has(isa)) return isa;
+    }
+  }
+  return best_isa();
+}
+
+std::atomic<int>& isa_slot() {
+  static std::atomic<int> slot{static_cast<int>(initial_isa())};
+  return slot;
+}
+
+// ---- transforms ----------------------------------------------------------------------------
+
+using TransformFn = void (*)(uint32_t*, const uint8_t* const*, int64_t);
+
+void md5_x1_scalar(uint32_t* state, const uint8_t* const* blocks, int64_t num_blocks) {
+  for (int64_t b = 0; b < num_blocks; ++b) md5_transform_bytes(state, blocks[b]);
+}
+
+// ---- message readers -----------------------------------------------------------------------
+
+// A contiguous message (md5_many_cpu).
+struct ContigReader {
+  const uint8_t* p;
+
+  int64_t batch_hint(int64_t max_blocks) const { return max_blocks; }
+
+  const uint8_t* next(int64_t n, uint8_t* /*stage*/) {
+    const uint8_t* r = p;
+    p += n;
+    return r;
+  }
+  void read(uint8_t* dst, int64_t n) {
+    if (n > 0) std::memcpy(dst, p, static_cast<size_t>(n));
+    p += n;
+  }
+};
+
+// Geometry shared by all messages of one kv_chunk_md5 call, in bytes. A message is a sequence
+// of segments (kv, j, h): kv side, j-th valid slot of the chunk, head h (or the whole row when
+// every row is contiguous). All messages of equal length have their segment boundaries at the
+// same offsets, so a batch never straddles a boundary in one lane and not in another.
+struct MsgGeom {
+  int64_t num_kv;
+  int64_t elem;          // bytes per element
+  int64_t block_size;    // tokens per block
+  int64_t seg_len;       // bytes per segment
+  int64_t segs_per_row;  // 1 (whole rows contiguous) or num_heads
+  bool in_place;         // segments contiguous and whole blocks: batches read the cache in place
+  bool strided[2];       // dims not contiguous (vllm_cpu K): elements gathered one by one
+  int64_t kv_off[2], block_stride[2], token_stride[2], head_stride[2], dim_stride[2];
+
+  explicit MsgGeom(const PagedKVLayout& l) {
+    num_kv = l.num_kv;
+    elem = l.elem_size;
+    block_size = l.block_size;
+    bool rows = true;
+    for (int kv = 0; kv < 2; ++kv) {
+      const int k = kv < l.num_kv ? kv : 0;
+      kv_off[kv] = l.kv_offset[k] * elem;
+      block_stride[kv] = l.block_stride[k] * elem;
+      token_stride[kv] = l.token_stride[k] * elem;
+      head_stride[kv] = l.head_stride[k] * elem;
+      dim_stride[kv] = l.dim_stride[k] * elem;
+      strided[kv] = !l.head_contiguous(k);
+      rows = rows && l.row_contiguous(k);
+    }
+    segs_per_row = rows ? 1 : l.num_heads;
+    seg_len = rows ? l.row_bytes() : l.head_size * elem;
+    in_place = !strided[0] && !strided[1] && seg_len % kMd5BlockBytes == 0;
+  }
+
+  int64_t message_len(int64_t nslots) const { return num_kv * nslots * segs_per_row * seg_len; }
+
+  const uint8_t* segment(const uint8_t* base, int kv, int64_t slot, int64_t h) const {
+    const int64_t block = slot / block_size;
+    const int64_t offset = slot - block * block_size;
+    return base + kv_off[kv] + block * block_stride[kv] + offset * token_stride[kv] +
+           h * head_stride[kv];
+  }
+};
+
+template <typename Word>
+void gather_elems(uint8_t* dst, const uint8_t* src, int64_t stride, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) {
+    Word w;
+    std::memcpy(&w, src + i * stride, sizeof(Word));
+    std::memcpy(dst + i * static_cast<int64_t>(sizeof(Word)), &w, sizeof(Word));
+  }
+}
+
+// One (chunk, layer) message read sequentially from the paged cache.
+struct PagedReader {
+  const MsgGeom* g;
+  const uint8_t* base;    // layer base
+  const int64_t* slots;   // valid slots of the chunk
+  int64_t nslots;
+  int kv = 0;
+  int64_t j = 0, h = 0;   // current segment
+  int64_t off = 0;        // bytes of the current segment already consumed
+  const uint8_t* seg = nullptr;
+
+  void open() { seg = g->segment(base, kv, slots[j], h); }
+
+  void advance() {
+    off = 0;
+    seg = nullptr;
+    if (++h == g->segs_per_row) {
+      h = 0;
+      if (++j == nslots) {
+        j = 0;
+        ++kv;
+      }
+    }
+  }
+
+  // Blocks the next batch may hold: up to the end of the segment when batches read in place.
+  int64_t batch_hint(int64_t max_blocks) const {
+    if (!g->in_place) return max_blocks;
+    return std::min(max_blocks, (g->seg_len - off) / kMd5BlockBytes);
+  }
+
+  // Pointer to the next n bytes: into the cache when contiguous there, else into stage.
+  const uint8_t* next(int64_t n, uint8_t* stage) {
+    if (seg == nullptr) open();
+    if (!g->strided[kv] && g->seg_len - off >= n) {
+      const uint8_t* p = seg + off;
+      off += n;
+      if (off == g->seg_len) advance();
+      return p;
+    }
+    read(stage, n);
+    return stage;
+  }
+
+  // Copies the next n bytes to dst (n is a multiple of the element size).
+  void read(uint8_t* dst, int64_t n) {
+    while (n > 0) {
+      if (seg == nullptr) open();
+      const int64_t take = std::min(n, g->seg_len - off);
+      if (!g->strided[kv]) {
+        std::memcpy(dst, seg + off, static_cast<size_t>(take));
+      } else {
+        const int64_t e = g->elem;
+        const uint8_t* src = seg + (off / e) * g->dim_stride[kv];
+        const int64_t stride = g->dim_stride[kv];
+        switch (e) {
+          case 1: gather_elems<uint8_t>(dst, src, stride, take); break;
+          case 2: gather_elems<uint16_t>(dst, src, stride, take / 2); break;
+          case 4: gather_elems<uint32_t>(dst, src, stride, take / 4); break;
+          default: gather_elems<uint64_t>(dst, src, stride, take / 8); break;
+        }
+      }
+      dst += take;
+      n -= take;
+      off += take;
+      if (off == g->seg_len) advance();
+    }
+  }
+};
+
+// ---- the group hasher ----------------------------------------------------------------------
+
+// Hashes nlanes (<= W) messages of len bytes each, W at a time through xform, and writes
+// lane i's digest to digests[i]. batch_blocks: blocks per transform call (<= kMaxBatchBlocks).
+template <int W, typename Reader>
+void hash_lanes(Reader* readers, int nlanes, int64_t len, int64_t batch_blocks,
+                TransformFn xform, uint8_t* const* digests) {
+  alignas(64) uint32_t state[4 * W];
+  for (int w = 0; w < 4; ++w) {
+    for (int lane = 0; lane < W; ++lane) state[w * W + lane] = kMd5Init[w];
+  }
+  const uint8_t* ptrs[kMaxBatchBlocks * W];
+  alignas(64) uint8_t stage[W][kMaxBatchBlocks * kMd5BlockBytes];
+
+  const int64_t full_blocks = len / kMd5BlockBytes;
+  for (int64_t done = 0; done < full_blocks;) {
+    // NOTE: all lanes share segment boundaries (equal lengths, one geometry), so lane 0's
+    // hint holds for every lane.
+    const int64_t k = std::min(readers[0].batch_hint(batch_blocks), full_blocks - done);
+    for (int lane = 0; lane < W; ++lane) {
+      if (lane < nlanes) {
+        const uint8_t* q = readers[lane].next(k * kMd5BlockBytes, stage[lane]);
+        for (int64_t b = 0; b < k; ++b) ptrs[b * W + lane] = q + b * kMd5BlockBytes;
+      } else {
+        for (int64_t b = 0; b < k; ++b) ptrs[b * W + lane] = kZeroBlock;
+      }
+    }
+    xform(state, ptrs, k);
+    done += k;
+  }
+
+  // Tail: the last partial block, 0x80, zeros, and the bit length (one or two blocks).
+  const int64_t rem = len - full_blocks * kMd5BlockBytes;
+  const int64_t tail_blocks = rem + 9 > kMd5BlockBytes ? 2 : 1;
+  const uint64_t bits = static_cast<uint64_t>(len) * 8;
+  alignas(64) uint8_t tail[W][2 * kMd5BlockBytes];
+  for (int lane = 0; lane < W; ++lane) {
+    uint8_t* t = tail[lane];
+    if (lane < nlanes) {
+      readers[lane].read(t, rem);
+      t[rem] = 0x80;
+      std::memset(t + rem + 1, 0, static_cast<size_t>(tail_blocks * kMd5BlockBytes - rem - 1));
+      std::memcpy(t + tail_blocks * kMd5BlockBytes - 8, &bits, 8);
+    }
+    for (int64_t b = 0; b < tail_blocks; ++b) {
+      ptrs[b * W + lane] = lane < nlanes ? t + b * kMd5BlockBytes : kZeroBlock;
+    }
+  }
+  xform(state, ptrs, tail_blocks);
+
+  for (int lane = 0; lane < nlanes; ++lane) {
+    for (int w = 0; w < 4; ++w) std::memcpy(digests[lane] + 4 * w, &state[w * W + lane], 4);
+  }
+}
+
+// A run of messages with equal length, hashed together.
+struct Group {
+  int64_t first;  // index into the sorted message order
+  int count;
+};
+
+int lanes_of(Md5Isa isa) {
+  switch (isa) {
+    case Md5Isa::kAvx512: return 16;
+    case Md5Isa::kAvx2: return 8;
+    default: return 1;
+  }
+}
+
+// Splits messages (already ordered so equal lengths are adjacent) into groups of <= W.
+std::vector<Group> make_groups(const std::vector<int64_t>& order,
+                               const std::vector<int64_t>& lens, int width) {
+  std::vector<Group> groups;
+  const int64_t n = static_cast<int64_t>(order.size());
+  for (int64_t i = 0; i < n;) {
+    int count = 1;
+    while (count < width && i + count < n && lens[order[i + count]] == lens[order[i]]) ++count;
+    groups.push_back({i, count});
+    i += count;
+  }
+  return groups;
+}
+
+// Hashes one group on the widest transform that pays off for its size.
+template <typename Reader>
+void hash_group(Reader* readers, int count, int64_t len, Md5Isa isa,
+                uint8_t* const* digests) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (isa == Md5Isa::kAvx512 && count > 8) {
+    hash_lanes<16>(readers, count, len, kMaxBatchBlocks, &md5_simd::md5_x16_avx512, digests);
+    return;
+  }
+  if (isa != Md5Isa::kScalar && count > 1 && cpu_has(Md5Isa::kAvx2)) {
+    hash_lanes<8>(readers, count, len, kMaxBatchBlocks, &md5_simd::md5_x8_avx2, digests);
+    return;
+  }
+#endif
+  for (int i = 0; i < count; ++i) {
+    hash_lanes<1>(readers + i, 1, len, kMaxBatchBlocks, &md5_x1_scalar, digests + i);
+  }
+}
+
+}  // namespace
+
+// ---- public entry points -------------------------------------------------------------------
+
+const char* md5_isa_name(Md5Isa isa) {
+  switch (isa) {
+    case Md5Isa::kScalar: return "scalar";
+    case Md5Isa::kAvx2: return "avx2";
+    case Md5Isa::kAvx512: return "avx512";
+  }
+  return "unknown";
+}
+
+Md5Isa md5_isa_from_name(const char* name) {
+  for (Md5Isa isa : {Md5Isa::kScalar, Md5Isa::kAvx2, Md5Isa::kAvx512}) {
+    if (std::strcmp(name, md5_isa_name(isa)) == 0) return isa;
+  }
+  throw std::invalid_argument(
+      detail::concat("isa must be 'scalar', 'avx2' or 'avx512', got '", name, "'"));
+}
+
+bool md5_isa_supported(Md5Isa isa) { return cpu_has(isa); }
+
+Md5Isa md5_isa() { return static_cast<Md5Isa>(isa_slot().load(std::memory_order_relaxed)); }
+
+void md5_set_isa(Md5Isa isa) {
+  LMC_CHECK_ARG(cpu_has(isa), "isa '", md5_isa_name(isa), "' is not supported by this CPU");
+  isa_slot().store(static_cast<int>(isa), std::memory_order_relaxed);
+}
+
+void md5_many_cpu(const uint8_t* const* msgs, const int64_t* lens, int64_t n, uint8_t* digests) {
+  if (n <= 0) return;
+  const Md5Isa isa = md5_isa();
+  std::vector<int64_t> len_of(lens, lens + n);
+  std::vector<int64_t> order(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return len_of[a] < len_of[b]; });
+  const std::vector<Group> groups = make_groups(order, len_of, lanes_of(isa));
+  parallel_for(static_cast<int64_t>(groups.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t gi = begin; gi < end; ++gi) {
+      const Group& grp = groups[gi];
+      ContigReader readers[16];
+      uint8_t* outs[16];
+      for (int i = 0; i < grp.count; ++i) {
+        const int64_t m = order[grp.first + i];
+        readers[i].p = msgs[m];
+        outs[i] = digests + m * kMd5DigestBytes;
+      }
+      hash_group(readers, grp.count, len_of[order[grp.first]], isa, outs);
+    }
+  });
+}
+
+void kv_chunk_md5_cpu(const uint8_t* const* layer_ptrs, int64_t num_layers,
+                      const PagedKVLayout& layout, const int64_t* slot_mapping,
+                      int64_t num_tokens, int64_t chunk_size, uint8_t* per_layer) {
+  LMC_CHECK_ARG(chunk_size >= 1, "chunk_size must be >= 1, got ", chunk_size);
+  LMC_CHECK_ARG(num_tokens >= 0, "num_tokens must be >= 0, got ", num_tokens);
+  const int64_t num_slots = layout.num_slots();
+  for (int64_t i = 0; i < num_tokens; ++i) {
+    const int64_t s = slot_mapping[i];
+    LMC_CHECK_INDEX(s == -1 || (s >= 0 && s < num_slots), "slot_mapping[", i, "] = ", s,
+                    " is out of range for a cache of ", num_slots, " slots (-1 marks padding)");
+  }
+  const int64_t num_chunks = kv_chunk_md5_num_chunks(num_tokens, chunk_size);
+  if (num_chunks == 0 || num_layers == 0) return;
+
+  // Valid slots of each chunk, compacted in order: chunk c owns [start[c], start[c + 1]).
+  std::vector<int64_t> valid;
+  valid.reserve(static_cast<size_t>(num_tokens));
+  std::vector<int64_t> start(static_cast<size_t>(num_chunks + 1));
+  for (int64_t c = 0; c < num_chunks; ++c) {
+    start[c] = static_cast<int64_t>(valid.size());
+    const int64_t end = std::min(num_tokens, (c + 1) * chunk_size);
+    for (int64_t i = c * chunk_size; i < end; ++i) {
+      if (slot_mapping[i] != -1) valid.push_back(slot_mapping[i]);
+    }
+  }
+  start[num_chunks] = static_cast<int64_t>(valid.size());
+
+  const MsgGeom geom(layout);
+  const Md5Isa isa = md5_isa();
+
+  // Messages m = c * num_layers + l, ordered by length (chunks with equal valid counts first
+  // adjacent), so lanes of one group share a length.
+  const int64_t num_msgs = num_chunks * num_layers;
+  std::vector<int64_t> lens(static_cast<size_t>(num_msgs));
+  for (int64_t m = 0; m < num_msgs; ++m) {
+    const int64_t c = m / num_layers;
+    lens[m] = geom.message_len(start[c + 1] - start[c]);
+  }
+  std::vector<int64_t> order(static_cast<size_t>(num_msgs));
+  for (int64_t m = 0; m < num_msgs; ++m) order[m] = m;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return lens[a] < lens[b]; });
+  const std::vector<Group> groups = make_groups(order, lens, lanes_of(isa));
+
+  parallel_for(static_cast<int64_t>(groups.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t gi = begin; gi < end; ++gi) {
+      const Group& grp = groups[gi];
+      PagedReader readers[16];
+      uint8_t* outs[16];
+      for (int i = 0; i < grp.count; ++i) {
+        const int64_t m = order[grp.first + i];
+        const int64_t c = m / num_layers;
+        const int64_t l = m - c * num_layers;
+        readers[i] = PagedReader{&geom, layer_ptrs[l], valid.data() + start[c],
+                                 start[c + 1] - start[c]};
+        outs[i] = per_layer + (l * num_chunks + c) * kMd5DigestBytes;
+      }
+      hash_group(readers, grp.count, lens[order[grp.first]], isa, outs);
+    }
+  });
+}
+
+void kv_chunk_md5_combine(const uint8_t* per_layer, int64_t num_layers, int64_t num_chunks,
+                          uint8_t* combined) {
+  for (int64_t c = 0; c < num_chunks; ++c) {
+    Md5Stream s;
+    s.init();
+    for (int64_t l = 0; l < num_layers; ++l) {
+      char hex[32];
+      md5_hex(per_layer + (l * num_chunks + c) * kMd5DigestBytes, hex);
+      s.update(reinterpret_cast<const uint8_t*>(hex), 32);
+    }
+    s.final(combined + c * kMd5DigestBytes);
+  }
+}
+
+}  // namespace lmc

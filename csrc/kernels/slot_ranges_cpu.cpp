@@ -1,0 +1,271 @@
+// CPU twin of slot_ranges: two-pass slot-string parser, run finder, range expansion.
+#include "kernels/slot_ranges.h"
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "common/check.h"
+#include "common/thread_pool.h"
+
+namespace lmc {
+namespace {
+
+// ASCII characters that Python's str.split() treats as whitespace.
+inline bool is_ws(unsigned char c) { return c == ' ' || (c >= 9 && c <= 13) || (c >= 28 && c <= 31); }
+inline bool is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
+
+// Describes the character at position i for error messages.
+std::string describe_char(const char* s, int64_t n, int64_t i) {
+  if (i >= n) return "end of text";
+  const unsigned char c = static_cast<unsigned char>(s[i]);
+  if (c >= 32 && c < 127) return detail::concat("'", static_cast<char>(c), "' at position ", i);
+  return detail::concat("byte 0x", std::hex, static_cast<int>(c), std::dec, " at position ", i);
+}
+
+// The validating pass. Positions in messages are byte offsets into the text.
+class Validator {
+ public:
+  Validator(const char* s, int64_t n, int64_t max_slots) : s_(s), n_(n), max_(max_slots) {}
+
+  SlotCount run() {
+    for (;;) {
+      skip_ws();
+      if (i_ >= n_) break;
+      const unsigned char c = at(i_);
+      if (c == ',') {
+        ++i_;
+      } else if (c == '[') {
+        range();
+      } else if (is_digit(c)) {
+        const int64_t pos = i_;
+        number("slot");
+        add_slots(0, pos);
+        ++count_.num_items;
+        after_item("a number");
+      } else {
+        bad_item_start();
+      }
+    }
+    return count_;
+  }
+
+ private:
+  unsigned char at(int64_t i) const { return static_cast<unsigned char>(s_[i]); }
+
+  void skip_ws() {
+    while (i_ < n_ && is_ws(at(i_))) ++i_;
+  }
+
+  [[noreturn]] void fail(const std::string& what) const {
+    throw std::invalid_argument("invalid slot_mapping: " + what);
+  }
+
+  // A non-negative integer; whitespace between digits is ignored. i_ is at its first digit
+  // (after whitespace) or at whatever stands where a number should be.
+  int64_t number(const char* what) {
+    skip_ws();
+    const int64_t start = i_;
+    if (i_ >= n_ || !is_digit(at(i_))) {
+      if (i_ < n_ && at(i_) == '-') fail(detail::concat("negative ", what, " at position ", i_));
+      if (i_ < n_ && at(i_) == '[') fail(detail::concat("nested '[' at position ", i_));
+      if (i_ >= n_ && open_ >= 0) fail(detail::concat("unmatched '[' at position ", open_));
+      fail(detail::concat("expected a non-negative integer (", what, "), got ",
+                          describe_char(s_, n_, i_)));
+    }
+    constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+    int64_t v = 0;
+    while (i_ < n_) {
+      const unsigned char c = at(i_);
+      if (is_digit(c)) {
+        const int64_t d = c - '0';
+        if (v > (kMax - d) / 10) {
+          fail(detail::concat("integer overflow in the number at position ", start,
+                              " (slots must fit in int64)"));
+        }
+        v = v * 10 + d;
+      } else if (!is_ws(c)) {
+        break;
+      }
+      ++i_;
+    }
+    return v;
+  }
+
+  // Counts k_minus_one + 1 more slots for the item at pos (k - 1 is passed so the range
+  // [0, INT64_MAX] cannot overflow).
+  void add_slots(int64_t k_minus_one, int64_t pos) {
+    if (k_minus_one >= max_ - count_.num_slots) {
+      const uint64_t would = static_cast<uint64_t>(count_.num_slots) +
+                             static_cast<uint64_t>(k_minus_one) + 1;
+      fail(detail::concat("more than max_slots=", max_, " slots (the item at position ", pos,
+                          " brings the count to ", would, ")"));
+    }
+    count_.num_slots += k_minus_one + 1;
+  }
+
+  // After an item: whitespace, then ',' or the end.
+  void after_item(const char* item) {
+    skip_ws();
+    if (i_ >= n_ || at(i_) == ',') return;
+    const unsigned char c = at(i_);
+    if (c == ']') fail(detail::concat("unmatched ']' at position ", i_));
+    fail(detail::concat("expected ',' after ", item, ", got ", describe_char(s_, n_, i_)));
+  }
+
+  void range() {
+    open_ = i_;
+    ++i_;  // '['
+    const int64_t a = number("range start");
+    skip_ws();
+    if (i_ >= n_) fail(detail::concat("unmatched '[' at position ", open_));
+    if (at(i_) == '[') fail(detail::concat("nested '[' at position ", i_));
+    if (at(i_) != ',') {
+      fail(detail::concat("range at position ", open_, " must be [a,b], got ",
+                          describe_char(s_, n_, i_)));
+    }
+    ++i_;  // ','
+    const int64_t b = number("range end");
+    skip_ws();
+    if (i_ >= n_) fail(detail::concat("unmatched '[' at position ", open_));
+    if (at(i_) == '[') fail(detail::concat("nested '[' at position ", i_));
+    if (at(i_) != ']') {
+      fail(detail::concat("range at position ", open_, " must be [a,b] with exactly two numbers, got ",
+                          describe_char(s_, n_, i_)));
+    }
+    ++i_;  // ']'
+    if (a > b) {
+      fail(detail::concat("range at position ", open_, " has start ", a, " > end ", b));
+    }
+    add_slots(b - a, open_);
+    ++count_.num_items;
+    open_ = -1;
+    after_item("']'");
+  }
+
+  [[noreturn]] void bad_item_start() const {
+    const unsigned char c = at(i_);
+    if (c == ']') fail(detail::concat("unmatched ']' at position ", i_));
+    if (c == '-') fail(detail::concat("negative slot at position ", i_));
+    fail(detail::concat("expected a non-negative integer or [a,b], got ",
+                        describe_char(s_, n_, i_)));
+  }
+
+  const char* s_;
+  int64_t n_;
+  int64_t max_;
+  int64_t i_ = 0;
+  int64_t open_ = -1;  // position of the '[' of the range being parsed
+  SlotCount count_{0, 0};
+};
+
+// The filling pass over validated text: no checks, only the grammar's happy path.
+template <typename Emit>
+void scan_valid(const char* s, int64_t n, Emit&& emit) {
+  int64_t i = 0;
+  auto read_number = [&]() {
+    while (!is_digit(static_cast<unsigned char>(s[i]))) ++i;  // whitespace
+    int64_t v = 0;
+    while (i < n) {
+      const unsigned char c = static_cast<unsigned char>(s[i]);
+      if (is_digit(c)) {
+        v = v * 10 + (c - '0');
+      } else if (!is_ws(c)) {
+        break;
+      }
+      ++i;
+    }
+    return v;
+  };
+  while (i < n) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    if (is_digit(c)) {
+      const int64_t v = read_number();
+      emit(v, v);
+    } else if (c == '[') {
+      ++i;
+      const int64_t a = read_number();
+      while (s[i] != ',') ++i;
+      ++i;
+      const int64_t b = read_number();
+      while (s[i] != ']') ++i;
+      ++i;
+      emit(a, b);
+    } else {
+      ++i;  // ',' or whitespace
+    }
+  }
+}
+
+}  // namespace
+
+SlotCount slot_ranges_count(const char* text, int64_t len, int64_t max_slots) {
+  LMC_CHECK_ARG(max_slots >= 0, "max_slots must be >= 0, got ", max_slots);
+  LMC_CHECK_ARG(len >= 0, "text length must be >= 0, got ", len);
+  return Validator(text, len, max_slots).run();
+}
+
+void slot_ranges_fill(const char* text, int64_t len, int64_t* slots) {
+  int64_t k = 0;
+  scan_valid(text, len, [&](int64_t a, int64_t b) {
+    for (int64_t v = a; v <= b; ++v) slots[k++] = v;
+  });
+}
+
+void slot_ranges_fill_ranges(const char* text, int64_t len, int64_t* ranges) {
+  int64_t k = 0;
+  scan_valid(text, len, [&](int64_t a, int64_t b) {
+    ranges[2 * k] = a;
+    ranges[2 * k + 1] = b;
+    ++k;
+  });
+}
+
+int64_t slot_ranges_runs(const int64_t* slots, int64_t n, int64_t* runs) {
+  int64_t r = 0;
+  int64_t i = 0;
+  while (i < n) {
+    int64_t j = i;
+    // NOTE: v + 1 is computed only below INT64_MAX, so no signed overflow.
+    while (j + 1 < n && slots[j] != std::numeric_limits<int64_t>::max() &&
+           slots[j + 1] == slots[j] + 1) {
+      ++j;
+    }
+    runs[2 * r] = slots[i];
+    runs[2 * r + 1] = j - i + 1;
+    ++r;
+    i = j + 1;
+  }
+  return r;
+}
+
+void slot_ranges_expand_cpu(const int64_t* ranges, int64_t num_ranges, int64_t* slots,
+                            int64_t num_slots) {
+  LMC_CHECK_ARG(num_ranges >= 0, "num_ranges must be >= 0, got ", num_ranges);
+  // Exclusive offsets of each range in the output.
+  std::vector<int64_t> offsets(static_cast<size_t>(num_ranges) + 1);
+  int64_t total = 0;
+  for (int64_t r = 0; r < num_ranges; ++r) {
+    const int64_t a = ranges[2 * r], b = ranges[2 * r + 1];
+    LMC_CHECK_ARG(0 <= a && a <= b, "ranges[", r, "] = [", a, ", ", b,
+                  "] must have 0 <= start <= end");
+    LMC_CHECK_ARG(b - a < num_slots - total, "ranges expand to more than ", num_slots, " slots");
+    offsets[r] = total;
+    total += b - a + 1;
+  }
+  offsets[num_ranges] = total;
+  LMC_CHECK_ARG(total == num_slots, "ranges expand to ", total, " slots, expected ", num_slots);
+  // Threads split the output evenly; each finds its first range by binary search.
+  parallel_for(num_slots, 1 << 16, [&](int64_t begin, int64_t end) {
+    int64_t r = std::upper_bound(offsets.begin(), offsets.end(), begin) - offsets.begin() - 1;
+    for (int64_t i = begin; i < end; ++r) {
+      const int64_t stop = std::min(end, offsets[r + 1]);
+      const int64_t base = ranges[2 * r] - offsets[r];
+      for (; i < stop; ++i) slots[i] = base + i;
+    }
+  });
+}
+
+}  // namespace lmc

@@ -1,0 +1,365 @@
+"""kv_chunk_md5 and the multi-buffer MD5 engine against hashlib and testing/reference.py.
+
+Every instruction set this CPU supports (scalar, AVX2, AVX-512) is forced in turn; digests
+must be identical to hashlib's bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+import torch
+from lmcache_native import _native, ops
+from lmcache_native.ops.kv_chunk_md5 import (
+    md5_bytes,
+    md5_isa,
+    md5_set_isa,
+    md5_supported_isas,
+)
+from lmcache_native.testing import reference as ref
+
+ISAS = md5_supported_isas()
+LAYOUTS = ["flash_attn", "flashinfer", "hnd", "mla", "vllm_cpu"]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.uint8]
+if hasattr(torch, "float8_e4m3fn"):
+    DTYPES.append(torch.float8_e4m3fn)
+MD5_LENGTHS = [0, 1, 55, 56, 63, 64, 65, 119, 120, 127, 128, 129, 1000, 4103]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Forces one instruction set for the test, restoring the previous one afterwards."""
+    before = md5_isa()
+    md5_set_isa(request.param)
+    yield request.param
+    md5_set_isa(before)
+
+
+def _shape(layout: str, n: int, b: int, h: int, d: int) -> tuple[int, ...]:
+    return {
+        "flash_attn": (2, n, b, h, d),
+        "flashinfer": (n, 2, b, h, d),
+        "hnd": (n, 2, h, b, d),
+        "mla": (n, b, d),
+        "vllm_cpu": (n, h, b, 2 * d),
+    }[layout]
+
+
+def _random_caches(
+    layout: str,
+    num_layers: int,
+    num_blocks: int,
+    block_size: int,
+    num_heads: int,
+    head_size: int,
+    dtype: torch.dtype,
+    seed: int = 0,
+) -> list[torch.Tensor]:
+    """Per-layer caches of random bytes viewed as dtype (NaN/Inf bit patterns included)."""
+    gen = torch.Generator().manual_seed(seed)
+    shape = _shape(layout, num_blocks, block_size, num_heads, head_size)
+    elem = torch.empty((), dtype=dtype).element_size()
+    numel = 1
+    for s in shape:
+        numel *= s
+    return [
+        torch.randint(0, 256, (numel * elem,), dtype=torch.uint8, generator=gen)
+        .view(dtype)
+        .view(shape)
+        for _ in range(num_layers)
+    ]
+
+
+def _check_all_isas(
+    kv: list[torch.Tensor], slots: list[int], chunk_size: int, layout: str
+) -> tuple[list[list[str]], list[str]]:
+    """Asserts every instruction set matches the reference; returns the reference result."""
+    expected = ref.kv_chunk_md5(kv, slots, chunk_size, layout)
+    before = md5_isa()
+    try:
+        for name in ISAS:
+            md5_set_isa(name)
+            got = ops.kv_chunk_md5(kv, torch.tensor(slots, dtype=torch.int64), chunk_size, layout)
+            assert got == expected, f"isa={name}"
+    finally:
+        md5_set_isa(before)
+    return expected
+
+
+# ---- the raw MD5 engine --------------------------------------------------------------------
+
+
+def test_this_machine_runs_simd_paths() -> None:
+    # The project's reference machine has AVX-512; say so loudly if the paths are not exercised.
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+        flags = f.read()
+    if " avx512f" in flags:
+        assert "avx512" in ISAS
+    if " avx2" in flags:
+        assert "avx2" in ISAS
+    assert ISAS[0] == "scalar"
+    assert md5_isa() in ISAS
+
+
+@pytest.mark.parametrize("length", MD5_LENGTHS)
+@pytest.mark.parametrize("count", [1, 3, 8, 9, 16, 17, 33])
+def test_md5_bytes_matches_hashlib(isa: str, length: int, count: int) -> None:
+    gen = torch.Generator().manual_seed(length * 100 + count)
+    msgs = [
+        torch.randint(0, 256, (length,), dtype=torch.uint8, generator=gen).numpy().tobytes()
+        for _ in range(count)
+    ]
+    assert md5_bytes(*msgs) == [hashlib.md5(m).hexdigest() for m in msgs]
+
+
+def test_md5_bytes_mixed_lengths_keep_order(isa: str) -> None:
+    gen = torch.Generator().manual_seed(7)
+    lengths = [MD5_LENGTHS[i % len(MD5_LENGTHS)] for i in range(61)]
+    msgs = [
+        torch.randint(0, 256, (n,), dtype=torch.uint8, generator=gen).numpy().tobytes()
+        for n in lengths
+    ]
+    assert md5_bytes(*msgs) == [hashlib.md5(m).hexdigest() for m in msgs]
+
+
+def test_md5_single_buffer_entry() -> None:
+    data = bytes(range(256)) * 5
+    assert _native.C.md5(data) == hashlib.md5(data).hexdigest()
+    assert _native.C.md5(b"") == hashlib.md5(b"").hexdigest()
+    assert _native.C.md5(memoryview(data)[3:200]) == hashlib.md5(data[3:200]).hexdigest()
+
+
+def test_md5_set_isa_rejects_unknown_names() -> None:
+    with pytest.raises(ValueError, match="isa must be"):
+        md5_set_isa("sse9")
+
+
+def test_md5_isa_env_var_selects_scalar() -> None:
+    code = "from lmcache_native.ops.kv_chunk_md5 import md5_isa; print(md5_isa())"
+    env = dict(os.environ, LMC_MD5_ISA="scalar")
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "scalar"
+
+
+# ---- kv_chunk_md5 against the reference -----------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_layout_and_dtype(layout: str, dtype: torch.dtype) -> None:
+    # 18 layers: a full 16-lane group plus a 2-lane leftover per chunk length.
+    kv = _random_caches(
+        layout, 18, num_blocks=5, block_size=4, num_heads=2, head_size=8, dtype=dtype
+    )
+    gen = torch.Generator().manual_seed(1)
+    slots = torch.randperm(20, generator=gen)[:14].tolist()
+    slots[2] = -1  # padding inside a chunk
+    # chunks of 4: [.., -1, ..], full chunks, short tail of 2
+    per_layer, combined = _check_all_isas(kv, slots, 4, layout)
+    assert len(per_layer) == 18 and all(len(p) == 4 for p in per_layer)
+    assert len(combined) == 4
+
+
+@pytest.mark.parametrize("length", [1, 55, 56, 63, 64, 65, 119, 120, 128, 200])
+def test_message_lengths_through_the_cache(length: int) -> None:
+    # MLA with uint8 elements and one slot per chunk: each message is exactly head_size bytes.
+    kv = _random_caches(
+        "mla", 17, num_blocks=3, block_size=4, num_heads=1, head_size=length, dtype=torch.uint8
+    )
+    slots = [11, 0, 5, 5, 3]
+    per_layer, _ = _check_all_isas(kv, slots, 1, "mla")
+    row = kv[4][11 // 4, 11 % 4].numpy().tobytes()
+    assert len(row) == length
+    assert per_layer[4][0] == hashlib.md5(row).hexdigest()
+
+
+@pytest.mark.parametrize("head_size", [8, 24, 32, 40])
+def test_heads_across_block_boundaries(head_size: int) -> None:
+    # HND keeps each head separate: 64-byte blocks straddle head segments unless 64 | head bytes.
+    kv = _random_caches(
+        "hnd", 9, num_blocks=4, block_size=4, num_heads=3, head_size=head_size, dtype=torch.float16
+    )
+    _check_all_isas(kv, [15, 14, 0, 1, 2, 9, 8], 3, "hnd")
+
+
+def test_short_tail_padding_and_all_padding_chunks() -> None:
+    kv = _random_caches(
+        "flash_attn",
+        10,
+        num_blocks=4,
+        block_size=4,
+        num_heads=2,
+        head_size=16,
+        dtype=torch.bfloat16,
+    )
+    slots = [0, 1, 2, 3, -1, -1, -1, -1, 15, -1, 7]
+    per_layer, combined = _check_all_isas(kv, slots, 4, "flash_attn")
+    empty = hashlib.md5(b"").hexdigest()
+    assert all(per_layer[layer][1] == empty for layer in range(10))
+    assert combined[1] == hashlib.md5((empty * 10).encode()).hexdigest()
+
+
+def test_last_slot_of_last_block() -> None:
+    kv = _random_caches(
+        "flashinfer", 3, num_blocks=4, block_size=8, num_heads=2, head_size=16, dtype=torch.float32
+    )
+    _check_all_isas(kv, [31, 30, 0], 2, "flashinfer")
+
+
+def test_non_contiguous_view() -> None:
+    # Dims sliced out of a larger cache: head_stride != head_size, rows are not contiguous.
+    full = _random_caches(
+        "flash_attn", 17, num_blocks=4, block_size=4, num_heads=3, head_size=40, dtype=torch.float16
+    )
+    kv = [t[..., 4:36] for t in full]
+    assert not kv[0].is_contiguous()
+    _check_all_isas(kv, [3, 9, 10, 11, 0, 14, 2], 4, "flash_attn")
+
+
+def test_chunk_size_larger_than_slots() -> None:
+    kv = _random_caches(
+        "vllm_cpu", 4, num_blocks=3, block_size=4, num_heads=2, head_size=8, dtype=torch.float16
+    )
+    per_layer, combined = _check_all_isas(kv, [5, 6, 7], 1000, "vllm_cpu")
+    assert len(combined) == 1
+
+
+def test_combined_is_md5_of_layer_hex_digests() -> None:
+    kv = _random_caches(
+        "flash_attn", 5, num_blocks=2, block_size=4, num_heads=1, head_size=16, dtype=torch.float16
+    )
+    per_layer, combined = ops.kv_chunk_md5(kv, [0, 1, 2, 3, 4], 2, "flash_attn")
+    for c in range(3):
+        joined = "".join(per_layer[layer][c] for layer in range(5))
+        assert combined[c] == hashlib.md5(joined.encode()).hexdigest()
+
+
+def test_thread_counts_agree() -> None:
+    kv = _random_caches(
+        "flash_attn",
+        20,
+        num_blocks=8,
+        block_size=4,
+        num_heads=2,
+        head_size=32,
+        dtype=torch.bfloat16,
+    )
+    slots = list(range(32))
+    before = _native.num_threads()
+    try:
+        _native.set_num_threads(1)
+        one = ops.kv_chunk_md5(kv, slots, 4, "flash_attn")
+        _native.set_num_threads(2)
+        two = ops.kv_chunk_md5(kv, slots, 4, "flash_attn")
+    finally:
+        _native.set_num_threads(before)
+    assert one == two
+
+
+# ---- edge cases and errors ------------------------------------------------------------------
+
+
+def test_zero_slots() -> None:
+    kv = _random_caches(
+        "flash_attn", 3, num_blocks=2, block_size=4, num_heads=1, head_size=8, dtype=torch.float16
+    )
+    assert ops.kv_chunk_md5(kv, torch.empty(0, dtype=torch.int64), 4, "flash_attn") == (
+        [[], [], []],
+        [],
+    )
+    assert ref.kv_chunk_md5(kv, [], 4, "flash_attn") == ([[], [], []], [])
+
+
+@pytest.mark.parametrize("bad", [8, 1000, -2])
+def test_out_of_range_slot_raises_index_error(bad: int) -> None:
+    kv = _random_caches(
+        "flash_attn", 2, num_blocks=2, block_size=4, num_heads=1, head_size=8, dtype=torch.float16
+    )
+    with pytest.raises(IndexError, match=rf"slot_mapping\[2\] = {bad} "):
+        ops.kv_chunk_md5(kv, [0, 1, bad, 3], 2, "flash_attn")
+
+
+@pytest.mark.parametrize("chunk_size", [0, -4])
+def test_chunk_size_must_be_positive(chunk_size: int) -> None:
+    kv = _random_caches(
+        "mla", 1, num_blocks=2, block_size=4, num_heads=1, head_size=8, dtype=torch.float16
+    )
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        ops.kv_chunk_md5(kv, [0, 1], chunk_size, "mla")
+
+
+def test_argument_types() -> None:
+    kv = _random_caches(
+        "mla", 1, num_blocks=2, block_size=4, num_heads=1, head_size=8, dtype=torch.float16
+    )
+    with pytest.raises(TypeError, match="chunk_size"):
+        ops.kv_chunk_md5(kv, [0, 1], 2.0, "mla")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="slot_mapping"):
+        ops.kv_chunk_md5(kv, torch.tensor([0.0, 1.0]), 2, "mla")
+    with pytest.raises(ValueError, match="slot_mapping must be 1-D"):
+        ops.kv_chunk_md5(kv, torch.zeros(2, 2, dtype=torch.int64), 2, "mla")
+    with pytest.raises(ValueError, match="layout"):
+        ops.kv_chunk_md5(kv, [0, 1], 2, "paged")
+
+
+def test_int32_slot_tensor() -> None:
+    kv = _random_caches(
+        "hnd", 2, num_blocks=2, block_size=4, num_heads=2, head_size=8, dtype=torch.float16
+    )
+    got = ops.kv_chunk_md5(kv, torch.tensor([7, -1, 0], dtype=torch.int32), 2, "hnd")
+    assert got == ref.kv_chunk_md5(kv, [7, -1, 0], 2, "hnd")
+
+
+# ---- CUDA -----------------------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.uint8], ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_cuda_matches_cpu(layout: str, dtype: torch.dtype) -> None:
+    kv = _random_caches(
+        layout, 6, num_blocks=6, block_size=16, num_heads=2, head_size=32, dtype=dtype
+    )
+    slots = torch.randperm(96, generator=torch.Generator().manual_seed(3))[:70]
+    slots[5] = -1
+    cpu = ops.kv_chunk_md5(kv, slots, 16, layout)
+    cuda = ops.kv_chunk_md5([t.cuda() for t in kv], slots.cuda(), 16, layout)
+    assert cuda == cpu
+    assert cpu == ref.kv_chunk_md5(kv, slots.tolist(), 16, layout)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("head_size", [1, 7, 55, 64, 65])
+def test_cuda_generic_path_lengths(head_size: int) -> None:
+    kv = _random_caches(
+        "mla", 3, num_blocks=3, block_size=4, num_heads=1, head_size=head_size, dtype=torch.uint8
+    )
+    slots = [11, 0, -1, 5, 3]
+    assert ops.kv_chunk_md5([t.cuda() for t in kv], slots, 2, "mla") == ref.kv_chunk_md5(
+        kv, slots, 2, "mla"
+    )
+
+
+@pytest.mark.cuda
+def test_cuda_out_of_range_slot() -> None:
+    kv = [t.cuda() for t in _random_caches("flash_attn", 2, 2, 4, 1, 64, torch.float16)]
+    with pytest.raises(IndexError, match=r"slot_mapping\[3\] = 8 "):
+        ops.kv_chunk_md5(kv, torch.tensor([0, 1, -1, 8], device="cuda"), 2, "flash_attn")
+
+
+@pytest.mark.cuda
+def test_cuda_zero_slots_and_padding() -> None:
+    kv = [t.cuda() for t in _random_caches("flash_attn", 2, 2, 4, 1, 64, torch.float16)]
+    assert ops.kv_chunk_md5(
+        kv, torch.empty(0, dtype=torch.int64, device="cuda"), 2, "flash_attn"
+    ) == ([[], []], [])
+    empty = hashlib.md5(b"").hexdigest()
+    per_layer, _ = ops.kv_chunk_md5(kv, [-1, -1, 3], 2, "flash_attn")
+    assert per_layer[0][0] == empty and per_layer[1][0] == empty
