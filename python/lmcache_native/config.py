@@ -385,12 +385,14 @@ def _parse_load_value(defn: ConfigDef, value: Any, source: str) -> Any:
     except _TypeMismatch:
         raise ConfigError(
             f"Invalid value for config key '{defn.name}' from {source}: {_show(defn, value)} "
-            f"(expected {defn.type_name})"
+            f"(expected {defn.type_name})",
+            key=defn.name,
         ) from None
     except (ValueError, json.JSONDecodeError) as exc:
         raise ConfigError(
             f"Invalid value for config key '{defn.name}' from {source}: {_show(defn, value)} "
-            f"({exc})"
+            f"({exc})",
+            key=defn.name,
         ) from None
 
 
@@ -465,6 +467,15 @@ class LMCacheEngineConfig:
         cfg = cls()
         cfg._apply(_read_config_file(path), f"file {path}", warn_unknown=True)
         cfg.source_file = str(path)
+        return cfg
+
+    @classmethod
+    def from_mapping(
+        cls, values: Mapping[str, Any], source: str = "mapping"
+    ) -> LMCacheEngineConfig:
+        """Defaults, then ``values`` as if read from a file (lenient types; unknown keys warn)."""
+        cfg = cls()
+        cfg._apply(values, source, warn_unknown=True)
         return cfg
 
     @classmethod

@@ -18,7 +18,14 @@ class ConfigError(LMCacheError):
     """A configuration value (from a file, the environment or an override) is invalid.
 
     The message names the key and the offending value.
+
+    Attributes:
+        key: the offending key, when one key is to blame.
     """
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class UnknownBackendError(LMCacheError):

@@ -172,8 +172,8 @@ class StorageManager:
         """Whether some active tier holds ``key``."""
         return any(b.contains(key) for b in self._active(for_read=True))
 
-    def lookup_prefix(self, keys: Sequence[str]) -> int:
-        """How many leading ``keys`` are each stored in some active tier."""
+    def contains_many(self, keys: Sequence[str]) -> list[bool]:
+        """For each key, whether some active tier holds it (one batched call per tier)."""
         n = len(keys)
         found = [False] * n
         for tier in self._active(for_read=True):
@@ -182,10 +182,15 @@ class StorageManager:
                 break
             for i, hit in zip(todo, tier.batched_contains([keys[i] for i in todo]), strict=True):
                 found[i] = hit
+        return found
+
+    def lookup_prefix(self, keys: Sequence[str]) -> int:
+        """How many leading ``keys`` are each stored in some active tier."""
+        found = self.contains_many(keys)
         for i, hit in enumerate(found):
             if not hit:
                 return i
-        return n
+        return len(keys)
 
     def get(self, key: str) -> tuple[ChunkBufferLike, str] | None:
         """The chunk and the name of the tier it came from, or ``None``.
