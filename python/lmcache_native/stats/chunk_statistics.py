@@ -179,7 +179,9 @@ class ChunkStatistics:
                 "collection_seconds": elapsed,
                 "record_seconds": self._record_seconds,
                 "strategy": "memory_bloom_filter",
-                "bloom_filter_bytes": (self._bloom.size_in_bits // 8) if self._bloom else 0,
+                "bloom_filter_bytes": (
+                    self._bloom.size_in_bits // 8 if self._bloom is not None else 0
+                ),
                 "bloom_filter_expected_items": self._expected,
                 "auto_exit_enabled": hours > 0 or target > 0,
                 "auto_exit_timeout_hours": hours,
