@@ -1,0 +1,210 @@
+"""``LMCacheNativeConnector``: lmcache-native as a vLLM V1 KV connector.
+
+Start vLLM with::
+
+    --kv-transfer-config '{"kv_connector": "LMCacheNativeConnector",
+                           "kv_connector_module_path": "lmcache_native.integration.vllm",
+                           "kv_role": "kv_both"}'
+
+(with the package installed, ``kv_connector_module_path`` may be left out: the
+``vllm.general_plugins`` entry point registers the name). vLLM builds one connector in the
+scheduler (role ``SCHEDULER``) and one in each worker (role ``WORKER``); this class hands each
+call to :class:`~.scheduler.SchedulerSide` or :class:`~.worker.WorkerSide`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+import torch
+from vllm.distributed.kv_transfer.kv_connector.v1.base import (
+    KVConnectorBase_V1,
+    KVConnectorMetadata,
+    KVConnectorRole,
+)
+
+from lmcache_native.integration.vllm.config import load_config
+from lmcache_native.integration.vllm.metadata import LMCacheNativeConnectorMetadata
+from lmcache_native.integration.vllm.scheduler import SchedulerSide
+from lmcache_native.integration.vllm.worker import WorkerSide, parallel_rank
+
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
+    from vllm.forward_context import ForwardContext
+    from vllm.v1.attention.backend import AttentionMetadata
+    from vllm.v1.core.kv_cache_manager import KVCacheBlocks
+    from vllm.v1.core.sched.output import SchedulerOutput
+    from vllm.v1.kv_cache_interface import KVCacheConfig
+    from vllm.v1.request import Request
+
+logger = logging.getLogger("lmcache_native.integration.vllm")
+
+_LOG_FORMAT = "[lmcache-native] %(levelname)s %(asctime)s %(name)s: %(message)s"
+
+
+def _setup_logging() -> None:
+    """Makes the connector's one-line store/retrieve logs visible next to vLLM's.
+
+    ``LMCACHE_LOG_LEVEL`` sets the level (default ``INFO``). A handler is added only when
+    neither the package logger nor the root logger has one, so applications keep control.
+    """
+    pkg = logging.getLogger("lmcache_native")
+    level = os.environ.get("LMCACHE_LOG_LEVEL", "INFO").upper()
+    pkg.setLevel(getattr(logging, level, logging.INFO))
+    if not pkg.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+        pkg.addHandler(handler)
+
+
+class LMCacheNativeConnector(KVConnectorBase_V1):
+    """vLLM KV connector backed by an lmcache-native engine in each worker.
+
+    Args:
+        vllm_config: vLLM's configuration (``kv_transfer_config`` must be set).
+        role: ``SCHEDULER`` or ``WORKER``.
+        kv_cache_config: vLLM's KV cache configuration.
+
+    Attributes:
+        scheduler_side: the scheduler-side state (``SCHEDULER`` role only).
+        worker_side: the worker-side state (``WORKER`` role only).
+    """
+
+    def __init__(
+        self,
+        vllm_config: VllmConfig,
+        role: KVConnectorRole,
+        kv_cache_config: KVCacheConfig | None = None,
+    ) -> None:
+        super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
+        _setup_logging()
+        ktc = self._kv_transfer_config
+        self.config = load_config(ktc.kv_connector_extra_config)
+        engine_id = str(ktc.engine_id)
+        pc = vllm_config.parallel_config
+        self.scheduler_side: SchedulerSide | None = None
+        self.worker_side: WorkerSide | None = None
+        if role == KVConnectorRole.SCHEDULER:
+            world_size = int(pc.tensor_parallel_size) * int(pc.pipeline_parallel_size)
+            self.scheduler_side = SchedulerSide(
+                self.config, engine_id, world_size, int(vllm_config.cache_config.block_size)
+            )
+            groups = kv_cache_config.kv_cache_groups if kv_cache_config is not None else []
+            if len(groups) > 1:
+                logger.error(
+                    "LMCacheNativeConnector disabled: %d KV cache groups (hybrid models) are not "
+                    "supported",
+                    len(groups),
+                )
+                self.scheduler_side = None
+        else:
+            rank, world_size = parallel_rank()
+            self.worker_side = WorkerSide(
+                vllm_config, kv_cache_config, self.config, engine_id, rank, world_size
+            )
+        logger.info(
+            "LMCacheNativeConnector %s created (engine_id %s, chunk_size %d)",
+            role.name.lower(),
+            engine_id,
+            int(self.config.get("chunk_size")),
+        )
+
+    @property
+    def requires_kv_delivery(self) -> bool:
+        """A cache, not a hand-off: a dropped save is only a later miss."""
+        return False
+
+    # ==============================
+    # Worker side
+    # ==============================
+
+    def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
+        """Builds the worker's engine on vLLM's per-layer caches."""
+        if self.worker_side is not None:
+            self.worker_side.register_kv_caches(kv_caches)
+
+    def start_load_kv(self, forward_context: ForwardContext, **kwargs: Any) -> None:
+        """Loads this step's planned requests into vLLM's cache (synchronously, before use)."""
+        if self.worker_side is None or not self.has_connector_metadata():
+            return
+        meta = self._get_connector_metadata()
+        assert isinstance(meta, LMCacheNativeConnectorMetadata)
+        if meta.loads:
+            self.worker_side.start_load_kv(meta)
+
+    def wait_for_layer_load(self, layer_name: str) -> None:
+        """No-op: ``start_load_kv`` loads every layer before the forward."""
+        return
+
+    def save_kv_layer(
+        self,
+        layer_name: str,
+        kv_layer: torch.Tensor,
+        attn_metadata: AttentionMetadata,
+        **kwargs: Any,
+    ) -> None:
+        """No-op: ``wait_for_save`` stores every layer once the forward wrote them."""
+        return
+
+    def wait_for_save(self) -> None:
+        """Stores what this step computed."""
+        if self.worker_side is None or not self.has_connector_metadata():
+            return
+        meta = self._get_connector_metadata()
+        assert isinstance(meta, LMCacheNativeConnectorMetadata)
+        if meta.saves:
+            self.worker_side.wait_for_save(meta)
+
+    def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
+        """Loads and saves are synchronous: nothing is ever pending."""
+        if self.worker_side is not None:
+            self.worker_side.finished(finished_req_ids)
+        return None, None
+
+    def get_block_ids_with_load_errors(self) -> set[int]:
+        """Blocks this step's loads could not fill; vLLM recomputes (or fails) them."""
+        if self.worker_side is None:
+            return set()
+        return self.worker_side.take_load_errors()
+
+    def shutdown(self) -> None:
+        """Stops the admin API and lookup server and closes the engine (or lookup client)."""
+        if self.worker_side is not None:
+            self.worker_side.close()
+        if self.scheduler_side is not None:
+            self.scheduler_side.close()
+
+    # ==============================
+    # Scheduler side
+    # ==============================
+
+    def get_num_new_matched_tokens(
+        self, request: Request, num_computed_tokens: int
+    ) -> tuple[int | None, bool]:
+        """Tokens beyond ``num_computed_tokens`` the workers can load; never async."""
+        if self.scheduler_side is None:
+            return 0, False
+        return self.scheduler_side.get_num_new_matched_tokens(request, num_computed_tokens), False
+
+    def update_state_after_alloc(
+        self, request: Request, blocks: KVCacheBlocks, num_external_tokens: int
+    ) -> None:
+        """Plans the load of the tokens vLLM accepted, into the blocks it allocated."""
+        if self.scheduler_side is not None:
+            self.scheduler_side.update_state_after_alloc(request, blocks, num_external_tokens)
+
+    def build_connector_meta(self, scheduler_output: SchedulerOutput) -> KVConnectorMetadata:
+        """This step's loads and saves."""
+        if self.scheduler_side is None:
+            return LMCacheNativeConnectorMetadata()
+        return self.scheduler_side.build_connector_meta(scheduler_output)
+
+    def request_finished(
+        self, request: Request, block_ids: list[int]
+    ) -> tuple[bool, dict[str, Any] | None]:
+        """Saves are done by the time a request finishes, so its blocks can be freed now."""
+        if self.scheduler_side is not None:
+            self.scheduler_side.request_finished(request)
+        return False, None

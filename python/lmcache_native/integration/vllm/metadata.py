@@ -1,0 +1,85 @@
+"""What the scheduler-side connector tells the worker-side connector for one engine step.
+
+The metadata travels from the scheduler to every worker with the scheduler output (pickled in
+vLLM's multiprocess mode), so it holds plain lists and ints only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorMetadata
+
+
+def slot_mapping(block_ids: list[int], block_size: int, num_tokens: int) -> torch.Tensor:
+    """Slots of a request's first ``num_tokens`` tokens: ``block_id * block_size + offset``.
+
+    Args:
+        block_ids: the request's cache blocks, in token order.
+        block_size: tokens per block (vLLM's ``cache_config.block_size``).
+        num_tokens: how many leading tokens to map (at most ``len(block_ids) * block_size``).
+
+    Returns:
+        int64 CPU tensor ``[num_tokens]``.
+
+    Raises:
+        ValueError: the blocks cannot hold ``num_tokens`` tokens.
+    """
+    if num_tokens > len(block_ids) * block_size:
+        raise ValueError(
+            f"{len(block_ids)} blocks of {block_size} tokens cannot hold {num_tokens} tokens"
+        )
+    nb = (num_tokens + block_size - 1) // block_size
+    blocks = torch.tensor(block_ids[:nb], dtype=torch.int64)
+    slots = blocks[:, None] * block_size + torch.arange(block_size, dtype=torch.int64)[None, :]
+    return slots.reshape(-1)[:num_tokens].contiguous()
+
+
+@dataclass
+class LoadSpec:
+    """Load stored chunks into a request's blocks before this step's forward.
+
+    Attributes:
+        req_id: vLLM's request id.
+        token_ids: the stored prefix to retrieve (whole chunks).
+        block_ids: the request's blocks, in token order.
+        start: first token position to write (vLLM already holds ``[0, start)``).
+        end: one past the last token position to write (``end <= len(token_ids)``).
+    """
+
+    req_id: str
+    token_ids: list[int]
+    block_ids: list[int]
+    start: int
+    end: int
+
+
+@dataclass
+class SaveSpec:
+    """Store a request's computed prefix after this step's forward.
+
+    Attributes:
+        req_id: vLLM's request id.
+        token_ids: every token whose KV is in the cache after this step (prompt, then decode).
+        block_ids: the request's blocks, in token order.
+        num_prompt_tokens: how many of ``token_ids`` are prompt tokens.
+    """
+
+    req_id: str
+    token_ids: list[int]
+    block_ids: list[int]
+    num_prompt_tokens: int
+
+
+@dataclass
+class LMCacheNativeConnectorMetadata(KVConnectorMetadata):
+    """One step's loads and saves.
+
+    Attributes:
+        loads: requests to load into before the forward.
+        saves: requests to store after the forward.
+    """
+
+    loads: list[LoadSpec] = field(default_factory=list)
+    saves: list[SaveSpec] = field(default_factory=list)

@@ -1,0 +1,241 @@
+"""The scheduler side of the connector: what to load before a step and what to store after it.
+
+Loads: when vLLM admits a request, the workers are asked (see :mod:`.lookup`) for the longest
+stored prefix of its prompt; the tokens beyond vLLM's own cached prefix are claimed, never the
+prompt's last token (vLLM must compute at least one token to sample from). After vLLM allocated
+the blocks, the plan becomes a :class:`~.metadata.LoadSpec` in that step's metadata.
+
+Saves: each step, a request whose computed tokens crossed a chunk boundary, or whose prompt just
+finished, gets a :class:`~.metadata.SaveSpec` with every token computed so far; the worker
+decides (with its live config) how much of it to store, and the engine skips chunks it already
+holds.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from lmcache_native.config import LMCacheEngineConfig
+from lmcache_native.integration.vllm.lookup import LookupClient
+from lmcache_native.integration.vllm.metadata import (
+    LMCacheNativeConnectorMetadata,
+    LoadSpec,
+    SaveSpec,
+)
+
+if TYPE_CHECKING:
+    from vllm.v1.core.kv_cache_manager import KVCacheBlocks
+    from vllm.v1.core.sched.output import SchedulerOutput
+    from vllm.v1.request import Request
+
+logger = logging.getLogger("lmcache_native.integration.vllm")
+
+
+@dataclass
+class _LoadPlan:
+    """What ``get_num_new_matched_tokens`` last answered for a request."""
+
+    hit: int  # stored prefix length (tokens), as the workers reported
+    local: int  # tokens vLLM already had (block aligned)
+    claimed: int  # tokens claimed beyond ``local``
+
+
+@dataclass
+class _Tracker:
+    """A running request as the scheduler-side connector follows it."""
+
+    request: Request
+    block_ids: list[int] = field(default_factory=list)
+    saved_upto: int = 0  # tokens already handed to a SaveSpec
+    prompt_done: bool = False  # the prompt's end was handed to a SaveSpec
+    load: LoadSpec | None = None
+
+
+@dataclass
+class SchedulerStats:
+    """Counters of the scheduler side (read by tests and logs).
+
+    Attributes:
+        lookups: lookups made.
+        lookup_hit_tokens: tokens the workers reported as stored, summed over lookups.
+        claimed_tokens: tokens claimed for loading (handed to vLLM as external hits).
+        load_requests: requests given a load.
+    """
+
+    lookups: int = 0
+    lookup_hit_tokens: int = 0
+    claimed_tokens: int = 0
+    load_requests: int = 0
+
+
+class SchedulerSide:
+    """Scheduler-side state of one connector.
+
+    Args:
+        config: the engine configuration (``chunk_size`` is read from it).
+        engine_id: vLLM's ``kv_transfer_config.engine_id``.
+        world_size: workers of this vLLM engine (tensor x pipeline parallel).
+        block_size: vLLM's cache block size.
+    """
+
+    def __init__(
+        self, config: LMCacheEngineConfig, engine_id: str, world_size: int, block_size: int
+    ) -> None:
+        self.config = config
+        self.chunk_size = int(config.get("chunk_size"))
+        self.block_size = block_size
+        self.client = LookupClient(engine_id, world_size)
+        self.stats = SchedulerStats()
+        self._plans: dict[str, _LoadPlan] = {}
+        self._trackers: dict[str, _Tracker] = {}
+        self._skip_reason_logged: set[str] = set()
+
+    # -- admission ---------------------------------------------------------------------------
+
+    def _cacheable(self, request: Request) -> bool:
+        reason = None
+        if request.prompt_token_ids is None:
+            reason = "prompt given as embeddings"
+        elif request.mm_features:
+            reason = "multimodal inputs (token ids do not identify the content)"
+        elif request.lora_request is not None:
+            reason = "LoRA adapter (KV depends on the adapter)"
+        if reason is not None and reason not in self._skip_reason_logged:
+            self._skip_reason_logged.add(reason)
+            logger.info("LMCacheNativeConnector: not caching requests with %s", reason)
+        return reason is None
+
+    def get_num_new_matched_tokens(self, request: Request, num_computed_tokens: int) -> int:
+        """Tokens beyond ``num_computed_tokens`` that the workers can load for ``request``."""
+        self._plans.pop(request.request_id, None)
+        if not self._cacheable(request):
+            return 0
+        prompt = request.prompt_token_ids
+        assert prompt is not None
+        hit, min_retrieve = self.client.lookup(prompt)
+        self.stats.lookups += 1
+        self.stats.lookup_hit_tokens += hit
+        # NOTE: vLLM must compute at least the last prompt token to sample the next one.
+        claimable = min(hit, len(prompt) - 1)
+        claimed = max(0, claimable - num_computed_tokens)
+        if claimed == 0 or claimed < min_retrieve:
+            return 0
+        self._plans[request.request_id] = _LoadPlan(
+            hit=hit, local=num_computed_tokens, claimed=claimed
+        )
+        return claimed
+
+    def update_state_after_alloc(
+        self, request: Request, blocks: KVCacheBlocks, num_external_tokens: int
+    ) -> None:
+        """Starts following ``request``; plans its load if vLLM accepted external tokens."""
+        req_id = request.request_id
+        plan = self._plans.pop(req_id, None)
+        if not self._cacheable(request):
+            return
+        tracker = self._trackers.get(req_id)
+        if tracker is None:
+            tracker = _Tracker(request=request)
+            self._trackers[req_id] = tracker
+        tracker.request = request
+        tracker.block_ids = list(blocks.get_block_ids()[0])
+        tracker.load = None
+        if num_external_tokens <= 0 or plan is None:
+            return
+        start = plan.local
+        end = start + num_external_tokens
+        if end > plan.hit:  # vLLM never grows a claim; refuse to write what was not found
+            logger.warning(
+                "request %s: vLLM asked to load %d tokens beyond a %d-token hit; not loading",
+                req_id,
+                end,
+                plan.hit,
+            )
+            return
+        chunk = self.chunk_size
+        fetch = min(plan.hit, (end + chunk - 1) // chunk * chunk)
+        prompt = request.prompt_token_ids
+        assert prompt is not None
+        tracker.load = LoadSpec(
+            req_id=req_id,
+            token_ids=list(prompt[:fetch]),
+            block_ids=tracker.block_ids,
+            start=start,
+            end=end,
+        )
+        self.stats.claimed_tokens += num_external_tokens
+        self.stats.load_requests += 1
+
+    # -- per step ----------------------------------------------------------------------------
+
+    def _save_spec(self, tracker: _Tracker, computed: int) -> SaveSpec | None:
+        request = tracker.request
+        num_prompt = request.num_prompt_tokens
+        chunk = self.chunk_size
+        crossed = computed // chunk > tracker.saved_upto // chunk
+        prompt_end = not tracker.prompt_done and computed >= num_prompt
+        if not crossed and not prompt_end:
+            return None
+        tracker.saved_upto = max(tracker.saved_upto, computed)
+        tracker.prompt_done = tracker.prompt_done or prompt_end
+        return SaveSpec(
+            req_id=request.request_id,
+            token_ids=list(request.all_token_ids[:computed]),
+            block_ids=list(tracker.block_ids),
+            num_prompt_tokens=num_prompt,
+        )
+
+    def build_connector_meta(
+        self, scheduler_output: SchedulerOutput
+    ) -> LMCacheNativeConnectorMetadata:
+        """This step's loads and saves; clears the step's load plans."""
+        meta = LMCacheNativeConnectorMetadata()
+        scheduled = scheduler_output.num_scheduled_tokens
+
+        def visit(req_id: str, computed_before: int) -> None:
+            tracker = self._trackers.get(req_id)
+            if tracker is None:
+                return
+            if tracker.load is not None:
+                tracker.load.block_ids = list(tracker.block_ids)
+                meta.loads.append(tracker.load)
+                tracker.load = None
+            computed = computed_before + scheduled.get(req_id, 0)
+            spec = self._save_spec(tracker, computed)
+            if spec is not None:
+                meta.saves.append(spec)
+
+        for new_req in scheduler_output.scheduled_new_reqs:
+            tracker = self._trackers.get(new_req.req_id)
+            if tracker is not None:
+                tracker.block_ids = list(new_req.block_ids[0])
+            visit(new_req.req_id, new_req.num_computed_tokens)
+
+        cached = scheduler_output.scheduled_cached_reqs
+        for i, req_id in enumerate(cached.req_ids):
+            tracker = self._trackers.get(req_id)
+            if tracker is None:
+                continue
+            new_blocks = cached.new_block_ids[i]
+            if req_id in cached.resumed_req_ids:
+                if new_blocks is not None:
+                    tracker.block_ids = list(new_blocks[0])
+            elif new_blocks is not None:
+                tracker.block_ids.extend(new_blocks[0])
+            visit(req_id, cached.num_computed_tokens[i])
+
+        for req_id in scheduler_output.finished_req_ids:
+            self._trackers.pop(req_id, None)
+        self._plans.clear()
+        return meta
+
+    def request_finished(self, request: Request) -> None:
+        """Forgets ``request`` (its saves already ran in the step that computed them)."""
+        self._trackers.pop(request.request_id, None)
+        self._plans.pop(request.request_id, None)
+
+    def close(self) -> None:
+        """Closes the lookup connections."""
+        self.client.close()

@@ -1,0 +1,380 @@
+"""The worker side of the connector: one engine on vLLM's real KV caches.
+
+``register_kv_caches`` recognises the layout (see :mod:`.layout`), builds the
+:class:`~lmcache_native.engine.CacheEngine` on vLLM's tensors, starts the lookup server for the
+scheduler and, when ``internal_api_server_enabled``, the admin API on
+``internal_api_server_port_start + 1 + rank``.
+
+Loads run in ``start_load_kv``, which vLLM calls before the forward of a step that has loads;
+saves run in ``wait_for_save`` after the forward. Both go through the engine, whose native ops
+run on the caller's current stream, i.e. vLLM's, so they are ordered with the forward's kernels.
+A load that comes back shorter than planned reports the blocks it could not fill, so vLLM
+recomputes them instead of reading stale KV.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lmcache_native.config import LMCacheEngineConfig
+from lmcache_native.engine import CacheEngine, EngineMetadata
+from lmcache_native.integration.vllm.layout import (
+    LayerGeometry,
+    UnsupportedLayoutError,
+    detect_layout,
+)
+from lmcache_native.integration.vllm.lookup import LookupServer
+from lmcache_native.integration.vllm.metadata import (
+    LMCacheNativeConnectorMetadata,
+    LoadSpec,
+    SaveSpec,
+    slot_mapping,
+)
+from lmcache_native.ops import describe
+
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
+    from vllm.v1.kv_cache_interface import KVCacheConfig
+
+logger = logging.getLogger("lmcache_native.integration.vllm")
+
+
+@dataclass
+class WorkerStats:
+    """Counters of the worker side (read by tests, logs and the metrics).
+
+    Attributes:
+        load_requests: loads attempted.
+        loaded_tokens: tokens written into vLLM's cache by loads.
+        load_failed_tokens: planned tokens that could not be loaded (vLLM recomputes them).
+        store_requests: store calls made.
+        stored_tokens: tokens newly stored (chunks the engine did not hold yet).
+        lookups: lookups answered for the scheduler.
+    """
+
+    load_requests: int = 0
+    loaded_tokens: int = 0
+    load_failed_tokens: int = 0
+    store_requests: int = 0
+    stored_tokens: int = 0
+    lookups: int = 0
+
+
+def parallel_rank() -> tuple[int, int]:
+    """(rank, world size) of this worker among the workers of its vLLM engine (TP x PP)."""
+    from vllm.distributed.parallel_state import get_pp_group, get_tp_group
+
+    tp, pp = get_tp_group(), get_pp_group()
+    return pp.rank_in_group * tp.world_size + tp.rank_in_group, tp.world_size * pp.world_size
+
+
+def layer_geometry(
+    vllm_config: VllmConfig, kv_cache_config: KVCacheConfig | None, layer_names: list[str]
+) -> dict[str, LayerGeometry]:
+    """What each attention layer's cache must hold, from vLLM's KV cache specs.
+
+    Layers vLLM does not describe are left out (``detect_layout`` then refuses them).
+    """
+    from vllm.v1.kv_cache_interface import AttentionSpec, MLAAttentionSpec
+
+    block_size = int(vllm_config.cache_config.block_size)
+    specs: dict[str, Any] = {}
+    if kv_cache_config is not None:
+        for group in kv_cache_config.kv_cache_groups:
+            for name in group.layer_names:
+                specs[name] = group.kv_cache_spec
+    layers = vllm_config.compilation_config.static_forward_context
+    out: dict[str, LayerGeometry] = {}
+    for name in layer_names:
+        spec = specs.get(name)
+        layer = layers.get(name)
+        if not isinstance(spec, AttentionSpec) or layer is None:
+            continue
+        backend_cls = getattr(layer, "attn_backend", None)
+        if backend_cls is None and hasattr(layer, "get_attn_backend"):
+            backend_cls = layer.get_attn_backend()
+        backend = backend_cls.get_name() if backend_cls is not None else "unknown"
+        head_size_v = int(getattr(spec, "head_size_v", spec.head_size) or spec.head_size)
+        if head_size_v != int(spec.head_size):
+            continue  # K and V of different sizes: no layout of the native ops holds that
+        out[name] = LayerGeometry(
+            backend=backend,
+            num_kv_heads=int(spec.num_kv_heads),
+            head_size=int(spec.head_size),
+            block_size=block_size,
+            use_mla=isinstance(spec, MLAAttentionSpec),
+        )
+    return out
+
+
+def verified_prefix(engine: CacheEngine, tokens: list[int]) -> int:
+    """How many leading tokens of ``tokens`` (a stored prefix) the engine can really load.
+
+    Chunks in the CPU tier count as they are; any other chunk is fetched through the storage
+    manager, which verifies it and promotes it into the CPU tier.
+    """
+    storage = engine.storage
+    cpu = storage.cpu
+    chunk = int(engine.config.get("chunk_size"))
+    verified = 0
+    for i, key in enumerate(engine.chunk_keys(tokens)):
+        if cpu is None or storage.is_bypassed(cpu.name) or not cpu.contains(key):
+            got = storage.get(key)
+            if got is None:
+                break
+            got[0].unref()
+        verified = min((i + 1) * chunk, len(tokens))
+    return verified
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+
+
+class WorkerSide:
+    """Worker-side state of one connector.
+
+    Args:
+        vllm_config: vLLM's configuration.
+        kv_cache_config: vLLM's KV cache configuration (layer specs).
+        config: the engine configuration.
+        engine_id: vLLM's ``kv_transfer_config.engine_id``.
+        rank: this worker's rank among the engine's workers.
+        world_size: workers of this engine.
+    """
+
+    def __init__(
+        self,
+        vllm_config: VllmConfig,
+        kv_cache_config: KVCacheConfig | None,
+        config: LMCacheEngineConfig,
+        engine_id: str,
+        rank: int,
+        world_size: int,
+    ) -> None:
+        self.vllm_config = vllm_config
+        self.kv_cache_config = kv_cache_config
+        self.config = config
+        self.engine_id = engine_id
+        self.rank = rank
+        self.world_size = world_size
+        self.block_size = int(vllm_config.cache_config.block_size)
+        self.engine: CacheEngine | None = None
+        self.layout: str | None = None
+        self.disabled_reason: str | None = None
+        self.stats = WorkerStats()
+        self.api_handle: Any = None
+        self._lookup: LookupServer | None = None
+        self._bytes_per_token = 0
+        self._device = torch.device("cpu")
+        self._stored_upto: dict[str, int] = {}
+        self._load_errors: set[int] = set()
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def register_kv_caches(self, kv_caches: Mapping[str, torch.Tensor]) -> None:
+        """Builds the engine on vLLM's caches, or disables the connector with one log line."""
+        names = list(kv_caches)
+        geometry = layer_geometry(self.vllm_config, self.kv_cache_config, names)
+        try:
+            detected = detect_layout(kv_caches, geometry)
+        except UnsupportedLayoutError as e:
+            self.disabled_reason = str(e)
+            logger.error("LMCacheNativeConnector disabled (unknown KV cache layout): %s", e)
+            return
+        first = next(iter(detected.kv_caches.values()))
+        backend = next(iter(geometry.values())).backend
+        served = self.vllm_config.model_config.served_model_name
+        metadata = EngineMetadata(
+            model_name=str(self.vllm_config.model_config.model),
+            world_size=self.world_size,
+            worker_id=self.rank,
+            use_mla=detected.layout == "mla",
+            served_model_name=str(served) if served is not None else None,
+            extra={
+                "kv_connector": "LMCacheNativeConnector",
+                "vllm_engine_id": self.engine_id,
+                "attention_backend": backend,
+            },
+        )
+        engine = CacheEngine(self.config, metadata)
+        engine.register_kv_caches(detected.kv_caches, detected.layout)
+        paged = describe(list(detected.kv_caches.values()), detected.layout)
+        self._bytes_per_token = paged.num_kv * paged.num_layers * paged.row_elems * paged.elem_size
+        self._device = first.device
+        self.engine = engine
+        self.layout = detected.layout
+        logger.info("LMCacheNativeConnector worker %d: %s", self.rank, detected.description)
+        self._lookup = LookupServer.start(self.engine_id, self.rank, self.lookup)
+        if self.config.get("internal_api_server_enabled"):
+            self._start_api()
+
+    def _start_api(self) -> None:
+        from lmcache_native.api.server import start
+
+        host = str(self.config.get("internal_api_server_host"))
+        port = int(self.config.get("internal_api_server_port_start")) + 1 + self.rank
+        try:
+            self.api_handle = start(
+                self.engine, self.config, host=host, port=port, inference_info=self.inference_info
+            )
+        except (OSError, RuntimeError) as e:
+            logger.error(
+                "LMCacheNativeConnector: admin API not started on %s:%d: %s", host, port, e
+            )
+            return
+        logger.info(
+            "LMCacheNativeConnector worker %d: admin API on %s", self.rank, self.api_handle.url
+        )
+
+    def inference_info(self) -> dict[str, Any]:
+        """Host details for the admin API's ``/inference_info``."""
+        import vllm
+
+        vc = self.vllm_config
+        pc = vc.parallel_config
+        return {
+            "engine": "vllm",
+            "vllm_version": vllm.__version__,
+            "model": str(vc.model_config.model),
+            "dtype": str(vc.model_config.dtype),
+            "block_size": self.block_size,
+            "tensor_parallel_size": pc.tensor_parallel_size,
+            "pipeline_parallel_size": pc.pipeline_parallel_size,
+            "worker_id": self.rank,
+            "world_size": self.world_size,
+            "kv_layout": self.layout,
+            "engine_id": self.engine_id,
+        }
+
+    # -- lookups (called from the lookup server's threads) -----------------------------------
+
+    def lookup(self, tokens: list[int]) -> tuple[int, int]:
+        """(loadable prefix length in tokens, current ``min_retrieve_tokens``).
+
+        A chunk found only below the CPU tier (disk, remote) is read now, which verifies its
+        checksum and promotes it into the CPU tier, so what the scheduler is told can be loaded
+        is loadable: a corrupt chunk ends the prefix here instead of failing the load later.
+        """
+        engine = self.engine
+        if engine is None:
+            return 0, 0
+        self.stats.lookups += 1
+        min_retrieve = int(self.config.get("min_retrieve_tokens"))
+        hit = int(engine.lookup(tokens))
+        if hit == 0:
+            return 0, min_retrieve
+        return verified_prefix(engine, tokens[:hit]), min_retrieve
+
+    # -- per step ----------------------------------------------------------------------------
+
+    def start_load_kv(self, meta: LMCacheNativeConnectorMetadata) -> None:
+        """Loads every planned request of this step into vLLM's cache (before the forward)."""
+        if self.engine is None:
+            for spec in meta.loads:
+                self._fail_load(spec, spec.start)
+            return
+        for spec in meta.loads:
+            self._load(spec)
+
+    def _fail_load(self, spec: LoadSpec, first_missing: int) -> None:
+        if first_missing >= spec.end:
+            return
+        first_block = first_missing // self.block_size
+        last_block = (spec.end - 1) // self.block_size
+        self._load_errors.update(spec.block_ids[first_block : last_block + 1])
+        self.stats.load_failed_tokens += spec.end - first_missing
+
+    def _load(self, spec: LoadSpec) -> None:
+        assert self.engine is not None
+        n = len(spec.token_ids)
+        held = min(n, len(spec.block_ids) * self.block_size)
+        slots = torch.full((n,), -1, dtype=torch.int64)
+        slots[:held] = slot_mapping(spec.block_ids, self.block_size, held)
+        # Positions vLLM already holds, and past what it asked for, are left alone.
+        slots[: spec.start] = -1
+        slots[spec.end :] = -1
+        t0 = time.perf_counter()
+        result = self.engine.retrieve(spec.token_ids, slots)
+        _sync(self._device)
+        dt = time.perf_counter() - t0
+        window = result.mask[spec.start : spec.end].to(torch.bool)
+        missing = (~window).nonzero()
+        first_missing = spec.end if missing.numel() == 0 else spec.start + int(missing[0, 0])
+        loaded = first_missing - spec.start
+        self.stats.load_requests += 1
+        self.stats.loaded_tokens += loaded
+        self._fail_load(spec, first_missing)
+        nbytes = loaded * self._bytes_per_token
+        logger.info(
+            "LMCacheNativeConnector retrieve %s: %d/%d tokens, %d bytes, %.3f ms, %.2f GB/s",
+            spec.req_id,
+            loaded,
+            spec.end - spec.start,
+            nbytes,
+            dt * 1e3,
+            nbytes / dt / 1e9 if dt > 0 else 0.0,
+        )
+
+    def wait_for_save(self, meta: LMCacheNativeConnectorMetadata) -> None:
+        """Stores what this step computed (after the forward)."""
+        if self.engine is None:
+            return
+        save_decode = bool(self.config.get("save_decode_cache"))
+        for spec in meta.saves:
+            self._save(spec, save_decode)
+
+    def _save(self, spec: SaveSpec, save_decode: bool) -> None:
+        assert self.engine is not None
+        n = len(spec.token_ids) if save_decode else min(len(spec.token_ids), spec.num_prompt_tokens)
+        if n <= self._stored_upto.get(spec.req_id, 0):
+            return
+        self._stored_upto[spec.req_id] = n
+        tokens = spec.token_ids[:n]
+        slots = slot_mapping(spec.block_ids, self.block_size, n)
+        t0 = time.perf_counter()
+        result = self.engine.store(tokens, slots)
+        dt = time.perf_counter() - t0
+        stored = int(result.num_stored_tokens)
+        self.stats.store_requests += 1
+        self.stats.stored_tokens += stored
+        nbytes = stored * self._bytes_per_token
+        logger.info(
+            "LMCacheNativeConnector store %s: %d/%d tokens, %d bytes, %.3f ms, %.2f GB/s%s",
+            spec.req_id,
+            stored,
+            n,
+            nbytes,
+            dt * 1e3,
+            nbytes / dt / 1e9 if dt > 0 else 0.0,
+            f" ({result.reason})" if result.reason else "",
+        )
+
+    def finished(self, finished_req_ids: set[str]) -> None:
+        """Forgets requests vLLM finished."""
+        for req_id in finished_req_ids:
+            self._stored_upto.pop(req_id, None)
+
+    def take_load_errors(self) -> set[int]:
+        """Blocks that loads of this step could not fill (then forgotten)."""
+        errors, self._load_errors = self._load_errors, set()
+        return errors
+
+    def close(self) -> None:
+        """Stops the admin API and the lookup server, closes the engine."""
+        if self.api_handle is not None:
+            self.api_handle.stop()
+            self.api_handle = None
+        if self._lookup is not None:
+            self._lookup.stop()
+            self._lookup = None
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
