@@ -10,6 +10,7 @@ every put.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
 from lmcache_native.storage.base import ChunkBufferLike, StorageBackend
 from lmcache_native.storage.policies import make_policy
@@ -66,7 +67,7 @@ class LocalCPUBackend(StorageBackend):
         with self._lock:
             return key in self._entries
 
-    def batched_contains(self, keys: list[str]) -> list[bool]:
+    def batched_contains(self, keys: Sequence[str]) -> list[bool]:
         with self._lock:
             return [k in self._entries for k in keys]
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,7 +146,7 @@ class LocalDiskBackend(StorageBackend):
         with self._lock:
             return key in self._index
 
-    def batched_contains(self, keys: list[str]) -> list[bool]:
+    def batched_contains(self, keys: Sequence[str]) -> list[bool]:
         with self._lock:
             return [k in self._index for k in keys]
 

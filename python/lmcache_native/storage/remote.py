@@ -101,6 +101,8 @@ class _RedisStore:
         data = self._client.get(key)
         if data is None:
             return None
+        if not isinstance(data, bytes):  # decode_responses is off: always bytes
+            raise CorruptChunkError("unexpected value type")
         return decode(data, key, allocator)
 
     def save(self, key: str, buf: ChunkBufferLike) -> None:

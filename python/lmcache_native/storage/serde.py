@@ -102,7 +102,7 @@ def payload_view(tensor: torch.Tensor) -> memoryview:
         raise ValueError("tensor must be contiguous")
     if tensor.numel() == 0:
         return memoryview(b"")
-    return memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+    return tensor.reshape(-1).view(torch.uint8).numpy().data
 
 
 def encode_header(key: str, tensor: torch.Tensor, payload: memoryview | None = None) -> bytes:
@@ -202,10 +202,10 @@ def parse_header(data: bytes | memoryview, expected_key: str | None = None) -> C
 
 def verify_payload(header: ChunkHeader, payload: bytes | memoryview | np.ndarray) -> None:
     """Raises CorruptChunkError when the payload's length or xxh3_64 does not match."""
-    n = payload.nbytes if not isinstance(payload, bytes) else len(payload)
-    if n != header.payload_len:
+    mv = payload.data if isinstance(payload, np.ndarray) else memoryview(payload)
+    if mv.nbytes != header.payload_len:
         raise CorruptChunkError("payload length mismatch")
-    if xxhash.xxh3_64_intdigest(payload) != header.payload_checksum:
+    if xxhash.xxh3_64_intdigest(mv) != header.payload_checksum:
         raise CorruptChunkError("payload checksum mismatch")
 
 
@@ -342,7 +342,7 @@ def read_chunk_file(
         try:
             view = buf.byte_view()
             got = 0
-            mv = memoryview(view)
+            mv = view.data
             while got < header.payload_len:
                 n = f.readinto(mv[got:])
                 if not n:
