@@ -178,13 +178,8 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         world_size=1,
         worker_id=0,
         kv_dtype=dtype,
-        kv_shape=(
-            args.num_layers,
-            1 if args.layout == "mla" else 2,
-            chunk_size,
-            num_heads,
-            args.head_size,
-        ),
+        use_mla=args.layout == "mla",
+        role="standalone",
     )
     caches = make_kv_caches(
         args.num_layers,

@@ -47,7 +47,6 @@ def make_engine(
         world_size=1,
         worker_id=0,
         kv_dtype=DTYPE,
-        kv_shape=(NUM_LAYERS, 2, CHUNK_SIZE, NUM_HEADS, HEAD_SIZE),
     )
     engine = CacheEngine(config, metadata)
     if caches is not None:
