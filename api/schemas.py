@@ -153,13 +153,25 @@ class LoadFsChunksRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class LoadFsChunksResult(msgspec.Struct):
-    """``POST /cache/load-fs-chunks``."""
+    """``POST /cache/load-fs-chunks``.
+
+    Attributes:
+        status: "success".
+        loaded_chunks: chunk files verified and put into the CPU tier.
+        total_files: chunk files in the ``fs://`` directory.
+        failed_keys: keys of files that failed verification (at most ``max_failed_keys``).
+        config_path: the requested configuration file.
+        failed_count: addition: how many files failed in all.
+        skipped_files: addition: files of another model or worker, left alone.
+    """
 
     status: str
     loaded_chunks: int
     total_files: int
     failed_keys: list[str]
     config_path: str
+    failed_count: int
+    skipped_files: int
 
 
 class FreezeStatus(msgspec.Struct):

@@ -32,7 +32,6 @@ from lmcache_native.errors import LMCacheError
 _INT = re.compile(r"[+-]?[0-9]+", re.ASCII)
 _MAX_TOKEN_ID = (1 << 63) - 1
 _MAX_INVALID_SHOWN = 10
-_MAX_FAILED_KEYS = 10_000
 
 _TOKENS_MOCK = Parameter(
     default=None,
@@ -337,20 +336,6 @@ class CacheController(Controller):
         self, engine: EngineDep, data: JSONBody[LoadFsChunksRequest]
     ) -> LoadFsChunksResult:
         """Loads chunk files of the ``fs://`` remote named in a config file into the CPU tier."""
-        if data.max_chunks is not None and data.max_chunks < 0:
-            raise ApiError(
-                400,
-                "Invalid parameters",
-                "max_chunks must be a non-negative integer",
-                config_path=data.config_path,
-            )
-        if not 0 <= data.max_failed_keys <= _MAX_FAILED_KEYS:
-            raise ApiError(
-                400,
-                "Invalid parameters",
-                f"max_failed_keys must be between 0 and {_MAX_FAILED_KEYS}",
-                config_path=data.config_path,
-            )
         try:
             out = engine.load_fs_chunks(data.config_path, data.max_chunks, data.max_failed_keys)
         except LMCacheError as exc:
@@ -366,4 +351,6 @@ class CacheController(Controller):
             total_files=int(out["total_files"]),
             failed_keys=[str(k) for k in out["failed_keys"]],
             config_path=data.config_path,
+            failed_count=int(out.get("failed_count", len(out["failed_keys"]))),
+            skipped_files=int(out.get("skipped_files", 0)),
         )

@@ -63,16 +63,19 @@ def test_served_document_equals_snapshot(client):
     assert r.json() == json.loads(SNAPSHOT.read_text(encoding="utf-8"))
 
 
-def test_exactly_the_spec_endpoints():
-    doc = openapi_document()
+@pytest.fixture(scope="module")
+def doc():
+    return openapi_document()
+
+
+def test_exactly_the_spec_endpoints(doc):
     found = {(m, p) for p, ops in doc["paths"].items() for m in ops}
     assert found == set(ENDPOINTS)
     assert len(ENDPOINTS) == 30
 
 
 @pytest.mark.parametrize(("method", "path"), ENDPOINTS)
-def test_errors_documented_with_error_shape(method, path):
-    doc = openapi_document()
+def test_errors_documented_with_error_shape(doc, method, path):
     op = doc["paths"][path][method]
     for code in ("401", "500"):
         schema = op["responses"][code]["content"]["application/json"]["schema"]
@@ -82,7 +85,7 @@ def test_errors_documented_with_error_shape(method, path):
     assert "200" in op["responses"]
 
 
-def test_error_body_schema():
-    schema = openapi_document()["components"]["schemas"]["ErrorBody"]
+def test_error_body_schema(doc):
+    schema = doc["components"]["schemas"]["ErrorBody"]
     assert schema["required"] == ["error", "message"]
     assert schema["properties"] == {"error": {"type": "string"}, "message": {"type": "string"}}
