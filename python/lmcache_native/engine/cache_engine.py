@@ -206,7 +206,7 @@ class CacheEngine:
         paged = ops.describe(caches, layout)
         with self._lock:
             self._kv = _KVState(names, caches, layout, paged)
-            self._pool.pin_memory = paged.device.type == "cuda"
+            self._pool.set_pin_memory(paged.device.type == "cuda")
             if self._metadata.kv_dtype is None:
                 self._metadata.kv_dtype = paged.dtype
         logger.info(

@@ -132,6 +132,14 @@ class ChunkBufferPool:
         """Bytes of freed buffers kept for reuse."""
         return self._cached
 
+    def set_pin_memory(self, pin_memory: bool) -> None:
+        """Switches page-locked allocation on or off; cached buffers of the other kind are
+        dropped so every later allocation has the requested kind."""
+        with self._lock:
+            if bool(pin_memory) != self.pin_memory:
+                self.pin_memory = bool(pin_memory)
+                self._trim_cache_locked(0)
+
     def set_capacity(self, capacity_bytes: int) -> None:
         """Changes the budget; cached free buffers beyond it are dropped at once.
 
