@@ -82,5 +82,8 @@ def create_app(
         middleware=[QueryLimitMiddleware(max_query_bytes)],
         request_max_body_size=max_body_bytes,
         openapi_config=openapi_config(),
+        # NOTE: Litestar's default LoggingConfig reconfigures the root logger; inside a vLLM
+        # worker that would change the host's logging. Errors are logged by api/errors.py.
+        logging_config=None,
         debug=False,
     )
