@@ -369,11 +369,12 @@ class CacheEngine:
         skipped = 0
         reason: str | None = None
         slot_mapping_dev = slot_mapping if isinstance(slot_mapping, torch.Tensor) else slots
+        pads = _padding_counts(slots)
         for i, (span, key) in enumerate(zip(spans, keys, strict=True)):
             if present[i]:
                 skipped += 1
                 continue
-            if bool((slots[span.start : span.end] < 0).any()):
+            if pads[span.end] != pads[span.start]:
                 reason = reason or "padding slots"
                 skipped += len(spans) - i
                 self.metrics.skipped_stores.labels(reason="padding slots").inc(len(spans) - i)
@@ -484,9 +485,10 @@ class CacheEngine:
                 return RetrieveResult(n, 0, mask, "below min_retrieve_tokens")
             spans, keys = spans[:hit], keys[:hit]
         slot_mapping_dev = slot_mapping if isinstance(slot_mapping, torch.Tensor) else slots
+        pads = _padding_counts(slots)
         loaded = 0
         for span, key in zip(spans, keys, strict=True):
-            if bool((slots[span.start : span.end] < 0).all()):
+            if pads[span.end] - pads[span.start] == span.num_tokens:
                 if not self._manager.contains(key):
                     break
                 loaded = span.end
@@ -831,6 +833,12 @@ class CacheEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _padding_counts(slots: torch.Tensor) -> list[int]:
+    """``out[i]`` = padding slots (-1) among the first ``i`` slots (prefix sums, length n+1)."""
+    pad = (slots < 0).numpy()
+    return [0, *np.cumsum(pad, dtype=np.int64).tolist()]
 
 
 def _read_config_file_safely(config_path: str) -> dict[str, Any]:
