@@ -1,0 +1,207 @@
+"""Helpers for the end-to-end tests on a real vLLM: a tiny Llama, engines, prompts, chunk files.
+
+vLLM is imported inside the functions only, so this module imports without vLLM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import socket
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CONNECTOR = "LMCacheNativeConnector"
+MODULE_PATH = "lmcache_native.integration.vllm"
+BLOCK_SIZE = 32
+CHUNK_SIZE = 64
+MAX_TOKENS = 8
+
+TINY_LLAMA: dict[str, Any] = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 32,
+    "vocab_size": 1000,
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "torch_dtype": "float32",
+    "tie_word_embeddings": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+
+
+def write_model(directory: Path, overrides: dict[str, Any] | None = None) -> str:
+    """Writes a Llama ``config.json`` (weights come from ``load_format="dummy"``)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cfg = dict(TINY_LLAMA, **(overrides or {}))
+    (directory / "config.json").write_text(json.dumps(cfg))
+    return str(directory)
+
+
+def prompt(seed: int, n: int, prefix: Sequence[int] = ()) -> list[int]:
+    """``n`` token ids in ``[3, 1000)``: ``prefix`` then seeded random tokens."""
+    rng = random.Random(seed)
+    out = list(prefix)
+    while len(out) < n:
+        out.append(rng.randrange(3, 1000))
+    return out[:n]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def kv_transfer_config(extra: dict[str, Any]) -> dict[str, Any]:
+    """vLLM's ``kv_transfer_config`` selecting the connector, with ``lmcache.*`` extras."""
+    return {
+        "kv_connector": CONNECTOR,
+        "kv_connector_module_path": MODULE_PATH,
+        "kv_role": "kv_both",
+        "kv_connector_extra_config": {f"lmcache.{k}": v for k, v in extra.items()},
+    }
+
+
+def engine_kwargs(model: str, connector: dict[str, Any] | None) -> dict[str, Any]:
+    """``LLM(...)`` arguments for the tests (``connector``: lmcache keys, or None for none)."""
+    kw: dict[str, Any] = {
+        "model": model,
+        "load_format": "dummy",
+        "skip_tokenizer_init": True,
+        "dtype": "float32",
+        "block_size": BLOCK_SIZE,
+        "enable_prefix_caching": False,
+        "enforce_eager": True,
+        "seed": 0,
+        "kv_cache_memory_bytes": 16 << 20,
+        "max_model_len": 4096,
+    }
+    if connector is not None:
+        kw["kv_transfer_config"] = kv_transfer_config(connector)
+    return kw
+
+
+@contextlib.contextmanager
+def in_process_llm(model: str, connector: dict[str, Any] | None) -> Iterator[Any]:
+    """An in-process vLLM engine (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, ``uni`` executor).
+
+    The engine is shut down on exit (the connector's ``shutdown`` runs then).
+    """
+    from vllm import LLM
+
+    old = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    try:
+        llm = LLM(distributed_executor_backend="uni", **engine_kwargs(model, connector))
+        try:
+            yield llm
+        finally:
+            llm.llm_engine.engine_core.shutdown()
+    finally:
+        if old is None:
+            os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+        else:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = old
+
+
+def generate(llm: Any, tokens: list[int], max_tokens: int = MAX_TOKENS) -> tuple[list[int], int]:
+    """Greedy generation of one prompt: (generated token ids, ``num_cached_tokens``)."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    params = SamplingParams(
+        max_tokens=max_tokens, temperature=0.0, ignore_eos=True, detokenize=False
+    )
+    (out,) = llm.generate([TokensPrompt(prompt_token_ids=tokens)], params, use_tqdm=False)
+    return list(out.outputs[0].token_ids), int(out.num_cached_tokens or 0)
+
+
+def worker_connector() -> Any:
+    """The worker-side connector of the in-process engine."""
+    from vllm.distributed.kv_transfer import get_kv_transfer_group
+
+    return get_kv_transfer_group()
+
+
+def scheduler_connector(llm: Any) -> Any:
+    """The scheduler-side connector of the in-process engine."""
+    return llm.llm_engine.engine_core.engine_core.scheduler.connector
+
+
+# -- chunk files and checksums ---------------------------------------------------------------
+
+
+def chunk_path(directory: Path, key: str) -> Path:
+    """Where the disk tier keeps ``key``."""
+    from lmcache_native.storage.serde import chunk_filename
+
+    return directory / chunk_filename(key)
+
+
+def read_chunk(path: Path, key: str) -> torch.Tensor:
+    """A chunk file's payload as a tensor (verifying header and checksum)."""
+    from lmcache_native.storage.serde import parse_header, verify_payload
+
+    data = path.read_bytes()
+    header = parse_header(data, key)
+    payload = np.frombuffer(data, dtype=np.uint8, offset=header.header_len).copy()
+    verify_payload(header, payload)
+    return torch.from_numpy(payload).view(header.dtype).reshape(header.shape)
+
+
+def rewrite_chunk(path: Path, key: str, tensor: torch.Tensor) -> None:
+    """Replaces a chunk file's payload with ``tensor``, with a valid header and checksum."""
+    from lmcache_native.storage.serde import write_chunk_file
+
+    write_chunk_file(path, key, tensor.contiguous())
+
+
+def break_payload(path: Path, byte_index: int = 0) -> None:
+    """Flips one payload byte in place, leaving the header (and its payload checksum) as is."""
+    from lmcache_native.storage.serde import parse_header
+
+    data = bytearray(path.read_bytes())
+    header = parse_header(bytes(data))
+    data[header.header_len + byte_index] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+def chunk_md5(chunk: torch.Tensor) -> str:
+    """The admin API's non-layerwise checksum of one stored chunk ``[2, layers, tokens, row]``.
+
+    Per layer: MD5 of the K rows then the V rows (raw bytes); then MD5 of the per-layer hex
+    digests concatenated in layer order.
+    """
+    digests = []
+    for layer in range(chunk.shape[1]):
+        h = hashlib.md5()
+        for kv in range(chunk.shape[0]):
+            h.update(chunk[kv, layer].contiguous().view(torch.uint8).numpy().tobytes())
+        digests.append(h.hexdigest())
+    return hashlib.md5("".join(digests).encode()).hexdigest()
+
+
+def slot_string(slots: Sequence[int]) -> str:
+    """A ``slot_mapping`` query string, runs written as ``[a,b]``."""
+    from lmcache_native.ops import compress_slot_mapping
+
+    parts = []
+    for item in compress_slot_mapping(list(slots)):
+        parts.append(f"[{item[0]},{item[1]}]" if isinstance(item, list) else str(item))
+    return ",".join(parts)
