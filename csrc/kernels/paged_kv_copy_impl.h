@@ -1,20 +1,20 @@
 // CPU copy loop shared by the paged_kv_gather and paged_kv_scatter CPU twins (internal header;
 // the entry points are declared in paged_kv_gather.h / paged_kv_scatter.h).
 //
-// Work is split into (kv, layer, token tile) items run by lmc::parallel_for, so each thread
-// walks a contiguous stretch of the chunk buffer. Inside an item the copy picks the cheapest
-// form the layout allows:
-//   - row_contiguous (flash_attn, flashinfer, mla, vllm_cpu V): runs of tokens whose rows are
-//     adjacent in the cache become one memcpy (a whole block of 16 tokens is usually one run);
-//   - head_contiguous (hnd): one memcpy per (token, head);
-//   - anything else (vllm_cpu K, stored [head_size, block_size]; strided views): groups of up
-//     to kGroupTokens tokens per head, dims outer and tokens inner, so a transposed block tile
-//     is read once while it sits in L1.
+// Work is split into items run by lmc::parallel_for, each a tile of about kItemBytes of chunk
+// rows, so each thread walks a contiguous stretch of the chunk buffer:
+//   - layouts whose rows are contiguous (flash_attn, flashinfer, mla): (kv, layer, tile) items;
+//     runs of tokens whose rows are adjacent in the cache become one copy (a block or more);
+//   - the others (hnd, vllm_cpu, strided views): (layer, tile) items; for each run of tokens
+//     inside one block and each head, K's piece then V's piece, so the cache is read in
+//     address order. vllm_cpu's K, stored [head_size, block_size], is an SSE2 tile transpose.
+// Long destination runs use streaming stores (no read-for-ownership of the destination).
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 
 #include "common/check.h"
 #include "common/thread_pool.h"
@@ -27,8 +27,6 @@
 namespace lmc {
 namespace copy_detail {
 
-// Tokens handled together by the strided path (a block of vLLM's usual sizes, 16 or 32).
-constexpr int64_t kGroupTokens = 64;
 // Bytes of chunk buffer per work item; large enough to amortise scheduling, small enough to
 // balance two threads on a 1K-token chunk.
 constexpr int64_t kItemBytes = int64_t{256} << 10;
@@ -37,6 +35,10 @@ constexpr int64_t kParallelBytes = int64_t{512} << 10;
 // Runs at least this long use non-temporal stores (the destination will not be read soon and
 // streaming stores skip the read-for-ownership of every destination line).
 constexpr int64_t kStreamBytes = 4096;
+// Staging buffer of the transposed path, per thread: gather stages one [head_size, run] tile
+// (4 KiB for 128 x 16 bf16), scatter a whole run's rows (32 KiB for llama3-8b); larger ones
+// are transposed in place.
+constexpr int64_t kStageBytes = int64_t{64} << 10;
 
 // Position of the first slot outside [-1, num_slots), or -1 when every slot is valid.
 template <typename SlotT>
@@ -85,6 +87,32 @@ inline void copy_bytes(char* LMC_RESTRICT dst, const char* LMC_RESTRICT src, int
   std::memcpy(dst, src, static_cast<size_t>(n));
 }
 
+// rows x row_bytes from src (rows src_stride bytes apart) to dst (rows dst_stride bytes apart);
+// whole 64-byte lines go out as streaming stores when every row allows it.
+inline void copy_rows(char* LMC_RESTRICT dst, int64_t dst_stride, const char* LMC_RESTRICT src,
+                      int64_t src_stride, int64_t rows, int64_t row_bytes) {
+#if defined(__SSE2__)
+  if ((row_bytes & 63) == 0 && ((reinterpret_cast<uintptr_t>(dst) | dst_stride) & 63) == 0) {
+    for (int64_t r = 0; r < rows; ++r, dst += dst_stride, src += src_stride) {
+      for (int64_t o = 0; o < row_bytes; o += 64) {
+        const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + o));
+        const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + o + 16));
+        const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + o + 32));
+        const __m128i d = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + o + 48));
+        _mm_stream_si128(reinterpret_cast<__m128i*>(dst + o), a);
+        _mm_stream_si128(reinterpret_cast<__m128i*>(dst + o + 16), b);
+        _mm_stream_si128(reinterpret_cast<__m128i*>(dst + o + 32), c);
+        _mm_stream_si128(reinterpret_cast<__m128i*>(dst + o + 48), d);
+      }
+    }
+    return;
+  }
+#endif
+  for (int64_t r = 0; r < rows; ++r, dst += dst_stride, src += src_stride) {
+    std::memcpy(dst, src, static_cast<size_t>(row_bytes));
+  }
+}
+
 // Orders the streaming stores of this thread before the caller returns.
 inline void store_fence() {
 #if defined(__SSE2__)
@@ -92,136 +120,314 @@ inline void store_fence() {
 #endif
 }
 
+// dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols (in elements).
+template <typename Word>
+void transpose(const Word* LMC_RESTRICT src, int64_t src_stride, Word* LMC_RESTRICT dst,
+               int64_t dst_stride, int64_t rows, int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) dst[c * dst_stride + r] = src[r * src_stride + c];
+  }
+}
+
+#if defined(__SSE2__)
+// 8x8 tiles of 2-byte words: 8 row loads, three rounds of unpacks, 8 column stores.
+inline void transpose8x8_u16(const uint16_t* src, int64_t ss, uint16_t* dst, int64_t ds) {
+  const auto ld = [&](int i) {
+    return _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i * ss));
+  };
+  const __m128i r0 = ld(0), r1 = ld(1), r2 = ld(2), r3 = ld(3);
+  const __m128i r4 = ld(4), r5 = ld(5), r6 = ld(6), r7 = ld(7);
+  const __m128i t0 = _mm_unpacklo_epi16(r0, r1), t1 = _mm_unpackhi_epi16(r0, r1);
+  const __m128i t2 = _mm_unpacklo_epi16(r2, r3), t3 = _mm_unpackhi_epi16(r2, r3);
+  const __m128i t4 = _mm_unpacklo_epi16(r4, r5), t5 = _mm_unpackhi_epi16(r4, r5);
+  const __m128i t6 = _mm_unpacklo_epi16(r6, r7), t7 = _mm_unpackhi_epi16(r6, r7);
+  const __m128i u0 = _mm_unpacklo_epi32(t0, t2), u1 = _mm_unpackhi_epi32(t0, t2);
+  const __m128i u2 = _mm_unpacklo_epi32(t1, t3), u3 = _mm_unpackhi_epi32(t1, t3);
+  const __m128i u4 = _mm_unpacklo_epi32(t4, t6), u5 = _mm_unpackhi_epi32(t4, t6);
+  const __m128i u6 = _mm_unpacklo_epi32(t5, t7), u7 = _mm_unpackhi_epi32(t5, t7);
+  const auto st = [&](int i, __m128i v) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i * ds), v);
+  };
+  st(0, _mm_unpacklo_epi64(u0, u4));
+  st(1, _mm_unpackhi_epi64(u0, u4));
+  st(2, _mm_unpacklo_epi64(u1, u5));
+  st(3, _mm_unpackhi_epi64(u1, u5));
+  st(4, _mm_unpacklo_epi64(u2, u6));
+  st(5, _mm_unpackhi_epi64(u2, u6));
+  st(6, _mm_unpacklo_epi64(u3, u7));
+  st(7, _mm_unpackhi_epi64(u3, u7));
+}
+
+// 4x4 tiles of 4-byte words.
+inline void transpose4x4_u32(const uint32_t* src, int64_t ss, uint32_t* dst, int64_t ds) {
+  const auto ld = [&](int i) {
+    return _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i * ss));
+  };
+  const __m128i r0 = ld(0), r1 = ld(1), r2 = ld(2), r3 = ld(3);
+  const __m128i t0 = _mm_unpacklo_epi32(r0, r1), t1 = _mm_unpackhi_epi32(r0, r1);
+  const __m128i t2 = _mm_unpacklo_epi32(r2, r3), t3 = _mm_unpackhi_epi32(r2, r3);
+  const auto st = [&](int i, __m128i v) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i * ds), v);
+  };
+  st(0, _mm_unpacklo_epi64(t0, t2));
+  st(1, _mm_unpackhi_epi64(t0, t2));
+  st(2, _mm_unpacklo_epi64(t1, t3));
+  st(3, _mm_unpackhi_epi64(t1, t3));
+}
+
+// Tiles of kTile x kTile through `tile_fn`, scalar edges.
+template <int kTile, typename Word, typename TileFn>
+void transpose_tiled(const Word* LMC_RESTRICT src, int64_t ss, Word* LMC_RESTRICT dst, int64_t ds,
+                     int64_t rows, int64_t cols, TileFn tile_fn) {
+  const int64_t rows_t = rows - rows % kTile;
+  const int64_t cols_t = cols - cols % kTile;
+  for (int64_t r = 0; r < rows_t; r += kTile) {
+    for (int64_t c = 0; c < cols_t; c += kTile) tile_fn(src + r * ss + c, ss, dst + c * ds + r, ds);
+    for (int64_t c = cols_t; c < cols; ++c) {
+      for (int64_t k = 0; k < kTile; ++k) dst[c * ds + r + k] = src[(r + k) * ss + c];
+    }
+  }
+  for (int64_t r = rows_t; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) dst[c * ds + r] = src[r * ss + c];
+  }
+}
+
+template <>
+inline void transpose<uint16_t>(const uint16_t* LMC_RESTRICT src, int64_t ss,
+                                uint16_t* LMC_RESTRICT dst, int64_t ds, int64_t rows,
+                                int64_t cols) {
+  transpose_tiled<8>(src, ss, dst, ds, rows, cols, transpose8x8_u16);
+}
+
+template <>
+inline void transpose<uint32_t>(const uint32_t* LMC_RESTRICT src, int64_t ss,
+                                uint32_t* LMC_RESTRICT dst, int64_t ds, int64_t rows,
+                                int64_t cols) {
+  transpose_tiled<4>(src, ss, dst, ds, rows, cols, transpose4x4_u32);
+}
+#endif  // __SSE2__
+
 // Element offset of slot's (head 0, dim 0) for one kv side, from the kv side's base.
 LMC_INLINE int64_t token_offset(const PagedKVLayout& l, int kv, int64_t slot) {
   const int64_t block = slot / l.block_size;
   return block * l.block_stride[kv] + (slot - block * l.block_size) * l.token_stride[kv];
 }
 
-// One item's tokens [t0, t1): cache (kv side base `cache`) <-> chunk rows starting at `rows`.
-template <bool kGather, typename Word, typename SlotT>
-class ItemCopier {
- public:
-  ItemCopier(const PagedKVLayout& l, int kv, const SlotT* slots)
-      : l_(l), kv_(kv), slots_(slots), row_elems_(l.row_elems()), row_bytes_(l.row_bytes()) {}
+// Length of the run of tokens from i on whose slots follow each other inside one block
+// (stops at t1, at padding, at a gap and at the block's end). slots[i] must not be -1.
+template <typename SlotT>
+LMC_INLINE int64_t block_run(const SlotT* slots, int64_t i, int64_t t1, int64_t block_size) {
+  const int64_t s = static_cast<int64_t>(slots[i]);
+  const int64_t room = block_size - s % block_size;
+  int64_t n = 1;
+  while (n < room && i + n < t1 && static_cast<int64_t>(slots[i + n]) == s + n) ++n;
+  return n;
+}
 
-  void run(char* cache, char* rows, int64_t t0, int64_t t1) const {
-    if (l_.row_contiguous(kv_)) {
-      rows_path(cache, rows, t0, t1);
-    } else if (l_.head_contiguous(kv_)) {
-      heads_path(cache, rows, t0, t1);
-    } else {
-      strided_path(reinterpret_cast<Word*>(cache), reinterpret_cast<Word*>(rows), t0, t1);
+// Layouts whose rows are contiguous (flash_attn, flashinfer, mla): per kv side, runs of tokens
+// whose rows are adjacent in the cache become one copy (usually a whole block or more).
+template <bool kGather, typename SlotT>
+void copy_rows_item(char* cache, char* rows, const PagedKVLayout& l, int kv, const SlotT* slots,
+                    int64_t t0, int64_t t1) {
+  const int64_t es = l.elem_size;
+  const int64_t row_elems = l.row_elems();
+  const int64_t row_bytes = l.row_bytes();
+  int64_t i = t0;
+  while (i < t1) {
+    const int64_t s = static_cast<int64_t>(slots[i]);
+    if (s == -1) {
+      ++i;
+      continue;
     }
-  }
-
- private:
-  void move(char* cache, char* row, int64_t n) const {
+    const int64_t off = token_offset(l, kv, s);
+    int64_t n = 1;
+    while (i + n < t1) {
+      const int64_t s2 = static_cast<int64_t>(slots[i + n]);
+      if (s2 == -1 || token_offset(l, kv, s2) != off + n * row_elems) break;
+      ++n;
+    }
     if (kGather) {
-      copy_bytes(row, cache, n);
+      copy_bytes(rows + i * row_bytes, cache + off * es, n * row_bytes);
     } else {
-      copy_bytes(cache, row, n);
+      copy_bytes(cache + off * es, rows + i * row_bytes, n * row_bytes);
     }
+    i += n;
   }
+}
 
-  // Runs of adjacent rows -> one copy each.
-  void rows_path(char* cache, char* rows, int64_t t0, int64_t t1) const {
-    const int64_t es = l_.elem_size;
-    int64_t i = t0;
-    while (i < t1) {
-      const int64_t s = static_cast<int64_t>(slots_[i]);
-      if (s == -1) {
-        ++i;
-        continue;
-      }
-      const int64_t off = token_offset(l_, kv_, s);
-      int64_t n = 1;
-      while (i + n < t1) {
-        const int64_t s2 = static_cast<int64_t>(slots_[i + n]);
-        if (s2 == -1 || token_offset(l_, kv_, s2) != off + n * row_elems_) break;
-        ++n;
-      }
-      move(cache + off * es, rows + i * row_bytes_, n * row_bytes_);
-      i += n;
-    }
-  }
-
-  // One copy per (token, head).
-  void heads_path(char* cache, char* rows, int64_t t0, int64_t t1) const {
-    const int64_t es = l_.elem_size;
-    const int64_t head_bytes = l_.head_size * es;
-    for (int64_t i = t0; i < t1; ++i) {
-      const int64_t s = static_cast<int64_t>(slots_[i]);
-      if (s == -1) continue;
-      const int64_t off = token_offset(l_, kv_, s);
-      char* row = rows + i * row_bytes_;
-      for (int64_t h = 0; h < l_.num_heads; ++h) {
-        move(cache + (off + h * l_.head_stride[kv_]) * es, row + h * head_bytes, head_bytes);
+// Element-by-element piece of one head for a run of n tokens (any strides).
+template <bool kGather, typename Word>
+void copy_piece_scalar(Word* cache, int64_t ts, int64_t ds, Word* row, int64_t row_elems,
+                       int64_t n, int64_t d_n) {
+  for (int64_t j = 0; j < n; ++j) {
+    for (int64_t d = 0; d < d_n; ++d) {
+      if (kGather) {
+        row[j * row_elems + d] = cache[j * ts + d * ds];
+      } else {
+        cache[j * ts + d * ds] = row[j * row_elems + d];
       }
     }
   }
+}
 
-  // Element by element, kGroupTokens tokens at a time: for each head, dims outer, tokens inner.
-  void strided_path(Word* cache, Word* rows, int64_t t0, int64_t t1) const {
-    const int64_t hs = l_.head_stride[kv_];
-    const int64_t ds = l_.dim_stride[kv_];
-    const int64_t d_n = l_.head_size;
-    int64_t src_off[kGroupTokens];
-    Word* dst_row[kGroupTokens];
-    int64_t i = t0;
-    while (i < t1) {
-      int n = 0;
-      for (; i < t1 && n < kGroupTokens; ++i) {
-        const int64_t s = static_cast<int64_t>(slots_[i]);
-        if (s == -1) continue;
-        src_off[n] = token_offset(l_, kv_, s);
-        dst_row[n] = rows + i * row_elems_;
-        ++n;
-      }
-      for (int64_t h = 0; h < l_.num_heads; ++h) {
-        const int64_t h_off = h * hs;
-        const int64_t r_off = h * d_n;
-        for (int64_t d = 0; d < d_n; ++d) {
-          Word* tile = cache + h_off + d * ds;
-          for (int j = 0; j < n; ++j) {
-            if (kGather) {
-              dst_row[j][r_off + d] = tile[src_off[j]];
-            } else {
-              tile[src_off[j]] = dst_row[j][r_off + d];
-            }
-          }
+// Per-head layouts (hnd, vllm_cpu, strided views), gather: for each run of tokens inside one
+// block and each head, every kv side's piece in turn, so the cache is read in address order
+// (vllm_cpu keeps a (block, head)'s K and V next to each other). A piece is a strided 2-D copy
+// of the run's head vectors when dims are contiguous (dim_stride 1), a [head_size, run] ->
+// [run, head_size] transpose when tokens are (token_stride 1: vllm_cpu's K), else scalar.
+template <typename Word, typename SlotT>
+void gather_heads_item(char* const* cache, char* const* rows, const PagedKVLayout& l,
+                       const SlotT* slots, int64_t t0, int64_t t1, Word* stage) {
+  const int64_t es = l.elem_size;
+  const int64_t d_n = l.head_size;
+  const int64_t head_bytes = d_n * es;
+  const int64_t row_elems = l.row_elems();
+  const int64_t row_bytes = l.row_bytes();
+  // NOTE: a transposed piece goes through the L1 staging tile so the chunk rows are written as
+  // whole lines with streaming stores; transposed words stored straight to memory stall on a
+  // read-for-ownership of every destination line.
+  const bool staged = d_n * l.block_size * es <= kStageBytes;
+  int64_t i = t0;
+  while (i < t1) {
+    const int64_t s = static_cast<int64_t>(slots[i]);
+    if (s == -1) {
+      ++i;
+      continue;
+    }
+    const int64_t n = block_run(slots, i, t1, l.block_size);
+    for (int64_t h = 0; h < l.num_heads; ++h) {
+      for (int kv = 0; kv < l.num_kv; ++kv) {
+        const int64_t ts = l.token_stride[kv];
+        const int64_t ds = l.dim_stride[kv];
+        Word* src = reinterpret_cast<Word*>(cache[kv]) + token_offset(l, kv, s) +
+                    h * l.head_stride[kv];
+        Word* row = reinterpret_cast<Word*>(rows[kv] + i * row_bytes) + h * d_n;
+        if (ds == 1) {
+          copy_rows(reinterpret_cast<char*>(row), row_bytes, reinterpret_cast<char*>(src),
+                    ts * es, n, head_bytes);
+        } else if (ts == 1 && staged) {
+          transpose<Word>(src, ds, stage, d_n, d_n, n);
+          copy_rows(reinterpret_cast<char*>(row), row_bytes, reinterpret_cast<char*>(stage),
+                    head_bytes, n, head_bytes);
+        } else if (ts == 1) {
+          transpose<Word>(src, ds, row, row_elems, d_n, n);
+        } else {
+          copy_piece_scalar<true>(src, ts, ds, row, row_elems, n, d_n);
         }
       }
     }
+    i += n;
   }
+}
 
-  const PagedKVLayout& l_;
-  const int kv_;
-  const SlotT* const slots_;
-  const int64_t row_elems_;
-  const int64_t row_bytes_;
-};
+// Per-head layouts, scatter: the chunk rows of each run are read in address order (token by
+// token) and the cache pieces written with streaming stores. For a kv side with contiguous
+// dims, each token's row is split over the heads; for a transposed side (token_stride 1) the
+// run's rows are transposed into the staging buffer ([num_heads * head_size, run]) and each
+// head's [head_size, run] tile written out, in one contiguous stretch when the run is a whole
+// block. NOTE: reading a head_bytes slice of every row per head (head-major, as gather does)
+// runs at about half the speed: the chunk is then read with a row_bytes stride.
+template <typename Word, typename SlotT>
+void scatter_heads_item(char* const* cache, char* const* rows, const PagedKVLayout& l,
+                        const SlotT* slots, int64_t t0, int64_t t1, Word* stage) {
+  const int64_t es = l.elem_size;
+  const int64_t d_n = l.head_size;
+  const int64_t head_bytes = d_n * es;
+  const int64_t row_elems = l.row_elems();
+  const int64_t row_bytes = l.row_bytes();
+  int64_t i = t0;
+  while (i < t1) {
+    const int64_t s = static_cast<int64_t>(slots[i]);
+    if (s == -1) {
+      ++i;
+      continue;
+    }
+    const int64_t n = block_run(slots, i, t1, l.block_size);
+    for (int kv = 0; kv < l.num_kv; ++kv) {
+      const int64_t ts = l.token_stride[kv];
+      const int64_t ds = l.dim_stride[kv];
+      const int64_t hs = l.head_stride[kv];
+      Word* dst = reinterpret_cast<Word*>(cache[kv]) + token_offset(l, kv, s);
+      Word* row = reinterpret_cast<Word*>(rows[kv] + i * row_bytes);
+      if (ds == 1) {
+        for (int64_t j = 0; j < n; ++j) {
+          copy_rows(reinterpret_cast<char*>(dst + j * ts), hs * es,
+                    reinterpret_cast<char*>(row + j * row_elems), head_bytes, l.num_heads,
+                    head_bytes);
+        }
+      } else if (ts == 1) {
+        // Heads in groups whose [group * head_size, n] transpose fits the staging buffer.
+        const int64_t group = kStageBytes / (d_n * n * es);
+        for (int64_t h0 = 0; h0 < l.num_heads; h0 += std::max<int64_t>(group, 1)) {
+          if (group == 0) {
+            transpose<Word>(row + h0 * d_n, row_elems, dst + h0 * hs, ds, n, d_n);
+            continue;
+          }
+          const int64_t g = std::min(group, l.num_heads - h0);
+          transpose<Word>(row + h0 * d_n, row_elems, stage, n, n, g * d_n);  // [g * d_n, n]
+          for (int64_t h = 0; h < g; ++h) {
+            const char* tile = reinterpret_cast<const char*>(stage + h * d_n * n);
+            char* out = reinterpret_cast<char*>(dst + (h0 + h) * hs);
+            if (ds == n) {
+              copy_bytes(out, tile, n * head_bytes);
+            } else {
+              copy_rows(out, ds * es, tile, n * es, d_n, n * es);
+            }
+          }
+        }
+      } else {
+        for (int64_t h = 0; h < l.num_heads; ++h) {
+          copy_piece_scalar<false>(dst + h * hs, ts, ds, row + h * d_n, row_elems, n, d_n);
+        }
+      }
+    }
+    i += n;
+  }
+}
 
 template <bool kGather, typename Word, typename SlotT>
 void copy_all(const void* const* layer_ptrs, int64_t num_layers, const PagedKVLayout& l,
               const SlotT* slots, int64_t num_tokens, void* chunk) {
   const int64_t row_bytes = l.row_bytes();
+  const bool rows_layout = l.row_contiguous(0) && (l.num_kv == 1 || l.row_contiguous(1));
+  // Items are (kv, layer, tile) for row layouts and (layer, tile) covering both kv sides
+  // otherwise; a tile holds about kItemBytes of chunk rows per kv side.
   const int64_t tile = std::max<int64_t>(16, (kItemBytes + row_bytes - 1) / row_bytes);
   const int64_t num_tiles = (num_tokens + tile - 1) / tile;
-  const int64_t num_items = l.num_kv * num_layers * num_tiles;
+  const int64_t groups = rows_layout ? l.num_kv * num_layers : num_layers;
+  const int64_t num_items = groups * num_tiles;
   const int64_t total_bytes = l.num_kv * num_layers * num_tokens * row_bytes;
   const int64_t grain = total_bytes < kParallelBytes ? num_items : 1;
+  char* const chunk_base = static_cast<char*>(chunk);
+  const auto layer_base = [&](int64_t layer, int kv) {
+    return static_cast<char*>(const_cast<void*>(layer_ptrs[layer])) +
+           l.kv_offset[kv] * l.elem_size;
+  };
+  const auto chunk_rows = [&](int64_t layer, int kv) {
+    return chunk_base + (kv * num_layers + layer) * num_tokens * row_bytes;
+  };
   parallel_for(num_items, grain, [&](int64_t begin, int64_t end) {
+    // NOTE: default-initialised (not zeroed): every element read was written first.
+    std::unique_ptr<Word[]> stage(rows_layout ? nullptr : new Word[kStageBytes / sizeof(Word)]);
     for (int64_t it = begin; it < end; ++it) {
       const int64_t t = it % num_tiles;
-      const int64_t kl = it / num_tiles;
-      const int kv = static_cast<int>(kl / num_layers);
-      const int64_t layer = kl % num_layers;
-      char* cache = static_cast<char*>(const_cast<void*>(layer_ptrs[layer])) +
-                    l.kv_offset[kv] * l.elem_size;
-      char* rows = static_cast<char*>(chunk) + kl * num_tokens * row_bytes;
-      ItemCopier<kGather, Word, SlotT>(l, kv, slots)
-          .run(cache, rows, t * tile, std::min(num_tokens, (t + 1) * tile));
+      const int64_t g = it / num_tiles;
+      const int64_t t0 = t * tile;
+      const int64_t t1 = std::min(num_tokens, t0 + tile);
+      if (rows_layout) {
+        const int kv = static_cast<int>(g / num_layers);
+        const int64_t layer = g % num_layers;
+        copy_rows_item<kGather>(layer_base(layer, kv), chunk_rows(layer, kv), l, kv, slots, t0,
+                                t1);
+      } else {
+        char* cache[2] = {layer_base(g, 0), layer_base(g, l.num_kv - 1)};
+        char* rows[2] = {chunk_rows(g, 0), chunk_rows(g, l.num_kv - 1)};
+        if (kGather) {
+          gather_heads_item<Word>(cache, rows, l, slots, t0, t1, stage.get());
+        } else {
+          scatter_heads_item<Word>(cache, rows, l, slots, t0, t1, stage.get());
+        }
+      }
     }
     store_fence();
   });

@@ -303,36 +303,63 @@ def test_many_layers(layout: str) -> None:
     assert_same_bytes(out, expected_gather(caches, slots, layout))
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float8_e4m3fn], ids=str)
 @pytest.mark.parametrize("layout", ["flash_attn", "vllm_cpu", "hnd"])
-def test_multithreaded_large_copy(layout: str, threads: int) -> None:
-    """Big enough to be split over threads and to use the streaming-store path (16 KiB runs)."""
+def test_multithreaded_large_copy(layout: str, dtype: torch.dtype, threads: int) -> None:
+    """Big enough to be split over threads, with whole 16-token blocks (streaming stores, SIMD
+    transposes of vllm_cpu's K) and runs cut short by padding (the scalar edges)."""
     prev = _native.num_threads()
     _native.set_num_threads(threads)
     try:
         caches = make_caches(
-            layout,
-            torch.float32,
-            num_layers=2,
-            num_blocks=40,
-            block_size=16,
-            num_heads=4,
-            head_size=64,
+            layout, dtype, num_layers=2, num_blocks=40, block_size=16, num_heads=4, head_size=64
         )
         gen = torch.Generator().manual_seed(9)
         blocks = torch.randperm(40, generator=gen)[:24]
         slots = (blocks[:, None] * 16 + torch.arange(16)).reshape(-1)
         slots[5] = -1
-        out = sentinel_like(chunk_shape(caches, layout, slots.numel()), torch.float32)
+        slots[40:43] = slots[40:43].flip(0)
+        out = sentinel_like(chunk_shape(caches, layout, slots.numel()), dtype)
         paged_kv_gather(caches, slots, out, layout)
         assert_same_bytes(out, expected_gather(caches, slots.tolist(), layout))
-        chunk = random_bits(tuple(out.shape), torch.float32, gen)
+        chunk = random_bits(tuple(out.shape), dtype, gen)
         exp = expected_scatter(chunk, caches, slots.tolist(), layout)
         paged_kv_scatter(chunk, caches, slots, layout)
         for got, want in zip(caches, exp, strict=True):
             assert_same_bytes(got, want)
     finally:
         _native.set_num_threads(prev)
+
+
+@pytest.mark.parametrize(
+    ("num_heads", "head_size", "dtype"),
+    [(10, 128, torch.float32), (2, 1024, torch.float64)],
+    ids=["head_groups", "tile_larger_than_stage"],
+)
+def test_vllm_cpu_wide_heads(num_heads: int, head_size: int, dtype: torch.dtype) -> None:
+    """Transposed K tiles that fill the staging buffer in several head groups, or exceed it."""
+    caches = make_caches(
+        "vllm_cpu",
+        dtype,
+        num_layers=1,
+        num_blocks=3,
+        block_size=16,
+        num_heads=num_heads,
+        head_size=head_size,
+    )
+    slots = [*range(32, 48), *range(0, 16), 20, 21, -1, 47]
+    out = sentinel_like(chunk_shape(caches, "vllm_cpu", len(slots)), dtype)
+    paged_kv_gather(caches, torch.tensor(slots), out, "vllm_cpu")
+    assert_same_bytes(out, expected_gather(caches, slots, "vllm_cpu"))
+    for c in caches:
+        fill_sentinel(c)
+    scatter_slots = slots[:-1]  # unique slots
+    chunk = random_bits(tuple(out[:, :, :-1].shape), dtype, torch.Generator().manual_seed(6))
+    exp = expected_scatter(chunk, caches, scatter_slots, "vllm_cpu")
+    paged_kv_scatter(chunk, caches, torch.tensor(scatter_slots), "vllm_cpu")
+    for got, want in zip(caches, exp, strict=True):
+        assert_same_bytes(got, want)
 
 
 def test_misaligned_chunk_buffer() -> None:
