@@ -10,6 +10,7 @@ server, never sent to the client).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
@@ -77,21 +78,38 @@ def _api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[dict[str, A
     return _body(exc.status_code, exc.error, exc.message, exc.extra)
 
 
+_MISSING = {"backend_name": ("Missing parameter", "backend_name is required")}
+
+
+_MISSING_TITLES = {"backend_name": ("Missing parameter", "backend_name is required")}
+_MISSING_RE = re.compile(r"Missing required (?:\w+ )?parameter '([^']+)'")
+
+
+def _missing(key: str) -> Response[dict[str, Any]]:
+    title, message = _MISSING_TITLES.get(
+        key, ("Missing parameters", f"{key} parameter is required")
+    )
+    return _body(400, title, message)
+
+
 def _validation_error(
     request: Request[Any, Any, Any], exc: ValidationException
 ) -> Response[dict[str, Any]]:
-    items = exc.extra if isinstance(exc.extra, list) else []
-    body_items = [i for i in items if isinstance(i, dict) and str(i.get("source")) == "body"]
-    if body_items or (not items and request.method in ("POST", "PUT")):
+    items = [i for i in (exc.extra if isinstance(exc.extra, list) else []) if isinstance(i, dict)]
+    body_items = [i for i in items if str(i.get("source")) == "body"]
+    if body_items:
+        if not request.headers.get("content-length", "0").strip("0") and (
+            "transfer-encoding" not in request.headers
+        ):
+            return _body(400, "Invalid request body", "A JSON request body is required.")
         detail = "; ".join(f"{i.get('key')}: {i.get('message')}" for i in body_items)
-        return _body(400, "Invalid request body", detail or str(exc.detail))
-    if items and isinstance(items[0], dict):
+        return _body(400, "Invalid request body", detail)
+    missing = _MISSING_RE.search(str(exc.detail))
+    if missing:
+        return _missing(missing.group(1))
+    if items:
         key = str(items[0].get("key"))
-        parts = [
-            f"{i.get('key')}: {i.get('message')}"
-            for i in items
-            if isinstance(i, dict) and i.get("key") is not None
-        ]
+        parts = [f"{i.get('key')}: {i.get('message')}" for i in items if i.get("key") is not None]
         return _body(400, f"Invalid {key}", "; ".join(parts) or str(exc.detail))
     return _body(400, "Invalid parameters", str(exc.detail))
 

@@ -6,7 +6,7 @@ Field names follow ``inference_apis.rst`` exactly; fields the spec does not name
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -23,7 +23,7 @@ class FsChunksErrorBody(msgspec.Struct):
 
     error: str
     message: str
-    config_path: str | None
+    config_path: str | None = None
 
 
 class InferenceVersion(msgspec.Struct):
@@ -145,11 +145,17 @@ class KVCacheInfo(msgspec.Struct):
 
 
 class LoadFsChunksRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """Body of ``POST /cache/load-fs-chunks``."""
+    """Body of ``POST /cache/load-fs-chunks``.
 
-    config_path: str
-    max_chunks: int | None = None
-    max_failed_keys: int = 10
+    Attributes:
+        config_path: an LMCache YAML/JSON configuration file naming an ``fs://`` remote_url.
+        max_chunks: load at most this many chunk files (all when omitted).
+        max_failed_keys: report at most this many failed keys.
+    """
+
+    config_path: Annotated[str, msgspec.Meta(min_length=1)]
+    max_chunks: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    max_failed_keys: Annotated[int, msgspec.Meta(ge=0)] = 10
 
 
 class LoadFsChunksResult(msgspec.Struct):

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from litestar import Controller, get, put
 from litestar.params import Parameter
 from lmcache_native.api.deps import EngineDep
 from lmcache_native.api.errors import bad_request, error_responses
 from lmcache_native.api.schemas import BypassAddResult, BypassList, BypassRemoveResult
 
-_BACKEND_NAME = Parameter(
-    default=None, required=False, description="A backend name from /bypass/list (required)."
-)
+BackendName = Annotated[
+    str, Parameter(description="A backend name from /bypass/list.", schema_extra={"minLength": 1})
+]
 
 
-def _require_name(backend_name: str | None) -> str:
+def _require_name(backend_name: str) -> str:
     if not backend_name:
         raise bad_request("Missing parameter", "backend_name is required")
     return backend_name
@@ -48,7 +50,7 @@ class BypassController(Controller):
         responses=error_responses(400, 503),
         opt={"error_title": "Failed to add bypass backend"},
     )
-    def add(self, engine: EngineDep, backend_name: str | None = _BACKEND_NAME) -> BypassAddResult:
+    def add(self, engine: EngineDep, backend_name: BackendName) -> BypassAddResult:
         """Bypasses a backend."""
         name = _require_name(backend_name)
         was = engine.bypass_add(name)
@@ -68,9 +70,7 @@ class BypassController(Controller):
         responses=error_responses(400, 503),
         opt={"error_title": "Failed to remove bypass backend"},
     )
-    def remove(
-        self, engine: EngineDep, backend_name: str | None = _BACKEND_NAME
-    ) -> BypassRemoveResult:
+    def remove(self, engine: EngineDep, backend_name: BackendName) -> BypassRemoveResult:
         """Restores a bypassed backend."""
         name = _require_name(backend_name)
         was = engine.bypass_remove(name)

@@ -7,6 +7,7 @@ Every handler that touches the engine is synchronous and runs on a worker thread
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
 import torch
 from litestar import Controller, delete, get, post
@@ -33,20 +34,34 @@ _INT = re.compile(r"[+-]?[0-9]+", re.ASCII)
 _MAX_TOKEN_ID = (1 << 63) - 1
 _MAX_INVALID_SHOWN = 10
 
+# Patterns document the grammar in the OpenAPI document only (``schema_extra``); the handlers
+# parse the values themselves so that errors carry the spec's titles.
+_DIGITS_PAIR = r"^\s*[0-9]+\s*,\s*[0-9]+\s*$"
+_DIGITS_LIST = r"^\s*[0-9]+\s*(,\s*[0-9]+\s*)*$"
+_SLOT_ITEM = r"([0-9]+|\[\s*[0-9]+\s*,\s*[0-9]+\s*\])"
+SLOT_MAPPING_PATTERN = rf"^\s*({_SLOT_ITEM}\s*)?(,\s*({_SLOT_ITEM}\s*)?)*$"
+_BOOL_TEXT = r"^\s*([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee])\s*$"
+
 _TOKENS_MOCK = Parameter(
     default=None,
     required=False,
-    description='Two comma-separated numbers "start,end": tokens start..end-1 at slots 0..n-1.',
+    description=(
+        'Two comma-separated numbers "start,end" (start < end): tokens start..end-1 at slots '
+        "0..n-1. Give tokens_mock or tokens_input."
+    ),
+    schema_extra={"pattern": _DIGITS_PAIR},
 )
 _LOCATIONS = Parameter(
     default=None,
     required=False,
     description="Tiers to clear (repeat the parameter); all tiers when omitted.",
+    schema_extra={"items": {"type": "string", "minLength": 1}},
 )
 _TOKENS_INPUT = Parameter(
     default=None,
     required=False,
-    description="Comma-separated token ids, written to / read from slots 0..n-1.",
+    description="Comma-separated token ids, at slots 0..n-1. Give tokens_mock or tokens_input.",
+    schema_extra={"pattern": _DIGITS_LIST},
 )
 
 
@@ -213,17 +228,20 @@ class CacheController(Controller):
     def kvcache_check(
         self,
         kv_engine: EngineDep,
-        slot_mapping: str | None = Parameter(
-            default=None,
-            required=False,
-            description=(
-                'Slots, comma-separated, "[a,b]" inclusive ranges allowed: "1,2,3,[9,12],17". '
-                "Required. Order is kept; repeats are allowed."
+        slot_mapping: Annotated[
+            str,
+            Parameter(
+                description=(
+                    'Slots, comma-separated, "[a,b]" inclusive ranges allowed: '
+                    '"1,2,3,[9,12],17". Order is kept; repeats are allowed; at most as many '
+                    "slots as the KV cache holds."
+                ),
+                schema_extra={"pattern": SLOT_MAPPING_PATTERN, "minLength": 1},
             ),
-        ),
-        chunk_size: int | None = Parameter(
-            default=None, required=False, description="Slots per checksummed chunk (required)."
-        ),
+        ],
+        chunk_size: Annotated[
+            int, Parameter(description="Slots per checksummed chunk.", schema_extra={"minimum": 1})
+        ],
         layerwise: bool = Parameter(
             default=False, required=False, description="Per-layer checksums per chunk."
         ),
@@ -231,8 +249,6 @@ class CacheController(Controller):
         """MD5 of the KV at the given slots, per chunk (all layers) or per layer and chunk."""
         if not slot_mapping:
             raise bad_request("Missing parameters", "slot_mapping parameter is required")
-        if chunk_size is None:
-            raise bad_request("Missing parameters", "chunk_size parameter is required")
         if chunk_size <= 0:
             raise bad_request("Invalid chunk_size", "chunk_size must be a positive integer")
         num_slots = kv_engine.num_slots
@@ -286,6 +302,7 @@ class CacheController(Controller):
             default=None,
             required=False,
             description='"true" or "false" (any case); omit to query the current status.',
+            schema_extra={"pattern": _BOOL_TEXT},
         ),
     ) -> RecordSlotResult:
         """Turns logging of store/retrieve slot mappings on or off, or reports it."""

@@ -2,20 +2,58 @@
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Annotated, Any, Union
 
-from litestar import Controller, Response, get, post
+from litestar import Controller, HttpMethod, Response, get, post, route
+from litestar.enums import RequestEncodingType
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import JSONBody, Parameter
+from litestar.params import Body, Parameter
 from lmcache_native.api.deps import ConfigDep, EngineDep
 from lmcache_native.api.errors import error_responses
 from lmcache_native.api.schemas import ConfUpdateResult, ErrorBody
+from lmcache_native.config import CONFIG_DEFINITIONS
 
 _NAMES = Parameter(
     default=None,
     required=False,
     description="Comma-separated names to return (unknown names are left out).",
 )
+
+
+_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", dict: "object"}
+
+
+def conf_update_schema() -> dict[str, Any]:
+    """JSON Schema of the ``POST /conf`` body: every runtime-mutable key with its type and bounds.
+
+    Unknown and immutable keys are not in the schema; the endpoint answers them with 400 and
+    names them in ``errors``.
+    """
+    properties: dict[str, Any] = {}
+    for name, d in sorted(CONFIG_DEFINITIONS.items()):
+        if not d.mutable:
+            continue
+        prop: dict[str, Any] = {"type": _JSON_TYPES[d.type], "description": d.description}
+        if d.optional:
+            prop["type"] = [prop["type"], "null"]
+        if d.minimum is not None:
+            prop["minimum"] = d.minimum
+        if d.maximum is not None:
+            prop["maximum"] = d.maximum
+        if d.choices is not None:
+            prop["enum"] = list(d.choices)
+        properties[name] = prop
+    return {"type": "object", "properties": properties, "additionalProperties": False}
+
+
+ConfUpdateBody = Annotated[
+    dict[str, Any],
+    Body(
+        media_type=RequestEncodingType.JSON,
+        description="Config names and their new values.",
+        schema_extra=conf_update_schema(),
+    ),
+]
 
 
 def split_names(names: str | None) -> list[str] | None:
@@ -36,6 +74,14 @@ class ConfigurationController(Controller):
     """Read and update the engine configuration; read the engine metadata."""
 
     tags = ["configuration"]
+
+    @route("/conf", http_method=[HttpMethod.OPTIONS], include_in_schema=False, status_code=204)
+    async def allow_conf(self) -> Response[None]:
+        """``OPTIONS /conf``: ``Allow: GET, OPTIONS, POST``."""
+        # NOTE: Litestar builds the automatic OPTIONS answer from the first handler it registers
+        # for a path (GET here), so it would omit POST. Handlers register in name order and
+        # "allow_conf" sorts first, so this explicit one is used instead.
+        return Response(None, status_code=204, headers={"allow": "GET, OPTIONS, POST"})
 
     @get("/conf", sync_to_thread=True, summary="Get Configuration", responses=error_responses(400))
     def get_conf(self, config: ConfigDep, names: str | None = _NAMES) -> dict[str, Any]:
@@ -60,9 +106,7 @@ class ConfigurationController(Controller):
             ),
         ),
     )
-    def post_conf(
-        self, config: ConfigDep, data: JSONBody[dict[str, Any]]
-    ) -> Response[ConfUpdateResult]:
+    def post_conf(self, config: ConfigDep, data: ConfUpdateBody) -> Response[ConfUpdateResult]:
         """Updates several keys at once; 400 (with what was updated) when any key failed."""
         updated, errors = config.update(data)
         # Report the stored (coerced, secret-masked) values rather than the raw input.

@@ -101,6 +101,22 @@ def test_post_conf_never_echoes_secret(make_client, engine):
     assert r.json()["errors"]["internal_api_server_api_key"] == "Config is not mutable at runtime"
 
 
+def test_post_conf_missing_body(client):
+    assert_error(
+        client.post("/conf"), 400, "Invalid request body", "A JSON request body is required."
+    )
+
+
+def test_post_conf_body_schema_lists_mutable_keys(client):
+    doc = client.get("/schema/openapi.json").json()
+    body = doc["paths"]["/conf"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    mutable = {n for n, d in CONFIG_DEFINITIONS.items() if d.mutable}
+    assert set(body["properties"]) == mutable
+    assert body["additionalProperties"] is False
+    assert body["properties"]["min_retrieve_tokens"]["type"] == "integer"
+    assert body["properties"]["min_retrieve_tokens"]["minimum"] == 0
+
+
 def test_conf_works_without_engine(no_engine_client):
     assert no_engine_client.get("/conf?names=chunk_size").json() == {"chunk_size": CHUNK_SIZE}
     r = no_engine_client.post("/conf", json={"min_retrieve_tokens": 1})

@@ -12,6 +12,13 @@ def test_unknown_path_404(client):
     assert "/no/such/endpoint" in body["message"]
 
 
+def test_options_lists_every_method(client):
+    r = client.options("/conf")
+    assert r.status_code == 204
+    assert r.headers["allow"] == "GET, OPTIONS, POST"
+    assert client.options("/cache/store").headers["allow"] == "OPTIONS, POST"
+
+
 def test_wrong_method_405(client):
     r = client.post("/freeze/status")
     body = assert_error(r, 405, "Method not allowed")

@@ -105,10 +105,19 @@ def test_device_file_refused(client):
 
 @pytest.mark.parametrize(
     "body",
-    [{"config_path": "/x", "max_chunks": -1}, {"config_path": "/x", "max_failed_keys": -1}],
+    [
+        {"config_path": "/x", "max_chunks": -1},
+        {"config_path": "/x", "max_failed_keys": -1},
+        {"config_path": ""},
+    ],
 )
-def test_negative_limits(client, body):
-    assert_error(client.post("/cache/load-fs-chunks", json=body), 400, TITLE)
+def test_invalid_limits_and_empty_path(client, body):
+    assert_error(client.post("/cache/load-fs-chunks", json=body), 400, "Invalid request body")
+
+
+def test_missing_body(client):
+    r = client.post("/cache/load-fs-chunks")
+    assert_error(r, 400, "Invalid request body", "A JSON request body is required.")
 
 
 @pytest.mark.parametrize(
