@@ -48,7 +48,7 @@ def make_api_key_guard(
         if not key:
             return
         header = connection.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
+        scheme, _sep, token = header.partition(" ")
         expected = key.encode("utf-8")
         given = token.strip().encode("utf-8", "surrogateescape")
         ok = hmac.compare_digest(given, expected)
