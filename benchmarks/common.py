@@ -170,6 +170,36 @@ def time_fn(
     return Timing(median=statistics.median(samples), minimum=min(samples), samples=samples)
 
 
+def time_interleaved(
+    fns: dict[str, Callable[[], object]],
+    *,
+    device: torch.device | str = "cpu",
+    warmup: int = 3,
+    repeat: int = 10,
+) -> dict[str, Timing]:
+    """Times several functions round-robin (one sample of each per round), medians per name.
+
+    Interleaving spreads slow drifts of a shared machine (other processes, clocks, page cache)
+    evenly over the functions being compared, so their ratio is steadier than that of
+    back-to-back ``time_fn`` calls.
+    """
+    for _ in range(max(0, warmup)):
+        for fn in fns.values():
+            fn()
+    synchronize(device)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(max(1, repeat)):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            synchronize(device)
+            samples[name].append(time.perf_counter() - t0)
+    return {
+        name: Timing(median=statistics.median(v), minimum=min(v), samples=v)
+        for name, v in samples.items()
+    }
+
+
 def gbps(num_bytes: int | float, seconds: float) -> float:
     """Bandwidth in GB/s (1e9 bytes per second); ``num_bytes`` counts read + written bytes."""
     return float(num_bytes) / seconds / 1e9 if seconds > 0 else float("inf")
