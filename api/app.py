@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Litestar
+from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from lmcache_native import VERSION
@@ -16,9 +17,11 @@ from lmcache_native.api.deps import InferenceInfoProvider, dependencies
 from lmcache_native.api.errors import EXCEPTION_HANDLERS
 from lmcache_native.api.security import (
     API_KEY_CONFIG,
+    AUTH_STATE_KEY,
     MAX_BODY_BYTES,
     MAX_QUERY_BYTES,
     QueryLimitMiddleware,
+    make_api_key_check,
     make_api_key_guard,
 )
 from lmcache_native.config import LMCacheEngineConfig
@@ -74,11 +77,14 @@ def create_app(
         value: Any = cfg.get(API_KEY_CONFIG)
         return str(value) if value else None
 
+    authorized = make_api_key_check(api_key)
+
     return Litestar(
         route_handlers=list(CONTROLLERS),
         dependencies=dependencies(engine, cfg, inference_info),
         exception_handlers=dict(EXCEPTION_HANDLERS),
-        guards=[make_api_key_guard(api_key)],
+        guards=[make_api_key_guard(authorized)],
+        state=State({AUTH_STATE_KEY: authorized}),
         middleware=[QueryLimitMiddleware(max_query_bytes)],
         request_max_body_size=max_body_bytes,
         openapi_config=openapi_config(),

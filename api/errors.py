@@ -40,6 +40,10 @@ logger = logging.getLogger("lmcache_native.api")
 UNAVAILABLE = "LMCache API is unavailable"
 NO_ENGINE_MESSAGE = "LMCache engine not configured."
 NO_KV_CACHE_MESSAGE = "No KV cache is registered with the LMCache engine."
+UNAUTHORIZED_MESSAGE = "This server requires 'Authorization: Bearer <internal_api_server_api_key>'."
+
+AUTH_STATE_KEY = "lmcache_native_authorized"
+"""``app.state`` entry holding the API-key check ``authorized(headers) -> bool``."""
 
 
 class ApiError(Exception):
@@ -114,9 +118,26 @@ def _validation_error(
     return _body(400, "Invalid parameters", str(exc.detail))
 
 
+def _unauthorized(detail: str) -> Response[dict[str, Any]]:
+    response = _body(401, "Unauthorized", detail)
+    response.headers["www-authenticate"] = "Bearer"
+    return response
+
+
+def _routing_authorized(request: Request[Any, Any, Any]) -> bool:
+    # Routing errors (404/405) happen before guards run; check the API key here too so that
+    # an unauthenticated client learns nothing about which paths or methods exist.
+    authorized = request.app.state.get(AUTH_STATE_KEY)
+    return authorized is None or bool(authorized(request.headers))
+
+
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
     status_code = exc.status_code
     detail = str(exc.detail)
+    if isinstance(exc, NotFoundException | MethodNotAllowedException) and not (
+        _routing_authorized(request)
+    ):
+        return _unauthorized(UNAUTHORIZED_MESSAGE)
     if isinstance(exc, NotFoundException):
         return _body(404, "Not found", f"No endpoint at {request.url.path}")
     if isinstance(exc, MethodNotAllowedException):
@@ -128,9 +149,7 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
             response.headers["allow"] = allow
         return response
     if isinstance(exc, NotAuthorizedException):
-        response = _body(401, "Unauthorized", detail)
-        response.headers["www-authenticate"] = "Bearer"
-        return response
+        return _unauthorized(detail)
     if status_code == 413:
         return _body(413, "Request too large", "The request body exceeds the server's limit.")
     if status_code == 400 and isinstance(exc.__cause__, SerializationException):

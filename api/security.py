@@ -15,7 +15,17 @@ from litestar.exceptions import NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
-from lmcache_native.api.errors import ApiError
+from lmcache_native.api.errors import AUTH_STATE_KEY, UNAUTHORIZED_MESSAGE, ApiError
+
+__all__ = [
+    "API_KEY_CONFIG",
+    "AUTH_STATE_KEY",
+    "MAX_BODY_BYTES",
+    "MAX_QUERY_BYTES",
+    "QueryLimitMiddleware",
+    "make_api_key_check",
+    "make_api_key_guard",
+]
 
 MAX_BODY_BYTES = 1 << 20
 """Largest request body accepted (bytes); larger answers 413."""
@@ -29,33 +39,40 @@ _CACHE_CLEAR_THRESHOLD = 4096
 API_KEY_CONFIG = "internal_api_server_api_key"
 
 
-def make_api_key_guard(
-    get_key: Callable[[], str | None],
-) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]:
-    """Builds the guard that enforces ``Authorization: Bearer <key>`` when a key is set.
+def make_api_key_check(get_key: Callable[[], str | None]) -> Callable[[Any], bool]:
+    """Builds ``authorized(headers) -> bool`` for ``Authorization: Bearer <key>``.
 
     Args:
         get_key: returns the configured key (read on every request, so a configuration
             change applies at once); ``None`` or ``""`` means no authentication.
 
     Returns:
-        A Litestar guard; it raises ``NotAuthorizedException`` (401) on a missing or wrong key.
-        The comparison is ``hmac.compare_digest`` over bytes (constant time).
+        A function of the request headers; the key comparison is ``hmac.compare_digest`` over
+        bytes (constant time).
     """
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    def authorized(headers: Any) -> bool:
         key = get_key()
         if not key:
-            return
-        header = connection.headers.get("authorization", "")
+            return True
+        header = str(headers.get("authorization", ""))
         scheme, _sep, token = header.partition(" ")
         expected = key.encode("utf-8")
         given = token.strip().encode("utf-8", "surrogateescape")
         ok = hmac.compare_digest(given, expected)
-        if scheme.lower() != "bearer" or not ok:
-            raise NotAuthorizedException(
-                detail="This server requires 'Authorization: Bearer <internal_api_server_api_key>'."
-            )
+        return scheme.lower() == "bearer" and ok
+
+    return authorized
+
+
+def make_api_key_guard(
+    authorized: Callable[[Any], bool],
+) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]:
+    """The Litestar guard over ``authorized``: 401 (``NotAuthorizedException``) when it fails."""
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        if not authorized(connection.headers):
+            raise NotAuthorizedException(detail=UNAUTHORIZED_MESSAGE)
 
     return guard
 

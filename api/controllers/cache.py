@@ -30,7 +30,9 @@ from lmcache_native.api.schemas import (
 )
 from lmcache_native.errors import LMCacheError
 
-_INT = re.compile(r"[+-]?[0-9]+", re.ASCII)
+# NOTE: at most 40 digits (int64 needs 19): int() of a longer digit string is refused by
+# Python's int_max_str_digits (ValueError) or costs quadratic time.
+_INT = re.compile(r"[+-]?[0-9]{1,40}", re.ASCII)
 _MAX_TOKEN_ID = (1 << 63) - 1
 _MAX_INVALID_SHOWN = 10
 

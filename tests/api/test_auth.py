@@ -110,6 +110,12 @@ def test_compare_is_constant_time(secured, monkeypatch):
     assert calls == [(b"nope", KEY.encode()), (KEY.encode(), KEY.encode())]
 
 
-def test_unknown_paths_do_not_leak_with_key(secured):
-    # Routing happens before guards: an unknown path is a plain 404 either way.
-    assert_error(secured.get("/nope"), 404, "Not found")
+def test_routing_errors_need_the_key_too(secured):
+    # Without the key a client cannot tell which paths or methods exist.
+    assert_error(secured.get("/nope"), 401, "Unauthorized")
+    assert_error(secured.post("/freeze/status"), 401, "Unauthorized")
+    assert_error(secured.options("/conf"), 401, "Unauthorized")
+    auth = {"Authorization": f"Bearer {KEY}"}
+    assert_error(secured.get("/nope", headers=auth), 404, "Not found")
+    assert_error(secured.post("/freeze/status", headers=auth), 405, "Method not allowed")
+    assert secured.options("/conf", headers=auth).headers["allow"] == "GET, OPTIONS, POST"

@@ -113,8 +113,13 @@ def test_post_conf_body_schema_lists_mutable_keys(client):
     mutable = {n for n, d in CONFIG_DEFINITIONS.items() if d.mutable}
     assert set(body["properties"]) == mutable
     assert body["additionalProperties"] is False
-    assert body["properties"]["min_retrieve_tokens"]["type"] == "integer"
-    assert body["properties"]["min_retrieve_tokens"]["minimum"] == 0
+    json_types = {bool: "boolean", int: "integer", float: "number", str: "string", dict: "object"}
+    for name in mutable:
+        d, prop = CONFIG_DEFINITIONS[name], body["properties"][name]
+        expected = [json_types[d.type], "null"] if d.optional else json_types[d.type]
+        assert prop["type"] == expected, name
+        assert prop.get("minimum") == d.minimum and prop.get("maximum") == d.maximum, name
+        assert prop["description"] == d.description
 
 
 def test_conf_works_without_engine(no_engine_client):
