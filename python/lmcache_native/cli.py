@@ -204,7 +204,11 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     handle = None
     try:
-        engine.register_kv_caches(caches, args.layout)
+        try:
+            engine.register_kv_caches(caches, args.layout)
+        except (LMCacheError, ValueError, TypeError) as exc:
+            print(f"lmcache-native serve: cannot register the KV cache: {exc}", file=sys.stderr)
+            return 2
         host = args.host or str(config.get("internal_api_server_host"))
         port = args.port
         if port is None:

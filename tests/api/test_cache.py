@@ -442,3 +442,28 @@ def test_kvcache_info(client, kv_caches):
             "dtype": "torch.bfloat16",
             "device": "cpu",
         }
+
+
+@pytest.mark.parametrize("layout", ["flash_attn", "flashinfer", "hnd", "mla", "vllm_cpu"])
+def test_every_layout_round_trip(make_client, layout):
+    from api_testlib import make_config
+    from lmcache_native.cli import make_kv_caches
+    from lmcache_native.engine import CacheEngine, EngineMetadata
+
+    heads = 1 if layout == "mla" else 2
+    caches = make_kv_caches(2, layout, 4, 16, heads, 8, torch.float16, seed=5)
+    cfg = make_config()
+    engine = CacheEngine(cfg, EngineMetadata(model_name=f"m-{layout}", use_mla=layout == "mla"))
+    try:
+        engine.register_kv_caches(caches, layout)
+        c = make_client(engine, cfg)
+        per_layer, _ = reference.kv_chunk_md5(list(caches.values()), list(range(32)), 16, layout)
+        before = _check(c, "[0,31]", 16, layerwise=True)
+        assert before["chunk_checksums"] == {n: per_layer[i] for i, n in enumerate(caches)}
+        assert c.post("/cache/store?tokens_mock=0,32").json()["num_stored_tokens"] == 32
+        for t in caches.values():
+            t.view(torch.int16).fill_(7)
+        assert c.post("/cache/retrieve?tokens_mock=0,32").json()["num_retrieved"] == 32
+        assert _check(c, "[0,31]", 16, layerwise=True) == before
+    finally:
+        engine.close()
