@@ -76,14 +76,18 @@ __global__ void paged_kv_copy_kernel(
   const int64_t slot = static_cast<int64_t>(slots[token]);
   // NOTE: slot -1 is padding; the range test repeats the validation so no launch can stray.
   if (static_cast<uint64_t>(slot) >= static_cast<uint64_t>(wl.num_slots)) return;
-  const int kv = blockIdx.z;
+  // NOTE: fields picked with selects, not wl.x[kv]: a runtime index into a by-value kernel
+  // parameter makes nvcc copy the whole struct to local memory.
+  const bool v = blockIdx.z != 0;
   const int64_t block = slot / wl.block_size;
-  Word* cache = static_cast<Word*>(layers.ptr[blockIdx.y]) + wl.kv_offset[kv] +
-                block * wl.block_stride[kv] + (slot - block * wl.block_size) * wl.token_stride[kv];
-  Word* row = chunk + ((kv * num_layers + layer_begin + blockIdx.y) * num_tokens + token) *
+  Word* cache = static_cast<Word*>(layers.ptr[blockIdx.y]) +
+                (v ? wl.kv_offset[1] : wl.kv_offset[0]) +
+                block * (v ? wl.block_stride[1] : wl.block_stride[0]) +
+                (slot - block * wl.block_size) * (v ? wl.token_stride[1] : wl.token_stride[0]);
+  Word* row = chunk + ((blockIdx.z * num_layers + layer_begin + blockIdx.y) * num_tokens + token) *
                           static_cast<int64_t>(wl.row_words);
-  const int64_t hs = wl.head_stride[kv];
-  const int64_t ds = wl.dim_stride[kv];
+  const int64_t hs = v ? wl.head_stride[1] : wl.head_stride[0];
+  const int64_t ds = v ? wl.dim_stride[1] : wl.dim_stride[0];
   for (int32_t w = threadIdx.x; w < wl.row_words; w += blockDim.x) {
     const int32_t h = w / wl.head_words;
     const int32_t d = w - h * wl.head_words;
