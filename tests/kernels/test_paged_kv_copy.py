@@ -493,6 +493,30 @@ def test_cuda_pinned_host_chunk(layout: str) -> None:
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize(
+    "kind",
+    ["head_slice", "every_other_block", "dim_stride", "stacked_layers", "vllm_cpu_block_view"],
+)
+def test_cuda_non_contiguous_cache(kind: str) -> None:
+    bases, cut, layout = _strided_views(kind)
+    caches = cut(bases)
+    num_slots = describe(caches, layout).num_slots
+    slots = [num_slots - 1, 3, 4, 5, -1, 0, 9]
+    exp_out = expected_gather(caches, slots, layout)
+    gpu_bases = _cuda(bases)
+    out = sentinel_like(tuple(exp_out.shape), exp_out.dtype, "cuda")
+    paged_kv_gather(cut(gpu_bases), torch.tensor(slots, device="cuda"), out, layout)
+    assert_same_bytes(out, exp_out)
+
+    chunk = random_bits(tuple(exp_out.shape), exp_out.dtype, torch.Generator().manual_seed(5))
+    exp_bases = [b.clone() for b in bases]
+    ref.paged_kv_scatter(chunk, cut(exp_bases), slots, layout)
+    paged_kv_scatter(chunk.cuda(), cut(gpu_bases), torch.tensor(slots, device="cuda"), layout)
+    for got, want in zip(gpu_bases, exp_bases, strict=True):
+        assert_same_bytes(got, want)
+
+
+@pytest.mark.cuda
 def test_cuda_out_of_range_slot_writes_nothing() -> None:
     caches = _cuda(make_caches("flash_attn", torch.bfloat16))
     slots = torch.tensor([0, 1, 19, -1, 20, 3], device="cuda", dtype=torch.int32)
