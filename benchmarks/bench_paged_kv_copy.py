@@ -255,7 +255,7 @@ def measure(
     def limit_scatter() -> None:
         flat_cache.copy_(flat_chunk, non_blocking=True)
 
-    fns: dict[str, tuple[Callable[[], None], Callable[[], None], Callable[[], None]]] = {
+    variants: dict[str, tuple[Callable[[], None], Callable[[], None], Callable[[], None]]] = {
         "gather": (ours_gather, lambda: torch_gather(s), limit_gather),
         "scatter": (ours_scatter, lambda: torch_scatter(s), limit_scatter),
     }
@@ -278,25 +278,21 @@ def measure(
         # NOTE: gather reads the cache while scatter writes it; the bytes race, which is fine
         # for timing (each direction alone is checked bit-exact by the tests).
         ours = _both(ours_gather, ours_scatter, dev)
-        base = _both(fns["gather"][1], fns["scatter"][1], dev)
+        base = _both(variants["gather"][1], variants["scatter"][1], dev)
         limit = _both(limit_gather, limit_scatter, dev)
         moved = 2 * s.payload
     else:
-        ours, base, limit = fns[direction]
+        ours, base, limit = variants[direction]
         moved = s.payload
 
-    def timed(fn: Callable[[], None], repeat: int) -> float:
-        return time_fn(fn, device=dev, warmup=args.warmup, repeat=repeat).median
-
-    # NOTE: ours, the limit (and the pinned memcpy) are sampled round-robin so a busy machine
-    # slows them alike; the slow torch baseline gets its own, shorter series.
-    fast: dict[str, Callable[[], object]] = {"ours": ours, "limit": limit}
+    # NOTE: every variant is sampled round-robin, so a busy (shared) machine slows them alike
+    # and the ratios stay meaningful even when the absolute figures drift.
+    fns: dict[str, Callable[[], object]] = {"ours": ours, "limit": limit, "base": base}
     if memcpy is not None:
-        fast["memcpy"] = memcpy
-    timings = time_interleaved(fast, device=dev, warmup=args.warmup, repeat=args.repeat)
+        fns["memcpy"] = memcpy
+    timings = time_interleaved(fns, device=dev, warmup=args.warmup, repeat=args.repeat)
     med = {k: v.median for k, v in timings.items()}
-    t_ours, t_limit = med["ours"], med["limit"]
-    t_base = timed(base, max(1, args.baseline_repeat))
+    t_ours, t_limit, t_base = med["ours"], med["limit"], med["base"]
     row: dict[str, object] = {
         "layout": s.layout,
         "dir": direction,
@@ -347,9 +343,6 @@ def main(argv: list[str] | None = None) -> int:
         choices=["host", "device"],
         default="host",
         help="cuda: pinned host or device chunk",
-    )
-    parser.add_argument(
-        "--baseline-repeat", type=int, default=3, help="timed runs of the slow baseline"
     )
     parser.add_argument(
         "--matmul-load", action="store_true", help="cuda: also time under a matmul load"

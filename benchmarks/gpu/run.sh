@@ -117,7 +117,7 @@ if [ -f "$COPY" ]; then
   bench copy_mla "$COPY" --preset deepseek-v3-mla --layouts mla --tokens 8192 --chunk-on host
   # Segment sweep: one block of llama3-8b is block_size * 2 KiB (block 2 = 4 KiB ... 8192 = 16 MiB).
   bench copy_sweep "$COPY" --preset llama3-8b --layouts flash_attn --tokens 16384 \
-    --block-sizes "$SWEEP_BLOCKS" --directions gather,scatter --chunk-on host --baseline-repeat 1
+    --block-sizes "$SWEEP_BLOCKS" --directions gather,scatter --chunk-on host
   # Under a concurrent bf16 matmul load on another stream.
   bench copy_matmul "$COPY" --preset llama3-8b --layouts flash_attn --tokens 8192 \
     --directions gather,scatter --chunk-on host --matmul-load
