@@ -184,11 +184,16 @@ def torch_scatter(s: Setup) -> None:
 
 
 def _both(
-    fn_a: Callable[[], None], fn_b: Callable[[], None], dev: torch.device
-) -> Callable[[], None]:
+    fn_a: Callable[[], object], fn_b: Callable[[], object], dev: torch.device
+) -> Callable[[], object]:
     """Runs two copies at once: on two CUDA streams, or one after the other on the CPU."""
     if dev.type != "cuda":
-        return lambda: (fn_a(), fn_b(), None)[-1]
+
+        def run_cpu() -> None:
+            fn_a()
+            fn_b()
+
+        return run_cpu
     sa, sb = torch.cuda.Stream(dev), torch.cuda.Stream(dev)
 
     def run() -> None:
@@ -219,7 +224,7 @@ class MatmulLoad:
         )
         self.seconds = t.median
 
-    def time_loaded(self, fn: Callable[[], None], expected_seconds: float, repeat: int) -> float:
+    def time_loaded(self, fn: Callable[[], object], expected_seconds: float, repeat: int) -> float:
         """Median seconds of ``fn`` (host clock, current stream synchronised) while enough
         matmuls to outlast it (``expected_seconds`` unloaded) run on the side stream."""
         count = max(2, math.ceil(2 * expected_seconds / self.seconds) + 1)
@@ -255,11 +260,11 @@ def measure(
     def limit_scatter() -> None:
         flat_cache.copy_(flat_chunk, non_blocking=True)
 
-    variants: dict[str, tuple[Callable[[], None], Callable[[], None], Callable[[], None]]] = {
+    variants: dict[str, tuple[Callable[[], object], Callable[[], object], Callable[[], object]]] = {
         "gather": (ours_gather, lambda: torch_gather(s), limit_gather),
         "scatter": (ours_scatter, lambda: torch_scatter(s), limit_scatter),
     }
-    memcpy: Callable[[], None] | None = None
+    memcpy: Callable[[], object] | None = None
     limit_name = "contiguous copy"
     if dev.type == "cuda":
         on_dev = s.chunk.device.type == "cuda"
@@ -293,23 +298,24 @@ def measure(
     timings = time_interleaved(fns, device=dev, warmup=args.warmup, repeat=args.repeat)
     med = {k: v.median for k, v in timings.items()}
     t_ours, t_limit, t_base = med["ours"], med["limit"], med["base"]
+    ours_bw = gbps(2 * moved, t_ours)
     row: dict[str, object] = {
         "layout": s.layout,
         "dir": direction,
         "tokens": s.num_tokens,
         "block": s.block_size,
         "MB": moved / 1e6,
-        "ours_GBps": gbps(2 * moved, t_ours),
+        "ours_GBps": ours_bw,
         "baseline_GBps": gbps(2 * moved, t_base),
         "limit_GBps": gbps(2 * moved, t_limit),
         "limit": limit_name,
         "ours_ms": t_ours * 1e3,
+        "ours/limit": ratio(t_limit, t_ours),
+        "ours/base": ratio(t_base, t_ours),
     }
-    row["ours/limit"] = ratio(float(row["ours_GBps"]), float(row["limit_GBps"]))
-    row["ours/base"] = ratio(float(row["ours_GBps"]), float(row["baseline_GBps"]))
     if memcpy is not None:
         row["memcpy_GBps"] = gbps(2 * moved, med["memcpy"])
-        row["ours/memcpy"] = ratio(float(row["ours_GBps"]), float(row["memcpy_GBps"]))
+        row["ours/memcpy"] = ratio(med["memcpy"], t_ours)
     if load is not None:
         row["ours_loaded_GBps"] = gbps(2 * moved, load.time_loaded(ours, t_ours, args.repeat))
         if memcpy is not None:
