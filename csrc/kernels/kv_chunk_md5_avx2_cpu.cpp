@@ -122,6 +122,82 @@ LMC_TARGET_AVX2 void md5_x8_avx2(uint32_t* state, const uint8_t* const* blocks,
 #undef LMC_ROUND8
 #undef LMC_STEP8
 
+namespace {
+
+// 8x8 transpose of 16-bit words inside each 128-bit lane: lane L of r[i] holds row i's
+// columns 8L..8L+7 on entry; lane L of r[k] holds column 8L+k of rows 0..7 on exit.
+LMC_TARGET_AVX2 inline void transpose8x8_u16_lanes(__m256i r[8]) {
+  const __m256i t0 = _mm256_unpacklo_epi16(r[0], r[1]);
+  const __m256i t1 = _mm256_unpackhi_epi16(r[0], r[1]);
+  const __m256i t2 = _mm256_unpacklo_epi16(r[2], r[3]);
+  const __m256i t3 = _mm256_unpackhi_epi16(r[2], r[3]);
+  const __m256i t4 = _mm256_unpacklo_epi16(r[4], r[5]);
+  const __m256i t5 = _mm256_unpackhi_epi16(r[4], r[5]);
+  const __m256i t6 = _mm256_unpacklo_epi16(r[6], r[7]);
+  const __m256i t7 = _mm256_unpackhi_epi16(r[6], r[7]);
+  const __m256i u0 = _mm256_unpacklo_epi32(t0, t2);
+  const __m256i u1 = _mm256_unpackhi_epi32(t0, t2);
+  const __m256i u2 = _mm256_unpacklo_epi32(t1, t3);
+  const __m256i u3 = _mm256_unpackhi_epi32(t1, t3);
+  const __m256i u4 = _mm256_unpacklo_epi32(t4, t6);
+  const __m256i u5 = _mm256_unpackhi_epi32(t4, t6);
+  const __m256i u6 = _mm256_unpacklo_epi32(t5, t7);
+  const __m256i u7 = _mm256_unpackhi_epi32(t5, t7);
+  r[0] = _mm256_unpacklo_epi64(u0, u4);
+  r[1] = _mm256_unpackhi_epi64(u0, u4);
+  r[2] = _mm256_unpacklo_epi64(u1, u5);
+  r[3] = _mm256_unpackhi_epi64(u1, u5);
+  r[4] = _mm256_unpacklo_epi64(u2, u6);
+  r[5] = _mm256_unpackhi_epi64(u2, u6);
+  r[6] = _mm256_unpacklo_epi64(u3, u7);
+  r[7] = _mm256_unpackhi_epi64(u3, u7);
+}
+
+}  // namespace
+
+LMC_TARGET_AVX2 void transpose_u16_avx2(const uint8_t* src, int64_t src_stride, int64_t rows,
+                                        int64_t cols, uint8_t* dst, int64_t dst_stride) {
+  for (int64_t r0 = 0; r0 < rows; r0 += 16) {
+    for (int64_t c0 = 0; c0 < cols; c0 += 16) {
+      __m256i lo[8], hi[8];  // rows r0..r0+7 and r0+8..r0+15, columns c0..c0+15
+      for (int i = 0; i < 8; ++i) {
+        lo[i] = _mm256_loadu_si256(
+            reinterpret_cast<const __m256i*>(src + (r0 + i) * src_stride + c0 * 2));
+        hi[i] = _mm256_loadu_si256(
+            reinterpret_cast<const __m256i*>(src + (r0 + 8 + i) * src_stride + c0 * 2));
+      }
+      transpose8x8_u16_lanes(lo);
+      transpose8x8_u16_lanes(hi);
+      for (int k = 0; k < 8; ++k) {
+        // Column c0 + k: its rows r0..r0+7 are lane 0 of lo[k], rows r0+8.. lane 0 of hi[k].
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (c0 + k) * dst_stride + r0 * 2),
+                            _mm256_permute2x128_si256(lo[k], hi[k], 0x20));
+        _mm256_storeu_si256(
+            reinterpret_cast<__m256i*>(dst + (c0 + 8 + k) * dst_stride + r0 * 2),
+            _mm256_permute2x128_si256(lo[k], hi[k], 0x31));
+      }
+    }
+  }
+}
+
+LMC_TARGET_AVX2 void transpose_u32_avx2(const uint8_t* src, int64_t src_stride, int64_t rows,
+                                        int64_t cols, uint8_t* dst, int64_t dst_stride) {
+  for (int64_t r0 = 0; r0 < rows; r0 += 8) {
+    for (int64_t c0 = 0; c0 < cols; c0 += 8) {
+      __m256i m[8];
+      for (int i = 0; i < 8; ++i) {
+        m[i] = _mm256_loadu_si256(
+            reinterpret_cast<const __m256i*>(src + (r0 + i) * src_stride + c0 * 4));
+      }
+      transpose8(m);
+      for (int k = 0; k < 8; ++k) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (c0 + k) * dst_stride + r0 * 4),
+                            m[k]);
+      }
+    }
+  }
+}
+
 }  // namespace lmc::md5_simd
 
 #else  // not x86: never selected (md5_isa_supported is false), defined for the linker.
@@ -130,6 +206,12 @@ LMC_TARGET_AVX2 void md5_x8_avx2(uint32_t* state, const uint8_t* const* blocks,
 
 namespace lmc::md5_simd {
 void md5_x8_avx2(uint32_t*, const uint8_t* const*, int64_t) { std::abort(); }
+void transpose_u16_avx2(const uint8_t*, int64_t, int64_t, int64_t, uint8_t*, int64_t) {
+  std::abort();
+}
+void transpose_u32_avx2(const uint8_t*, int64_t, int64_t, int64_t, uint8_t*, int64_t) {
+  std::abort();
+}
 }  // namespace lmc::md5_simd
 
 #endif

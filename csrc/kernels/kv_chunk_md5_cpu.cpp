@@ -71,17 +71,24 @@ void md5_x1_scalar(uint32_t* state, const uint8_t* const* blocks, int64_t num_bl
 
 // ---- message readers -----------------------------------------------------------------------
 
+// Asks for the cache lines of [p, p + n) ahead of use.
+// NOTE: many lanes read many streams at once (32 messages, each from another layer and row),
+// more than the hardware prefetchers follow; without this, large inputs run at half speed.
+inline void prefetch_bytes(const uint8_t* p, int64_t n) {
+  for (int64_t off = 0; off < n; off += 64) __builtin_prefetch(p + off, 0, 2);
+}
+
 // A contiguous message (md5_many_cpu).
 struct ContigReader {
   const uint8_t* p;
 
-  int64_t batch_hint(int64_t max_blocks) const { return max_blocks; }
-
-  const uint8_t* next(int64_t n, uint8_t* /*stage*/) {
-    const uint8_t* r = p;
-    p += n;
-    return r;
+  // Points out[b * W] (b < k) at the next k blocks; stage is not needed.
+  template <int W>
+  void blocks(int64_t k, const uint8_t** out, uint8_t* /*stage*/) {
+    for (int64_t b = 0; b < k; ++b) out[b * W] = p + b * kMd5BlockBytes;
+    p += k * kMd5BlockBytes;
   }
+  void prefetch(int64_t n) const { prefetch_bytes(p, n); }
   void read(uint8_t* dst, int64_t n) {
     if (n > 0) std::memcpy(dst, p, static_cast<size_t>(n));
     p += n;
@@ -98,7 +105,6 @@ struct MsgGeom {
   int64_t block_size;    // tokens per block
   int64_t seg_len;       // bytes per segment
   int64_t segs_per_row;  // 1 (whole rows contiguous) or num_heads
-  bool in_place;         // segments contiguous and whole blocks: batches read the cache in place
   bool strided[2];       // dims not contiguous (vllm_cpu K): elements gathered one by one
   int64_t kv_off[2], block_stride[2], token_stride[2], head_stride[2], dim_stride[2];
 
@@ -119,7 +125,6 @@ struct MsgGeom {
     }
     segs_per_row = rows ? 1 : l.num_heads;
     seg_len = rows ? l.row_bytes() : l.head_size * elem;
-    in_place = !strided[0] && !strided[1] && seg_len % kMd5BlockBytes == 0;
   }
 
   int64_t message_len(int64_t nslots) const { return num_kv * nslots * segs_per_row * seg_len; }
@@ -141,18 +146,106 @@ void gather_elems(uint8_t* dst, const uint8_t* src, int64_t stride, int64_t coun
   }
 }
 
+// Copies the [num_heads, head_size, block_size] (strided) region of one block and kv side into
+// tile as [block_size, num_heads, head_size]: each token's row becomes contiguous.
+template <typename Word>
+void transpose_block_scalar(const MsgGeom& g, const uint8_t* src, int kv, int64_t num_heads,
+                            int64_t head_size, uint8_t* tile) {
+  const int64_t row = num_heads * head_size;
+  Word* out = reinterpret_cast<Word*>(tile);
+  for (int64_t h = 0; h < num_heads; ++h) {
+    for (int64_t d = 0; d < head_size; ++d) {
+      const uint8_t* col = src + h * g.head_stride[kv] + d * g.dim_stride[kv];
+      Word* dst = out + h * head_size + d;
+      for (int64_t o = 0; o < g.block_size; ++o) {
+        Word w;
+        std::memcpy(&w, col + o * g.token_stride[kv], sizeof(Word));
+        dst[o * row] = w;
+      }
+    }
+  }
+}
+
+void transpose_block(const MsgGeom& g, const uint8_t* src, int kv, int64_t num_heads,
+                     int64_t head_size, bool simd, uint8_t* tile) {
+#if defined(__x86_64__) || defined(__i386__)
+  // SIMD transposes need tokens contiguous inside a head's [head_size, block_size] matrix.
+  const int64_t e = g.elem;
+  const int64_t row_bytes = num_heads * head_size * e;
+  if (simd && g.token_stride[kv] == e) {
+    const int64_t tile_n = e == 2 ? 16 : 8;
+    if ((e == 2 || e == 4) && head_size % tile_n == 0 && g.block_size % tile_n == 0) {
+      for (int64_t h = 0; h < num_heads; ++h) {
+        const uint8_t* s = src + h * g.head_stride[kv];
+        uint8_t* d = tile + h * head_size * e;
+        if (e == 2) {
+          md5_simd::transpose_u16_avx2(s, g.dim_stride[kv], head_size, g.block_size, d, row_bytes);
+        } else {
+          md5_simd::transpose_u32_avx2(s, g.dim_stride[kv], head_size, g.block_size, d, row_bytes);
+        }
+      }
+      return;
+    }
+  }
+#else
+  (void)simd;
+#endif
+  switch (g.elem) {
+    case 1: transpose_block_scalar<uint8_t>(g, src, kv, num_heads, head_size, tile); break;
+    case 2: transpose_block_scalar<uint16_t>(g, src, kv, num_heads, head_size, tile); break;
+    case 4: transpose_block_scalar<uint32_t>(g, src, kv, num_heads, head_size, tile); break;
+    default: transpose_block_scalar<uint64_t>(g, src, kv, num_heads, head_size, tile); break;
+  }
+}
+
 // One (chunk, layer) message read sequentially from the paged cache.
+//
+// Strided kv sides (vllm_cpu's K, stored [head_size, block_size] per head) are read through a
+// per-lane tile: when two consecutive slots of the message share a block, that block's whole
+// region is transposed once into tile, and its rows are then contiguous; a lone slot of a
+// block is gathered element by element instead.
 struct PagedReader {
   const MsgGeom* g;
-  const uint8_t* base;    // layer base
-  const int64_t* slots;   // valid slots of the chunk
+  const uint8_t* base;   // layer base
+  const int64_t* slots;  // valid slots of the chunk
   int64_t nslots;
+  uint8_t* tile = nullptr;  // [block_size, num_heads, head_size] scratch, or null
+  int64_t num_heads = 0, head_size = 0;
+  bool simd_transpose = false;  // AVX2 tile transposes (any ISA but scalar)
   int kv = 0;
   int64_t j = 0, h = 0;   // current segment
   int64_t off = 0;        // bytes of the current segment already consumed
   const uint8_t* seg = nullptr;
+  bool contig = true;     // seg holds the segment's bytes contiguously (else strided elements)
+  bool in_tile = false;   // seg points into tile (which the next block's transpose overwrites)
+  int64_t tile_block = -1;
+  int tile_kv = -1;
 
-  void open() { seg = g->segment(base, kv, slots[j], h); }
+  void open() {
+    const int64_t slot = slots[j];
+    contig = true;
+    in_tile = false;
+    if (!g->strided[kv]) {
+      seg = g->segment(base, kv, slot, h);
+      return;
+    }
+    const int64_t block = slot / g->block_size;
+    const int64_t offset = slot - block * g->block_size;
+    if (tile != nullptr && (block != tile_block || kv != tile_kv) && j + 1 < nslots &&
+        slots[j + 1] / g->block_size == block) {
+      const uint8_t* src = base + g->kv_off[kv] + block * g->block_stride[kv];
+      transpose_block(*g, src, kv, num_heads, head_size, simd_transpose, tile);
+      tile_block = block;
+      tile_kv = kv;
+    }
+    if (block == tile_block && kv == tile_kv) {
+      seg = tile + (offset * num_heads + h) * g->seg_len;
+      in_tile = true;
+      return;
+    }
+    seg = g->segment(base, kv, slot, h);
+    contig = false;
+  }
 
   void advance() {
     off = 0;
@@ -166,23 +259,46 @@ struct PagedReader {
     }
   }
 
-  // Blocks the next batch may hold: up to the end of the segment when batches read in place.
-  int64_t batch_hint(int64_t max_blocks) const {
-    if (!g->in_place) return max_blocks;
-    return std::min(max_blocks, (g->seg_len - off) / kMd5BlockBytes);
+  // Prefetches the next n bytes, walking ahead over segments without moving the reader.
+  void prefetch(int64_t n) const {
+    int pkv = kv;
+    int64_t pj = j, ph = h, poff = off;
+    while (n > 0 && pkv < g->num_kv) {
+      const int64_t take = std::min(n, g->seg_len - poff);
+      if (!g->strided[pkv]) prefetch_bytes(g->segment(base, pkv, slots[pj], ph) + poff, take);
+      n -= take;
+      poff = 0;
+      if (++ph == g->segs_per_row) {
+        ph = 0;
+        if (++pj == nslots) {
+          pj = 0;
+          ++pkv;
+        }
+      }
+    }
   }
 
-  // Pointer to the next n bytes: into the cache when contiguous there, else into stage.
-  const uint8_t* next(int64_t n, uint8_t* stage) {
-    if (seg == nullptr) open();
-    if (!g->strided[kv] && g->seg_len - off >= n) {
-      const uint8_t* p = seg + off;
-      off += n;
-      if (off == g->seg_len) advance();
-      return p;
+  // Points out[b * W] (b < k) at the next k blocks: in place where a block lies inside one
+  // contiguous segment of the cache, else assembled in stage (k blocks of room).
+  // NOTE: tile bytes are copied too: a later segment of the same batch may re-fill the tile.
+  template <int W>
+  void blocks(int64_t k, const uint8_t** out, uint8_t* stage) {
+    for (int64_t b = 0; b < k;) {
+      if (seg == nullptr) open();
+      const int64_t avail = contig && !in_tile ? (g->seg_len - off) / kMd5BlockBytes : 0;
+      if (avail > 0) {
+        const int64_t take = std::min(k - b, avail);
+        for (int64_t t = 0; t < take; ++t) out[(b + t) * W] = seg + off + t * kMd5BlockBytes;
+        off += take * kMd5BlockBytes;
+        b += take;
+        if (off == g->seg_len) advance();
+      } else {
+        uint8_t* dst = stage + b * kMd5BlockBytes;
+        read(dst, kMd5BlockBytes);
+        out[b * W] = dst;
+        ++b;
+      }
     }
-    read(stage, n);
-    return stage;
   }
 
   // Copies the next n bytes to dst (n is a multiple of the element size).
@@ -190,7 +306,7 @@ struct PagedReader {
     while (n > 0) {
       if (seg == nullptr) open();
       const int64_t take = std::min(n, g->seg_len - off);
-      if (!g->strided[kv]) {
+      if (contig) {
         std::memcpy(dst, seg + off, static_cast<size_t>(take));
       } else {
         const int64_t e = g->elem;
@@ -227,13 +343,11 @@ void hash_lanes(Reader* readers, int nlanes, int64_t len, int64_t batch_blocks,
 
   const int64_t full_blocks = len / kMd5BlockBytes;
   for (int64_t done = 0; done < full_blocks;) {
-    // NOTE: all lanes share segment boundaries (equal lengths, one geometry), so lane 0's
-    // hint holds for every lane.
-    const int64_t k = std::min(readers[0].batch_hint(batch_blocks), full_blocks - done);
+    const int64_t k = std::min(batch_blocks, full_blocks - done);
     for (int lane = 0; lane < W; ++lane) {
       if (lane < nlanes) {
-        const uint8_t* q = readers[lane].next(k * kMd5BlockBytes, stage[lane]);
-        for (int64_t b = 0; b < k; ++b) ptrs[b * W + lane] = q + b * kMd5BlockBytes;
+        readers[lane].template blocks<W>(k, ptrs + lane, stage[lane]);
+        if (done + k < full_blocks) readers[lane].prefetch(k * kMd5BlockBytes);
       } else {
         for (int64_t b = 0; b < k; ++b) ptrs[b * W + lane] = kZeroBlock;
       }
@@ -274,7 +388,7 @@ struct Group {
 
 int lanes_of(Md5Isa isa) {
   switch (isa) {
-    case Md5Isa::kAvx512: return 16;
+    case Md5Isa::kAvx512: return 32;
     case Md5Isa::kAvx2: return 8;
     default: return 1;
   }
@@ -299,6 +413,10 @@ template <typename Reader>
 void hash_group(Reader* readers, int count, int64_t len, Md5Isa isa,
                 uint8_t* const* digests) {
 #if defined(__x86_64__) || defined(__i386__)
+  if (isa == Md5Isa::kAvx512 && count > 16) {
+    hash_lanes<32>(readers, count, len, kMaxBatchBlocks, &md5_simd::md5_x32_avx512, digests);
+    return;
+  }
   if (isa == Md5Isa::kAvx512 && count > 8) {
     hash_lanes<16>(readers, count, len, kMaxBatchBlocks, &md5_simd::md5_x16_avx512, digests);
     return;
@@ -355,8 +473,8 @@ void md5_many_cpu(const uint8_t* const* msgs, const int64_t* lens, int64_t n, ui
   parallel_for(static_cast<int64_t>(groups.size()), 1, [&](int64_t begin, int64_t end) {
     for (int64_t gi = begin; gi < end; ++gi) {
       const Group& grp = groups[gi];
-      ContigReader readers[16];
-      uint8_t* outs[16];
+      ContigReader readers[32];
+      uint8_t* outs[32];
       for (int i = 0; i < grp.count; ++i) {
         const int64_t m = order[grp.first + i];
         readers[i].p = msgs[m];
@@ -411,17 +529,32 @@ void kv_chunk_md5_cpu(const uint8_t* const* layer_ptrs, int64_t num_layers,
                    [&](int64_t a, int64_t b) { return lens[a] < lens[b]; });
   const std::vector<Group> groups = make_groups(order, lens, lanes_of(isa));
 
+  // Strided sides read through a per-lane tile of one block's rows.
+  const bool strided = geom.strided[0] || geom.strided[1];
+  const int64_t tile_bytes = strided ? layout.block_size * layout.row_bytes() : 0;
+
   parallel_for(static_cast<int64_t>(groups.size()), 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint8_t> tiles;
     for (int64_t gi = begin; gi < end; ++gi) {
       const Group& grp = groups[gi];
-      PagedReader readers[16];
-      uint8_t* outs[16];
+      if (strided) tiles.resize(static_cast<size_t>(grp.count * tile_bytes));
+      PagedReader readers[32];
+      uint8_t* outs[32];
       for (int i = 0; i < grp.count; ++i) {
         const int64_t m = order[grp.first + i];
         const int64_t c = m / num_layers;
         const int64_t l = m - c * num_layers;
-        readers[i] = PagedReader{&geom, layer_ptrs[l], valid.data() + start[c],
-                                 start[c + 1] - start[c]};
+        PagedReader& r = readers[i];
+        r.g = &geom;
+        r.base = layer_ptrs[l];
+        r.slots = valid.data() + start[c];
+        r.nslots = start[c + 1] - start[c];
+        if (strided) {
+          r.tile = tiles.data() + i * tile_bytes;
+          r.num_heads = layout.num_heads;
+          r.head_size = layout.head_size;
+          r.simd_transpose = isa != Md5Isa::kScalar;
+        }
         outs[i] = per_layer + (l * num_chunks + c) * kMd5DigestBytes;
       }
       hash_group(readers, grp.count, lens[order[grp.first]], isa, outs);

@@ -223,6 +223,33 @@ def test_non_contiguous_view() -> None:
     _check_all_isas(kv, [3, 9, 10, 11, 0, 14, 2], 4, "flash_attn")
 
 
+@pytest.mark.parametrize(
+    ("dtype", "block_size", "head_size"),
+    [
+        (torch.float16, 16, 16),  # 16x16 SIMD transposes of 16-bit elements
+        (torch.bfloat16, 32, 32),
+        (torch.float32, 16, 8),  # 8x8 SIMD transposes of 32-bit elements
+        (torch.uint8, 16, 16),  # scalar transposes
+        (torch.bfloat16, 16, 8),  # head_size not a multiple of 16: scalar transposes
+        (torch.float16, 4, 16),  # block_size not a multiple of 16: scalar transposes
+    ],
+    ids=str,
+)
+def test_vllm_cpu_block_tiles(dtype: torch.dtype, block_size: int, head_size: int) -> None:
+    # Consecutive slots of one block go through a transposed tile of the block's K; lone slots
+    # are gathered element by element. Mix both, revisit blocks, and pad.
+    kv = _random_caches("vllm_cpu", 18, 4, block_size, 2, head_size, dtype, seed=block_size)
+    b = block_size
+    slots = (
+        list(range(2 * b, 3 * b))  # block 2 in order
+        + [b - 1, b - 2, -1, 1]  # block 0, reversed, with padding
+        + [3 * b + 5 % b]  # a lone slot of block 3
+        + [2 * b + 3, 2 * b + 4, 2 * b + 3]  # block 2 again, duplicates
+        + [b + 7, -1, b + 8]  # block 1 around padding
+    )
+    _check_all_isas(kv, slots, 7, "vllm_cpu")
+
+
 def test_chunk_size_larger_than_slots() -> None:
     kv = _random_caches(
         "vllm_cpu", 4, num_blocks=3, block_size=4, num_heads=2, head_size=8, dtype=torch.float16

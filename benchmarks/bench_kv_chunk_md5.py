@@ -1,0 +1,238 @@
+"""Benchmark of kv_chunk_md5 against single-thread hashlib, xxh3 and a plain copy.
+
+For each layout and token count it times, in the same run:
+
+* ``ours``: ``lmcache_native.ops.kv_chunk_md5`` over every slot of a cache that holds exactly
+  ``--tokens`` tokens (whole blocks in a random block order, as vLLM hands them out), all
+  layers, ``--chunk-size`` tokens per chunk, straight from the paged layout; per ISA with
+  ``--isa`` (CPU);
+* ``hashlib``: ``hashlib.md5`` on one thread over the same number of bytes, contiguous (one
+  update per layer: the baseline gets no gather to do);
+* ``xxh3``: ``xxhash.xxh3_64`` over the same contiguous bytes, for reference (a hash built for
+  speed; not what the admin API's checksums use);
+* ``limit``: a plain contiguous copy of the same bytes (GB/s counting read + written).
+
+Hash bandwidth is bytes hashed per second (bytes read; a hash writes nothing).
+
+Examples::
+
+    python benchmarks/bench_kv_chunk_md5.py --preset llama3-8b --tokens 8k
+    python benchmarks/bench_kv_chunk_md5.py --isa all --layouts flash_attn,vllm_cpu --json out.json
+    python benchmarks/bench_kv_chunk_md5.py --device cuda --tokens 8k,32k
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import sys
+from dataclasses import dataclass
+
+import torch
+import xxhash
+from common import (
+    ModelPreset,
+    add_common_args,
+    apply_threads,
+    check_device,
+    gbps,
+    get_preset,
+    parse_int_list,
+    parse_str_list,
+    preset_dict,
+    print_table,
+    ratio,
+    time_fn,
+    write_json,
+)
+from lmcache_native import _native
+from lmcache_native.ops import LAYOUTS, kv_chunk_md5
+from lmcache_native.ops.kv_chunk_md5 import md5_isa, md5_set_isa, md5_supported_isas
+
+
+@dataclass
+class Setup:
+    """Buffers of one (layout, tokens) case."""
+
+    layout: str
+    num_tokens: int
+    stack: torch.Tensor  # all layers' caches in one allocation, [num_layers, *layer shape]
+    caches: list[torch.Tensor]
+    slots: torch.Tensor
+    payload: int  # bytes hashed per call
+
+
+def _layer_shape(layout: str, n: int, b: int, h: int, d: int) -> tuple[int, ...]:
+    return {
+        "flash_attn": (2, n, b, h, d),
+        "flashinfer": (n, 2, b, h, d),
+        "hnd": (n, 2, h, b, d),
+        "mla": (n, b, d),
+        "vllm_cpu": (n, h, b, 2 * d),
+    }[layout]
+
+
+def make_setup(preset: ModelPreset, layout: str, num_tokens: int, device: torch.device) -> Setup:
+    """A cache of exactly ``num_tokens`` slots (whole blocks) and a slot mapping over all of it."""
+    if (layout == "mla") != preset.mla:
+        raise ValueError(f"layout {layout!r} does not fit preset {preset.name!r}")
+    b = preset.block_size
+    num_blocks = math.ceil(num_tokens / b)
+    num_tokens = num_blocks * b
+    shape = _layer_shape(layout, num_blocks, b, preset.num_kv_heads, preset.head_size)
+    stack = torch.empty((preset.num_layers, *shape), dtype=preset.dtype, device=device)
+    # Random bytes (the hash speed must not depend on them, but zero pages would flatter reads).
+    gen = torch.Generator(device=device).manual_seed(0)
+    stack.view(torch.uint8).view(-1)[:] = torch.randint(
+        0,
+        256,
+        (stack.numel() * stack.element_size(),),
+        dtype=torch.uint8,
+        device=device,
+        generator=gen,
+    )
+    order = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(1))
+    slots = (order[:, None] * b + torch.arange(b)).reshape(-1).to(device)
+    payload = stack.numel() * stack.element_size()
+    return Setup(layout, num_tokens, stack, list(stack.unbind(0)), slots, payload)
+
+
+def _host_layers(s: Setup) -> list[memoryview]:
+    """Per-layer contiguous host bytes of the same size (a copy when the cache is on a GPU)."""
+    host = s.stack if s.stack.device.type == "cpu" else s.stack.cpu()
+    flat = host.view(torch.uint8).reshape(host.shape[0], -1)
+    return [memoryview(flat[i].numpy()) for i in range(flat.shape[0])]
+
+
+def measure_baselines(args: argparse.Namespace, s: Setup) -> dict[str, float]:
+    """hashlib, xxh3 and contiguous-copy figures for the setup's bytes (CPU side)."""
+    layers = _host_layers(s)
+
+    def run_hashlib() -> None:
+        for mv in layers:
+            hashlib.md5(mv).digest()
+
+    def run_xxh3() -> None:
+        for mv in layers:
+            xxhash.xxh3_64(mv).intdigest()
+
+    src = s.stack.view(-1)
+    dst = torch.empty_like(src)
+
+    def run_copy() -> None:
+        dst.copy_(src)
+
+    dev = s.stack.device
+    t_hashlib = time_fn(run_hashlib, warmup=1, repeat=max(1, args.baseline_repeat)).median
+    t_xxh3 = time_fn(run_xxh3, warmup=1, repeat=args.repeat).median
+    t_copy = time_fn(run_copy, device=dev, warmup=args.warmup, repeat=args.repeat).median
+    return {
+        "hashlib_GBps": gbps(s.payload, t_hashlib),
+        "xxh3_GBps": gbps(s.payload, t_xxh3),
+        "limit_GBps": gbps(2 * s.payload, t_copy),
+    }
+
+
+def measure_ours(args: argparse.Namespace, s: Setup, dev: torch.device) -> float:
+    """Median seconds of one kv_chunk_md5 call (digests back as hex strings)."""
+
+    def run() -> None:
+        kv_chunk_md5(s.caches, s.slots, args.chunk_size, s.layout)
+
+    return time_fn(run, device=dev, warmup=args.warmup, repeat=args.repeat).median
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_common_args(parser)
+    parser.add_argument("--tokens", type=parse_int_list, default=[8192], help="e.g. 1024,8k,32k")
+    parser.add_argument("--chunk-size", type=int, default=256, help="tokens per chunk")
+    parser.add_argument(
+        "--layouts", type=parse_str_list, default=None, help="default: flash_attn (mla for MLA)"
+    )
+    parser.add_argument(
+        "--isa",
+        type=parse_str_list,
+        default=None,
+        help="CPU MD5 paths to time: scalar,avx2,avx512 or all (default: the auto-selected one)",
+    )
+    parser.add_argument(
+        "--baseline-repeat", type=int, default=3, help="timed runs of the slow hashlib baseline"
+    )
+    args = parser.parse_args(argv)
+
+    dev = check_device(args.device)
+    apply_threads(args.threads)
+    preset = get_preset(args.preset)
+    layouts = args.layouts or (["mla"] if preset.mla else ["flash_attn"])
+    for name in layouts:
+        if name not in LAYOUTS:
+            parser.error(f"--layouts: unknown layout {name!r}; known: {', '.join(LAYOUTS)}")
+    supported = md5_supported_isas()
+    if dev.type == "cuda":
+        isas = ["cuda"]
+    elif args.isa is None:
+        isas = [md5_isa()]
+    elif args.isa == ["all"]:
+        isas = supported
+    else:
+        isas = args.isa
+        for name in isas:
+            if name not in supported:
+                parser.error(f"--isa: {name!r} is not supported here; supported: {supported}")
+
+    rows: list[dict[str, object]] = []
+    initial_isa = md5_isa()
+    try:
+        for layout in layouts:
+            for n in args.tokens:
+                s = make_setup(preset, layout, n, dev)
+                base = measure_baselines(args, s)
+                for isa in isas:
+                    if isa != "cuda":
+                        md5_set_isa(isa)
+                    t = measure_ours(args, s, dev)
+                    row: dict[str, object] = {
+                        "layout": layout,
+                        "tokens": s.num_tokens,
+                        "isa": isa,
+                        "threads": _native.num_threads() if dev.type == "cpu" else "-",
+                        "MB": s.payload / 1e6,
+                        "ours_GBps": gbps(s.payload, t),
+                        **base,
+                        "ours_ms": t * 1e3,
+                    }
+                    row["ours/hashlib"] = ratio(float(row["ours_GBps"]), base["hashlib_GBps"])
+                    row["ours/xxh3"] = ratio(float(row["ours_GBps"]), base["xxh3_GBps"])
+                    row["ours/limit"] = ratio(float(row["ours_GBps"]), base["limit_GBps"])
+                    rows.append(row)
+                    print(
+                        f"  {layout:>10} {s.num_tokens:>6} tok {isa:>6}: ours "
+                        f"{row['ours_GBps']:.2f} GB/s, hashlib {base['hashlib_GBps']:.2f}, "
+                        f"x{row['ours/hashlib']:.1f}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                del s
+    finally:
+        md5_set_isa(initial_isa)
+
+    cols = ["layout", "tokens", "isa", "threads", "MB", "ours_GBps", "hashlib_GBps", "xxh3_GBps"]
+    cols += ["limit_GBps", "ours/hashlib", "ours/xxh3", "ours/limit"]
+    title = (
+        f"kv_chunk_md5 on {dev} -- {preset.describe()}, chunk {args.chunk_size}; hash GB/s = "
+        "bytes hashed / s (hashlib, xxh3: one thread, contiguous); limit = contiguous copy, "
+        "GB/s = (read + written) / s"
+    )
+    print_table(rows, cols, title)
+    for r in rows:
+        r["preset"] = preset_dict(preset)
+    write_json(args.json, benchmark="kv_chunk_md5", args=args, rows=rows, device=dev)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
