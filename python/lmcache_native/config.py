@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -36,6 +37,10 @@ ENV_PREFIX = "LMCACHE_"
 SECRET_MASK = "***"
 # NOTE: a config file is read whole; anything larger is not a config file.
 MAX_CONFIG_FILE_BYTES = 1 << 20
+# NOTE: bounds that keep derived values representable: GB sizes become byte counts
+# (int(size * 2**30)), and blocking_timeout_secs becomes a socket timeout (time_t/timeval).
+MAX_SIZE_GB = 1_000_000
+MAX_TIMEOUT_SECS = 86400
 
 CACHE_POLICIES: tuple[str, ...] = ("LRU", "LFU", "FIFO")
 # Accepted names (LMCache/vLLM spellings included); lmcache_native.engine.keys maps each to a
@@ -132,6 +137,7 @@ _DEFS: list[ConfigDef] = [
         True,
         "CPU chunk-buffer pool and CPU tier capacity in GB; a change resizes the tier.",
         minimum=0.0,
+        maximum=MAX_SIZE_GB,
     ),
     _def(
         "local_disk",
@@ -149,6 +155,7 @@ _DEFS: list[ConfigDef] = [
         True,
         "Disk tier capacity in GB; a change evicts down to the new size.",
         minimum=0.0,
+        maximum=MAX_SIZE_GB,
     ),
     _def(
         "remote_url",
@@ -215,6 +222,7 @@ _DEFS: list[ConfigDef] = [
         True,
         "Socket timeout (seconds) of every remote call; a change reaches the remote tier.",
         minimum=1,
+        maximum=MAX_TIMEOUT_SECS,
     ),
     _def(
         "enable_chunk_statistics",
@@ -359,6 +367,8 @@ def _check(defn: ConfigDef, value: Any) -> Any:
         return None
     if defn.normalize is not None:
         value = defn.normalize(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite number")
     if defn.choices is not None and value not in defn.choices:
         raise ValueError(f"must be one of {list(defn.choices)}")
     if defn.minimum is not None and value < defn.minimum:
@@ -370,7 +380,7 @@ def _check(defn: ConfigDef, value: Any) -> Any:
     if defn.name == "extra_config":
         try:
             json.dumps(value)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise ValueError("must be JSON-serialisable") from exc
     return value
 
@@ -386,6 +396,11 @@ def _parse_load_value(defn: ConfigDef, value: Any, source: str) -> Any:
         raise ConfigError(
             f"Invalid value for config key '{defn.name}' from {source}: {_show(defn, value)} "
             f"(expected {defn.type_name})",
+            key=defn.name,
+        ) from None
+    except RecursionError:
+        raise ConfigError(
+            f"Invalid value for config key '{defn.name}' from {source}: nested too deeply",
             key=defn.name,
         ) from None
     except (ValueError, json.JSONDecodeError) as exc:
@@ -421,6 +436,8 @@ def _read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"Configuration file is not valid YAML{where}: {p}") from None
+    except RecursionError:  # PyYAML's parser recurses once per nesting level
+        raise ConfigError(f"Configuration file is nested too deeply (not YAML): {p}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
