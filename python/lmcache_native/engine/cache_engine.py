@@ -888,6 +888,8 @@ def _read_config_file_safely(config_path: str) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise FSChunkLoadError(f"Configuration file is not valid YAML{where}") from None
+    except RecursionError:  # PyYAML's parser recurses once per nesting level
+        raise FSChunkLoadError("Configuration file is nested too deeply (not YAML)") from None
     if not isinstance(data, dict):
         raise FSChunkLoadError("Configuration file must hold a YAML mapping of keys to values")
     return data
