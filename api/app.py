@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Litestar
+from litestar import Litestar, Request
 from litestar.datastructures import State
+from litestar.exceptions import SerializationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from lmcache_native import VERSION
@@ -29,6 +30,26 @@ from lmcache_native.engine import CacheEngine
 
 OPENAPI_PATH = "/schema"
 """The OpenAPI document is served at ``/schema/openapi.json`` (rendered page at ``/schema``)."""
+
+
+class AdminRequest(Request[Any, Any, Any]):
+    """Litestar's request, with every JSON body that cannot be decoded reported as bad JSON."""
+
+    async def json(self) -> Any:
+        """The decoded JSON body.
+
+        Raises:
+            SerializationException: the body is not JSON (Litestar answers 400).
+        """
+        try:
+            return await super().json()
+        # NOTE: Litestar converts msgspec.DecodeError only; msgspec raises UnicodeDecodeError
+        # for bytes that are not UTF-8 and RecursionError for nesting beyond the recursion
+        # limit, which would otherwise be answered 500.
+        except UnicodeDecodeError:
+            raise SerializationException("the body is not UTF-8") from None
+        except RecursionError:
+            raise SerializationException("the body is nested too deeply") from None
 
 
 def openapi_config() -> OpenAPIConfig:
@@ -87,6 +108,7 @@ def create_app(
         state=State({AUTH_STATE_KEY: authorized}),
         middleware=[QueryLimitMiddleware(max_query_bytes)],
         request_max_body_size=max_body_bytes,
+        request_class=AdminRequest,
         openapi_config=openapi_config(),
         # NOTE: Litestar's default LoggingConfig reconfigures the root logger; inside a vLLM
         # worker that would change the host's logging. Errors are logged by api/errors.py.
