@@ -52,11 +52,23 @@ class InferenceInfo(msgspec.Struct):
     inference: dict[str, Any] | None
 
 
-class ConfUpdateResult(msgspec.Struct, omit_defaults=True):
-    """``POST /conf``: keys that were set, and (HTTP 400) why the others were not."""
+class ConfUpdateResult(msgspec.Struct):
+    """``POST /conf`` (HTTP 200): the keys that were set, with their stored values."""
 
     updated: dict[str, Any]
-    errors: dict[str, str] | None = None
+
+
+class ConfUpdateError(msgspec.Struct):
+    """``POST /conf`` (HTTP 400): the ``error``/``message`` of every error body, plus, when some
+    keys were refused, the spec's ``updated`` and ``errors`` (key -> reason).
+
+    ``updated``/``errors`` are absent when the body itself was refused (not a JSON object).
+    """
+
+    error: str
+    message: str
+    updated: dict[str, Any] = msgspec.field(default_factory=dict)
+    errors: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class StatusMessage(msgspec.Struct):

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Union
+from typing import Annotated, Any
 
 from litestar import Controller, HttpMethod, Response, get, post, route
 from litestar.enums import RequestEncodingType
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Body, Parameter
 from lmcache_native.api.deps import ConfigDep, EngineDep
-from lmcache_native.api.errors import error_responses
-from lmcache_native.api.schemas import ConfUpdateResult, ErrorBody
+from lmcache_native.api.errors import ApiError, error_responses
+from lmcache_native.api.schemas import ConfUpdateError, ConfUpdateResult
 from lmcache_native.config import CONFIG_DEFINITIONS
 
 _NAMES = Parameter(
@@ -19,6 +19,8 @@ _NAMES = Parameter(
     description="Comma-separated names to return (unknown names are left out).",
 )
 
+
+_MAX_KEYS_LISTED = 10
 
 _JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", dict: "object"}
 
@@ -96,7 +98,7 @@ class ConfigurationController(Controller):
         responses=error_responses(
             413,
             s400=ResponseSpec(
-                data_container=Union[ConfUpdateResult, ErrorBody],  # noqa: UP007
+                data_container=ConfUpdateError,
                 description=(
                     'Some keys were not set (``updated`` + ``errors``: "Unknown config", '
                     '"Config is not mutable at runtime", or the expected type), '
@@ -106,15 +108,25 @@ class ConfigurationController(Controller):
             ),
         ),
     )
-    def post_conf(self, config: ConfigDep, data: ConfUpdateBody) -> Response[ConfUpdateResult]:
+    def post_conf(self, config: ConfigDep, data: ConfUpdateBody) -> ConfUpdateResult:
         """Updates several keys at once; 400 (with what was updated) when any key failed."""
         updated, errors = config.update(data)
         # Report the stored (coerced, secret-masked) values rather than the raw input.
         current = config.to_dict()
         shown = {k: current.get(k, v) for k, v in updated.items()}
         if errors:
-            return Response(ConfUpdateResult(updated=shown, errors=dict(errors)), status_code=400)
-        return Response(ConfUpdateResult(updated=shown), status_code=200)
+            names = sorted(errors)
+            listed = ", ".join(repr(n[:64]) for n in names[:_MAX_KEYS_LISTED])
+            more = len(names) - _MAX_KEYS_LISTED
+            raise ApiError(
+                400,
+                "Config update failed",
+                f"{len(names)} of {len(data)} keys not updated: {listed}"
+                + (f" and {more} more" if more > 0 else ""),
+                updated=shown,
+                errors=dict(errors),
+            )
+        return ConfUpdateResult(updated=shown)
 
     @get(
         "/meta", summary="Engine Metadata", sync_to_thread=True, responses=error_responses(400, 503)

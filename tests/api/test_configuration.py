@@ -67,7 +67,12 @@ def test_post_conf_partial_failure(client, config):
 def test_post_conf_all_failed(client):
     r = client.post("/conf", json={"nope": 1})
     assert r.status_code == 400
-    assert r.json() == {"updated": {}, "errors": {"nope": "Unknown config"}}
+    assert r.json() == {
+        "error": "Config update failed",
+        "message": "1 of 1 keys not updated: 'nope'",
+        "updated": {},
+        "errors": {"nope": "Unknown config"},
+    }
 
 
 def test_post_conf_empty_object(client):
