@@ -299,8 +299,10 @@ def run3(model: str, disk: Path, run1: dict[str, Any], run2: dict[str, Any]) -> 
     broken = run1["keys"]["R2"][1]
     vt.break_payload(vt.chunk_path(disk, broken), byte_index=1000)
     out: dict[str, Any] = {"broken_path": vt.chunk_path(disk, broken), "broken_key": broken}
-    with vt.in_process_llm(model, _connector_config(disk)) as llm:
+    # Selected by name only: the vllm.general_plugins entry point registers it.
+    with vt.in_process_llm(model, _connector_config(disk), module_path=False) as llm:
         worker = vt.worker_connector().worker_side
+        out["connector_class"] = type(vt.worker_connector())
         out["R1"] = vt.generate(llm, R1)
         out["R1_loaded"] = worker.stats.loaded_tokens
         stored_before = worker.stats.stored_tokens
@@ -335,6 +337,18 @@ def test_broken_checksum_is_a_miss_and_output_is_unchanged(
     assert run3["checksum_failures"]["checksum_failures"] == 1
     assert run3["R2_stored"] == vt.CHUNK_SIZE
     assert vt.read_chunk(run3["broken_path"], run3["broken_key"]).shape[2] == vt.CHUNK_SIZE
+
+
+def test_plugin_entry_point_registers_the_connector(run3: dict[str, Any]) -> None:
+    from importlib.metadata import entry_points
+
+    from lmcache_native.integration.vllm import LMCacheNativeConnector
+    from vllm.distributed.kv_transfer.kv_connector.factory import KVConnectorFactory
+
+    (ep,) = [e for e in entry_points(group="vllm.general_plugins") if e.name == "lmcache_native"]
+    ep.load()()  # vLLM may call it again: a no-op
+    assert KVConnectorFactory.get_connector_class_by_name(vt.CONNECTOR) is LMCacheNativeConnector
+    assert run3["connector_class"] is LMCacheNativeConnector  # run 3 named no module path
 
 
 # -- vLLM's default multiprocess mode --------------------------------------------------------
@@ -403,6 +417,15 @@ def test_multiprocess_mode(model: str, baseline: dict[str, list[int]], tmp_path:
         if ln.startswith("lmcache_retrieved_tokens_total") and 'tier="LocalCPUBackend"' in ln
     ]
     assert retrieved and float(retrieved[0].split()[-1]) == FULL
+    counters = {
+        ln.split()[0]: float(ln.split()[1])
+        for ln in result["metrics"].splitlines()
+        if ln.startswith("lmcache_vllm_") and ln.split()[0].endswith("_total")
+    }
+    assert counters["lmcache_vllm_loaded_tokens_total"] == FULL
+    assert counters["lmcache_vllm_stored_tokens_total"] == FULL
+    assert counters["lmcache_vllm_load_failed_tokens_total"] == 0
+    assert counters["lmcache_vllm_lookups_total"] == 2
     assert result["inference_info"]["inference"]["model"] == model
     # The lookup socket lived in tmp_path and was removed at shutdown.
     assert list(tmp_path.glob("lmcn-*.sock")) == []

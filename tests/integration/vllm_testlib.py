@@ -68,17 +68,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def kv_transfer_config(extra: dict[str, Any]) -> dict[str, Any]:
-    """vLLM's ``kv_transfer_config`` selecting the connector, with ``lmcache.*`` extras."""
-    return {
+def kv_transfer_config(extra: dict[str, Any], module_path: bool = True) -> dict[str, Any]:
+    """vLLM's ``kv_transfer_config`` selecting the connector, with ``lmcache.*`` extras.
+
+    Without ``module_path`` vLLM finds the connector by name, through the
+    ``vllm.general_plugins`` entry point of the installed package.
+    """
+    cfg = {
         "kv_connector": CONNECTOR,
-        "kv_connector_module_path": MODULE_PATH,
         "kv_role": "kv_both",
         "kv_connector_extra_config": {f"lmcache.{k}": v for k, v in extra.items()},
     }
+    if module_path:
+        cfg["kv_connector_module_path"] = MODULE_PATH
+    return cfg
 
 
-def engine_kwargs(model: str, connector: dict[str, Any] | None) -> dict[str, Any]:
+def engine_kwargs(
+    model: str, connector: dict[str, Any] | None, module_path: bool = True
+) -> dict[str, Any]:
     """``LLM(...)`` arguments for the tests (``connector``: lmcache keys, or None for none)."""
     kw: dict[str, Any] = {
         "model": model,
@@ -93,12 +101,14 @@ def engine_kwargs(model: str, connector: dict[str, Any] | None) -> dict[str, Any
         "max_model_len": 4096,
     }
     if connector is not None:
-        kw["kv_transfer_config"] = kv_transfer_config(connector)
+        kw["kv_transfer_config"] = kv_transfer_config(connector, module_path)
     return kw
 
 
 @contextlib.contextmanager
-def in_process_llm(model: str, connector: dict[str, Any] | None) -> Iterator[Any]:
+def in_process_llm(
+    model: str, connector: dict[str, Any] | None, module_path: bool = True
+) -> Iterator[Any]:
     """An in-process vLLM engine (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, ``uni`` executor).
 
     The engine is shut down on exit (the connector's ``shutdown`` runs then).
@@ -108,7 +118,9 @@ def in_process_llm(model: str, connector: dict[str, Any] | None) -> Iterator[Any
     old = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     try:
-        llm = LLM(distributed_executor_backend="uni", **engine_kwargs(model, connector))
+        llm = LLM(
+            distributed_executor_backend="uni", **engine_kwargs(model, connector, module_path)
+        )
         try:
             yield llm
         finally:

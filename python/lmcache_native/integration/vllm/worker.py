@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+from prometheus_client import CollectorRegistry, Counter
 
 from lmcache_native.config import LMCacheEngineConfig
 from lmcache_native.engine import CacheEngine, EngineMetadata
@@ -64,6 +65,39 @@ class WorkerStats:
     store_requests: int = 0
     stored_tokens: int = 0
     lookups: int = 0
+
+
+class ConnectorMetrics:
+    """The connector's Prometheus counters, in the engine's registry (served at ``/metrics``).
+
+    Args:
+        registry: the engine's ``metrics.registry``.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.lookups = Counter(
+            "lmcache_vllm_lookups", "Scheduler lookups answered by this worker", registry=registry
+        )
+        self.lookup_tokens = Counter(
+            "lmcache_vllm_lookup_loadable_tokens",
+            "Tokens lookups reported loadable (verified, promoted to the CPU tier)",
+            registry=registry,
+        )
+        self.loaded_tokens = Counter(
+            "lmcache_vllm_loaded_tokens",
+            "Tokens loaded into vLLM's KV cache",
+            registry=registry,
+        )
+        self.load_failed_tokens = Counter(
+            "lmcache_vllm_load_failed_tokens",
+            "Planned tokens a load could not fill (reported to vLLM as invalid blocks)",
+            registry=registry,
+        )
+        self.stored_tokens = Counter(
+            "lmcache_vllm_stored_tokens",
+            "Tokens of vLLM's KV cache newly stored",
+            registry=registry,
+        )
 
 
 def parallel_rank() -> tuple[int, int]:
@@ -171,6 +205,7 @@ class WorkerSide:
         self.disabled_reason: str | None = None
         self.stats = WorkerStats()
         self.api_handle: Any = None
+        self.metrics: ConnectorMetrics | None = None
         self._lookup: LookupServer | None = None
         self._bytes_per_token = 0
         self._device = torch.device("cpu")
@@ -209,6 +244,7 @@ class WorkerSide:
         paged = describe(list(detected.kv_caches.values()), detected.layout)
         self._bytes_per_token = paged.num_kv * paged.num_layers * paged.row_elems * paged.elem_size
         self._device = first.device
+        self.metrics = ConnectorMetrics(engine.metrics.registry)
         self.engine = engine
         self.layout = detected.layout
         logger.info("LMCacheNativeConnector worker %d: %s", self.rank, detected.description)
@@ -269,9 +305,11 @@ class WorkerSide:
         self.stats.lookups += 1
         min_retrieve = int(self.config.get("min_retrieve_tokens"))
         hit = int(engine.lookup(tokens))
-        if hit == 0:
-            return 0, min_retrieve
-        return verified_prefix(engine, tokens[:hit]), min_retrieve
+        loadable = verified_prefix(engine, tokens[:hit]) if hit else 0
+        if self.metrics is not None:
+            self.metrics.lookups.inc()
+            self.metrics.lookup_tokens.inc(loadable)
+        return loadable, min_retrieve
 
     # -- per step ----------------------------------------------------------------------------
 
@@ -291,6 +329,16 @@ class WorkerSide:
         last_block = (spec.end - 1) // self.block_size
         self._load_errors.update(spec.block_ids[first_block : last_block + 1])
         self.stats.load_failed_tokens += spec.end - first_missing
+        if self.metrics is not None:
+            self.metrics.load_failed_tokens.inc(spec.end - first_missing)
+        logger.warning(
+            "LMCacheNativeConnector: request %s: tokens %d..%d could not be loaded; reported "
+            "blocks %s to vLLM",
+            spec.req_id,
+            first_missing,
+            spec.end,
+            spec.block_ids[first_block : last_block + 1],
+        )
 
     def _load(self, spec: LoadSpec) -> None:
         assert self.engine is not None
@@ -311,6 +359,8 @@ class WorkerSide:
         loaded = first_missing - spec.start
         self.stats.load_requests += 1
         self.stats.loaded_tokens += loaded
+        if self.metrics is not None:
+            self.metrics.loaded_tokens.inc(loaded)
         self._fail_load(spec, first_missing)
         nbytes = loaded * self._bytes_per_token
         logger.info(
@@ -345,6 +395,8 @@ class WorkerSide:
         stored = int(result.num_stored_tokens)
         self.stats.store_requests += 1
         self.stats.stored_tokens += stored
+        if self.metrics is not None:
+            self.metrics.stored_tokens.inc(stored)
         nbytes = stored * self._bytes_per_token
         logger.info(
             "LMCacheNativeConnector store %s: %d/%d tokens, %d bytes, %.3f ms, %.2f GB/s%s",

@@ -1,0 +1,80 @@
+"""The worker side on a real engine without a vLLM engine: loads that come back short.
+
+A load can come back shorter than the scheduler planned (a chunk evicted or lost between the
+lookup and the load). The worker must then report the blocks it could not fill, so vLLM
+recomputes them (``kv_load_failure_policy="recompute"``) instead of reading stale KV, and must
+not touch slots outside the planned window.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+pytest.importorskip("vllm")
+
+from lmcache_native.config import LMCacheEngineConfig  # noqa: E402
+from lmcache_native.engine import CacheEngine, EngineMetadata  # noqa: E402
+from lmcache_native.integration.vllm.metadata import (  # noqa: E402
+    LMCacheNativeConnectorMetadata,
+    LoadSpec,
+    SaveSpec,
+)
+from lmcache_native.integration.vllm.worker import WorkerSide  # noqa: E402
+
+pytestmark = pytest.mark.vllm
+
+NUM_BLOCKS, HEADS, BLOCK, HEAD = 16, 2, 32, 16
+CHUNK = 64
+
+
+def _worker(tmp_path) -> tuple[WorkerSide, list[torch.Tensor]]:  # noqa: ANN001
+    config = LMCacheEngineConfig.from_defaults(chunk_size=CHUNK, max_local_cpu_size=0.01)
+    gen = torch.Generator().manual_seed(3)
+    caches = [torch.randn(NUM_BLOCKS, HEADS, BLOCK, 2 * HEAD, generator=gen) for _ in range(2)]
+    vllm_config = SimpleNamespace(cache_config=SimpleNamespace(block_size=BLOCK))
+    worker = WorkerSide(vllm_config, None, config, "unit", rank=0, world_size=1)  # type: ignore[arg-type]
+    engine = CacheEngine(config, EngineMetadata(model_name="m"))
+    engine.register_kv_caches({"l0": caches[0], "l1": caches[1]}, "vllm_cpu")
+    worker.engine = engine
+    worker._bytes_per_token = 2 * 2 * HEADS * HEAD * 4
+    return worker, caches
+
+
+def test_short_load_reports_unfilled_blocks_and_touches_nothing_else(tmp_path) -> None:  # noqa: ANN001
+    worker, caches = _worker(tmp_path)
+    tokens = list(range(1000, 1192))  # 3 chunks
+    # Store the first two chunks only (tokens 0..127 in blocks 1..4).
+    save = SaveSpec("a", tokens[:128], [1, 2, 3, 4], num_prompt_tokens=128)
+    worker.wait_for_save(LMCacheNativeConnectorMetadata(saves=[save]))
+    assert worker.stats.stored_tokens == 128
+    before = [c.clone() for c in caches]
+    # Plan: tokens 32..191 into blocks 8..13 (vLLM holds 0..31 already); chunk 2 is missing.
+    spec = LoadSpec("b", tokens, [8, 9, 10, 11, 12, 13], start=32, end=191)
+    worker.start_load_kv(LMCacheNativeConnectorMetadata(loads=[spec]))
+    assert worker.stats.loaded_tokens == 128 - 32
+    assert worker.stats.load_failed_tokens == 191 - 128
+    # Tokens 128..190 live in blocks 12 and 13: both are reported, once.
+    assert worker.take_load_errors() == {12, 13}
+    assert worker.take_load_errors() == set()
+    for c, b in zip(caches, before, strict=True):
+        # Block 8 (positions 0..31, held by vLLM), blocks 12-13 and all others: untouched.
+        for blk in range(NUM_BLOCKS):
+            if blk in (9, 10, 11):
+                continue
+            assert torch.equal(c[blk].view(torch.int32), b[blk].view(torch.int32)), blk
+        # Blocks 9..11 now hold what was stored from blocks 2..4.
+        assert torch.equal(c[9:12].view(torch.int32), b[2:5].view(torch.int32))
+    worker.close()
+
+
+def test_load_without_engine_reports_the_whole_window(tmp_path) -> None:  # noqa: ANN001
+    worker, _ = _worker(tmp_path)
+    worker.engine.close()
+    worker.engine = None  # as after an unknown layout
+    spec = LoadSpec("c", list(range(64)), [5, 6], start=0, end=63)
+    worker.start_load_kv(LMCacheNativeConnectorMetadata(loads=[spec]))
+    assert worker.take_load_errors() == {5, 6}
+    assert worker.stats.load_failed_tokens == 63
