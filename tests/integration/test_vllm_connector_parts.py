@@ -177,3 +177,17 @@ def test_importing_the_package_does_not_import_vllm() -> None:
         "assert m.__all__ == ['LMCacheNativeConnector']\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_config_file_then_env_then_extra_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    f = tmp_path / "lmcache.yaml"
+    f.write_text("chunk_size: 32\nlocal_disk: file:///tmp/x\nmin_retrieve_tokens: 8\n")
+    monkeypatch.setenv("LMCACHE_CONFIG_FILE", str(f))
+    monkeypatch.setenv("LMCACHE_MIN_RETRIEVE_TOKENS", "16")
+    cfg = load_config({"lmcache.save_decode_cache": True})
+    assert cfg.get("chunk_size") == 32  # file
+    assert cfg.get("local_disk") == "/tmp/x"  # file, file:// stripped
+    assert cfg.get("min_retrieve_tokens") == 16  # env over file
+    assert cfg.get("save_decode_cache") is True  # extra_config

@@ -222,7 +222,11 @@ def test_admin_api_shows_vllm_layers_and_hashes_vllm_cache(
 
 
 def test_admin_api_stops_with_the_engine(run1: dict[str, Any]) -> None:
+    import threading
+
     assert not run1["api_thread"].is_alive()
+    names = [t.name for t in threading.enumerate()]
+    assert not [n for n in names if n.startswith(("lmcn-lookup", "lmcache-native-api"))], names
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{run1['port']}/health", timeout=2)
 

@@ -78,3 +78,19 @@ def test_load_without_engine_reports_the_whole_window(tmp_path) -> None:  # noqa
     worker.start_load_kv(LMCacheNativeConnectorMetadata(loads=[spec]))
     assert worker.take_load_errors() == {5, 6}
     assert worker.stats.load_failed_tokens == 63
+
+
+@pytest.mark.parametrize("save_decode", [False, True])
+def test_decode_tokens_are_stored_only_with_save_decode_cache(tmp_path, save_decode: bool) -> None:  # noqa: ANN001
+    worker, _ = _worker(tmp_path)
+    worker.config.update({"save_decode_cache": save_decode})
+    tokens = list(range(500, 628))  # 64 prompt tokens, then 64 decoded ones
+    spec = SaveSpec("d", tokens, [1, 2, 3, 4], num_prompt_tokens=64)
+    worker.wait_for_save(LMCacheNativeConnectorMetadata(saves=[spec]))
+    assert worker.stats.stored_tokens == (128 if save_decode else 64)
+    assert worker.engine.lookup(tokens) == (128 if save_decode else 64)
+    # The same spec again (the next chunk boundary of a long decode) stores nothing new.
+    worker.wait_for_save(LMCacheNativeConnectorMetadata(saves=[spec]))
+    assert worker.stats.store_requests == 1
+    worker.finished({"d"})
+    worker.close()

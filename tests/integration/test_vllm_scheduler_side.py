@@ -1,0 +1,198 @@
+"""The scheduler side's decisions, driven step by step with vLLM-shaped inputs.
+
+The lookup goes to a real in-process lookup server; requests, blocks and scheduler outputs are
+plain objects with the attributes vLLM's have. What is checked: the claim (never the last prompt
+token, only beyond vLLM's own prefix, ``min_retrieve_tokens``), the load window handed to the
+worker, and when saves are emitted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+pytest.importorskip("vllm")
+
+from lmcache_native.config import LMCacheEngineConfig  # noqa: E402
+from lmcache_native.integration.vllm.lookup import LookupServer  # noqa: E402
+from lmcache_native.integration.vllm.scheduler import SchedulerSide  # noqa: E402
+
+pytestmark = pytest.mark.vllm
+
+CHUNK, BLOCK = 64, 32
+
+
+class _Store:
+    """What the fake worker holds: a stored prefix length, and the min_retrieve_tokens."""
+
+    def __init__(self) -> None:
+        self.hit = 0
+        self.min_retrieve = 0
+        self.asked: list[int] = []
+
+    def __call__(self, tokens: list[int]) -> tuple[int, int]:
+        self.asked.append(len(tokens))
+        return min(self.hit, len(tokens)), self.min_retrieve
+
+
+@pytest.fixture
+def side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("LMCACHE_NATIVE_LOOKUP_DIR", str(tmp_path))
+    store = _Store()
+    server = LookupServer.start("sched-test", 0, store)
+    config = LMCacheEngineConfig.from_defaults(chunk_size=CHUNK)
+    s = SchedulerSide(config, "sched-test", world_size=1, block_size=BLOCK)
+    yield s, store
+    s.close()
+    server.stop()
+
+
+def _request(req_id: str, prompt: list[int], **kw: Any) -> SimpleNamespace:
+    fields = {
+        "request_id": req_id,
+        "prompt_token_ids": prompt,
+        "all_token_ids": list(prompt or []),
+        "num_prompt_tokens": len(prompt or []),
+        "mm_features": [],
+        "lora_request": None,
+    }
+    fields.update(kw)
+    return SimpleNamespace(**fields)
+
+
+def _blocks(ids: list[int]) -> SimpleNamespace:
+    return SimpleNamespace(get_block_ids=lambda: (list(ids),))
+
+
+def _output(
+    new: list[tuple[str, list[int], int]] = (),  # type: ignore[assignment]
+    cached: list[tuple[str, list[int] | None, int, bool]] = (),  # type: ignore[assignment]
+    scheduled: dict[str, int] | None = None,
+    finished: set[str] | None = None,
+) -> SimpleNamespace:
+    return SimpleNamespace(
+        scheduled_new_reqs=[
+            SimpleNamespace(req_id=r, block_ids=(b,), num_computed_tokens=c) for r, b, c in new
+        ],
+        scheduled_cached_reqs=SimpleNamespace(
+            req_ids=[r for r, *_ in cached],
+            new_block_ids=[(b,) if b is not None else None for _, b, _, _ in cached],
+            num_computed_tokens=[c for _, _, c, _ in cached],
+            resumed_req_ids={r for r, _, _, resumed in cached if resumed},
+        ),
+        num_scheduled_tokens=scheduled or {},
+        finished_req_ids=finished or set(),
+    )
+
+
+def test_claim_excludes_last_token_and_vllm_prefix(side: Any) -> None:
+    s, store = side
+    prompt = list(range(192))  # 3 chunks exactly
+    req = _request("a", prompt)
+    store.hit = 192
+    assert s.get_num_new_matched_tokens(req, 0) == 191  # the last token is always computed
+    assert s.get_num_new_matched_tokens(req, 64) == 127  # beyond vLLM's own 64
+    store.hit = 128
+    assert s.get_num_new_matched_tokens(req, 128) == 0
+    store.hit = 0
+    assert s.get_num_new_matched_tokens(req, 0) == 0
+    assert store.asked == [192] * 4
+
+
+def test_min_retrieve_tokens_from_the_worker(side: Any) -> None:
+    s, store = side
+    req = _request("a", list(range(300)))
+    store.hit, store.min_retrieve = 128, 129
+    assert s.get_num_new_matched_tokens(req, 0) == 0
+    store.min_retrieve = 128
+    assert s.get_num_new_matched_tokens(req, 0) == 128
+
+
+def test_uncacheable_requests_are_not_looked_up(side: Any) -> None:
+    s, store = side
+    store.hit = 128
+    for req in (
+        _request("e", None, all_token_ids=[], num_prompt_tokens=0),
+        _request("m", list(range(200)), mm_features=[object()]),
+        _request("l", list(range(200)), lora_request=object()),
+    ):
+        assert s.get_num_new_matched_tokens(req, 0) == 0
+    assert store.asked == []
+
+
+def test_load_window_and_saves_of_one_request(side: Any) -> None:
+    s, store = side
+    prompt = list(range(1000, 1200))  # 200 tokens: 3 full chunks + 8
+    req = _request("r", prompt)
+    store.hit = 192
+    assert s.get_num_new_matched_tokens(req, 32) == 160  # vLLM holds the first block
+    blocks = list(range(10, 17))  # 7 blocks hold 224 slots
+    s.update_state_after_alloc(req, _blocks(blocks), 160)
+    meta = s.build_connector_meta(_output(new=[("r", blocks, 192)], scheduled={"r": 8}))
+    (load,) = meta.loads
+    assert (load.start, load.end) == (32, 192)
+    assert load.token_ids == prompt[:192] and load.block_ids == blocks
+    # The prompt is complete after this step: one save of all 200 prompt tokens.
+    (save,) = meta.saves
+    assert save.token_ids == prompt and save.num_prompt_tokens == 200
+    assert save.block_ids == blocks
+    # Decode steps: no save until a chunk boundary (256) is crossed.
+    for computed in range(200, 255):
+        req.all_token_ids.append(7)
+        meta = s.build_connector_meta(
+            _output(cached=[("r", None, computed, False)], scheduled={"r": 1})
+        )
+        assert meta.loads == [] and meta.saves == [], computed
+    req.all_token_ids.extend([7, 7])
+    meta = s.build_connector_meta(_output(cached=[("r", [17], 255, False)], scheduled={"r": 1}))
+    (save,) = meta.saves
+    assert len(save.token_ids) == 256 and save.block_ids == blocks + [17]
+    s.request_finished(req)
+    assert (
+        s.build_connector_meta(_output(cached=[("r", None, 256, False)], scheduled={"r": 1})).saves
+        == []
+    )
+
+
+def test_no_load_when_vllm_declines_and_chunked_prefill_saves(side: Any) -> None:
+    s, store = side
+    prompt = list(range(300))
+    req = _request("c", prompt)
+    store.hit = 0
+    assert s.get_num_new_matched_tokens(req, 0) == 0
+    s.update_state_after_alloc(req, _blocks([1, 2, 3, 4]), 0)
+    # Chunked prefill: 100 tokens per step.
+    meta = s.build_connector_meta(_output(new=[("c", [1, 2, 3, 4], 0)], scheduled={"c": 100}))
+    assert meta.loads == []
+    assert [len(x.token_ids) for x in meta.saves] == [100]  # crossed the 64 boundary
+    meta = s.build_connector_meta(
+        _output(cached=[("c", [5, 6, 7], 100, False)], scheduled={"c": 100})
+    )
+    assert [len(x.token_ids) for x in meta.saves] == [200]
+    assert meta.saves[0].block_ids == [1, 2, 3, 4, 5, 6, 7]
+    meta = s.build_connector_meta(
+        _output(cached=[("c", [8, 9, 10], 200, False)], scheduled={"c": 100})
+    )
+    assert [len(x.token_ids) for x in meta.saves] == [300]  # the prompt's end
+
+
+def test_preempted_request_resumes_with_its_new_blocks(side: Any) -> None:
+    s, store = side
+    prompt = list(range(128))
+    req = _request("p", prompt)
+    store.hit = 0
+    s.get_num_new_matched_tokens(req, 0)
+    s.update_state_after_alloc(req, _blocks([1, 2, 3, 4]), 0)
+    s.build_connector_meta(_output(new=[("p", [1, 2, 3, 4], 0)], scheduled={"p": 128}))
+    # Preempted, then resumed with other blocks; now the prefix is stored.
+    store.hit = 128
+    assert s.get_num_new_matched_tokens(req, 0) == 127
+    s.update_state_after_alloc(req, _blocks([9, 8, 7, 6]), 127)
+    meta = s.build_connector_meta(
+        _output(cached=[("p", [9, 8, 7, 6], 0, True)], scheduled={"p": 1})
+    )
+    (load,) = meta.loads
+    assert load.block_ids == [9, 8, 7, 6] and (load.start, load.end) == (0, 127)
