@@ -1,5 +1,10 @@
 """Helpers of the reliability tests: a real `lmcache-native serve` process, memory and fd probes,
-the error-shape check."""
+the error-shape check, and a small paged KV cache read with plain torch indexing.
+
+KV rows are read and written here with plain torch indexing on a flat view of the flash-attn
+cache (``[2, num_slots, num_heads * head_size]`` per layer), never with the engine's kernels,
+so a check does not share code with what it checks.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import torch
 
 SCRIPT = Path(sys.executable).with_name("lmcache-native")
 # Small shape so the process starts in a few seconds: 2 layers x 512 slots, bf16.
@@ -189,3 +195,50 @@ def reset_hwm(pid: int | None = None) -> bool:
 def open_fds(pid: int | None = None) -> int:
     """Open file descriptors of ``pid`` (this process by default)."""
     return len(os.listdir(f"/proc/{pid or 'self'}/fd"))
+
+
+# -- a small paged KV cache ------------------------------------------------------------------
+
+NUM_LAYERS = 2
+NUM_BLOCKS = 32
+BLOCK_SIZE = 16
+NUM_HEADS = 2
+HEAD_SIZE = 16
+CHUNK = 16
+NUM_SLOTS = NUM_BLOCKS * BLOCK_SIZE
+ROW = NUM_HEADS * HEAD_SIZE
+LAYOUT = "flash_attn"
+MODEL = "reliability/model"
+SENTINEL = 0xA5
+
+
+def random_cache(seed: int, dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
+    """Per-layer flash-attn caches of seeded random bytes (every bit pattern can occur)."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (2, NUM_BLOCKS, BLOCK_SIZE, NUM_HEADS, HEAD_SIZE)
+    elem = torch.empty((), dtype=dtype).element_size()
+    n = 2 * NUM_BLOCKS * BLOCK_SIZE * NUM_HEADS * HEAD_SIZE
+    return {
+        f"layer_{i}": torch.randint(0, 256, (n * elem,), dtype=torch.uint8, generator=g)
+        .view(dtype)
+        .view(shape)
+        for i in range(NUM_LAYERS)
+    }
+
+
+def rows(caches: dict[str, torch.Tensor], slots: torch.Tensor) -> torch.Tensor:
+    """Raw bytes of the KV rows at ``slots``: uint8 ``[2, layers, n, row_bytes]`` (a copy)."""
+    return torch.stack(
+        [c.view(torch.uint8).view(2, NUM_SLOTS, -1)[:, slots] for c in caches.values()], dim=1
+    )
+
+
+def fill_sentinel(caches: dict[str, torch.Tensor], slots: torch.Tensor) -> None:
+    """Writes the sentinel byte over every row at ``slots``."""
+    for c in caches.values():
+        c.view(torch.uint8).view(2, NUM_SLOTS, -1)[:, slots] = SENTINEL
+
+
+def is_sentinel(caches: dict[str, torch.Tensor], slots: torch.Tensor) -> bool:
+    """Whether every byte of the rows at ``slots`` is the sentinel."""
+    return bool((rows(caches, slots) == SENTINEL).all())
