@@ -12,7 +12,8 @@ For each layout and token count it times, in the same run:
   speed; not what the admin API's checksums use);
 * ``limit``: a plain contiguous copy of the same bytes (GB/s counting read + written).
 
-Hash bandwidth is bytes hashed per second (bytes read; a hash writes nothing).
+Hash bandwidth is bytes hashed per second (bytes read; a hash writes nothing). All of them are
+sampled round-robin after the warm-up, so the drift of a shared machine slows them alike.
 
 Examples::
 
@@ -27,6 +28,7 @@ import argparse
 import hashlib
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -43,7 +45,7 @@ from common import (
     preset_dict,
     print_table,
     ratio,
-    time_fn,
+    time_interleaved,
     write_json,
 )
 from lmcache_native import _native
@@ -105,9 +107,24 @@ def _host_layers(s: Setup) -> list[memoryview]:
     return [memoryview(flat[i].numpy()) for i in range(flat.shape[0])]
 
 
-def measure_baselines(args: argparse.Namespace, s: Setup) -> dict[str, float]:
-    """hashlib, xxh3 and contiguous-copy figures for the setup's bytes (CPU side)."""
+def measure(args: argparse.Namespace, s: Setup, isas: list[str]) -> dict[str, float]:
+    """Seconds per call of ours (per ISA), hashlib, xxh3 and the contiguous copy.
+
+    All are sampled round-robin (``time_interleaved``), so a drift of a shared machine slows
+    them alike and the ratios stay meaningful.
+    """
     layers = _host_layers(s)
+    dev = s.stack.device
+    src = s.stack.view(-1)
+    dst = torch.empty_like(src)
+
+    def ours(isa: str) -> Callable[[], None]:
+        def run() -> None:
+            if isa != "cuda":
+                md5_set_isa(isa)
+            kv_chunk_md5(s.caches, s.slots, args.chunk_size, s.layout)
+
+        return run
 
     def run_hashlib() -> None:
         for mv in layers:
@@ -117,30 +134,13 @@ def measure_baselines(args: argparse.Namespace, s: Setup) -> dict[str, float]:
         for mv in layers:
             xxhash.xxh3_64(mv).intdigest()
 
-    src = s.stack.view(-1)
-    dst = torch.empty_like(src)
-
     def run_copy() -> None:
         dst.copy_(src)
 
-    dev = s.stack.device
-    t_hashlib = time_fn(run_hashlib, warmup=1, repeat=max(1, args.baseline_repeat)).median
-    t_xxh3 = time_fn(run_xxh3, warmup=1, repeat=args.repeat).median
-    t_copy = time_fn(run_copy, device=dev, warmup=args.warmup, repeat=args.repeat).median
-    return {
-        "hashlib_GBps": gbps(s.payload, t_hashlib),
-        "xxh3_GBps": gbps(s.payload, t_xxh3),
-        "limit_GBps": gbps(2 * s.payload, t_copy),
-    }
-
-
-def measure_ours(args: argparse.Namespace, s: Setup, dev: torch.device) -> float:
-    """Median seconds of one kv_chunk_md5 call (digests back as hex strings)."""
-
-    def run() -> None:
-        kv_chunk_md5(s.caches, s.slots, args.chunk_size, s.layout)
-
-    return time_fn(run, device=dev, warmup=args.warmup, repeat=args.repeat).median
+    fns: dict[str, Callable[[], object]] = {f"ours:{isa}": ours(isa) for isa in isas}
+    fns.update({"hashlib": run_hashlib, "xxh3": run_xxh3, "copy": run_copy})
+    timings = time_interleaved(fns, device=dev, warmup=args.warmup, repeat=args.repeat)
+    return {name: t.median for name, t in timings.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,7 +148,12 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_common_args(parser)
-    parser.add_argument("--tokens", type=parse_int_list, default=[8192], help="e.g. 1024,8k,32k")
+    parser.add_argument(
+        "--tokens",
+        type=parse_int_list,
+        default=None,
+        help="e.g. 1024,8k,32k (default: 8k on the CPU, 8k,32k on CUDA)",
+    )
     parser.add_argument("--chunk-size", type=int, default=256, help="tokens per chunk")
     parser.add_argument(
         "--layouts", type=parse_str_list, default=None, help="default: flash_attn (mla for MLA)"
@@ -159,14 +164,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="CPU MD5 paths to time: scalar,avx2,avx512 or all (default: the auto-selected one)",
     )
-    parser.add_argument(
-        "--baseline-repeat", type=int, default=3, help="timed runs of the slow hashlib baseline"
-    )
+    parser.set_defaults(repeat=5, warmup=1)
     args = parser.parse_args(argv)
 
     dev = check_device(args.device)
     apply_threads(args.threads)
     preset = get_preset(args.preset)
+    tokens = args.tokens or ([8192, 32768] if dev.type == "cuda" else [8192])
     layouts = args.layouts or (["mla"] if preset.mla else ["flash_attn"])
     for name in layouts:
         if name not in LAYOUTS:
@@ -188,25 +192,28 @@ def main(argv: list[str] | None = None) -> int:
     initial_isa = md5_isa()
     try:
         for layout in layouts:
-            for n in args.tokens:
+            for n in tokens:
                 s = make_setup(preset, layout, n, dev)
-                base = measure_baselines(args, s)
+                t = measure(args, s, isas)
+                base = {
+                    "hashlib_GBps": gbps(s.payload, t["hashlib"]),
+                    "xxh3_GBps": gbps(s.payload, t["xxh3"]),
+                    "limit_GBps": gbps(2 * s.payload, t["copy"]),
+                }
                 for isa in isas:
-                    if isa != "cuda":
-                        md5_set_isa(isa)
-                    t = measure_ours(args, s, dev)
+                    ours = t[f"ours:{isa}"]
                     row: dict[str, object] = {
                         "layout": layout,
                         "tokens": s.num_tokens,
                         "isa": isa,
                         "threads": _native.num_threads() if dev.type == "cpu" else "-",
                         "MB": s.payload / 1e6,
-                        "ours_GBps": gbps(s.payload, t),
+                        "ours_GBps": gbps(s.payload, ours),
                         **base,
-                        "ours_ms": t * 1e3,
+                        "ours_ms": ours * 1e3,
                     }
-                    row["ours/hashlib"] = ratio(float(row["ours_GBps"]), base["hashlib_GBps"])
-                    row["ours/xxh3"] = ratio(float(row["ours_GBps"]), base["xxh3_GBps"])
+                    row["ours/hashlib"] = ratio(t["hashlib"], ours)
+                    row["ours/xxh3"] = ratio(t["xxh3"], ours)
                     row["ours/limit"] = ratio(float(row["ours_GBps"]), base["limit_GBps"])
                     rows.append(row)
                     print(

@@ -7,6 +7,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "bindings/common.h"
@@ -25,27 +26,43 @@ std::pair<const char*, int64_t> utf8_of(const py::str& text) {
 }
 
 // Parses text into an int64 numpy array: the slots, or (as_ranges) one (start, end) row per
-// item. Validation and counting run before the array is allocated.
+// item. The whole text is validated and counted before the slot array is allocated.
 py::array_t<int64_t> parse_py(const py::str& text, int64_t max_slots, bool as_ranges) {
   auto [s, n] = utf8_of(text);
-  SlotCount count{};
+  std::vector<int64_t> ranges;
+  int64_t num_slots = 0;
   {
     py::gil_scoped_release release;
-    count = slot_ranges_count(s, n, max_slots);
+    num_slots = slot_ranges_parse(s, n, max_slots, ranges);
   }
+  const int64_t num_items = static_cast<int64_t>(ranges.size() / 2);
   if (as_ranges) {
-    py::array_t<int64_t> out({static_cast<py::ssize_t>(count.num_items), py::ssize_t{2}});
-    int64_t* dst = out.mutable_data();
-    py::gil_scoped_release release;
-    slot_ranges_fill_ranges(s, n, dst);
+    py::array_t<int64_t> out({static_cast<py::ssize_t>(num_items), py::ssize_t{2}});
+    if (num_items > 0) {
+      std::memcpy(out.mutable_data(), ranges.data(), ranges.size() * sizeof(int64_t));
+    }
     return out;
   }
-  py::array_t<int64_t> out(static_cast<py::ssize_t>(count.num_slots));
+  py::array_t<int64_t> out(static_cast<py::ssize_t>(num_slots));
   int64_t* dst = out.mutable_data();
   py::gil_scoped_release release;
-  slot_ranges_fill(s, n, dst);
+  slot_ranges_expand_cpu(ranges.data(), num_items, dst, num_slots);
   return out;
 }
+
+// Pauses Python's cyclic garbage collector for its lifetime (if it was running).
+class GcPause {
+ public:
+  GcPause() : was_enabled_(PyGC_Disable() != 0) {}
+  ~GcPause() {
+    if (was_enabled_) PyGC_Enable();
+  }
+  GcPause(const GcPause&) = delete;
+  GcPause& operator=(const GcPause&) = delete;
+
+ private:
+  bool was_enabled_;
+};
 
 // Builds [int | [start, end]] from n contiguous int64 slots at address slots.
 py::list compress_py(int64_t slots, int64_t n) {
@@ -59,7 +76,10 @@ py::list compress_py(int64_t slots, int64_t n) {
   int64_t num_items = 0;
   for (int64_t r = 0; r < num_runs; ++r) num_items += runs[2 * r + 1] >= 3 ? 1 : runs[2 * r + 1];
   // NOTE: filled through the C API (PyList_SET_ITEM steals each reference); one list
-  // allocation and one int object per item is the least Python work the result needs.
+  // allocation and one int object per item is the least Python work the result needs. The
+  // cyclic GC is paused meanwhile: the new [start, end] lists would otherwise trigger
+  // collections over every object of the process, many times (5-10x the whole cost).
+  GcPause pause;
   PyObject* list = PyList_New(static_cast<Py_ssize_t>(num_items));
   if (list == nullptr) throw py::error_already_set();
   py::list out = py::reinterpret_steal<py::list>(list);

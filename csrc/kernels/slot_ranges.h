@@ -6,15 +6,15 @@
 //   uint  := digit+                                      (fits int64)
 // Items keep their order and are not deduplicated; empty items are skipped.
 //
-// Parsing is two passes over the text: slot_ranges_count validates everything and counts
-// (throwing std::invalid_argument that names the problem and its position, and failing as
-// soon as the count passes max_slots, so "[0,1000000000000]" costs nothing), then
-// slot_ranges_fill or slot_ranges_fill_ranges writes the result into a buffer of that size.
-// Compression finds maximal runs of consecutive values; expansion turns ranges back into slots
-// (CPU twin and CUDA kernel).
+// Parsing validates the whole text and counts its slots while it collects one (start, end)
+// pair per item (errors name the problem and its byte position; the count is checked against
+// max_slots item by item, so "[0,1000000000000]" fails at once); only then is the slot array
+// allocated and the pairs expanded into it (slot_ranges_expand_cpu, or the CUDA kernel).
+// Compression finds maximal runs of consecutive values.
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #ifdef LMC_WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -22,24 +22,13 @@
 
 namespace lmc {
 
-struct SlotCount {
-  int64_t num_items;  // numbers and ranges (empty items not counted)
-  int64_t num_slots;  // slots after expanding ranges
-};
-
-// Validates text and counts its items and slots. Throws std::invalid_argument for malformed
-// text (unmatched or nested brackets, a > b, a non-number, a negative number, a number that
-// overflows int64) or when more than max_slots slots would result (max_slots >= 0).
-SlotCount slot_ranges_count(const char* text, int64_t len, int64_t max_slots);
-
-// Writes the expanded slots of text, which slot_ranges_count accepted.
-void slot_ranges_fill(const char* text, int64_t len,
-                      int64_t* slots);  // [num_slots] (out)
-
-// Writes one (start, end) pair per item of text, which slot_ranges_count accepted; a plain
-// number n becomes (n, n).
-void slot_ranges_fill_ranges(const char* text, int64_t len,
-                             int64_t* ranges);  // [num_items, 2] (out)
+// Parses text into one inclusive (start, end) pair per item (a plain number n is (n, n)),
+// appended to ranges after clearing it, and returns the number of slots they expand to.
+// Throws std::invalid_argument for malformed text (unmatched or nested brackets, a > b, a
+// non-number, a negative number, a number beyond int64) or as soon as the count passes
+// max_slots (>= 0). Memory use is bounded by the text's length, never by the slot count.
+int64_t slot_ranges_parse(const char* text, int64_t len, int64_t max_slots,
+                          std::vector<int64_t>& ranges);  // [num_items, 2] (out)
 
 // Maximal runs of consecutive values (v[i + 1] == v[i] + 1) in order, as (start, length)
 // pairs; returns the number of runs (<= n).

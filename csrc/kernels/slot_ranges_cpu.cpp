@@ -1,4 +1,4 @@
-// CPU twin of slot_ranges: two-pass slot-string parser, run finder, range expansion.
+// CPU twin of slot_ranges: slot-string parser, run finder, range expansion.
 #include "kernels/slot_ranges.h"
 
 #include <algorithm>
@@ -25,31 +25,32 @@ std::string describe_char(const char* s, int64_t n, int64_t i) {
   return detail::concat("byte 0x", std::hex, static_cast<int>(c), std::dec, " at position ", i);
 }
 
-// The validating pass. Positions in messages are byte offsets into the text.
-class Validator {
+// The parser: one pass that validates everything and appends one (start, end) pair per item.
+// Positions in messages are byte offsets into the text.
+class Parser {
  public:
-  Validator(const char* s, int64_t n, int64_t max_slots) : s_(s), n_(n), max_(max_slots) {}
+  Parser(const char* s, int64_t n, int64_t max_slots, std::vector<int64_t>& ranges)
+      : s_(s), n_(n), max_(max_slots), ranges_(ranges) {}
 
-  SlotCount run() {
-    for (;;) {
-      skip_ws();
-      if (i_ >= n_) break;
+  int64_t run() {
+    while (i_ < n_) {
       const unsigned char c = at(i_);
-      if (c == ',') {
+      if (is_digit(c)) {
+        const int64_t pos = i_;
+        const int64_t v = number("slot");
+        add_slots(0, pos);
+        ranges_.push_back(v);
+        ranges_.push_back(v);
+        after_item("a number");
+      } else if (c == ',' || is_ws(c)) {
         ++i_;
       } else if (c == '[') {
         range();
-      } else if (is_digit(c)) {
-        const int64_t pos = i_;
-        number("slot");
-        add_slots(0, pos);
-        ++count_.num_items;
-        after_item("a number");
       } else {
         bad_item_start();
       }
     }
-    return count_;
+    return num_slots_;
   }
 
  private:
@@ -63,8 +64,9 @@ class Validator {
     throw std::invalid_argument("invalid slot_mapping: " + what);
   }
 
-  // A non-negative integer; whitespace between digits is ignored. i_ is at its first digit
-  // (after whitespace) or at whatever stands where a number should be.
+  // A non-negative integer; whitespace between digits is ignored (as the reference strips all
+  // whitespace first). Leading whitespace is skipped; i_ then stands at its first digit or at
+  // whatever stands where a number should be.
   int64_t number(const char* what) {
     skip_ws();
     const int64_t start = i_;
@@ -75,8 +77,22 @@ class Validator {
       fail(detail::concat("expected a non-negative integer (", what, "), got ",
                           describe_char(s_, n_, i_)));
     }
-    constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+    // Fast path: up to 18 digits cannot overflow int64.
     int64_t v = 0;
+    const int64_t stop = std::min(n_, i_ + 18);
+    while (i_ < stop) {
+      const unsigned d = static_cast<unsigned>(at(i_)) - '0';
+      if (d > 9) break;
+      v = v * 10 + d;
+      ++i_;
+    }
+    if (i_ < n_ && (is_digit(at(i_)) || is_ws(at(i_)))) v = number_tail(v, start);
+    return v;
+  }
+
+  // Continues a number past 18 digits or across whitespace, checking for overflow.
+  int64_t number_tail(int64_t v, int64_t start) {
+    constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
     while (i_ < n_) {
       const unsigned char c = at(i_);
       if (is_digit(c)) {
@@ -86,10 +102,15 @@ class Validator {
                               " (slots must fit in int64)"));
         }
         v = v * 10 + d;
-      } else if (!is_ws(c)) {
+        ++i_;
+      } else if (is_ws(c)) {
+        int64_t j = i_;
+        while (j < n_ && is_ws(at(j))) ++j;
+        if (j >= n_ || !is_digit(at(j))) break;
+        i_ = j;
+      } else {
         break;
       }
-      ++i_;
     }
     return v;
   }
@@ -97,17 +118,21 @@ class Validator {
   // Counts k_minus_one + 1 more slots for the item at pos (k - 1 is passed so the range
   // [0, INT64_MAX] cannot overflow).
   void add_slots(int64_t k_minus_one, int64_t pos) {
-    if (k_minus_one >= max_ - count_.num_slots) {
-      const uint64_t would = static_cast<uint64_t>(count_.num_slots) +
-                             static_cast<uint64_t>(k_minus_one) + 1;
+    if (k_minus_one >= max_ - num_slots_) {
+      const uint64_t would =
+          static_cast<uint64_t>(num_slots_) + static_cast<uint64_t>(k_minus_one) + 1;
       fail(detail::concat("more than max_slots=", max_, " slots (the item at position ", pos,
                           " brings the count to ", would, ")"));
     }
-    count_.num_slots += k_minus_one + 1;
+    num_slots_ += k_minus_one + 1;
   }
 
   // After an item: whitespace, then ',' or the end.
   void after_item(const char* item) {
+    if (i_ < n_ && at(i_) == ',') {
+      ++i_;
+      return;
+    }
     skip_ws();
     if (i_ >= n_ || at(i_) == ',') return;
     const unsigned char c = at(i_);
@@ -132,15 +157,15 @@ class Validator {
     if (i_ >= n_) fail(detail::concat("unmatched '[' at position ", open_));
     if (at(i_) == '[') fail(detail::concat("nested '[' at position ", i_));
     if (at(i_) != ']') {
-      fail(detail::concat("range at position ", open_, " must be [a,b] with exactly two numbers, got ",
+      fail(detail::concat("range at position ", open_,
+                          " must be [a,b] with exactly two numbers, got ",
                           describe_char(s_, n_, i_)));
     }
     ++i_;  // ']'
-    if (a > b) {
-      fail(detail::concat("range at position ", open_, " has start ", a, " > end ", b));
-    }
-    add_slots(b - a, open_);
-    ++count_.num_items;
+    if (a > b) fail(detail::concat("range at position ", open_, " has start ", a, " > end ", b));
+    add_slots(b - a, open_);  // b - a cannot overflow: a >= 0
+    ranges_.push_back(a);
+    ranges_.push_back(b);
     open_ = -1;
     after_item("']'");
   }
@@ -156,71 +181,22 @@ class Validator {
   const char* s_;
   int64_t n_;
   int64_t max_;
+  std::vector<int64_t>& ranges_;
   int64_t i_ = 0;
   int64_t open_ = -1;  // position of the '[' of the range being parsed
-  SlotCount count_{0, 0};
+  int64_t num_slots_ = 0;
 };
-
-// The filling pass over validated text: no checks, only the grammar's happy path.
-template <typename Emit>
-void scan_valid(const char* s, int64_t n, Emit&& emit) {
-  int64_t i = 0;
-  auto read_number = [&]() {
-    while (!is_digit(static_cast<unsigned char>(s[i]))) ++i;  // whitespace
-    int64_t v = 0;
-    while (i < n) {
-      const unsigned char c = static_cast<unsigned char>(s[i]);
-      if (is_digit(c)) {
-        v = v * 10 + (c - '0');
-      } else if (!is_ws(c)) {
-        break;
-      }
-      ++i;
-    }
-    return v;
-  };
-  while (i < n) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    if (is_digit(c)) {
-      const int64_t v = read_number();
-      emit(v, v);
-    } else if (c == '[') {
-      ++i;
-      const int64_t a = read_number();
-      while (s[i] != ',') ++i;
-      ++i;
-      const int64_t b = read_number();
-      while (s[i] != ']') ++i;
-      ++i;
-      emit(a, b);
-    } else {
-      ++i;  // ',' or whitespace
-    }
-  }
-}
 
 }  // namespace
 
-SlotCount slot_ranges_count(const char* text, int64_t len, int64_t max_slots) {
+int64_t slot_ranges_parse(const char* text, int64_t len, int64_t max_slots,
+                          std::vector<int64_t>& ranges) {
   LMC_CHECK_ARG(max_slots >= 0, "max_slots must be >= 0, got ", max_slots);
   LMC_CHECK_ARG(len >= 0, "text length must be >= 0, got ", len);
-  return Validator(text, len, max_slots).run();
-}
-
-void slot_ranges_fill(const char* text, int64_t len, int64_t* slots) {
-  int64_t k = 0;
-  scan_valid(text, len, [&](int64_t a, int64_t b) {
-    for (int64_t v = a; v <= b; ++v) slots[k++] = v;
-  });
-}
-
-void slot_ranges_fill_ranges(const char* text, int64_t len, int64_t* ranges) {
-  int64_t k = 0;
-  scan_valid(text, len, [&](int64_t a, int64_t b) {
-    ranges[2 * k] = a;
-    ranges[2 * k + 1] = b;
-    ++k;
-  });
+  ranges.clear();
+  // Items are at most the commas + 1: reserving that avoids regrowth copies.
+  ranges.reserve(2 * (static_cast<size_t>(std::count(text, text + len, ',')) + 1));
+  return Parser(text, len, max_slots, ranges).run();
 }
 
 int64_t slot_ranges_runs(const int64_t* slots, int64_t n, int64_t* runs) {

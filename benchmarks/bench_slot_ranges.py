@@ -1,0 +1,185 @@
+"""Benchmark of slot_ranges: parse + compress of a slot string against the pure-Python parser.
+
+For each string shape it times, in the same run:
+
+* ``ours``: ``parse_slot_mapping(text, max_slots)`` (C++ validation + fill into an int64
+  tensor) then ``compress_slot_mapping`` of the result (C++ run detection + the Python list);
+* ``baseline``: ``testing/reference.py``'s pure-Python ``parse_slot_mapping`` and
+  ``compress_slot_mapping`` on the same text;
+
+and reports both phases separately as well, all sampled round-robin after the warm-up.
+Shapes (``--slots`` slots each):
+
+* ``blocks``: whole blocks of 16 slots in a random block order, one ``[a,b]`` per block (what
+  vLLM's slot mappings look like);
+* ``mixed``: runs of 1-8 consecutive slots at random places, runs of >= 3 written as ranges;
+* ``singles``: every slot written out as a number, in a random order (the worst case).
+
+With ``--device cuda`` a row also times ``parse_slot_ranges`` + ``expand_slot_ranges`` on the
+GPU against parsing on the CPU and copying the slots to the GPU.
+
+Examples::
+
+    python benchmarks/bench_slot_ranges.py --slots 1000000
+    python benchmarks/bench_slot_ranges.py --shapes singles --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+
+import torch
+from common import (
+    add_common_args,
+    apply_threads,
+    check_device,
+    parse_str_list,
+    print_table,
+    ratio,
+    time_fn,
+    time_interleaved,
+    write_json,
+)
+from lmcache_native.ops import compress_slot_mapping, expand_slot_ranges, parse_slot_mapping
+from lmcache_native.ops.slot_ranges import parse_slot_ranges
+from lmcache_native.testing import reference as ref
+
+SHAPES = ("blocks", "mixed", "singles")
+
+
+def make_text(shape: str, num_slots: int, seed: int = 0) -> str:
+    """A slot string of ``num_slots`` slots in the given shape."""
+    rng = random.Random(seed)
+    items: list[str] = []
+    if shape == "blocks":
+        num_blocks = num_slots // 16
+        order = list(range(num_blocks))
+        rng.shuffle(order)
+        items = [f"[{b * 16},{b * 16 + 15}]" for b in order]
+    elif shape == "mixed":
+        left = num_slots
+        while left > 0:
+            n = min(left, rng.randint(1, 8))
+            start = rng.randrange(0, 1 << 24)
+            items.append(
+                f"[{start},{start + n - 1}]"
+                if n >= 3
+                else ",".join(str(start + i) for i in range(n))
+            )
+            left -= n
+    elif shape == "singles":
+        slots = list(range(num_slots))
+        rng.shuffle(slots)
+        items = [str(s) for s in slots]
+    else:
+        raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
+    return ",".join(items)
+
+
+def measure(args: argparse.Namespace, shape: str, dev: torch.device) -> dict[str, object]:
+    """Times ours and the reference on one shape; checks they agree first."""
+    text = make_text(shape, args.slots)
+    max_slots = args.slots
+    ours_slots = parse_slot_mapping(text, max_slots)
+    ref_slots = ref.parse_slot_mapping(text, max_slots)
+    assert ours_slots.tolist() == ref_slots, "parse disagrees with the reference"
+    assert compress_slot_mapping(ours_slots) == ref.compress_slot_mapping(ref_slots)
+
+    # Round-robin samples: a drift of the shared machine slows ours and the baseline alike.
+    t = {
+        name: timing.median
+        for name, timing in time_interleaved(
+            {
+                "both": lambda: compress_slot_mapping(parse_slot_mapping(text, max_slots)),
+                "parse": lambda: parse_slot_mapping(text, max_slots),
+                "compress": lambda: compress_slot_mapping(ours_slots),
+                "ref_parse": lambda: ref.parse_slot_mapping(text, max_slots),
+                "ref_compress": lambda: ref.compress_slot_mapping(ref_slots),
+            },
+            warmup=args.warmup,
+            repeat=args.repeat,
+        ).items()
+    }
+    t_both, t_parse, t_compress = t["both"], t["parse"], t["compress"]
+    t_ref_parse, t_ref_compress = t["ref_parse"], t["ref_compress"]
+    row: dict[str, object] = {
+        "shape": shape,
+        "slots": len(ref_slots),
+        "text_MB": len(text) / 1e6,
+        "items_out": len(ref.compress_slot_mapping(ref_slots)),
+        "ours_ms": t_both * 1e3,
+        "baseline_ms": (t_ref_parse + t_ref_compress) * 1e3,
+        "parse_ms": t_parse * 1e3,
+        "compress_ms": t_compress * 1e3,
+        "ref_parse_ms": t_ref_parse * 1e3,
+        "ref_compress_ms": t_ref_compress * 1e3,
+    }
+    row["ours/base"] = ratio(float(row["baseline_ms"]), float(row["ours_ms"]))
+    row["parse_x"] = ratio(t_ref_parse, t_parse)
+    row["compress_x"] = ratio(t_ref_compress, t_compress)
+    if dev.type == "cuda":
+        ranges = parse_slot_ranges(text, max_slots)
+        gpu = expand_slot_ranges(ranges, device=dev)
+        assert torch.equal(gpu.cpu(), ours_slots)
+        t_gpu = time_fn(
+            lambda: expand_slot_ranges(parse_slot_ranges(text, max_slots), device=dev),
+            device=dev,
+            warmup=2,
+            repeat=args.repeat,
+        ).median
+        t_copy = time_fn(
+            lambda: parse_slot_mapping(text, max_slots).to(dev),
+            device=dev,
+            warmup=2,
+            repeat=args.repeat,
+        ).median
+        row["gpu_expand_ms"] = t_gpu * 1e3
+        row["cpu_parse+h2d_ms"] = t_copy * 1e3
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_common_args(parser)
+    parser.add_argument("--slots", type=int, default=1_000_000, help="slots per string")
+    parser.add_argument(
+        "--shapes", type=parse_str_list, default=list(SHAPES), help="blocks,mixed,singles"
+    )
+    parser.set_defaults(repeat=5, warmup=1)
+    args = parser.parse_args(argv)
+    dev = check_device(args.device)
+    apply_threads(args.threads)
+    for s in args.shapes:
+        if s not in SHAPES:
+            parser.error(f"--shapes: unknown shape {s!r}; known: {', '.join(SHAPES)}")
+
+    rows = []
+    for shape in args.shapes:
+        rows.append(measure(args, shape, dev))
+        r = rows[-1]
+        print(
+            f"  {shape:>8}: ours {r['ours_ms']:.1f} ms, baseline {r['baseline_ms']:.0f} ms, "
+            f"x{r['ours/base']:.0f}",
+            file=sys.stderr,
+            flush=True,
+        )
+    cols = ["shape", "slots", "text_MB", "items_out", "ours_ms", "baseline_ms", "ours/base"]
+    cols += ["parse_ms", "ref_parse_ms", "parse_x", "compress_ms", "ref_compress_ms", "compress_x"]
+    if dev.type == "cuda":
+        cols += ["gpu_expand_ms", "cpu_parse+h2d_ms"]
+    print_table(
+        rows,
+        cols,
+        f"slot_ranges parse + compress on the CPU ({args.slots} slots; baseline: pure Python, "
+        "testing/reference.py)",
+    )
+    write_json(args.json, benchmark="slot_ranges", args=args, rows=rows, device=dev)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
