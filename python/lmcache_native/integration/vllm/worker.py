@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -147,7 +147,7 @@ def layer_geometry(
     return out
 
 
-def verified_prefix(engine: CacheEngine, tokens: list[int]) -> int:
+def verified_prefix(engine: CacheEngine, tokens: Sequence[int]) -> int:
     """How many leading tokens of ``tokens`` (a stored prefix) the engine can really load.
 
     Chunks in the CPU tier count as they are; any other chunk is fetched through the storage
@@ -292,7 +292,7 @@ class WorkerSide:
 
     # -- lookups (called from the lookup server's threads) -----------------------------------
 
-    def lookup(self, tokens: list[int]) -> tuple[int, int]:
+    def lookup(self, tokens: Sequence[int]) -> tuple[int, int]:
         """(loadable prefix length in tokens, current ``min_retrieve_tokens``).
 
         A chunk found only below the CPU tier (disk, remote) is read now, which verifies its
