@@ -385,8 +385,38 @@ def _check(defn: ConfigDef, value: Any) -> Any:
     return value
 
 
+def mask_url_credentials(url: str) -> str:
+    """``redis://user:pw@host/0`` -> ``redis://user:***@host/0`` (``***`` for a bare token).
+
+    URLs without credentials are returned unchanged.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=-1)
+    netloc, tail = (rest, "") if end < 0 else (rest[:end], rest[end:])
+    if "@" not in netloc:
+        return url
+    userinfo, host = netloc.rsplit("@", 1)
+    user, colon, _password = userinfo.partition(":")
+    masked = f"{user}:{SECRET_MASK}" if colon else SECRET_MASK
+    return f"{scheme}://{masked}@{host}{tail}"
+
+
+def _public(defn: ConfigDef, value: Any) -> Any:
+    """The value as shown outside the process: secrets masked, URL credentials masked."""
+    if value is None:
+        return None
+    if defn.secret:
+        return SECRET_MASK
+    if defn.name == "remote_url" and isinstance(value, str):
+        return mask_url_credentials(value)
+    return value
+
+
 def _show(defn: ConfigDef, value: Any) -> str:
-    return SECRET_MASK if defn.secret and value is not None else repr(value)
+    shown = _public(defn, value)
+    return SECRET_MASK if shown == SECRET_MASK else repr(shown)
 
 
 def _parse_load_value(defn: ConfigDef, value: Any, source: str) -> Any:
@@ -565,13 +595,11 @@ class LMCacheEngineConfig:
         return extra.get(name, default)
 
     def to_dict(self) -> dict[str, Any]:
-        """Every key and value, JSON-able, secrets masked as ``"***"``."""
+        """Every key and value, JSON-able, secrets (and passwords in ``remote_url``) masked as
+        ``"***"``."""
         with self._lock:
             out = copy.deepcopy(self._values)
-        for name, defn in CONFIG_DEFINITIONS.items():
-            if defn.secret and out[name] is not None:
-                out[name] = SECRET_MASK
-        return out
+        return {name: _public(CONFIG_DEFINITIONS[name], v) for name, v in out.items()}
 
     # -- runtime updates -----------------------------------------------------------------------
 
