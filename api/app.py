@@ -9,7 +9,7 @@ from typing import Any
 
 from litestar import Litestar, Request
 from litestar.datastructures import State
-from litestar.exceptions import SerializationException
+from litestar.exceptions import ClientException, SerializationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from lmcache_native import VERSION
@@ -32,15 +32,33 @@ OPENAPI_PATH = "/schema"
 """The OpenAPI document is served at ``/schema/openapi.json`` (rendered page at ``/schema``)."""
 
 
+def is_json_media_type(content_type: str | None) -> bool:
+    """Whether a Content-Type header names JSON (``application/json`` or ``*/*+json``)."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
 class AdminRequest(Request[Any, Any, Any]):
-    """Litestar's request, with every JSON body that cannot be decoded reported as bad JSON."""
+    """Litestar's request: a JSON body must say it is JSON, and every body that cannot be
+    decoded is reported as bad JSON."""
 
     async def json(self) -> Any:
         """The decoded JSON body.
 
         Raises:
+            ClientException: 415 when a non-empty body is not labelled ``application/json``.
             SerializationException: the body is not JSON (Litestar answers 400).
         """
+        # NOTE: a web page can send text/plain, form or multipart POSTs to 127.0.0.1 without a
+        # CORS preflight, but not application/json; requiring the JSON type keeps pages the
+        # operator visits from changing the configuration or loading files (CSRF).
+        if await self.body() and not is_json_media_type(self.headers.get("content-type")):
+            raise ClientException(
+                status_code=415,
+                detail="The request body must be JSON, sent with 'Content-Type: application/json'.",
+            )
         try:
             return await super().json()
         # NOTE: Litestar converts msgspec.DecodeError only; msgspec raises UnicodeDecodeError

@@ -239,6 +239,7 @@ _DESCRIPTIONS = {
     401: "Missing or wrong API key (only when an API key is configured)",
     413: "Request body too large",
     414: "Query string too long",
+    415: "The request body is not sent as application/json",
     500: "Unexpected server error (details only in the server log)",
     503: "No engine, or no registered KV cache, behind this server",
 }

@@ -342,6 +342,7 @@ class CacheController(Controller):
         tags=["cache-management"],
         responses=error_responses(
             413,
+            415,
             503,
             s400=ResponseSpec(
                 data_container=FsChunksErrorBody,

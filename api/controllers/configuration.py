@@ -97,6 +97,7 @@ class ConfigurationController(Controller):
         sync_to_thread=True,
         responses=error_responses(
             413,
+            415,
             s400=ResponseSpec(
                 data_container=ConfUpdateError,
                 description=(
