@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 import threading
@@ -21,7 +22,7 @@ from typing import Any
 import uvicorn
 from lmcache_native.api.app import create_app
 from lmcache_native.api.deps import InferenceInfoProvider
-from lmcache_native.api.security import MAX_QUERY_BYTES
+from lmcache_native.api.security import API_KEY_CONFIG, MAX_QUERY_BYTES
 from lmcache_native.config import LMCacheEngineConfig
 from lmcache_native.engine import CacheEngine
 
@@ -69,6 +70,13 @@ class ServerHandle:
             self._thread.join(timeout)
         with contextlib.suppress(OSError):
             self._socket.close()
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -121,6 +129,15 @@ def start(
     app = create_app(engine, config, inference_info=inference_info, **app_kwargs)
     sock = _bind(host, port)
     bound_port = int(sock.getsockname()[1])
+    cfg = config if config is not None else getattr(engine, "config", None)
+    if not _is_loopback(host) and not (cfg is not None and cfg.get(API_KEY_CONFIG)):
+        logger.warning(
+            "admin API listening on %s:%d without an API key: anyone who can reach this address "
+            "can clear the cache, change the configuration and make the server read files; "
+            "set internal_api_server_api_key",
+            host,
+            bound_port,
+        )
     max_query = int(app_kwargs.get("max_query_bytes", MAX_QUERY_BYTES))
     uv_config = uvicorn.Config(
         app,

@@ -83,6 +83,22 @@ def test_serve_listens_on_loopback_only_by_default():
         assert served.stop() == 0
 
 
+@pytest.mark.parametrize(
+    ("host", "key", "warned"),
+    [("0.0.0.0", None, True), ("0.0.0.0", KEY, False), ("127.0.0.1", None, False)],
+)
+def test_non_loopback_without_a_key_is_warned_about(engine, caplog, host, key, warned):
+    caplog.set_level(logging.WARNING, logger="lmcache_native.api.server")
+    cfg = _config(internal_api_server_api_key=key) if key else _config()
+    handle = server.start(engine, cfg, host, 0)
+    try:
+        assert handle.running
+    finally:
+        handle.stop()
+    assert ("without an API key" in caplog.text) is warned
+    assert KEY not in caplog.text
+
+
 # -- the API key ----------------------------------------------------------------------------------
 
 
