@@ -71,6 +71,10 @@ namespace md5_simd {
 void md5_x8_avx2(uint32_t* state,               // [4, 8]
                  const uint8_t* const* blocks,  // [num_blocks, 8]
                  int64_t num_blocks);
+// Two 8-lane sets interleaved (more independent work per step than one set's latency chain).
+void md5_x16_avx2(uint32_t* state,               // [4, 16]
+                  const uint8_t* const* blocks,  // [num_blocks, 16]
+                  int64_t num_blocks);
 void md5_x16_avx512(uint32_t* state,               // [4, 16]
                     const uint8_t* const* blocks,  // [num_blocks, 16]
                     int64_t num_blocks);

@@ -45,6 +45,14 @@ LMC_TARGET_AVX2 inline void transpose8(__m256i r[8]) {
   r[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
 }
 
+// NOTE: helpers, not lambdas: a lambda does not inherit the target attribute.
+LMC_TARGET_AVX2 inline __m256i load8(const uint32_t* p) {
+  return _mm256_load_si256(reinterpret_cast<const __m256i*>(p));
+}
+LMC_TARGET_AVX2 inline void store8(uint32_t* p, __m256i v) {
+  _mm256_store_si256(reinterpret_cast<__m256i*>(p), v);
+}
+
 LMC_TARGET_AVX2 inline __m256i rotl8(__m256i x, int s) {
   return _mm256_or_si256(_mm256_slli_epi32(x, s), _mm256_srli_epi32(x, 32 - s));
 }
@@ -121,6 +129,84 @@ LMC_TARGET_AVX2 void md5_x8_avx2(uint32_t* state, const uint8_t* const* blocks,
 
 #undef LMC_ROUND8
 #undef LMC_STEP8
+
+// Two independent 8-lane sets, step by step interleaved, so one set's latency chain (about
+// seven instructions per step without AVX-512's rotate and ternary logic) overlaps the other.
+#define LMC_STEP16X2(fn, a, b, c, d, i)                                                       \
+  {                                                                                           \
+    const __m256i k = _mm256_set1_epi32(static_cast<int>(kMd5K[i]));                          \
+    a##0 = _mm256_add_epi32(a##0, _mm256_add_epi32(m0[kMd5G[i]], k));                         \
+    a##1 = _mm256_add_epi32(a##1, _mm256_add_epi32(m1[kMd5G[i]], k));                         \
+    a##0 = _mm256_add_epi32(a##0, fn(b##0, c##0, d##0));                                      \
+    a##1 = _mm256_add_epi32(a##1, fn(b##1, c##1, d##1));                                      \
+    a##0 = _mm256_add_epi32(rotl8(a##0, kMd5S[i]), b##0);                                     \
+    a##1 = _mm256_add_epi32(rotl8(a##1, kMd5S[i]), b##1);                                     \
+  }
+
+#define LMC_ROUND16X2(fn, i0)                \
+  LMC_STEP16X2(fn, a, b, c, d, (i0) + 0)     \
+  LMC_STEP16X2(fn, d, a, b, c, (i0) + 1)     \
+  LMC_STEP16X2(fn, c, d, a, b, (i0) + 2)     \
+  LMC_STEP16X2(fn, b, c, d, a, (i0) + 3)
+
+LMC_TARGET_AVX2 void md5_x16_avx2(uint32_t* state, const uint8_t* const* blocks,
+                                  int64_t num_blocks) {
+  __m256i a0 = load8(state + 0), a1 = load8(state + 8);
+  __m256i b0 = load8(state + 16), b1 = load8(state + 24);
+  __m256i c0 = load8(state + 32), c1 = load8(state + 40);
+  __m256i d0 = load8(state + 48), d1 = load8(state + 56);
+  for (int64_t blk = 0; blk < num_blocks; ++blk) {
+    const uint8_t* const* p = blocks + blk * 16;
+    __m256i m0[16], m1[16];
+    for (int lane = 0; lane < 8; ++lane) {
+      m0[lane] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p[lane]));
+      m0[8 + lane] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p[lane] + 32));
+      m1[lane] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p[8 + lane]));
+      m1[8 + lane] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p[8 + lane] + 32));
+    }
+    transpose8(m0);
+    transpose8(m0 + 8);
+    transpose8(m1);
+    transpose8(m1 + 8);
+    const __m256i sa0 = a0, sb0 = b0, sc0 = c0, sd0 = d0;
+    const __m256i sa1 = a1, sb1 = b1, sc1 = c1, sd1 = d1;
+    LMC_ROUND16X2(f8, 0)
+    LMC_ROUND16X2(f8, 4)
+    LMC_ROUND16X2(f8, 8)
+    LMC_ROUND16X2(f8, 12)
+    LMC_ROUND16X2(g8, 16)
+    LMC_ROUND16X2(g8, 20)
+    LMC_ROUND16X2(g8, 24)
+    LMC_ROUND16X2(g8, 28)
+    LMC_ROUND16X2(h8, 32)
+    LMC_ROUND16X2(h8, 36)
+    LMC_ROUND16X2(h8, 40)
+    LMC_ROUND16X2(h8, 44)
+    LMC_ROUND16X2(i8, 48)
+    LMC_ROUND16X2(i8, 52)
+    LMC_ROUND16X2(i8, 56)
+    LMC_ROUND16X2(i8, 60)
+    a0 = _mm256_add_epi32(a0, sa0);
+    b0 = _mm256_add_epi32(b0, sb0);
+    c0 = _mm256_add_epi32(c0, sc0);
+    d0 = _mm256_add_epi32(d0, sd0);
+    a1 = _mm256_add_epi32(a1, sa1);
+    b1 = _mm256_add_epi32(b1, sb1);
+    c1 = _mm256_add_epi32(c1, sc1);
+    d1 = _mm256_add_epi32(d1, sd1);
+  }
+  store8(state + 0, a0);
+  store8(state + 8, a1);
+  store8(state + 16, b0);
+  store8(state + 24, b1);
+  store8(state + 32, c0);
+  store8(state + 40, c1);
+  store8(state + 48, d0);
+  store8(state + 56, d1);
+}
+
+#undef LMC_ROUND16X2
+#undef LMC_STEP16X2
 
 namespace {
 
@@ -206,6 +292,7 @@ LMC_TARGET_AVX2 void transpose_u32_avx2(const uint8_t* src, int64_t src_stride, 
 
 namespace lmc::md5_simd {
 void md5_x8_avx2(uint32_t*, const uint8_t* const*, int64_t) { std::abort(); }
+void md5_x16_avx2(uint32_t*, const uint8_t* const*, int64_t) { std::abort(); }
 void transpose_u16_avx2(const uint8_t*, int64_t, int64_t, int64_t, uint8_t*, int64_t) {
   std::abort();
 }

@@ -389,7 +389,7 @@ struct Group {
 int lanes_of(Md5Isa isa) {
   switch (isa) {
     case Md5Isa::kAvx512: return 32;
-    case Md5Isa::kAvx2: return 8;
+    case Md5Isa::kAvx2: return 16;
     default: return 1;
   }
 }
@@ -419,6 +419,10 @@ void hash_group(Reader* readers, int count, int64_t len, Md5Isa isa,
   }
   if (isa == Md5Isa::kAvx512 && count > 8) {
     hash_lanes<16>(readers, count, len, kMaxBatchBlocks, &md5_simd::md5_x16_avx512, digests);
+    return;
+  }
+  if (isa == Md5Isa::kAvx2 && count > 8) {
+    hash_lanes<16>(readers, count, len, kMaxBatchBlocks, &md5_simd::md5_x16_avx2, digests);
     return;
   }
   if (isa != Md5Isa::kScalar && count > 1 && cpu_has(Md5Isa::kAvx2)) {
