@@ -27,6 +27,7 @@ from lmcache_native.cli import make_kv_caches
 from lmcache_native.config import LMCacheEngineConfig
 from lmcache_native.engine import CacheEngine, EngineMetadata
 from lmcache_native.engine.memory import ChunkBufferPool
+from lmcache_native.storage import LocalCPUBackend, LocalDiskBackend, StorageManager
 from lmcache_native.storage.serde import (
     chunk_filename,
     encode,
@@ -598,3 +599,102 @@ def test_rlimit_fsize_is_enforced_here():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "errno 27", out  # EFBIG
+
+
+# -- liveness under load ---------------------------------------------------------------------------
+
+
+def test_clear_and_flush_return_while_stores_continue(make_engine, tmp_path):
+    """``clear`` waits for the disk writes queued before it, not for a moment when the write
+    queue is empty: with producers that outpace the disk writer that moment never comes."""
+    caches = random_cache(29)
+    e = make_engine(
+        caches,
+        local_disk=str(tmp_path / "disk"),
+        max_local_cpu_size=0.002,
+        extra_config={"writer_queue_size": 8},
+    )
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def producer(w: int) -> None:
+        n = 0
+        while not stop.is_set():
+            base = 1_000_000 * (w + 1) + n * 64
+            n += 1
+            try:
+                e.store(list(range(base, base + 64)), torch.arange(w * 64, w * 64 + 64))
+            except Exception as exc:  # noqa: BLE001 - the assertion is that none happens
+                errors.append(repr(exc))
+                return
+
+    producers = [threading.Thread(target=producer, args=(w,)) for w in range(3)]
+    for t in producers:
+        t.start()
+    try:
+        time.sleep(0.5)  # the write queue is full by now
+        done: dict[str, Any] = {}
+
+        def clear_then_flush() -> None:
+            done["cleared"] = e.clear()
+            done["flushed"] = e.flush(timeout=60)
+
+        t = threading.Thread(target=clear_then_flush)
+        t.start()
+        t.join(timeout=20)
+        returned = not t.is_alive()
+    finally:
+        stop.set()
+        for p in producers:
+            p.join(timeout=60)
+        t.join(timeout=60)
+    assert errors == []
+    assert returned, "clear()/flush() did not return within 20 s while stores continued"
+    assert done["flushed"] is True
+    assert set(done["cleared"]) == {"LocalCPUBackend", "LocalDiskBackend"}
+
+
+class SlowDisk(LocalDiskBackend):
+    """A real disk tier whose writes take 20 ms (a slow or busy disk)."""
+
+    def put(self, key: str, buf: Any) -> bool:
+        time.sleep(0.02)
+        return super().put(key, buf)
+
+
+def test_flush_returns_while_producers_outpace_the_writer(tmp_path):
+    """With stores arriving faster than the disk tier writes, the write queue never empties;
+    ``flush`` (and so ``clear``) must still return once the writes queued before it are done."""
+    pool = ChunkBufferPool(64 << 20, pin_memory=False)
+    disk = SlowDisk(tmp_path / "disk", 1 << 30, pool.allocate)
+    manager = StorageManager([LocalCPUBackend(32 << 20), disk], pool, writer_queue_size=4)
+    stop = threading.Event()
+
+    def producer(w: int) -> None:
+        n = 0
+        while not stop.is_set():
+            buf = pool.allocate((2, 2, CHUNK, 32), torch.bfloat16)
+            assert buf is not None
+            manager.put(f"m@1@0@{w:02d}{n:08x}@bfloat16", buf)
+            buf.unref()
+            n += 1
+            time.sleep(0.002)
+
+    producers = [threading.Thread(target=producer, args=(w,)) for w in range(3)]
+    for t in producers:
+        t.start()
+    try:
+        time.sleep(0.3)
+        assert manager.pending_writes() >= 1
+        t0 = time.monotonic()
+        flushed = manager.flush(timeout=15)
+        cleared = manager.clear(["LocalDiskBackend"])
+        waited = time.monotonic() - t0
+    finally:
+        stop.set()
+        for t in producers:
+            t.join(timeout=30)
+        manager.close()
+    assert flushed, "flush() timed out while stores continued"
+    assert "LocalDiskBackend" in cleared
+    print(f"\nflush + clear under a steady store stream: {waited:.2f}s")

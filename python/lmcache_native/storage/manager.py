@@ -70,6 +70,12 @@ class StorageManager:
         self._queue: queue.Queue[tuple[str, ChunkBufferLike] | None] = queue.Queue(
             maxsize=max(1, writer_queue_size)
         )
+        # Writes queued and writes finished, in queue order (one writer): flush() waits for the
+        # writes queued before it, never for a moment when the queue is empty (under steady
+        # stores that moment may never come).
+        self._written = threading.Condition()
+        self._queued_count = 0
+        self._done_count = 0
         self._writer: threading.Thread | None = None
         self._closed = False
         if self._async:
@@ -231,13 +237,15 @@ class StorageManager:
                 if tier.put(key, buf):
                     done.append(tier.name)
             return done
-        try:
-            self._queue.put_nowait((key, buf.ref()))
-        except queue.Full:
-            buf.unref()
-            with self._lock:
-                self.dropped_writes += 1
-            return done
+        with self._written:
+            try:
+                self._queue.put_nowait((key, buf.ref()))
+            except queue.Full:
+                buf.unref()
+                with self._lock:
+                    self.dropped_writes += 1
+                return done
+            self._queued_count += 1
         return done + [t.name for t in lower]
 
     def remove(self, key: str) -> int:
@@ -275,6 +283,9 @@ class StorageManager:
                             logger.exception("StorageManager: %s.put(%s) failed", tier.name, key)
                 finally:
                     buf.unref()
+                    with self._written:
+                        self._done_count += 1
+                        self._written.notify_all()
             finally:
                 self._queue.task_done()
 
@@ -283,20 +294,16 @@ class StorageManager:
         return self._queue.unfinished_tasks
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Waits until every queued write is done; ``False`` on timeout."""
+        """Waits until every write queued before this call is done; ``False`` on timeout.
+
+        Writes queued while it waits are not waited for, so it returns even under a steady
+        stream of stores.
+        """
         if not self._async:
             return True
-        if timeout is None:
-            self._queue.join()
-            return True
-        done = threading.Event()
-
-        def wait() -> None:
-            self._queue.join()
-            done.set()
-
-        threading.Thread(target=wait, daemon=True).start()
-        return done.wait(timeout)
+        with self._written:
+            target = self._queued_count
+            return self._written.wait_for(lambda: self._done_count >= target, timeout)
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Each tier's counters, by name."""
