@@ -21,8 +21,11 @@
 namespace lmc {
 namespace {
 
-// Blocks per transform call (16 KB of staging for 16 lanes).
+// Blocks per transform call (32 KB of staging for 32 lanes).
 constexpr int64_t kMaxBatchBlocks = 16;
+
+// Tokens per tile of a lane (see PagedReader): 16 rows of llama3-8b are 32 KB.
+constexpr int64_t kTileTokens = 16;
 
 alignas(64) const uint8_t kZeroBlock[kMd5BlockBytes] = {};
 
@@ -146,18 +149,19 @@ void gather_elems(uint8_t* dst, const uint8_t* src, int64_t stride, int64_t coun
   }
 }
 
-// Copies the [num_heads, head_size, block_size] (strided) region of one block and kv side into
-// tile as [block_size, num_heads, head_size]: each token's row becomes contiguous.
+// Rows of tokens [t0, t0 + tokens) of one block and (strided) kv side, copied into tile as
+// [tokens, num_heads, head_size] so that each token's row is contiguous. Scalar version: any
+// strides and element size.
 template <typename Word>
-void transpose_block_scalar(const MsgGeom& g, const uint8_t* src, int kv, int64_t num_heads,
-                            int64_t head_size, uint8_t* tile) {
+void fill_tile_scalar(const MsgGeom& g, const uint8_t* src, int kv, int64_t num_heads,
+                      int64_t head_size, int64_t tokens, uint8_t* tile) {
   const int64_t row = num_heads * head_size;
   Word* out = reinterpret_cast<Word*>(tile);
   for (int64_t h = 0; h < num_heads; ++h) {
     for (int64_t d = 0; d < head_size; ++d) {
       const uint8_t* col = src + h * g.head_stride[kv] + d * g.dim_stride[kv];
       Word* dst = out + h * head_size + d;
-      for (int64_t o = 0; o < g.block_size; ++o) {
+      for (int64_t o = 0; o < tokens; ++o) {
         Word w;
         std::memcpy(&w, col + o * g.token_stride[kv], sizeof(Word));
         dst[o * row] = w;
@@ -166,22 +170,24 @@ void transpose_block_scalar(const MsgGeom& g, const uint8_t* src, int kv, int64_
   }
 }
 
-void transpose_block(const MsgGeom& g, const uint8_t* src, int kv, int64_t num_heads,
-                     int64_t head_size, bool simd, uint8_t* tile) {
-#if defined(__x86_64__) || defined(__i386__)
-  // SIMD transposes need tokens contiguous inside a head's [head_size, block_size] matrix.
+// src: (block, token t0, head 0, dim 0) of a strided kv side kv.
+void fill_tile(const MsgGeom& g, const uint8_t* src, int kv, int64_t num_heads, int64_t head_size,
+               int64_t tokens, bool simd, uint8_t* tile) {
   const int64_t e = g.elem;
-  const int64_t row_bytes = num_heads * head_size * e;
+#if defined(__x86_64__) || defined(__i386__)
+  // vllm_cpu's K: each head is a [head_size, block_size] matrix with tokens contiguous.
   if (simd && g.token_stride[kv] == e) {
+    const int64_t head_bytes = head_size * e;
+    const int64_t row_bytes = num_heads * head_bytes;
     const int64_t tile_n = e == 2 ? 16 : 8;
-    if ((e == 2 || e == 4) && head_size % tile_n == 0 && g.block_size % tile_n == 0) {
+    if ((e == 2 || e == 4) && head_size % tile_n == 0 && tokens % tile_n == 0) {
       for (int64_t h = 0; h < num_heads; ++h) {
         const uint8_t* s = src + h * g.head_stride[kv];
-        uint8_t* d = tile + h * head_size * e;
+        uint8_t* d = tile + h * head_bytes;
         if (e == 2) {
-          md5_simd::transpose_u16_avx2(s, g.dim_stride[kv], head_size, g.block_size, d, row_bytes);
+          md5_simd::transpose_u16_avx2(s, g.dim_stride[kv], head_size, tokens, d, row_bytes);
         } else {
-          md5_simd::transpose_u32_avx2(s, g.dim_stride[kv], head_size, g.block_size, d, row_bytes);
+          md5_simd::transpose_u32_avx2(s, g.dim_stride[kv], head_size, tokens, d, row_bytes);
         }
       }
       return;
@@ -190,26 +196,28 @@ void transpose_block(const MsgGeom& g, const uint8_t* src, int kv, int64_t num_h
 #else
   (void)simd;
 #endif
-  switch (g.elem) {
-    case 1: transpose_block_scalar<uint8_t>(g, src, kv, num_heads, head_size, tile); break;
-    case 2: transpose_block_scalar<uint16_t>(g, src, kv, num_heads, head_size, tile); break;
-    case 4: transpose_block_scalar<uint32_t>(g, src, kv, num_heads, head_size, tile); break;
-    default: transpose_block_scalar<uint64_t>(g, src, kv, num_heads, head_size, tile); break;
+  switch (e) {
+    case 1: fill_tile_scalar<uint8_t>(g, src, kv, num_heads, head_size, tokens, tile); break;
+    case 2: fill_tile_scalar<uint16_t>(g, src, kv, num_heads, head_size, tokens, tile); break;
+    case 4: fill_tile_scalar<uint32_t>(g, src, kv, num_heads, head_size, tokens, tile); break;
+    default: fill_tile_scalar<uint64_t>(g, src, kv, num_heads, head_size, tokens, tile); break;
   }
 }
 
 // One (chunk, layer) message read sequentially from the paged cache.
 //
 // Strided kv sides (vllm_cpu's K, stored [head_size, block_size] per head) are read through a
-// per-lane tile: when two consecutive slots of the message share a block, that block's whole
-// region is transposed once into tile, and its rows are then contiguous; a lone slot of a
-// block is gathered element by element instead.
+// per-lane tile: when two consecutive slots of the message fall into the same span of
+// kTileTokens tokens of one block, that span is transposed into the tile once (AVX2 16x16 or
+// 8x8 tiles where the sizes allow) and its rows are read from there contiguously. A lone slot
+// of a span is gathered element by element instead.
 struct PagedReader {
   const MsgGeom* g;
   const uint8_t* base;   // layer base
   const int64_t* slots;  // valid slots of the chunk
   int64_t nslots;
-  uint8_t* tile = nullptr;  // [block_size, num_heads, head_size] scratch, or null
+  uint8_t* tile = nullptr;  // [tile_tokens, num_heads, head_size] scratch, or null
+  int64_t tile_tokens = 0;  // tokens per tile (divides block_size)
   int64_t num_heads = 0, head_size = 0;
   bool simd_transpose = false;  // AVX2 tile transposes (any ISA but scalar)
   int kv = 0;
@@ -217,34 +225,34 @@ struct PagedReader {
   int64_t off = 0;        // bytes of the current segment already consumed
   const uint8_t* seg = nullptr;
   bool contig = true;     // seg holds the segment's bytes contiguously (else strided elements)
-  bool in_tile = false;   // seg points into tile (which the next block's transpose overwrites)
-  int64_t tile_block = -1;
+  bool in_tile = false;   // seg points into tile (which the next fill overwrites)
+  int64_t tile_span = -1;  // (slot / tile_tokens) held by the tile
   int tile_kv = -1;
 
   void open() {
     const int64_t slot = slots[j];
-    contig = true;
+    contig = !g->strided[kv];
     in_tile = false;
-    if (!g->strided[kv]) {
-      seg = g->segment(base, kv, slot, h);
-      return;
-    }
-    const int64_t block = slot / g->block_size;
-    const int64_t offset = slot - block * g->block_size;
-    if (tile != nullptr && (block != tile_block || kv != tile_kv) && j + 1 < nslots &&
-        slots[j + 1] / g->block_size == block) {
-      const uint8_t* src = base + g->kv_off[kv] + block * g->block_stride[kv];
-      transpose_block(*g, src, kv, num_heads, head_size, simd_transpose, tile);
-      tile_block = block;
-      tile_kv = kv;
-    }
-    if (block == tile_block && kv == tile_kv) {
-      seg = tile + (offset * num_heads + h) * g->seg_len;
-      in_tile = true;
-      return;
+    if (g->strided[kv] && tile != nullptr) {
+      const int64_t span = slot / tile_tokens;
+      if ((span != tile_span || kv != tile_kv) && j + 1 < nslots &&
+          slots[j + 1] / tile_tokens == span) {
+        const int64_t t0 = span * tile_tokens;
+        const int64_t block = t0 / g->block_size;
+        const uint8_t* src = base + g->kv_off[kv] + block * g->block_stride[kv] +
+                             (t0 - block * g->block_size) * g->token_stride[kv];
+        fill_tile(*g, src, kv, num_heads, head_size, tile_tokens, simd_transpose, tile);
+        tile_span = span;
+        tile_kv = kv;
+      }
+      if (span == tile_span && kv == tile_kv) {
+        seg = tile + ((slot - span * tile_tokens) * num_heads + h) * g->seg_len;
+        contig = true;
+        in_tile = true;
+        return;
+      }
     }
     seg = g->segment(base, kv, slot, h);
-    contig = false;
   }
 
   void advance() {
@@ -533,15 +541,17 @@ void kv_chunk_md5_cpu(const uint8_t* const* layer_ptrs, int64_t num_layers,
                    [&](int64_t a, int64_t b) { return lens[a] < lens[b]; });
   const std::vector<Group> groups = make_groups(order, lens, lanes_of(isa));
 
-  // Strided sides read through a per-lane tile of one block's rows.
-  const bool strided = geom.strided[0] || geom.strided[1];
-  const int64_t tile_bytes = strided ? layout.block_size * layout.row_bytes() : 0;
+  // Strided sides are read through per-lane tiles of up to kTileTokens tokens.
+  const bool tiled = geom.strided[0] || geom.strided[1];
+  int64_t tile_tokens = std::min(kTileTokens, layout.block_size);
+  while (layout.block_size % tile_tokens != 0) --tile_tokens;
+  const int64_t tile_bytes = tiled ? tile_tokens * layout.row_bytes() : 0;
 
   parallel_for(static_cast<int64_t>(groups.size()), 1, [&](int64_t begin, int64_t end) {
     std::vector<uint8_t> tiles;
     for (int64_t gi = begin; gi < end; ++gi) {
       const Group& grp = groups[gi];
-      if (strided) tiles.resize(static_cast<size_t>(grp.count * tile_bytes));
+      if (tiled) tiles.resize(static_cast<size_t>(grp.count * tile_bytes));
       PagedReader readers[32];
       uint8_t* outs[32];
       for (int i = 0; i < grp.count; ++i) {
@@ -553,8 +563,9 @@ void kv_chunk_md5_cpu(const uint8_t* const* layer_ptrs, int64_t num_layers,
         r.base = layer_ptrs[l];
         r.slots = valid.data() + start[c];
         r.nslots = start[c + 1] - start[c];
-        if (strided) {
+        if (tiled) {
           r.tile = tiles.data() + i * tile_bytes;
+          r.tile_tokens = tile_tokens;
           r.num_heads = layout.num_heads;
           r.head_size = layout.head_size;
           r.simd_transpose = isa != Md5Isa::kScalar;

@@ -235,10 +235,12 @@ def test_non_contiguous_view() -> None:
     ],
     ids=str,
 )
-def test_vllm_cpu_block_tiles(dtype: torch.dtype, block_size: int, head_size: int) -> None:
-    # Consecutive slots of one block go through a transposed tile of the block's K; lone slots
-    # are gathered element by element. Mix both, revisit blocks, and pad.
-    kv = _random_caches("vllm_cpu", 18, 4, block_size, 2, head_size, dtype, seed=block_size)
+@pytest.mark.parametrize("layout", ["vllm_cpu", "hnd"])
+def test_block_tiles(layout: str, dtype: torch.dtype, block_size: int, head_size: int) -> None:
+    # vllm_cpu's K: consecutive slots of one 16-token span go through a transposed tile of the
+    # span; lone slots are gathered element by element. Mix both, revisit blocks, and pad (HND:
+    # the same slots through per-head segments).
+    kv = _random_caches(layout, 18, 4, block_size, 2, head_size, dtype, seed=block_size)
     b = block_size
     slots = (
         list(range(2 * b, 3 * b))  # block 2 in order
@@ -246,8 +248,9 @@ def test_vllm_cpu_block_tiles(dtype: torch.dtype, block_size: int, head_size: in
         + [3 * b + 5 % b]  # a lone slot of block 3
         + [2 * b + 3, 2 * b + 4, 2 * b + 3]  # block 2 again, duplicates
         + [b + 7, -1, b + 8]  # block 1 around padding
+        + [b + 14, b + 15, b + 16]  # across 16-token spans of a 32-token block
     )
-    _check_all_isas(kv, slots, 7, "vllm_cpu")
+    _check_all_isas(kv, [s % (4 * b) if s >= 0 else s for s in slots], 7, layout)
 
 
 def test_chunk_size_larger_than_slots() -> None:
