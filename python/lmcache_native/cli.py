@@ -1,5 +1,8 @@
 """The ``lmcache-native`` command.
 
+``lmcache-native bench`` runs every benchmark and prints one table (see
+``lmcache_native.bench.runner``).
+
 ``lmcache-native serve`` runs a standalone engine with its own paged KV cache on the CPU
 (filled with seeded random data) and serves the admin API, so every endpoint can be driven
 with curl on a laptop::
@@ -138,6 +141,16 @@ def _build_parser() -> argparse.ArgumentParser:
         help="leave enable_chunk_statistics as configured (default: force it on)",
     )
     serve.add_argument("--log-level", default="warning", help="server log level")
+    from lmcache_native.bench import runner as bench_runner
+
+    bench = sub.add_parser(
+        "bench",
+        help="run every benchmark: one table (ours, baseline, limit, ratios), --json, --plot",
+        description=bench_runner.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench_runner.add_arguments(bench)
+    bench.set_defaults(_bench_parser=bench)
     return parser
 
 
@@ -249,6 +262,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args, parser)
+    if args.command == "bench":
+        from lmcache_native.bench import runner as bench_runner
+
+        words = list(sys.argv[1:] if argv is None else argv)
+        command = " ".join(["lmcache-native", *words])
+        return bench_runner.run(args, args._bench_parser, command=command)
     parser.error(f"unknown command {args.command!r}")
     return 2
 
