@@ -4,7 +4,9 @@ A *row* of the combined table is a plain dict with these keys (``None`` where no
 
 ``bench``, ``case``, ``tokens``, ``block``, ``MB`` (payload), ``ours``, ``baseline``, ``limit``
 (GB/s), ``ours/base``, ``ours/limit`` (ratios; above 1 we are faster), ``ours_ms``, ``goal``
-(the issue's target, text), ``met`` (``"yes"``/``"no"``/``"-"``), ``ours_name``,
+(the issue's target, text), ``met`` (``"yes"``/``"no"``/``"-"``), ``load`` (the 1-minute load
+average when the case started: on a shared machine it says how much the figures can be trusted),
+``ours_name``,
 ``baseline_name``, ``limit_name`` (what was timed), and free-form extras.
 """
 

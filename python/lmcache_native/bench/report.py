@@ -23,6 +23,7 @@ COLUMNS: tuple[str, ...] = (
     "ours_ms",
     "goal",
     "met",
+    "load",
 )
 
 
@@ -96,97 +97,132 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
 
 
+def _short(names: set[str], fallback: str) -> str:
+    """One name for a panel title: the name when all rows agree, else ``fallback``."""
+    return next(iter(names)) if len(names) == 1 else fallback
+
+
 def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     """A PNG of bandwidth: ours vs baseline vs limit.
 
-    One panel per (copy layout, direction) and per MD5 layout, GB/s against tokens (log scale),
-    one line style per block size; slot-string and engine rows as grouped bars. Uses the Agg
-    backend (no display needed).
+    One panel per (copy layout, direction) and per MD5 layout: GB/s against tokens (log
+    scale), one line style per block size. Slot-string and engine rows as grouped bars. One
+    legend for the whole figure (colours: ours/baseline/limit; line styles: block sizes); each
+    panel's title names its baseline and limit. Uses the Agg backend (no display needed).
 
     Raises:
         ImportError: matplotlib is not installed (``pip install 'lmcache-native[bench]'``).
+        ValueError: no rows.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     colors = {"ours": "tab:blue", "baseline": "tab:orange", "limit": "tab:green"}
-    styles = ["-", "--", ":", "-."]
+    styles: list[Any] = ["-", "--", ":", "-."]
     markers = ["o", "s", "^", "D"]
 
     line_panels: dict[str, list[dict[str, Any]]] = {}
     bar_panels: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         if r["bench"] in ("copy", "md5"):
-            key = f"{r['bench']}: {r['case']}"
-            line_panels.setdefault(key, []).append(r)
+            line_panels.setdefault(f"{r['bench']}: {r['case']}", []).append(r)
         else:
             bar_panels.setdefault(r["bench"], []).append(r)
     panels = len(line_panels) + len(bar_panels)
     if panels == 0:
         raise ValueError("nothing to plot: no rows")
+    all_blocks = sorted({r.get("block") or 0 for p in line_panels.values() for r in p})
     ncols = min(3, panels)
     nrows = -(-panels // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.1 * nrows + 0.9), squeeze=False)
     flat = [ax for row_axes in axes for ax in row_axes]
 
+    def names(prow: Sequence[dict[str, Any]], key: str, fallback: str) -> str:
+        return _short({str(r.get(key)) for r in prow}, fallback)
+
     for ax, (name, prow) in zip(flat, line_panels.items(), strict=False):
-        blocks = sorted({r.get("block") or 0 for r in prow})
-        names = {k: prow[0].get(f"{k}_name") for k in ("ours", "baseline", "limit")}
-        for bi, block in enumerate(blocks):
+        for block in all_blocks:
             sel = sorted(
                 (r for r in prow if (r.get("block") or 0) == block), key=lambda r: r["tokens"]
             )
-            xs = [r["tokens"] for r in sel]
+            if not sel:
+                continue
+            bi = all_blocks.index(block)
             for series in ("ours", "baseline", "limit"):
                 ys = [r.get(series) for r in sel]
                 if all(y is None for y in ys):
                     continue
                 ax.plot(
-                    xs,
+                    [r["tokens"] for r in sel],
                     [float("nan") if y is None else y for y in ys],
                     color=colors[series],
                     linestyle=styles[bi % len(styles)],
                     marker=markers[bi % len(markers)],
                     markersize=4,
-                    label=(f"{series} ({names[series]})" if bi == 0 else series)
-                    + (f", block {block}" if len(blocks) > 1 else ""),
                 )
         ax.set_xscale("log", base=2)
-        ax.set_title(name, fontsize=9)
+        ax.set_title(
+            f"{name}\nbaseline: {names(prow, 'baseline_name', 'see table')}; "
+            f"limit: {names(prow, 'limit_name', 'see table')}",
+            fontsize=8,
+        )
         ax.set_xlabel("tokens", fontsize=8)
         ax.set_ylabel("GB/s", fontsize=8)
         ax.set_ylim(bottom=0)
         ax.tick_params(labelsize=7)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=6, ncol=2 if len(blocks) > 1 else 1)
 
+    bar_titles = {"slot": "slot strings: parse + compress", "engine": "engine vs raw kernels"}
     for ax, (bench, brow) in zip(flat[len(line_panels) :], bar_panels.items(), strict=False):
         width = 0.27
+        values = []
         for si, series in enumerate(("ours", "baseline", "limit")):
             ys = [r.get(series) for r in brow]
             if all(y is None for y in ys):
                 continue
+            values += [y for y in ys if y]
             ax.bar(
                 [i + (si - 1) * width for i in range(len(brow))],
                 [0.0 if y is None else y for y in ys],
                 width,
                 color=colors[series],
-                label=series,
             )
         ax.set_xticks(range(len(brow)))
-        ax.set_xticklabels([str(r["case"]) for r in brow], fontsize=6, rotation=20, ha="right")
-        ax.set_yscale("log")
-        ax.set_title(f"{bench} (GB/s, log): baseline = {brow[0].get('baseline_name')}", fontsize=8)
+        ax.set_xticklabels([str(r["case"]) for r in brow], fontsize=7, rotation=15, ha="right")
+        log = bool(values) and max(values) / min(values) > 20
+        if log:
+            ax.set_yscale("log")
+        ax.set_ylabel("GB/s" + (" (log)" if log else ""), fontsize=8)
+        ax.set_title(
+            f"{bar_titles.get(bench, bench)}\nbaseline: "
+            f"{names(brow, 'baseline_name', 'the raw kernel')}",
+            fontsize=8,
+        )
         ax.tick_params(labelsize=7)
         ax.grid(True, axis="y", alpha=0.3)
-        ax.legend(fontsize=6)
 
     for ax in flat[panels:]:
         ax.set_visible(False)
+    handles: list[Any] = [Patch(color=c, label=k) for k, c in colors.items()]
+    if len(all_blocks) > 1:
+        handles += [
+            Line2D(
+                [],
+                [],
+                color="gray",
+                linestyle=styles[i % len(styles)],
+                marker=markers[i % len(markers)],
+                label=f"block {b}",
+            )
+            for i, b in enumerate(all_blocks)
+        ]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     plt.close(fig)

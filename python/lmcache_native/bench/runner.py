@@ -255,10 +255,13 @@ def run_scripts(
     try:
         for job in jobs:
             bar.set_description(job.label)
+            load = load_average()
             run_job(
                 job, bench_dir, on_line=lambda s: bar.set_postfix_str(s[:70]), timeout=args.timeout
             )
             got = rows_of(job, args.device)
+            for r in got:
+                r["load"] = load[0] if load else None
             rows.extend(got)
             sources.append(
                 {
@@ -315,8 +318,12 @@ def run_builtin(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[st
     try:
         for label, fn in units:
             bar.set_description(label)
+            load = load_average()
             try:
-                rows.extend(fn())
+                got = fn()
+                for r in got:
+                    r["load"] = load[0] if load else None
+                rows.extend(got)
             except (AssertionError, RuntimeError, ValueError, MemoryError) as exc:
                 errors.append(f"{label}: {type(exc).__name__}: {exc}")
                 bar.write(f"lmcache-native bench: {errors[-1]}", file=sys.stderr)
