@@ -98,7 +98,8 @@ __global__ void kv_chunk_md5_kernel(const uint64_t* __restrict__ layer_ptrs,  //
                                     const int64_t* __restrict__ valid,   // [num_tokens]
                                     const int64_t* __restrict__ counts,  // [num_chunks]
                                     int64_t num_chunks, int64_t chunk_size,
-                                    uint8_t* __restrict__ per_layer) {  // [num_layers, num_chunks, 16]
+                                    // [num_layers, num_chunks, 16]
+                                    uint8_t* __restrict__ per_layer) {
   const int64_t m = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (m >= num_chunks * num_layers) return;
   const int64_t chunk = m / num_layers;

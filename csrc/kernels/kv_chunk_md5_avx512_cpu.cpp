@@ -47,7 +47,8 @@ LMC_TARGET_AVX512 inline void transpose16(__m512i r[16]) {
 }  // namespace
 
 // Round functions as vpternlogd truth tables over (b, c, d):
-//   F = b ? c : d -> 0xca,  G = d ? b : c -> 0xe4,  H = b ^ c ^ d -> 0x96,  I = c ^ (b | ~d) -> 0x39.
+//   F = b ? c : d -> 0xca,  G = d ? b : c -> 0xe4,
+//   H = b ^ c ^ d -> 0x96,  I = c ^ (b | ~d) -> 0x39.
 #define LMC_STEP16(imm, a, b, c, d, i, s)                                                   \
   a = _mm512_add_epi32(a, _mm512_add_epi32(m[kMd5G[i]], _mm512_set1_epi32(                 \
                                                              static_cast<int>(kMd5K[i])))); \

@@ -1,10 +1,11 @@
 // CPU twin of kv_chunk_md5: multi-buffer MD5 over (chunk, layer) messages, threads on top.
 //
-// Messages of equal length are grouped W at a time (W = 16 for AVX-512, 8 for AVX2, 1 scalar).
-// Each lane owns a reader that walks its message's bytes straight out of the paged cache: a
-// batch of 64-byte blocks is handed to the transform as pointers into the cache when the
-// bytes are contiguous there, else (segment boundaries inside the batch, or vllm_cpu's
-// transposed K) copied into a small per-lane staging buffer first.
+// Messages of equal length are grouped W at a time (W = 32 for AVX-512: two interleaved 16-lane
+// sets; 16 for AVX2: two 8-lane sets; 1 scalar), one message per SIMD lane. Each lane owns a
+// reader that walks its message's bytes straight out of the paged cache: a batch of 64-byte
+// blocks is handed to the transform as pointers into the cache where a block lies inside one
+// contiguous segment there, else copied into a small per-lane staging buffer first (blocks
+// across segment boundaries; vllm_cpu's transposed K, read through per-lane tiles).
 #include "kernels/kv_chunk_md5.h"
 
 #include <algorithm>
@@ -100,15 +101,14 @@ struct ContigReader {
 
 // Geometry shared by all messages of one kv_chunk_md5 call, in bytes. A message is a sequence
 // of segments (kv, j, h): kv side, j-th valid slot of the chunk, head h (or the whole row when
-// every row is contiguous). All messages of equal length have their segment boundaries at the
-// same offsets, so a batch never straddles a boundary in one lane and not in another.
+// every row is contiguous).
 struct MsgGeom {
   int64_t num_kv;
   int64_t elem;          // bytes per element
   int64_t block_size;    // tokens per block
   int64_t seg_len;       // bytes per segment
   int64_t segs_per_row;  // 1 (whole rows contiguous) or num_heads
-  bool strided[2];       // dims not contiguous (vllm_cpu K): elements gathered one by one
+  bool strided[2];       // dims not contiguous (vllm_cpu K): read through tiles or by element
   int64_t kv_off[2], block_stride[2], token_stride[2], head_stride[2], dim_stride[2];
 
   explicit MsgGeom(const PagedKVLayout& l) {
@@ -568,7 +568,7 @@ void kv_chunk_md5_cpu(const uint8_t* const* layer_ptrs, int64_t num_layers,
           r.tile_tokens = tile_tokens;
           r.num_heads = layout.num_heads;
           r.head_size = layout.head_size;
-          r.simd_transpose = isa != Md5Isa::kScalar;
+          r.simd_transpose = isa != Md5Isa::kScalar && cpu_has(Md5Isa::kAvx2);
         }
         outs[i] = per_layer + (l * num_chunks + c) * kMd5DigestBytes;
       }

@@ -14,7 +14,9 @@ namespace lmc {
 namespace {
 
 // ASCII characters that Python's str.split() treats as whitespace.
-inline bool is_ws(unsigned char c) { return c == ' ' || (c >= 9 && c <= 13) || (c >= 28 && c <= 31); }
+inline bool is_ws(unsigned char c) {
+  return c == ' ' || (c >= 9 && c <= 13) || (c >= 28 && c <= 31);
+}
 inline bool is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
 
 // Describes the character at position i for error messages.
