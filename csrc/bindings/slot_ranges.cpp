@@ -64,33 +64,31 @@ class GcPause {
   bool was_enabled_;
 };
 
-// Builds [int | [start, end]] from n contiguous int64 slots at address slots.
+// Builds [int | [start, end]] from n contiguous int64 slots at address slots: one scan counts
+// the items, a second creates them (no buffer of runs in between).
 py::list compress_py(int64_t slots, int64_t n) {
   LMC_CHECK_ARG(n >= 0, "n must be >= 0, got ", n);
-  std::vector<int64_t> runs(static_cast<size_t>(2 * n));
-  int64_t num_runs = 0;
+  const int64_t* v = as_ptr<const int64_t>(slots);
+  int64_t num_items = 0;
   {
     py::gil_scoped_release release;
-    num_runs = slot_ranges_runs(as_ptr<const int64_t>(slots), n, runs.data());
+    num_items = slot_ranges_runs(v, n, [](int64_t, int64_t) {});
   }
-  int64_t num_items = 0;
-  for (int64_t r = 0; r < num_runs; ++r) num_items += runs[2 * r + 1] >= 3 ? 1 : runs[2 * r + 1];
   // NOTE: filled through the C API (PyList_SET_ITEM steals each reference); one list
   // allocation and one int object per item is the least Python work the result needs. The
   // cyclic GC is paused meanwhile: the new [start, end] lists would otherwise trigger
-  // collections over every object of the process, many times (5-10x the whole cost).
+  // collections over every object of the process, many times (several times the whole cost).
   GcPause pause;
   PyObject* list = PyList_New(static_cast<Py_ssize_t>(num_items));
   if (list == nullptr) throw py::error_already_set();
   py::list out = py::reinterpret_steal<py::list>(list);
-  Py_ssize_t k = 0;
-  auto new_int = [](int64_t v) {
-    PyObject* o = PyLong_FromLongLong(v);
+  auto new_int = [](int64_t x) {
+    PyObject* o = PyLong_FromLongLong(x);
     if (o == nullptr) throw py::error_already_set();
     return o;
   };
-  for (int64_t r = 0; r < num_runs; ++r) {
-    const int64_t start = runs[2 * r], length = runs[2 * r + 1];
+  Py_ssize_t k = 0;
+  slot_ranges_runs(v, n, [&](int64_t start, int64_t length) {
     if (length >= 3) {
       PyObject* pair = PyList_New(2);
       if (pair == nullptr) throw py::error_already_set();
@@ -100,7 +98,7 @@ py::list compress_py(int64_t slots, int64_t n) {
     } else {
       for (int64_t t = 0; t < length; ++t) PyList_SET_ITEM(list, k++, new_int(start + t));
     }
-  }
+  });
   return out;
 }
 

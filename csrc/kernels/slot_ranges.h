@@ -30,11 +30,26 @@ namespace lmc {
 int64_t slot_ranges_parse(const char* text, int64_t len, int64_t max_slots,
                           std::vector<int64_t>& ranges);  // [num_items, 2] (out)
 
-// Maximal runs of consecutive values (v[i + 1] == v[i] + 1) in order, as (start, length)
-// pairs; returns the number of runs (<= n).
+// Walks the maximal runs of consecutive values (v[i + 1] == v[i] + 1) of slots in order:
+// returns the number of items of the compressed form (a run of >= 3 values is one item, a
+// shorter run one item per value) and, when visit is given, calls visit(start, length) for
+// every run.
+template <typename Visit>
 int64_t slot_ranges_runs(const int64_t* slots,  // [n]
-                         int64_t n,
-                         int64_t* runs);  // [n, 2] (out): (start, length) per run
+                         int64_t n, Visit&& visit) {
+  int64_t items = 0;
+  int64_t i = 0;
+  while (i < n) {
+    int64_t j = i;
+    // NOTE: v + 1 is formed only below INT64_MAX, so it cannot overflow.
+    while (j + 1 < n && slots[j] != INT64_MAX && slots[j + 1] == slots[j] + 1) ++j;
+    const int64_t length = j - i + 1;
+    items += length >= 3 ? 1 : length;
+    visit(slots[i], length);
+    i = j + 1;
+  }
+  return items;
+}
 
 // Expands inclusive ranges into slots on the host (threads split the output). Throws
 // std::invalid_argument unless every range has 0 <= start <= end and the total is num_slots.

@@ -201,24 +201,6 @@ int64_t slot_ranges_parse(const char* text, int64_t len, int64_t max_slots,
   return Parser(text, len, max_slots, ranges).run();
 }
 
-int64_t slot_ranges_runs(const int64_t* slots, int64_t n, int64_t* runs) {
-  int64_t r = 0;
-  int64_t i = 0;
-  while (i < n) {
-    int64_t j = i;
-    // NOTE: v + 1 is computed only below INT64_MAX, so no signed overflow.
-    while (j + 1 < n && slots[j] != std::numeric_limits<int64_t>::max() &&
-           slots[j + 1] == slots[j] + 1) {
-      ++j;
-    }
-    runs[2 * r] = slots[i];
-    runs[2 * r + 1] = j - i + 1;
-    ++r;
-    i = j + 1;
-  }
-  return r;
-}
-
 void slot_ranges_expand_cpu(const int64_t* ranges, int64_t num_ranges, int64_t* slots,
                             int64_t num_slots) {
   LMC_CHECK_ARG(num_ranges >= 0, "num_ranges must be >= 0, got ", num_ranges);
