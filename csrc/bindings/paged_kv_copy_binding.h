@@ -18,10 +18,10 @@
 namespace lmc {
 namespace copy_binding {
 
-// Checks what the kernels cannot: counts, pointers, slot width.
+// Checks what the kernels cannot: counts, pointers, slot width (the chunk buffers are checked
+// by check_chunks).
 inline void check_args(const std::vector<int64_t>& layer_ptrs, int64_t slot_mapping,
-                       int64_t num_tokens, int64_t slot_elem_size, int64_t chunk,
-                       const char* chunk_name) {
+                       int64_t num_tokens, int64_t slot_elem_size) {
   LMC_CHECK_ARG(!layer_ptrs.empty(), "kv_caches must hold at least one layer");
   LMC_CHECK_ARG(num_tokens >= 0, "num_tokens must be >= 0, got ", num_tokens);
   LMC_CHECK_ARG(slot_elem_size == 4 || slot_elem_size == 8,
@@ -32,7 +32,26 @@ inline void check_args(const std::vector<int64_t>& layer_ptrs, int64_t slot_mapp
     LMC_CHECK_ARG(layer_ptrs[i] != 0, "kv_caches[", i, "] has a null data pointer");
   }
   LMC_CHECK_ARG(slot_mapping != 0, "slot_mapping has a null data pointer");
-  LMC_CHECK_ARG(chunk != 0, chunk_name, " has a null data pointer");
+}
+
+// Checks the chunk list of a copy (one buffer for the single-buffer ops): one token count per
+// address, none negative, no null address for a chunk with tokens, and the counts adding up to
+// slot_mapping's length.
+inline void check_chunks(const std::vector<int64_t>& chunk_ptrs,
+                         const std::vector<int64_t>& chunk_tokens, int64_t num_tokens,
+                         const char* chunks_name) {
+  LMC_CHECK_ARG(chunk_ptrs.size() == chunk_tokens.size(), chunks_name, ": ", chunk_ptrs.size(),
+                " addresses but ", chunk_tokens.size(), " token counts");
+  int64_t total = 0;
+  for (size_t c = 0; c < chunk_tokens.size(); ++c) {
+    LMC_CHECK_ARG(chunk_tokens[c] >= 0, chunks_name, "[", c, "] has ", chunk_tokens[c],
+                  " tokens");
+    LMC_CHECK_ARG(chunk_tokens[c] == 0 || chunk_ptrs[c] != 0, chunks_name, "[", c,
+                  "] has a null data pointer");
+    total += chunk_tokens[c];
+  }
+  LMC_CHECK_ARG(total == num_tokens, chunks_name, " hold ", total,
+                " tokens in all, but slot_mapping has ", num_tokens);
 }
 
 inline std::vector<void*> to_ptrs(const std::vector<int64_t>& addresses) {

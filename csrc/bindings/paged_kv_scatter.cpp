@@ -18,7 +18,8 @@ void paged_kv_scatter(int64_t chunk, const std::vector<int64_t>& layer_ptrs,
                       int64_t num_tokens, int64_t slot_elem_size, int64_t device, int64_t stream,
                       int64_t scratch) {
   const PagedKVLayout l = layout_from_flat(layout);
-  copy_binding::check_args(layer_ptrs, slot_mapping, num_tokens, slot_elem_size, chunk, "chunk");
+  copy_binding::check_args(layer_ptrs, slot_mapping, num_tokens, slot_elem_size);
+  copy_binding::check_chunks({chunk}, {num_tokens}, num_tokens, "chunk");
   if (num_tokens == 0) return;
   const std::vector<void*> ptrs = copy_binding::to_ptrs(layer_ptrs);
   const auto num_layers = static_cast<int64_t>(ptrs.size());
@@ -46,6 +47,46 @@ void paged_kv_scatter(int64_t chunk, const std::vector<int64_t>& layer_ptrs,
 #endif
 }
 
+void paged_kv_scatter_chunks(const std::vector<int64_t>& chunk_ptrs,
+                             const std::vector<int64_t>& chunk_tokens,
+                             const std::vector<int64_t>& layer_ptrs,
+                             const std::vector<int64_t>& layout, int64_t slot_mapping,
+                             int64_t num_tokens, int64_t slot_elem_size, int64_t device,
+                             int64_t stream, int64_t scratch) {
+  const PagedKVLayout l = layout_from_flat(layout);
+  copy_binding::check_args(layer_ptrs, slot_mapping, num_tokens, slot_elem_size);
+  copy_binding::check_chunks(chunk_ptrs, chunk_tokens, num_tokens, "chunks");
+  if (num_tokens == 0) return;
+  const std::vector<void*> ptrs = copy_binding::to_ptrs(layer_ptrs);
+  const std::vector<void*> chunks = copy_binding::to_ptrs(chunk_ptrs);
+  const auto num_layers = static_cast<int64_t>(ptrs.size());
+  const auto num_chunks = static_cast<int64_t>(chunks.size());
+  if (device < 0) {
+    py::gil_scoped_release release;
+    paged_kv_scatter_chunks_cpu(chunks.data(), chunk_tokens.data(), num_chunks, ptrs.data(),
+                                num_layers, l, as_ptr<const void>(slot_mapping), slot_elem_size,
+                                num_tokens);
+    return;
+  }
+#ifdef LMC_WITH_CUDA
+  LMC_CHECK_ARG(scratch != 0, "scratch (device validation result) must not be null");
+  py::gil_scoped_release release;
+  copy_binding::DeviceGuard guard(static_cast<int>(device));
+  auto* bad_pos = as_ptr<unsigned long long>(scratch);
+  auto s = as_ptr<CUstream_st>(stream);
+  LMC_CHECK_CUDA(launch_paged_kv_scatter_chunks(
+      chunks.data(), chunk_tokens.data(), num_chunks, ptrs.data(), num_layers, l,
+      as_ptr<const void>(slot_mapping), slot_elem_size, num_tokens, bad_pos, s));
+  copy_binding::raise_if_bad_slot(bad_pos, slot_mapping, slot_elem_size, l.num_slots(), s);
+#else
+  (void)stream;
+  (void)scratch;
+  throw std::invalid_argument(
+      "paged_kv_scatter_chunks: CUDA cache passed to a build without CUDA kernels "
+      "(LMC_CUDA=OFF)");
+#endif
+}
+
 }  // namespace
 
 void register_paged_kv_scatter(py::module_& m) {
@@ -55,6 +96,13 @@ void register_paged_kv_scatter(py::module_& m) {
         "Chunk buffer [num_kv, num_layers, num_tokens, row] -> paged caches. Addresses only; "
         "device -1 runs the CPU twin, else the CUDA kernel on `stream` with `scratch` an int64 "
         "device word for the slot check. Raises IndexError for an out-of-range slot.");
+  m.def("paged_kv_scatter_chunks", &paged_kv_scatter_chunks, py::arg("chunk_ptrs"),
+        py::arg("chunk_tokens"), py::arg("layer_ptrs"), py::arg("layout"),
+        py::arg("slot_mapping"), py::arg("num_tokens"), py::arg("slot_elem_size"),
+        py::arg("device"), py::arg("stream"), py::arg("scratch"),
+        "Many chunk buffers -> paged caches in one call: chunk_ptrs[c] [num_kv, num_layers, "
+        "chunk_tokens[c], row] supplies the next chunk_tokens[c] slots. Otherwise as "
+        "paged_kv_scatter; ValueError when the counts do not add up to num_tokens.");
 }
 
 }  // namespace lmc

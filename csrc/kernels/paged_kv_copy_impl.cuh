@@ -1,8 +1,9 @@
 // CUDA kernels shared by paged_kv_gather.cu and paged_kv_scatter.cu (internal header; the entry
 // points are declared in paged_kv_gather.h / paged_kv_scatter.h).
 //
-// One launch validates the slots, then copy launches of up to kMaxLayersPerLaunch layers each
-// move the rows. A copy thread moves one Word (16, 8, 4, 2 or 1 bytes) of a row per step; the
+// One launch validates the slots, then copy launches of up to kMaxChunksPerLaunch chunk buffers
+// and kMaxLayersPerLaunch layers each move the rows (the single-buffer entry points are one
+// chunk). A copy thread moves one Word (16, 8, 4, 2 or 1 bytes) of a row per step; the
 // widest Word is picked on the host from the alignment of every pointer, offset and stride, so
 // bf16 rows of flash-attn caches move as 16-byte vectors. Chunk buffers in pinned host memory
 // are addressed directly (unified addressing), which turns the copy into PCIe reads/writes.
@@ -22,6 +23,9 @@ namespace copy_cuda {
 
 // Layers handled by one copy launch; their pointers travel as a kernel parameter (2 KiB).
 constexpr int kMaxLayersPerLaunch = 256;
+// Chunk buffers handled by one copy launch; their addresses and token offsets travel as a
+// kernel parameter (1 KiB; with LayerPtrs the parameters stay under the 4 KiB limit).
+constexpr int kMaxChunksPerLaunch = 64;
 // Threads per copy block.
 constexpr int kThreadsPerBlock = 256;
 // "No bad slot" value of the validation result.
@@ -29,6 +33,14 @@ constexpr unsigned long long kNoBadSlot = ULLONG_MAX;
 
 struct LayerPtrs {
   void* ptr[kMaxLayersPerLaunch];
+};
+
+// The chunk buffers of one launch: chunk c holds the launch's tokens [token_begin[c],
+// token_begin[c + 1]); none is empty.
+struct ChunkPtrs {
+  void* ptr[kMaxChunksPerLaunch];
+  int64_t token_begin[kMaxChunksPerLaunch + 1];
+  int32_t num_chunks;
 };
 
 // PagedKVLayout in units of Word (vec elements per Word).
@@ -59,23 +71,34 @@ __global__ void validate_slots_kernel(const SlotT* __restrict__ slots,  // [num_
 }
 
 // Copies rows between the paged caches of layers [layer_begin, layer_begin + gridDim.y) and
-// the chunk buffer; threadIdx.y picks the token inside the block, threadIdx.x strides the row.
-// Grid: (ceil(num_tokens / blockDim.y), layers in this launch, num_kv)
+// the launch's chunk buffers; threadIdx.y picks the token, threadIdx.x strides the row.
+// Grid: (ceil(tokens of this launch's chunks / blockDim.y), layers in this launch, num_kv)
 // Block: (Words per row rounded up to 32, capped at kThreadsPerBlock; kThreadsPerBlock / x)
 template <bool kGather, typename Word, typename SlotT>
 __global__ void paged_kv_copy_kernel(
     LayerPtrs layers,                      // [gridDim.y] each [layer cache, as WordLayout says]
     int64_t layer_begin, int64_t num_layers, WordLayout wl,
-    const SlotT* __restrict__ slots,       // [num_tokens]
-    int64_t num_tokens,
-    Word* chunk,                           // [num_kv, num_layers, num_tokens, row_words]
+    const SlotT* __restrict__ slots,       // [chunks.token_begin[chunks.num_chunks]]
+    ChunkPtrs chunks,                      // each [num_kv, num_layers, its tokens, row_words]
     const unsigned long long* bad_pos) {   // [1]
   if (*bad_pos != kNoBadSlot) return;
   const int64_t token = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
-  if (token >= num_tokens) return;
+  if (token >= chunks.token_begin[chunks.num_chunks]) return;
   const int64_t slot = static_cast<int64_t>(slots[token]);
   // NOTE: slot -1 is padding; the range test repeats the validation so no launch can stray.
   if (static_cast<uint64_t>(slot) >= static_cast<uint64_t>(wl.num_slots)) return;
+  // The token's chunk: the last c with token_begin[c] <= token (binary search, <= 6 steps).
+  int32_t c = 0;
+  for (int32_t hi = chunks.num_chunks - 1; c < hi;) {
+    const int32_t mid = (c + hi + 1) / 2;
+    if (chunks.token_begin[mid] <= token) {
+      c = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  const int64_t first = chunks.token_begin[c];
+  const int64_t chunk_tokens = chunks.token_begin[c + 1] - first;
   // NOTE: fields picked with selects, not wl.x[kv]: a runtime index into a by-value kernel
   // parameter makes nvcc copy the whole struct to local memory.
   const bool v = blockIdx.z != 0;
@@ -84,8 +107,10 @@ __global__ void paged_kv_copy_kernel(
                 (v ? wl.kv_offset[1] : wl.kv_offset[0]) +
                 block * (v ? wl.block_stride[1] : wl.block_stride[0]) +
                 (slot - block * wl.block_size) * (v ? wl.token_stride[1] : wl.token_stride[0]);
-  Word* row = chunk + ((blockIdx.z * num_layers + layer_begin + blockIdx.y) * num_tokens + token) *
-                          static_cast<int64_t>(wl.row_words);
+  Word* row = static_cast<Word*>(chunks.ptr[c]) +
+              ((blockIdx.z * num_layers + layer_begin + blockIdx.y) * chunk_tokens +
+               (token - first)) *
+                  static_cast<int64_t>(wl.row_words);
   const int64_t hs = v ? wl.head_stride[1] : wl.head_stride[0];
   const int64_t ds = v ? wl.dim_stride[1] : wl.dim_stride[0];
   for (int32_t w = threadIdx.x; w < wl.row_words; w += blockDim.x) {
@@ -102,11 +127,14 @@ __global__ void paged_kv_copy_kernel(
 
 // Widest Word (bytes) usable for every access of this copy.
 inline int pick_word_bytes(const void* const* layer_ptrs, int64_t num_layers,
-                           const PagedKVLayout& l, const void* chunk) {
+                           const PagedKVLayout& l, void* const* chunks, int64_t num_chunks) {
   const int64_t es = l.elem_size;
   for (int w = 16; w > es; w /= 2) {
     const int64_t vec = w / es;
-    bool ok = l.head_size % vec == 0 && reinterpret_cast<uintptr_t>(chunk) % w == 0;
+    bool ok = l.head_size % vec == 0;
+    for (int64_t c = 0; ok && c < num_chunks; ++c) {
+      ok = reinterpret_cast<uintptr_t>(chunks[c]) % w == 0;
+    }
     for (int kv = 0; ok && kv < l.num_kv; ++kv) {
       ok = l.dim_stride[kv] == 1 && l.kv_offset[kv] % vec == 0 && l.block_stride[kv] % vec == 0 &&
            l.token_stride[kv] % vec == 0 && (l.num_heads == 1 || l.head_stride[kv] % vec == 0);
@@ -135,24 +163,43 @@ inline WordLayout to_word_layout(const PagedKVLayout& l, int64_t vec) {
   return wl;
 }
 
+// Copy launches over groups of up to kMaxChunksPerLaunch non-empty chunks (in token order) and
+// kMaxLayersPerLaunch layers.
 template <bool kGather, typename Word, typename SlotT>
 cudaError_t launch_copy(void* const* layer_ptrs, int64_t num_layers, const WordLayout& wl,
-                        int64_t num_kv, const SlotT* slots, int64_t num_tokens, void* chunk,
+                        int64_t num_kv, const SlotT* slots, void* const* chunk_ptrs,
+                        const int64_t* chunk_tokens, int64_t num_chunks,
                         const unsigned long long* bad_pos, cudaStream_t stream) {
   const int tx = static_cast<int>(
       std::min<int64_t>(kThreadsPerBlock, (static_cast<int64_t>(wl.row_words) + 31) / 32 * 32));
   const int ty = kThreadsPerBlock / tx;
   const dim3 block(tx, ty);
-  for (int64_t begin = 0; begin < num_layers; begin += kMaxLayersPerLaunch) {
-    const int64_t count = std::min<int64_t>(kMaxLayersPerLaunch, num_layers - begin);
-    LayerPtrs lp{};
-    for (int64_t i = 0; i < count; ++i) lp.ptr[i] = layer_ptrs[begin + i];
-    const dim3 grid(static_cast<unsigned>((num_tokens + ty - 1) / ty),
-                    static_cast<unsigned>(count), static_cast<unsigned>(num_kv));
-    paged_kv_copy_kernel<kGather, Word, SlotT><<<grid, block, 0, stream>>>(
-        lp, begin, num_layers, wl, slots, num_tokens, static_cast<Word*>(chunk), bad_pos);
-    const cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
+  int64_t group_first = 0;  // token of slots where the next group starts
+  int64_t c = 0;
+  while (c < num_chunks) {
+    ChunkPtrs cp{};
+    int64_t tokens = 0;
+    for (; c < num_chunks && cp.num_chunks < kMaxChunksPerLaunch; ++c) {
+      if (chunk_tokens[c] == 0) continue;
+      cp.ptr[cp.num_chunks] = chunk_ptrs[c];
+      cp.token_begin[cp.num_chunks] = tokens;
+      tokens += chunk_tokens[c];
+      ++cp.num_chunks;
+    }
+    cp.token_begin[cp.num_chunks] = tokens;
+    if (tokens == 0) break;
+    for (int64_t begin = 0; begin < num_layers; begin += kMaxLayersPerLaunch) {
+      const int64_t count = std::min<int64_t>(kMaxLayersPerLaunch, num_layers - begin);
+      LayerPtrs lp{};
+      for (int64_t i = 0; i < count; ++i) lp.ptr[i] = layer_ptrs[begin + i];
+      const dim3 grid(static_cast<unsigned>((tokens + ty - 1) / ty), static_cast<unsigned>(count),
+                      static_cast<unsigned>(num_kv));
+      paged_kv_copy_kernel<kGather, Word, SlotT><<<grid, block, 0, stream>>>(
+          lp, begin, num_layers, wl, slots + group_first, cp, bad_pos);
+      const cudaError_t err = cudaGetLastError();
+      if (err != cudaSuccess) return err;
+    }
+    group_first += tokens;
   }
   return cudaSuccess;
 }
@@ -160,7 +207,9 @@ cudaError_t launch_copy(void* const* layer_ptrs, int64_t num_layers, const WordL
 template <bool kGather, typename SlotT>
 cudaError_t launch_with_slots(void* const* layer_ptrs, int64_t num_layers,
                               const PagedKVLayout& l, const SlotT* slots, int64_t num_tokens,
-                              void* chunk, unsigned long long* bad_pos, cudaStream_t stream) {
+                              void* const* chunks, const int64_t* chunk_tokens,
+                              int64_t num_chunks, unsigned long long* bad_pos,
+                              cudaStream_t stream) {
   cudaError_t err = cudaMemsetAsync(bad_pos, 0xFF, sizeof(unsigned long long), stream);
   if (err != cudaSuccess) return err;
   const unsigned vblocks =
@@ -170,48 +219,58 @@ cudaError_t launch_with_slots(void* const* layer_ptrs, int64_t num_layers,
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
 
-  const int word = pick_word_bytes(layer_ptrs, num_layers, l, chunk);
+  const int word = pick_word_bytes(layer_ptrs, num_layers, l, chunks, num_chunks);
   const WordLayout wl = to_word_layout(l, word / l.elem_size);
   switch (word) {
     case 16:
-      return launch_copy<kGather, uint4>(layer_ptrs, num_layers, wl, l.num_kv, slots, num_tokens,
-                                         chunk, bad_pos, stream);
+      return launch_copy<kGather, uint4>(layer_ptrs, num_layers, wl, l.num_kv, slots, chunks,
+                                         chunk_tokens, num_chunks, bad_pos, stream);
     case 8:
-      return launch_copy<kGather, uint2>(layer_ptrs, num_layers, wl, l.num_kv, slots, num_tokens,
-                                         chunk, bad_pos, stream);
+      return launch_copy<kGather, uint2>(layer_ptrs, num_layers, wl, l.num_kv, slots, chunks,
+                                         chunk_tokens, num_chunks, bad_pos, stream);
     case 4:
-      return launch_copy<kGather, uint32_t>(layer_ptrs, num_layers, wl, l.num_kv, slots,
-                                            num_tokens, chunk, bad_pos, stream);
+      return launch_copy<kGather, uint32_t>(layer_ptrs, num_layers, wl, l.num_kv, slots, chunks,
+                                         chunk_tokens, num_chunks, bad_pos, stream);
     case 2:
-      return launch_copy<kGather, uint16_t>(layer_ptrs, num_layers, wl, l.num_kv, slots,
-                                            num_tokens, chunk, bad_pos, stream);
+      return launch_copy<kGather, uint16_t>(layer_ptrs, num_layers, wl, l.num_kv, slots, chunks,
+                                         chunk_tokens, num_chunks, bad_pos, stream);
     default:
-      return launch_copy<kGather, uint8_t>(layer_ptrs, num_layers, wl, l.num_kv, slots,
-                                           num_tokens, chunk, bad_pos, stream);
+      return launch_copy<kGather, uint8_t>(layer_ptrs, num_layers, wl, l.num_kv, slots, chunks,
+                                         chunk_tokens, num_chunks, bad_pos, stream);
   }
 }
 
-// Entry shared by both launchers. Arguments are checked by the binding; a bad one here is
-// reported as cudaErrorInvalidValue.
+// Entry shared by both launchers (one chunk buffer or many). Arguments are checked by the
+// binding; a bad one here is reported as cudaErrorInvalidValue.
 template <bool kGather>
 cudaError_t launch_paged_kv_copy(void* const* layer_ptrs, int64_t num_layers,
                                  const PagedKVLayout& l, const void* slot_mapping,
-                                 int64_t slot_elem_size, int64_t num_tokens, void* chunk,
+                                 int64_t slot_elem_size, int64_t num_tokens, void* const* chunks,
+                                 const int64_t* chunk_tokens, int64_t num_chunks,
                                  unsigned long long* bad_pos, cudaStream_t stream) {
   if (num_layers == 0 || num_tokens == 0) return cudaSuccess;
   if ((slot_elem_size != 4 && slot_elem_size != 8) || num_layers < 0 || num_tokens < 0 ||
-      layer_ptrs == nullptr || slot_mapping == nullptr || chunk == nullptr ||
-      bad_pos == nullptr || l.row_elems() > INT32_MAX || num_tokens > INT64_MAX / 2) {
+      layer_ptrs == nullptr || slot_mapping == nullptr || chunks == nullptr ||
+      chunk_tokens == nullptr || num_chunks < 0 || bad_pos == nullptr ||
+      l.row_elems() > INT32_MAX || num_tokens > INT64_MAX / 2) {
     return cudaErrorInvalidValue;
   }
+  int64_t total = 0;
+  for (int64_t c = 0; c < num_chunks; ++c) {
+    if (chunk_tokens[c] < 0 || (chunk_tokens[c] > 0 && chunks[c] == nullptr)) {
+      return cudaErrorInvalidValue;
+    }
+    total += chunk_tokens[c];
+  }
+  if (total != num_tokens) return cudaErrorInvalidValue;
   if (slot_elem_size == 8) {
     return launch_with_slots<kGather>(layer_ptrs, num_layers, l,
                                       static_cast<const int64_t*>(slot_mapping), num_tokens,
-                                      chunk, bad_pos, stream);
+                                      chunks, chunk_tokens, num_chunks, bad_pos, stream);
   }
   return launch_with_slots<kGather>(layer_ptrs, num_layers, l,
-                                    static_cast<const int32_t*>(slot_mapping), num_tokens, chunk,
-                                    bad_pos, stream);
+                                    static_cast<const int32_t*>(slot_mapping), num_tokens, chunks,
+                                    chunk_tokens, num_chunks, bad_pos, stream);
 }
 
 }  // namespace copy_cuda

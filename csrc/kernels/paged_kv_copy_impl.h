@@ -1,11 +1,14 @@
 // CPU copy loop shared by the paged_kv_gather and paged_kv_scatter CPU twins (internal header;
 // the entry points are declared in paged_kv_gather.h / paged_kv_scatter.h).
 //
-// Work is split into items run by lmc::parallel_for, each a tile of about kItemBytes of chunk
-// rows, so each thread walks a contiguous stretch of the chunk buffer:
-//   - layouts whose rows are contiguous (flash_attn, flashinfer, mla): (kv, layer, tile) items;
-//     runs of tokens whose rows are adjacent in the cache become one copy (a block or more);
-//   - the others (hnd, vllm_cpu, strided views): (layer, tile) items; for each run of tokens
+// One call moves one chunk buffer or many (the batched entry points: chunk c takes the next
+// n_c tokens of the slot mapping), with one slot validation and one parallel_for. Work is split
+// into items, each a tile of about kItemBytes of one chunk's rows, chunk-major, so each thread
+// walks a contiguous stretch of chunk buffer:
+//   - layouts whose rows are contiguous (flash_attn, flashinfer, mla): (chunk, kv, layer, tile)
+//     items; runs of tokens whose rows are adjacent in the cache become one copy (a block or
+//     more);
+//   - the others (hnd, vllm_cpu, strided views): (chunk, layer, tile) items; for each run of tokens
 //     inside one block and each head, K's piece then V's piece, so the cache is read in
 //     address order. vllm_cpu's K, stored [head_size, block_size], is an SSE2 tile transpose.
 // Long destination runs use streaming stores (no read-for-ownership of the destination).
@@ -15,6 +18,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <vector>
 
 #include "common/check.h"
 #include "common/thread_pool.h"
@@ -385,47 +389,69 @@ void scatter_heads_item(char* const* cache, char* const* rows, const PagedKVLayo
   }
 }
 
+// The chunk buffers of one copy: chunk c holds tokens [token_begin[c], token_begin[c + 1]) of
+// the slot mapping, at `ptr[c]` ([num_kv, num_layers, token_begin[c + 1] - token_begin[c], row]).
+struct ChunkList {
+  char* const* ptr;            // [num_chunks]
+  const int64_t* token_begin;  // [num_chunks + 1], token_begin[0] = 0
+  int64_t num_chunks;
+};
+
 template <bool kGather, typename Word, typename SlotT>
 void copy_all(const void* const* layer_ptrs, int64_t num_layers, const PagedKVLayout& l,
-              const SlotT* slots, int64_t num_tokens, void* chunk) {
+              const SlotT* slots, const ChunkList& chunks) {
   const int64_t row_bytes = l.row_bytes();
   const bool rows_layout = l.row_contiguous(0) && (l.num_kv == 1 || l.row_contiguous(1));
-  // Items are (kv, layer, tile) for row layouts and (layer, tile) covering both kv sides
-  // otherwise; a tile holds about kItemBytes of chunk rows per kv side.
+  // Items are (chunk, kv, layer, tile) for row layouts and (chunk, layer, tile) covering both
+  // kv sides otherwise, chunk-major so a thread's slice walks whole chunk buffers in order; a
+  // tile holds about kItemBytes of chunk rows per kv side.
   const int64_t tile = std::max<int64_t>(16, (kItemBytes + row_bytes - 1) / row_bytes);
-  const int64_t num_tiles = (num_tokens + tile - 1) / tile;
   const int64_t groups = rows_layout ? l.num_kv * num_layers : num_layers;
-  const int64_t num_items = groups * num_tiles;
+  // item_begin[c]: first item of chunk c (a chunk of n tokens has groups * ceil(n / tile)).
+  std::vector<int64_t> item_begin(static_cast<size_t>(chunks.num_chunks) + 1, 0);
+  for (int64_t c = 0; c < chunks.num_chunks; ++c) {
+    const int64_t n = chunks.token_begin[c + 1] - chunks.token_begin[c];
+    item_begin[c + 1] = item_begin[c] + groups * ((n + tile - 1) / tile);
+  }
+  const int64_t num_items = item_begin.back();
+  const int64_t num_tokens = chunks.token_begin[chunks.num_chunks];
   const int64_t total_bytes = l.num_kv * num_layers * num_tokens * row_bytes;
   const int64_t grain = total_bytes < kParallelBytes ? num_items : 1;
-  char* const chunk_base = static_cast<char*>(chunk);
   const auto layer_base = [&](int64_t layer, int kv) {
     return static_cast<char*>(const_cast<void*>(layer_ptrs[layer])) +
            l.kv_offset[kv] * l.elem_size;
   };
-  const auto chunk_rows = [&](int64_t layer, int kv) {
-    return chunk_base + (kv * num_layers + layer) * num_tokens * row_bytes;
-  };
   parallel_for(num_items, grain, [&](int64_t begin, int64_t end) {
     // NOTE: default-initialised (not zeroed): every element read was written first.
     std::unique_ptr<Word[]> stage(rows_layout ? nullptr : new Word[kStageBytes / sizeof(Word)]);
+    // Chunk of item `begin`; later items advance it (empty chunks own no items).
+    int64_t c = std::upper_bound(item_begin.begin(), item_begin.end(), begin) -
+                item_begin.begin() - 1;
     for (int64_t it = begin; it < end; ++it) {
-      const int64_t t = it % num_tiles;
-      const int64_t g = it / num_tiles;
-      const int64_t t0 = t * tile;
-      const int64_t t1 = std::min(num_tokens, t0 + tile);
+      while (it >= item_begin[c + 1]) ++c;
+      const int64_t first = chunks.token_begin[c];
+      const int64_t n = chunks.token_begin[c + 1] - first;
+      const int64_t num_tiles = (n + tile - 1) / tile;
+      const int64_t local = it - item_begin[c];
+      const int64_t g = local / num_tiles;
+      const int64_t t0 = (local % num_tiles) * tile;
+      const int64_t t1 = std::min(n, t0 + tile);
+      const SlotT* chunk_slots = slots + first;
+      const auto chunk_rows = [&](int64_t layer, int kv) {
+        return chunks.ptr[c] + (kv * num_layers + layer) * n * row_bytes;
+      };
       if (rows_layout) {
         const int kv = static_cast<int>(g / num_layers);
         const int64_t layer = g % num_layers;
-        copy_rows_item<kGather>(layer_base(layer, kv), chunk_rows(layer, kv), l, kv, slots, t0,
-                                t1);
+        copy_rows_item<kGather>(layer_base(layer, kv), chunk_rows(layer, kv), l, kv, chunk_slots,
+                                t0, t1);
       } else {
         char* cache[2] = {layer_base(g, 0), layer_base(g, l.num_kv - 1)};
         char* rows[2] = {chunk_rows(g, 0), chunk_rows(g, l.num_kv - 1)};
         if (kGather) {
-          gather_heads_item<Word>(cache, rows, l, slots, t0, t1, stage.get());
+          gather_heads_item<Word>(cache, rows, l, chunk_slots, t0, t1, stage.get());
         } else {
-          scatter_heads_item<Word>(cache, rows, l, slots, t0, t1, stage.get());
+          scatter_heads_item<Word>(cache, rows, l, chunk_slots, t0, t1, stage.get());
         }
       }
     }
@@ -435,38 +461,53 @@ void copy_all(const void* const* layer_ptrs, int64_t num_layers, const PagedKVLa
 
 template <bool kGather, typename SlotT>
 void copy_slots(const void* const* layer_ptrs, int64_t num_layers, const PagedKVLayout& l,
-                const SlotT* slots, int64_t num_tokens, void* chunk) {
-  validate_slots(slots, num_tokens, l.num_slots());
+                const SlotT* slots, const ChunkList& chunks) {
+  validate_slots(slots, chunks.token_begin[chunks.num_chunks], l.num_slots());
   switch (l.elem_size) {
-    case 1: return copy_all<kGather, uint8_t>(layer_ptrs, num_layers, l, slots, num_tokens, chunk);
-    case 2: return copy_all<kGather, uint16_t>(layer_ptrs, num_layers, l, slots, num_tokens, chunk);
-    case 4: return copy_all<kGather, uint32_t>(layer_ptrs, num_layers, l, slots, num_tokens, chunk);
-    case 8: return copy_all<kGather, uint64_t>(layer_ptrs, num_layers, l, slots, num_tokens, chunk);
+    case 1: return copy_all<kGather, uint8_t>(layer_ptrs, num_layers, l, slots, chunks);
+    case 2: return copy_all<kGather, uint16_t>(layer_ptrs, num_layers, l, slots, chunks);
+    case 4: return copy_all<kGather, uint32_t>(layer_ptrs, num_layers, l, slots, chunks);
+    case 8: return copy_all<kGather, uint64_t>(layer_ptrs, num_layers, l, slots, chunks);
     default:
       throw std::invalid_argument(
           detail::concat("layout elem_size must be 1, 2, 4 or 8 bytes, got ", l.elem_size));
   }
 }
 
-// Entry shared by both CPU twins: argument checks, slot validation (before any write), copy.
+// Entry shared by both CPU twins (one chunk buffer or many): argument checks, slot validation
+// (before any write), copy. chunk_tokens[c] is the token count of chunks[c]; they must add up
+// to num_tokens (the chunks take the slot mapping's tokens in order).
 template <bool kGather>
 void paged_kv_copy_cpu(const void* const* layer_ptrs, int64_t num_layers, const PagedKVLayout& l,
                        const void* slot_mapping, int64_t slot_elem_size, int64_t num_tokens,
-                       void* chunk) {
+                       void* const* chunks, const int64_t* chunk_tokens, int64_t num_chunks) {
   LMC_CHECK_ARG(slot_elem_size == 4 || slot_elem_size == 8,
                 "slot_mapping element size must be 4 (int32) or 8 (int64) bytes, got ",
                 slot_elem_size);
   LMC_CHECK_ARG(num_layers >= 0, "num_layers must be >= 0, got ", num_layers);
   LMC_CHECK_ARG(num_tokens >= 0, "num_tokens must be >= 0, got ", num_tokens);
+  LMC_CHECK_ARG(num_chunks >= 0, "num_chunks must be >= 0, got ", num_chunks);
+  LMC_CHECK_ARG(num_chunks == 0 || (chunks != nullptr && chunk_tokens != nullptr),
+                "null chunk list passed to paged KV copy");
+  std::vector<int64_t> token_begin(static_cast<size_t>(num_chunks) + 1, 0);
+  for (int64_t c = 0; c < num_chunks; ++c) {
+    LMC_CHECK_ARG(chunk_tokens[c] >= 0, "chunk ", c, " has ", chunk_tokens[c], " tokens");
+    LMC_CHECK_ARG(chunk_tokens[c] == 0 || chunks[c] != nullptr, "chunk ", c,
+                  " has a null data pointer");
+    token_begin[c + 1] = token_begin[c] + chunk_tokens[c];
+  }
+  LMC_CHECK_ARG(token_begin.back() == num_tokens, "the chunks hold ", token_begin.back(),
+                " tokens in all, but slot_mapping has ", num_tokens);
   if (num_layers == 0 || num_tokens == 0) return;
-  LMC_CHECK_ARG(layer_ptrs != nullptr && slot_mapping != nullptr && chunk != nullptr,
+  LMC_CHECK_ARG(layer_ptrs != nullptr && slot_mapping != nullptr,
                 "null pointer passed to paged KV copy");
+  const ChunkList list{reinterpret_cast<char* const*>(chunks), token_begin.data(), num_chunks};
   if (slot_elem_size == 8) {
     copy_slots<kGather>(layer_ptrs, num_layers, l, static_cast<const int64_t*>(slot_mapping),
-                        num_tokens, chunk);
+                        list);
   } else {
     copy_slots<kGather>(layer_ptrs, num_layers, l, static_cast<const int32_t*>(slot_mapping),
-                        num_tokens, chunk);
+                        list);
   }
 }
 

@@ -34,6 +34,25 @@ void paged_kv_gather_cpu(const void* const* layer_ptrs, int64_t num_layers,
                          const PagedKVLayout& layout, const void* slot_mapping,
                          int64_t slot_elem_size, int64_t num_tokens, void* out);
 
+/// @brief CPU twin of the batched paged_kv_gather: many chunk buffers in one call (one slot
+/// validation, one parallel_for over (chunk, kv, layer, token tile) work items).
+///
+/// Chunk c receives the next chunk_tokens[c] tokens of slot_mapping:
+///   outs[c][kv][layer][j][:] = row(layer, kv, slot_mapping[begin_c + j]),
+///   begin_c = chunk_tokens[0] + ... + chunk_tokens[c - 1].
+/// @param layer_ptrs     [num_layers] base address of each layer's cache, each laid out as `layout`
+/// @param slot_mapping   [num_tokens] int32 or int64 slots (slot_elem_size bytes each)
+/// @param outs           [num_chunks] chunk buffers, outs[c] [num_kv, num_layers, chunk_tokens[c],
+///                       num_heads * head_size] contiguous (may be null when chunk_tokens[c] is 0)
+/// @param chunk_tokens   [num_chunks] tokens of each chunk (>= 0), summing to num_tokens
+/// @throws std::out_of_range naming the first slot outside [-1, num_slots) and its position in
+///         slot_mapping (nothing is written to any chunk); std::invalid_argument when the chunk
+///         sizes do not add up to num_tokens, for a bad size or a null pointer.
+void paged_kv_gather_chunks_cpu(const void* const* layer_ptrs, int64_t num_layers,
+                                const PagedKVLayout& layout, const void* slot_mapping,
+                                int64_t slot_elem_size, int64_t num_tokens, void* const* outs,
+                                const int64_t* chunk_tokens, int64_t num_chunks);
+
 #ifdef LMC_WITH_CUDA
 /// @brief CUDA paged_kv_gather, enqueued on `stream` (nothing waits for it).
 ///
@@ -51,6 +70,18 @@ cudaError_t launch_paged_kv_gather(const void* const* layer_ptrs, int64_t num_la
                                    const PagedKVLayout& layout, const void* slot_mapping,
                                    int64_t slot_elem_size, int64_t num_tokens, void* out,
                                    unsigned long long* bad_pos, cudaStream_t stream);
+
+/// @brief CUDA batched paged_kv_gather (chunks as in paged_kv_gather_chunks_cpu), enqueued on
+/// `stream`; one validation launch for all tokens, then copy launches of up to
+/// kMaxChunksPerLaunch chunks and kMaxLayersPerLaunch layers each. *bad_pos as above.
+/// @param outs           [num_chunks] host array of chunk addresses (device or pinned host memory)
+/// @param chunk_tokens   [num_chunks] host array, tokens of each chunk, summing to num_tokens
+cudaError_t launch_paged_kv_gather_chunks(const void* const* layer_ptrs, int64_t num_layers,
+                                          const PagedKVLayout& layout, const void* slot_mapping,
+                                          int64_t slot_elem_size, int64_t num_tokens,
+                                          void* const* outs, const int64_t* chunk_tokens,
+                                          int64_t num_chunks, unsigned long long* bad_pos,
+                                          cudaStream_t stream);
 #endif
 
 }  // namespace lmc

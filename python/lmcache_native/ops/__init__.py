@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from lmcache_native.ops._layout import LAYOUTS, PagedKV, describe
 from lmcache_native.ops.kv_chunk_md5 import kv_chunk_md5
-from lmcache_native.ops.paged_kv_gather import paged_kv_gather
-from lmcache_native.ops.paged_kv_scatter import paged_kv_scatter
-from lmcache_native.ops.slot_ranges import compress_slot_mapping, expand_slot_ranges, parse_slot_mapping
+from lmcache_native.ops.paged_kv_gather import paged_kv_gather, paged_kv_gather_chunks
+from lmcache_native.ops.paged_kv_scatter import paged_kv_scatter, paged_kv_scatter_chunks
+from lmcache_native.ops.slot_ranges import (
+    compress_slot_mapping,
+    expand_slot_ranges,
+    parse_slot_mapping,
+)
 
 __all__ = [
     "LAYOUTS",
@@ -20,6 +24,8 @@ __all__ = [
     "expand_slot_ranges",
     "kv_chunk_md5",
     "paged_kv_gather",
+    "paged_kv_gather_chunks",
     "paged_kv_scatter",
+    "paged_kv_scatter_chunks",
     "parse_slot_mapping",
 ]

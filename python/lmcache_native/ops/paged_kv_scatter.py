@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from lmcache_native import _native
-from lmcache_native.ops._paged_kv_copy import prepare
+from lmcache_native.ops._paged_kv_copy import prepare, prepare_chunks
 
 
 def paged_kv_scatter(
@@ -51,7 +51,56 @@ def paged_kv_scatter(
         int(slots.data_ptr()),
         int(slots.numel()),
         int(slots.element_size()),
-        launch["device"],
-        launch["stream"],
-        launch["scratch"],
+        launch.device,
+        launch.stream,
+        launch.scratch_ptr,
+    )
+
+
+def paged_kv_scatter_chunks(
+    chunks: Sequence[torch.Tensor],
+    kv_caches: Sequence[torch.Tensor],
+    slot_mapping: torch.Tensor,
+    layout: str,
+) -> None:
+    """Scatters many chunk buffers into consecutive runs of ``slot_mapping`` in one native call.
+
+    ``chunks[c]`` supplies the next ``n_c = chunks[c].shape[2]`` tokens: with
+    ``b_c = n_0 + ... + n_{c-1}``, ``row(layer, kv, slot_mapping[b_c + j]) = chunks[c][kv,
+    layer, j]``. The result is bit for bit that of calling :func:`paged_kv_scatter` once per
+    chunk on ``slot_mapping[b_c : b_c + n_c]`` (for distinct slots), but the slots are
+    validated once, the copy runs as one parallel loop over (chunk, kv, layer, token tile) work
+    items (one GIL release), and an out-of-range slot anywhere writes nothing at all.
+
+    Args:
+        chunks: chunk buffers, ``chunks[c]`` ``[num_kv, num_layers, n_c, num_heads *
+            head_size]`` contiguous, the cache's dtype, with ``sum(n_c) == num_tokens`` (``n_c``
+            may be 0); on the CPU for a CPU cache, on the cache's CUDA device or in pinned CPU
+            memory for a CUDA cache.
+        kv_caches: one paged cache per layer, as for :func:`paged_kv_scatter`.
+        slot_mapping: ``[num_tokens]`` int32 or int64 slots, on the cache's device or the CPU;
+            ``-1`` is padding (the cache is left untouched for that token).
+        layout: ``"flash_attn"``, ``"flashinfer"``, ``"hnd"``, ``"mla"`` or ``"vllm_cpu"``.
+
+    Raises:
+        TypeError: an argument of the wrong type or dtype (``chunks`` not a list of tensors).
+        ValueError: a wrong shape, device or layout, a non-contiguous buffer, or token counts
+            that do not add up to ``num_tokens``.
+        IndexError: a slot outside ``[-1, num_blocks * block_size)``; nothing is written.
+        RuntimeError: a CUDA cache on a build without CUDA kernels, or a CUDA failure.
+    """
+    kv, slots, ptrs, tokens, launch = prepare_chunks(
+        "paged_kv_scatter_chunks", "chunks", kv_caches, slot_mapping, chunks, layout
+    )
+    _native.C.paged_kv_scatter_chunks(
+        ptrs,
+        tokens,
+        kv.layer_ptrs,
+        kv.flat,
+        int(slots.data_ptr()),
+        int(slots.numel()),
+        int(slots.element_size()),
+        launch.device,
+        launch.stream,
+        launch.scratch_ptr,
     )
