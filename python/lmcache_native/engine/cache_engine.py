@@ -370,47 +370,98 @@ class CacheEngine:
         reason: str | None = None
         slot_mapping_dev = slot_mapping if isinstance(slot_mapping, torch.Tensor) else slots
         pads = _padding_counts(slots)
-        for i, (span, key) in enumerate(zip(spans, keys, strict=True)):
-            if present[i]:
-                skipped += 1
-                continue
-            if pads[span.end] != pads[span.start]:
-                reason = reason or "padding slots"
-                skipped += len(spans) - i
-                self.metrics.skipped_stores.labels(reason="padding slots").inc(len(spans) - i)
-                break
-            buf = self._allocate(kv.chunk_shape(span.num_tokens), kv.paged.dtype)
-            if buf is None:
-                reason = reason or "out of memory"
-                skipped += len(spans) - i
-                self.metrics.skipped_stores.labels(reason="out of memory").inc(len(spans) - i)
-                break
-            try:
-                t0 = time.perf_counter()
-                ops.paged_kv_gather(
-                    kv.caches, slot_mapping_dev[span.start : span.end], buf.tensor, kv.layout
-                )
-                self.metrics.copy_seconds.labels(direction="gather").observe(
-                    time.perf_counter() - t0
-                )
-                self.metrics.copy_bytes.labels(direction="gather").inc(buf.nbytes)
-                written = self._manager.put(key, buf)
-            finally:
+        # Chunks to copy are collected (a pooled buffer each) and gathered in one native call.
+        batch: list[tuple[ChunkSpan, str, ChunkBuffer]] = []
+        stop: tuple[str, int] | None = None  # (reason, chunks left) when the store ends early
+        try:
+            for i, (span, key) in enumerate(zip(spans, keys, strict=True)):
+                if present[i]:
+                    skipped += 1
+                    continue
+                if pads[span.end] != pads[span.start]:
+                    stop = ("padding slots", len(spans) - i)
+                    break
+                shape = kv.chunk_shape(span.num_tokens)
+                buf = self._allocate(shape, kv.paged.dtype)
+                if buf is None and batch:
+                    # NOTE: the pool is full and the batch holds buffers the CPU tier cannot
+                    # evict yet: store them first, then ask again (as one chunk at a time would).
+                    todo, batch = batch, []
+                    done, missed, reason = self._store_batch(kv, slot_mapping_dev, todo, reason)
+                    stored_tokens += done
+                    skipped += missed
+                    buf = self._allocate(shape, kv.paged.dtype)
+                if buf is None:
+                    stop = ("out of memory", len(spans) - i)
+                    break
+                batch.append((span, key, buf))
+        except BaseException:
+            for _, _, buf in batch:
                 buf.unref()
-            if not written:
-                reason = reason or self._why_not_written()
-                skipped += 1
-                self.metrics.skipped_stores.labels(reason=reason).inc()
-                continue
-            stored_tokens += span.num_tokens
-            self.metrics.stored_tokens.inc(span.num_tokens)
-            self.metrics.stored_bytes.inc(buf.nbytes)
+            raise
+        if batch:
+            done, missed, reason = self._store_batch(kv, slot_mapping_dev, batch, reason)
+            stored_tokens += done
+            skipped += missed
+        if stop is not None:
+            reason = reason or stop[0]
+            skipped += stop[1]
+            self.metrics.skipped_stores.labels(reason=stop[0]).inc(stop[1])
         if skipped and reason is None and stored_tokens == 0:
             reason = "already stored"
             self.metrics.skipped_stores.labels(reason="already stored").inc(skipped)
         if reason is None and tail_dropped:
             reason = "unfull chunk not saved"
         return StoreResult(n, stored_tokens, skipped, reason)
+
+    def _store_batch(
+        self,
+        kv: _KVState,
+        slot_mapping: torch.Tensor,
+        batch: list[tuple[ChunkSpan, str, ChunkBuffer]],
+        reason: str | None,
+    ) -> tuple[int, int, str | None]:
+        """Gathers ``batch``'s chunks in one native call and puts each into storage.
+
+        Takes over the batch's buffer references (each is dropped right after its put, so the
+        CPU tier may evict it again; all are dropped on an error).
+
+        Returns:
+            ``(tokens stored, chunks not written, reason)``; ``reason`` is the one passed in or,
+            when it was ``None`` and a put failed, why.
+        """
+        released = 0
+        try:
+            t0 = time.perf_counter()
+            ops.paged_kv_gather_chunks(
+                kv.caches,
+                _batch_slots(slot_mapping, [span for span, _, _ in batch]),
+                [buf.tensor for _, _, buf in batch],
+                kv.layout,
+            )
+            self.metrics.copy_seconds.labels(direction="gather").observe(time.perf_counter() - t0)
+            self.metrics.copy_bytes.labels(direction="gather").inc(
+                sum(buf.nbytes for _, _, buf in batch)
+            )
+            stored_tokens = stored_bytes = skipped = 0
+            for span, key, buf in batch:
+                written = self._manager.put(key, buf)
+                buf.unref()
+                released += 1
+                if not written:
+                    reason = reason or self._why_not_written()
+                    skipped += 1
+                    self.metrics.skipped_stores.labels(reason=reason).inc()
+                    continue
+                stored_tokens += span.num_tokens
+                stored_bytes += buf.nbytes
+        finally:
+            for _, _, buf in batch[released:]:
+                buf.unref()
+        if stored_tokens:
+            self.metrics.stored_tokens.inc(stored_tokens)
+            self.metrics.stored_bytes.inc(stored_bytes)
+        return stored_tokens, skipped, reason
 
     def _why_not_writable(self) -> str | None:
         """Why no tier would accept a chunk now, or ``None`` when some tier would."""
@@ -487,17 +538,27 @@ class CacheEngine:
         slot_mapping_dev = slot_mapping if isinstance(slot_mapping, torch.Tensor) else slots
         pads = _padding_counts(slots)
         loaded = 0
-        for span, key in zip(spans, keys, strict=True):
-            if pads[span.end] - pads[span.start] == span.num_tokens:
-                if not self._manager.contains(key):
+        # Chunks found are collected (one reference each) and scattered in one native call.
+        batch: list[tuple[ChunkSpan, ChunkBuffer, str]] = []
+        try:
+            for span, key in zip(spans, keys, strict=True):
+                if pads[span.end] - pads[span.start] == span.num_tokens:
+                    if not self._manager.contains(key):
+                        break
+                    loaded = span.end
+                    continue
+                failed = self._manager.failed_allocations
+                got = self._manager.get(key)
+                if got is None and batch and self._manager.failed_allocations != failed:
+                    # NOTE: no host memory to read a lower-tier chunk into while the batch
+                    # holds buffers: load and release them first, then ask again (as one chunk
+                    # at a time would).
+                    todo, batch = batch, []
+                    self._retrieve_batch(kv, slot_mapping_dev, todo)
+                    got = self._manager.get(key)
+                if got is None:
                     break
-                loaded = span.end
-                continue
-            got = self._manager.get(key)
-            if got is None:
-                break
-            buf, tier = got
-            try:
+                buf, tier = got
                 expected = kv.chunk_shape(span.num_tokens)
                 if tuple(buf.tensor.shape) != expected or buf.tensor.dtype != kv.paged.dtype:
                     logger.warning(
@@ -509,27 +570,55 @@ class CacheEngine:
                         expected,
                         kv.paged.dtype,
                     )
+                    buf.unref()
                     self.metrics.rejected_chunks.inc()
                     self._manager.remove(key)
                     break
-                t0 = time.perf_counter()
-                ops.paged_kv_scatter(
-                    buf.tensor, kv.caches, slot_mapping_dev[span.start : span.end], kv.layout
-                )
-                self.metrics.copy_seconds.labels(direction="scatter").observe(
-                    time.perf_counter() - t0
-                )
-                self.metrics.copy_bytes.labels(direction="scatter").inc(buf.nbytes)
-                self.metrics.hit_chunks.labels(tier=tier).inc()
-                self.metrics.retrieved_tokens.labels(tier=tier).inc(span.num_tokens)
-                self.metrics.retrieved_bytes.labels(tier=tier).inc(buf.nbytes)
-            finally:
+                batch.append((span, buf, tier))
+                loaded = span.end
+        except BaseException:
+            for _, buf, _ in batch:
                 buf.unref()
-            loaded = span.end
+            raise
+        if batch:
+            self._retrieve_batch(kv, slot_mapping_dev, batch)
         hit_chunks = sum(1 for s in spans if s.end <= loaded)
         self.metrics.miss_chunks.inc(len(spans) - hit_chunks)
         mask[:loaded] = True
         return RetrieveResult(n, loaded, mask)
+
+    def _retrieve_batch(
+        self,
+        kv: _KVState,
+        slot_mapping: torch.Tensor,
+        batch: list[tuple[ChunkSpan, ChunkBuffer, str]],
+    ) -> None:
+        """Scatters ``batch``'s chunks into their slots in one native call; drops the batch's
+        buffer references (also on an error)."""
+        try:
+            t0 = time.perf_counter()
+            ops.paged_kv_scatter_chunks(
+                [buf.tensor for _, buf, _ in batch],
+                kv.caches,
+                _batch_slots(slot_mapping, [span for span, _, _ in batch]),
+                kv.layout,
+            )
+            self.metrics.copy_seconds.labels(direction="scatter").observe(time.perf_counter() - t0)
+        finally:
+            for _, buf, _ in batch:
+                buf.unref()
+        per_tier: dict[str, list[int]] = {}  # tier -> [chunks, tokens, bytes]
+        for span, buf, tier in batch:
+            acc = per_tier.setdefault(tier, [0, 0, 0])
+            acc[0] += 1
+            acc[1] += span.num_tokens
+            acc[2] += buf.nbytes
+        m = self.metrics
+        m.copy_bytes.labels(direction="scatter").inc(sum(acc[2] for acc in per_tier.values()))
+        for tier, (chunks, tokens, nbytes) in per_tier.items():
+            m.hit_chunks.labels(tier=tier).inc(chunks)
+            m.retrieved_tokens.labels(tier=tier).inc(tokens)
+            m.retrieved_bytes.labels(tier=tier).inc(nbytes)
 
     # -- management ----------------------------------------------------------------------------
 
@@ -839,6 +928,14 @@ def _padding_counts(slots: torch.Tensor) -> list[int]:
     """``out[i]`` = padding slots (-1) among the first ``i`` slots (prefix sums, length n+1)."""
     pad = (slots < 0).numpy()
     return [0, *np.cumsum(pad, dtype=np.int64).tolist()]
+
+
+def _batch_slots(slot_mapping: torch.Tensor, spans: Sequence[ChunkSpan]) -> torch.Tensor:
+    """The slots of ``spans``' tokens, in order: a view when the spans follow each other (the
+    usual case), else a concatenation."""
+    if all(a.end == b.start for a, b in zip(spans, spans[1:], strict=False)):
+        return slot_mapping[spans[0].start : spans[-1].end]
+    return torch.cat([slot_mapping[s.start : s.end] for s in spans])
 
 
 def _read_config_file_safely(config_path: str) -> dict[str, Any]:
