@@ -7,7 +7,7 @@ documented status code and content type, and every error must be ``{"error", "me
 CI runs ``LMC_FUZZ_EXAMPLES`` (default 5) examples per operation and generation mode
 (positive: valid per the schema; negative: violating it), derandomized. The long run:
 
-    LMC_FUZZ_EXAMPLES=40 LMC_FUZZ_RANDOM=1 .venv/bin/python -m pytest \
+    LMC_FUZZ_EXAMPLES=100 LMC_FUZZ_RANDOM=1 .venv/bin/python -m pytest \
         tests/reliability/test_fuzz_api.py -q -s
 
 prints the number of cases it sent. A second test drives the string parameters with a grammar
@@ -43,9 +43,16 @@ _CASES = {"schema": 0, "grammar": 0}
 
 
 @pytest.fixture(scope="module")
-def served() -> Iterator[Served]:
-    """``serve`` with the CPU tier and chunk statistics (the default serve configuration)."""
-    s = Served()
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """``serve`` with CPU, disk and ``fs://`` remote tiers and chunk statistics."""
+    root = tmp_path_factory.mktemp("fuzz")
+    config = root / "lmcache.yaml"
+    config.write_text(
+        f"local_disk: {json.dumps(str(root / 'disk'))}\n"
+        "max_local_disk_size: 0.05\n"
+        f"remote_url: {json.dumps('fs://' + str(root / 'fs'))}\n"
+    )
+    s = Served("--config", str(config))
     try:
         yield s
     finally:
