@@ -3,12 +3,12 @@
 //
 // One call moves one chunk buffer or many (the batched entry points: chunk c takes the next
 // n_c tokens of the slot mapping), with one slot validation and one parallel_for. Work is split
-// into items, each a tile of about kItemBytes of one chunk's rows, chunk-major, so each thread
-// walks a contiguous stretch of chunk buffer:
-//   - layouts whose rows are contiguous (flash_attn, flashinfer, mla): (chunk, kv, layer, tile)
-//     items; runs of tokens whose rows are adjacent in the cache become one copy (a block or
-//     more);
-//   - the others (hnd, vllm_cpu, strided views): (chunk, layer, tile) items; for each run of tokens
+// into items, each a tile of about kItemBytes of one chunk's rows, layer-major (the tiles of all
+// chunks in token order inside each layer), so each thread walks one layer's cache at a time
+// and contiguous stretches of chunk buffer:
+//   - layouts whose rows are contiguous (flash_attn, flashinfer, mla): (kv, layer, tile) items;
+//     runs of tokens whose rows are adjacent in the cache become one copy (a block or more);
+//   - the others (hnd, vllm_cpu, strided views): (layer, tile) items; for each run of tokens
 //     inside one block and each head, K's piece then V's piece, so the cache is read in
 //     address order. vllm_cpu's K, stored [head_size, block_size], is an SSE2 tile transpose.
 // Long destination runs use streaming stores (no read-for-ownership of the destination).
@@ -402,18 +402,22 @@ void copy_all(const void* const* layer_ptrs, int64_t num_layers, const PagedKVLa
               const SlotT* slots, const ChunkList& chunks) {
   const int64_t row_bytes = l.row_bytes();
   const bool rows_layout = l.row_contiguous(0) && (l.num_kv == 1 || l.row_contiguous(1));
-  // Items are (chunk, kv, layer, tile) for row layouts and (chunk, layer, tile) covering both
-  // kv sides otherwise, chunk-major so a thread's slice walks whole chunk buffers in order; a
-  // tile holds about kItemBytes of chunk rows per kv side.
+  // Items are (kv, layer, tile) for row layouts and (layer, tile) covering both kv sides
+  // otherwise, where the tiles are those of every chunk in token order, so a thread's slice
+  // stays on one layer's cache across the chunks; a tile holds about kItemBytes of one chunk's
+  // rows per kv side. NOTE: (chunk, kv, layer, tile) order, which switches layers every chunk,
+  // measured 5-8% slower for 32 chunks of 256 llama3-8b tokens than one 8K-token chunk; this
+  // order matches the one-chunk speed.
   const int64_t tile = std::max<int64_t>(16, (kItemBytes + row_bytes - 1) / row_bytes);
   const int64_t groups = rows_layout ? l.num_kv * num_layers : num_layers;
-  // item_begin[c]: first item of chunk c (a chunk of n tokens has groups * ceil(n / tile)).
-  std::vector<int64_t> item_begin(static_cast<size_t>(chunks.num_chunks) + 1, 0);
+  // tile_begin[c]: first tile of chunk c in the concatenation of all chunks' tiles.
+  std::vector<int64_t> tile_begin(static_cast<size_t>(chunks.num_chunks) + 1, 0);
   for (int64_t c = 0; c < chunks.num_chunks; ++c) {
     const int64_t n = chunks.token_begin[c + 1] - chunks.token_begin[c];
-    item_begin[c + 1] = item_begin[c] + groups * ((n + tile - 1) / tile);
+    tile_begin[c + 1] = tile_begin[c] + (n + tile - 1) / tile;
   }
-  const int64_t num_items = item_begin.back();
+  const int64_t total_tiles = tile_begin.back();
+  const int64_t num_items = groups * total_tiles;
   const int64_t num_tokens = chunks.token_begin[chunks.num_chunks];
   const int64_t total_bytes = l.num_kv * num_layers * num_tokens * row_bytes;
   const int64_t grain = total_bytes < kParallelBytes ? num_items : 1;
@@ -424,17 +428,14 @@ void copy_all(const void* const* layer_ptrs, int64_t num_layers, const PagedKVLa
   parallel_for(num_items, grain, [&](int64_t begin, int64_t end) {
     // NOTE: default-initialised (not zeroed): every element read was written first.
     std::unique_ptr<Word[]> stage(rows_layout ? nullptr : new Word[kStageBytes / sizeof(Word)]);
-    // Chunk of item `begin`; later items advance it (empty chunks own no items).
-    int64_t c = std::upper_bound(item_begin.begin(), item_begin.end(), begin) -
-                item_begin.begin() - 1;
     for (int64_t it = begin; it < end; ++it) {
-      while (it >= item_begin[c + 1]) ++c;
+      const int64_t g = it / total_tiles;
+      const int64_t k = it % total_tiles;
+      const int64_t c = std::upper_bound(tile_begin.begin(), tile_begin.end(), k) -
+                        tile_begin.begin() - 1;
       const int64_t first = chunks.token_begin[c];
       const int64_t n = chunks.token_begin[c + 1] - first;
-      const int64_t num_tiles = (n + tile - 1) / tile;
-      const int64_t local = it - item_begin[c];
-      const int64_t g = local / num_tiles;
-      const int64_t t0 = (local % num_tiles) * tile;
+      const int64_t t0 = (k - tile_begin[c]) * tile;
       const int64_t t1 = std::min(n, t0 + tile);
       const SlotT* chunk_slots = slots + first;
       const auto chunk_rows = [&](int64_t layer, int kv) {

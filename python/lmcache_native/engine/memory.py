@@ -115,7 +115,7 @@ class ChunkBufferPool:
     @staticmethod
     def nbytes_for(shape: Sequence[int], dtype: torch.dtype) -> int:
         """Bytes of a buffer of ``shape`` and ``dtype``."""
-        return math.prod(int(s) for s in shape) * torch.empty((), dtype=dtype).element_size()
+        return math.prod(int(s) for s in shape) * dtype.itemsize
 
     @property
     def capacity_bytes(self) -> int:
