@@ -4,11 +4,12 @@ For one request of ``--tokens`` tokens of a model preset (default: 8K tokens of 
 the same run:
 
 * ``store``: ``CacheEngine.store`` of the whole request into an empty tier (keys, presence
-  check, pooled chunk buffers, one native gather per chunk, tier put; for disk/fs/redis also the
-  background write, waited for with ``flush``) against ``raw``: one ``ops.paged_kv_gather`` call
-  of all tokens into one preallocated buffer;
+  check, pooled chunk buffers, one batched native gather into all of them, tier puts; for
+  disk/fs/redis also the background write, waited for with ``flush``) against ``raw``: one
+  ``ops.paged_kv_gather`` call of all tokens into one preallocated buffer;
 * ``retrieve``: ``CacheEngine.retrieve`` of the whole request (all chunks hit; for disk/fs/redis
-  the tier is read, the CPU tier being off) against ``raw``: one ``ops.paged_kv_scatter`` call;
+  the tier is read, the CPU tier being off; one batched native scatter) against ``raw``: one
+  ``ops.paged_kv_scatter`` call;
 * ``check``: what ``GET /cache/kvcache/check`` does for the request's slots (parse the slot
   string, ``CacheEngine.kv_checksums``, compress the slot list) against ``raw``:
   ``ops.kv_chunk_md5`` on the same slots;
