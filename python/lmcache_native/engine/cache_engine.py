@@ -52,6 +52,7 @@ from lmcache_native.storage import (
     StorageBackend,
     StorageManager,
 )
+from lmcache_native.storage.base import ChunkBufferLike
 from lmcache_native.storage.remote import fs_url_path
 from lmcache_native.storage.serde import CHUNK_SUFFIX, chunk_filename, is_temp_file, read_chunk_file
 
@@ -539,7 +540,7 @@ class CacheEngine:
         pads = _padding_counts(slots)
         loaded = 0
         # Chunks found are collected (one reference each) and scattered in one native call.
-        batch: list[tuple[ChunkSpan, ChunkBuffer, str]] = []
+        batch: list[tuple[ChunkSpan, ChunkBufferLike, str]] = []
         try:
             for span, key in zip(spans, keys, strict=True):
                 if pads[span.end] - pads[span.start] == span.num_tokens:
@@ -591,7 +592,7 @@ class CacheEngine:
         self,
         kv: _KVState,
         slot_mapping: torch.Tensor,
-        batch: list[tuple[ChunkSpan, ChunkBuffer, str]],
+        batch: list[tuple[ChunkSpan, ChunkBufferLike, str]],
     ) -> None:
         """Scatters ``batch``'s chunks into their slots in one native call; drops the batch's
         buffer references (also on an error)."""
