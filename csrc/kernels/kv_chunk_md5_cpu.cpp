@@ -394,12 +394,13 @@ struct Group {
   int count;
 };
 
-int lanes_of(Md5Isa isa) {
-  switch (isa) {
-    case Md5Isa::kAvx512: return 32;
-    case Md5Isa::kAvx2: return 16;
-    default: return 1;
-  }
+// Lanes per group for n messages: the widest transform of isa, halved (down to the plain
+// 16/8-lane width) while that leaves fewer groups than threads, so small calls use every thread.
+int lanes_of(Md5Isa isa, int64_t n) {
+  int width = isa == Md5Isa::kAvx512 ? 32 : isa == Md5Isa::kAvx2 ? 16 : 1;
+  const int narrowest = isa == Md5Isa::kAvx512 ? 16 : 8;
+  while (width > narrowest && (n + width - 1) / width < num_threads()) width /= 2;
+  return width;
 }
 
 // Splits messages (already ordered so equal lengths are adjacent) into groups of <= W.
@@ -481,7 +482,7 @@ void md5_many_cpu(const uint8_t* const* msgs, const int64_t* lens, int64_t n, ui
   for (int64_t i = 0; i < n; ++i) order[i] = i;
   std::stable_sort(order.begin(), order.end(),
                    [&](int64_t a, int64_t b) { return len_of[a] < len_of[b]; });
-  const std::vector<Group> groups = make_groups(order, len_of, lanes_of(isa));
+  const std::vector<Group> groups = make_groups(order, len_of, lanes_of(isa, n));
   parallel_for(static_cast<int64_t>(groups.size()), 1, [&](int64_t begin, int64_t end) {
     for (int64_t gi = begin; gi < end; ++gi) {
       const Group& grp = groups[gi];
@@ -539,7 +540,7 @@ void kv_chunk_md5_cpu(const uint8_t* const* layer_ptrs, int64_t num_layers,
   for (int64_t m = 0; m < num_msgs; ++m) order[m] = m;
   std::stable_sort(order.begin(), order.end(),
                    [&](int64_t a, int64_t b) { return lens[a] < lens[b]; });
-  const std::vector<Group> groups = make_groups(order, lens, lanes_of(isa));
+  const std::vector<Group> groups = make_groups(order, lens, lanes_of(isa, num_msgs));
 
   // Strided sides are read through per-lane tiles of up to kTileTokens tokens.
   const bool tiled = geom.strided[0] || geom.strided[1];

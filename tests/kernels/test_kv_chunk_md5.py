@@ -107,7 +107,7 @@ def test_this_machine_runs_simd_paths() -> None:
 
 
 @pytest.mark.parametrize("length", MD5_LENGTHS)
-@pytest.mark.parametrize("count", [1, 3, 8, 9, 16, 17, 33])
+@pytest.mark.parametrize("count", [1, 3, 8, 9, 16, 17, 33, 50])
 def test_md5_bytes_matches_hashlib(isa: str, length: int, count: int) -> None:
     gen = torch.Generator().manual_seed(length * 100 + count)
     msgs = [
