@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from lmcache_native.bench import runner
 from lmcache_native.bench._util import PRESETS
-from lmcache_native.bench.scripts import adapt_copy, adapt_engine, find_bench_dir
+from lmcache_native.bench.scripts import adapt_copy, adapt_engine
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO / "benchmarks"
@@ -58,10 +58,10 @@ def _assert_row_figures(row: dict[str, Any], *, need_limit: bool) -> None:
         assert isinstance(row[key], str) and row[key]
 
 
-@pytest.mark.skipif(find_bench_dir() is None, reason="no source checkout with benchmarks/")
 def test_cli_quick_runs_every_script_and_writes_json_and_png(tmp_path: Path) -> None:
     out, png = tmp_path / "out.json", tmp_path / "out.png"
-    cmd = [*_cli(), "bench", "--quick", "--json", str(out), "--plot", str(png), "--no-progress"]
+    cmd = [*_cli(), "bench", "--quick", "--bench-dir", str(BENCH_DIR), "--json", str(out)]
+    cmd += ["--plot", str(png), "--no-progress"]
     proc = subprocess.run(
         [*cmd, "--timeout", "240"], capture_output=True, text=True, cwd=tmp_path, timeout=600
     )
