@@ -8,7 +8,10 @@ allocates anything, so an over-long request fails in microseconds.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import torch
 
 from lmcache_native import _native
@@ -74,7 +77,9 @@ def parse_slot_ranges(text: str, max_slots: int) -> torch.Tensor:
     return torch.from_numpy(_native.C.parse_slot_ranges(text, max_slots))
 
 
-def compress_slot_mapping(slots: torch.Tensor | Sequence[int]) -> list[int | list[int]]:
+def compress_slot_mapping(
+    slots: torch.Tensor | npt.NDArray[np.integer[Any]] | Sequence[int],
+) -> list[int | list[int]]:
     """Compresses slots: each run of >= 3 consecutive values becomes ``[start, end]``.
 
     Shorter runs stay plain ints; order is kept (``[1, 2, 3, 7, 5, 6] -> [[1, 3], 7, 5, 6]``).
