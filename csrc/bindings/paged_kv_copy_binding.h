@@ -98,6 +98,29 @@ inline void raise_if_bad_slot(const unsigned long long* bad_pos, int64_t slot_ma
       "slot_mapping[", bad, "] = ", value, " is out of range: slots must be -1 (padding) or in [0, ",
       num_slots, ") (num_blocks * block_size); nothing was written"));
 }
+
+// Runs a copy on `device`: checks the scratch word, releases the GIL, makes `device` current,
+// calls `launch(bad_pos, stream)` (which enqueues the slot validation into the scratch word and
+// the copy, and checks the launch error itself), then raises for a slot the validation flagged.
+template <class Launch>
+void run_on_device(int64_t device, int64_t stream, int64_t scratch, int64_t slot_mapping,
+                   int64_t slot_elem_size, int64_t num_slots, Launch&& launch) {
+  LMC_CHECK_ARG(scratch != 0, "scratch (device validation result) must not be null");
+  pybind11::gil_scoped_release release;
+  DeviceGuard guard(static_cast<int>(device));
+  auto* bad_pos = as_ptr<unsigned long long>(scratch);
+  auto s = as_ptr<CUstream_st>(stream);
+  launch(bad_pos, s);
+  raise_if_bad_slot(bad_pos, slot_mapping, slot_elem_size, num_slots, s);
+}
+#else
+// What a copy of a CUDA cache does in a build without CUDA kernels: `op` names the binding.
+[[noreturn]] inline void throw_no_cuda(const char* op, int64_t stream, int64_t scratch) {
+  (void)stream;
+  (void)scratch;
+  throw std::invalid_argument(
+      detail::concat(op, ": CUDA cache passed to a build without CUDA kernels (LMC_CUDA=OFF)"));
+}
 #endif
 
 }  // namespace copy_binding

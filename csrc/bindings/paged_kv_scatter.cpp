@@ -30,20 +30,14 @@ void paged_kv_scatter(int64_t chunk, const std::vector<int64_t>& layer_ptrs,
     return;
   }
 #ifdef LMC_WITH_CUDA
-  LMC_CHECK_ARG(scratch != 0, "scratch (device validation result) must not be null");
-  py::gil_scoped_release release;
-  copy_binding::DeviceGuard guard(static_cast<int>(device));
-  auto* bad_pos = as_ptr<unsigned long long>(scratch);
-  auto s = as_ptr<CUstream_st>(stream);
-  LMC_CHECK_CUDA(launch_paged_kv_scatter(as_ptr<const void>(chunk), ptrs.data(), num_layers, l,
-                                         as_ptr<const void>(slot_mapping), slot_elem_size,
-                                         num_tokens, bad_pos, s));
-  copy_binding::raise_if_bad_slot(bad_pos, slot_mapping, slot_elem_size, l.num_slots(), s);
+  copy_binding::run_on_device(device, stream, scratch, slot_mapping, slot_elem_size,
+                              l.num_slots(), [&](unsigned long long* bad_pos, cudaStream_t s) {
+    LMC_CHECK_CUDA(launch_paged_kv_scatter(as_ptr<const void>(chunk), ptrs.data(), num_layers, l,
+                                           as_ptr<const void>(slot_mapping), slot_elem_size,
+                                           num_tokens, bad_pos, s));
+  });
 #else
-  (void)stream;
-  (void)scratch;
-  throw std::invalid_argument(
-      "paged_kv_scatter: CUDA cache passed to a build without CUDA kernels (LMC_CUDA=OFF)");
+  copy_binding::throw_no_cuda("paged_kv_scatter", stream, scratch);
 #endif
 }
 
@@ -69,21 +63,14 @@ void paged_kv_scatter_chunks(const std::vector<int64_t>& chunk_ptrs,
     return;
   }
 #ifdef LMC_WITH_CUDA
-  LMC_CHECK_ARG(scratch != 0, "scratch (device validation result) must not be null");
-  py::gil_scoped_release release;
-  copy_binding::DeviceGuard guard(static_cast<int>(device));
-  auto* bad_pos = as_ptr<unsigned long long>(scratch);
-  auto s = as_ptr<CUstream_st>(stream);
-  LMC_CHECK_CUDA(launch_paged_kv_scatter_chunks(
-      chunks.data(), chunk_tokens.data(), num_chunks, ptrs.data(), num_layers, l,
-      as_ptr<const void>(slot_mapping), slot_elem_size, num_tokens, bad_pos, s));
-  copy_binding::raise_if_bad_slot(bad_pos, slot_mapping, slot_elem_size, l.num_slots(), s);
+  copy_binding::run_on_device(device, stream, scratch, slot_mapping, slot_elem_size,
+                              l.num_slots(), [&](unsigned long long* bad_pos, cudaStream_t s) {
+    LMC_CHECK_CUDA(launch_paged_kv_scatter_chunks(
+        chunks.data(), chunk_tokens.data(), num_chunks, ptrs.data(), num_layers, l,
+        as_ptr<const void>(slot_mapping), slot_elem_size, num_tokens, bad_pos, s));
+  });
 #else
-  (void)stream;
-  (void)scratch;
-  throw std::invalid_argument(
-      "paged_kv_scatter_chunks: CUDA cache passed to a build without CUDA kernels "
-      "(LMC_CUDA=OFF)");
+  copy_binding::throw_no_cuda("paged_kv_scatter_chunks", stream, scratch);
 #endif
 }
 
