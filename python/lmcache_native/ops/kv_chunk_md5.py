@@ -100,9 +100,7 @@ def _kv_chunk_md5_cuda(
         return [[] for _ in range(num_layers)], []
     with torch.cuda.device(device):
         layer_ptrs = torch.tensor(paged.layer_ptrs, dtype=torch.int64, device=device)
-        workspace = torch.empty(
-            num_tokens + num_chunks, dtype=torch.int64, device=device
-        )
+        workspace = torch.empty(num_tokens + num_chunks, dtype=torch.int64, device=device)
         # Digests and the error slot share one buffer so a single copy brings both back.
         out = torch.empty(num_layers * num_chunks * 16 + 8, dtype=torch.uint8, device=device)
         error = out[num_layers * num_chunks * 16 :].view(torch.int64)
