@@ -16,10 +16,12 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
+
+from lmcache_native.storage.policies import make_policy
 
 
 class ChunkBufferLike(Protocol):
@@ -161,6 +163,81 @@ class StorageBackend(ABC):
 
     def _count_put(self, buf: ChunkBufferLike) -> None:
         self._count(puts=1, put_bytes=buf.nbytes, put_tokens=buf.num_tokens)
+
+
+E = TypeVar("E")
+
+
+class BoundedBackend(StorageBackend, Generic[E]):
+    """A tier with an in-memory index (key -> entry ``E``), a byte capacity and an eviction policy.
+
+    Subclasses keep ``_index``, ``_used`` and ``_policy`` consistent under ``_lock`` and implement
+    :meth:`_pick_victims_locked` (remove entries in policy order) and :meth:`_dispose_one` (free
+    one removed entry, called outside the lock).
+
+    Args:
+        capacity_bytes: the most bytes held at once.
+        policy: ``cache_policy`` name (LRU, LFU, FIFO).
+    """
+
+    def __init__(self, capacity_bytes: int, policy: str) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._index: dict[str, E] = {}
+        self._policy = make_policy(policy)
+        self._capacity = int(capacity_bytes)
+        self._used = 0
+
+    @property
+    def capacity_bytes(self) -> int:
+        """Capacity in bytes."""
+        return self._capacity
+
+    def set_capacity(self, capacity_bytes: int) -> int:
+        """Changes the capacity, evicting down to it. Returns entries evicted."""
+        with self._lock:
+            self._capacity = int(capacity_bytes)
+            victims = self._pick_victims_locked(self._used - self._capacity)
+        self._dispose(victims)
+        return len(victims)
+
+    def contains(self, key: str) -> bool:
+        with self._lock:
+            return key in self._index
+
+    def batched_contains(self, keys: Sequence[str]) -> list[bool]:
+        with self._lock:
+            return [k in self._index for k in keys]
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return list(self._index)
+
+    def _size_stats(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "used_bytes": self._used,
+                "capacity_bytes": self._capacity,
+                "num_chunks": len(self._index),
+            }
+
+    @abstractmethod
+    def _pick_victims_locked(self, need: int, all_or_nothing: bool = False) -> list[E]:
+        """Removes entries in policy order until ``need`` bytes are freed; returns them.
+
+        With ``all_or_nothing``, removes nothing unless ``need`` bytes can be freed.
+        """
+
+    @abstractmethod
+    def _dispose_one(self, entry: E) -> None:
+        """Frees one entry already removed from the index (outside the lock)."""
+
+    def _dispose(self, victims: list[E]) -> None:
+        """Counts ``victims`` as evictions and frees each (outside the lock)."""
+        if victims:
+            self._count(evictions=len(victims))
+        for e in victims:
+            self._dispose_one(e)
 
 
 class RateLimitedLogger:

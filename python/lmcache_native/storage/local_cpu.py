@@ -9,14 +9,10 @@ every put.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Sequence
-
-from lmcache_native.storage.base import ChunkBufferLike, StorageBackend
-from lmcache_native.storage.policies import make_policy
+from lmcache_native.storage.base import BoundedBackend, ChunkBufferLike
 
 
-class LocalCPUBackend(StorageBackend):
+class LocalCPUBackend(BoundedBackend[ChunkBufferLike]):
     """The CPU tier.
 
     Args:
@@ -27,12 +23,7 @@ class LocalCPUBackend(StorageBackend):
     name = "LocalCPUBackend"
 
     def __init__(self, capacity_bytes: int, policy: str = "LRU") -> None:
-        super().__init__()
-        self._lock = threading.Lock()
-        self._entries: dict[str, ChunkBufferLike] = {}
-        self._policy = make_policy(policy)
-        self._capacity = int(capacity_bytes)
-        self._used = 0
+        super().__init__(capacity_bytes, policy)
         self._hot = True
 
     # -- switches ------------------------------------------------------------------------------
@@ -48,32 +39,11 @@ class LocalCPUBackend(StorageBackend):
             self._hot = bool(enabled)
         return 0 if enabled else self.clear()
 
-    @property
-    def capacity_bytes(self) -> int:
-        """Capacity in bytes."""
-        return self._capacity
-
-    def set_capacity(self, capacity_bytes: int) -> int:
-        """Changes the capacity, evicting down to it. Returns entries evicted."""
-        with self._lock:
-            self._capacity = int(capacity_bytes)
-            victims = self._pick_victims_locked(self._used - self._capacity)
-        self._release(victims)
-        return len(victims)
-
     # -- interface -----------------------------------------------------------------------------
-
-    def contains(self, key: str) -> bool:
-        with self._lock:
-            return key in self._entries
-
-    def batched_contains(self, keys: Sequence[str]) -> list[bool]:
-        with self._lock:
-            return [k in self._entries for k in keys]
 
     def get(self, key: str) -> ChunkBufferLike | None:
         with self._lock:
-            buf = self._entries.get(key)
+            buf = self._index.get(key)
             if buf is not None:
                 buf.ref()
                 self._policy.on_access(key)
@@ -88,7 +58,7 @@ class LocalCPUBackend(StorageBackend):
         with self._lock:
             if not self._hot:
                 ok = False
-            elif key in self._entries:
+            elif key in self._index:
                 self._policy.on_access(key)
                 return True
             elif buf.nbytes > self._capacity:
@@ -98,10 +68,10 @@ class LocalCPUBackend(StorageBackend):
                 victims = self._pick_victims_locked(need, all_or_nothing=True)
                 ok = self._used + buf.nbytes <= self._capacity
                 if ok:
-                    self._entries[key] = buf.ref()
+                    self._index[key] = buf.ref()
                     self._used += buf.nbytes
                     self._policy.on_insert(key)
-        self._release(victims)
+        self._dispose(victims)
         if not ok:
             self._count(rejected_puts=1)
             return False
@@ -118,17 +88,13 @@ class LocalCPUBackend(StorageBackend):
 
     def clear(self) -> int:
         with self._lock:
-            bufs = list(self._entries.values())
-            self._entries.clear()
+            bufs = list(self._index.values())
+            self._index.clear()
             self._policy.clear()
             self._used = 0
         for b in bufs:
             b.unref()
         return len(bufs)
-
-    def keys(self) -> list[str]:
-        with self._lock:
-            return list(self._entries)
 
     def close(self) -> None:
         self.clear()
@@ -140,21 +106,13 @@ class LocalCPUBackend(StorageBackend):
         """
         with self._lock:
             victims = self._pick_victims_locked(nbytes)
-        self._release(victims)
+        self._dispose(victims)
         return sum(b.nbytes for b in victims)
-
-    def _size_stats(self) -> dict[str, int]:
-        with self._lock:
-            return {
-                "used_bytes": self._used,
-                "capacity_bytes": self._capacity,
-                "num_chunks": len(self._entries),
-            }
 
     # -- internals -----------------------------------------------------------------------------
 
     def _pop_locked(self, key: str) -> ChunkBufferLike | None:
-        buf = self._entries.pop(key, None)
+        buf = self._index.pop(key, None)
         if buf is not None:
             self._used -= buf.nbytes
             self._policy.on_remove(key)
@@ -174,7 +132,7 @@ class LocalCPUBackend(StorageBackend):
         for key in self._policy.candidates():
             if freed >= need:
                 break
-            buf = self._entries[key]
+            buf = self._index[key]
             if buf.refcount > 1:  # being read or written elsewhere: never evicted
                 continue
             chosen.append(key)
@@ -184,8 +142,5 @@ class LocalCPUBackend(StorageBackend):
         victims = [b for b in (self._pop_locked(k) for k in chosen) if b is not None]
         return victims
 
-    def _release(self, victims: list[ChunkBufferLike]) -> None:
-        if victims:
-            self._count(evictions=len(victims))
-        for b in victims:
-            b.unref()
+    def _dispose_one(self, entry: ChunkBufferLike) -> None:
+        entry.unref()

@@ -15,19 +15,16 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from lmcache_native.errors import CorruptChunkError
 from lmcache_native.storage.base import (
     Allocator,
+    BoundedBackend,
     ChunkBufferLike,
     RateLimitedLogger,
-    StorageBackend,
 )
-from lmcache_native.storage.policies import make_policy
 from lmcache_native.storage.serde import (
     CHUNK_SUFFIX,
     chunk_filename,
@@ -47,7 +44,7 @@ class _Entry:
     size: int
 
 
-class LocalDiskBackend(StorageBackend):
+class LocalDiskBackend(BoundedBackend[_Entry]):
     """The disk tier.
 
     Args:
@@ -68,16 +65,11 @@ class LocalDiskBackend(StorageBackend):
         policy: str = "LRU",
         fsync: bool = False,
     ) -> None:
-        super().__init__()
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self._allocator = allocator
         self._fsync = fsync
-        self._lock = threading.Lock()
-        self._index: dict[str, _Entry] = {}
-        self._policy = make_policy(policy)
-        self._capacity = int(capacity_bytes)
-        self._used = 0
+        super().__init__(capacity_bytes, policy)
         self._rlog = RateLimitedLogger(logger)
         self._rebuild_index()
 
@@ -116,7 +108,7 @@ class LocalDiskBackend(StorageBackend):
                 self._used += entry.size
                 self._policy.on_insert(key)
             victims = self._pick_victims_locked(self._used - self._capacity)
-        self._delete_files(victims)
+        self._dispose(victims)
         if found:
             logger.info(
                 "LocalDiskBackend: rebuilt index from %s: %d chunks, %d bytes",
@@ -125,30 +117,7 @@ class LocalDiskBackend(StorageBackend):
                 self._used,
             )
 
-    # -- capacity ------------------------------------------------------------------------------
-
-    @property
-    def capacity_bytes(self) -> int:
-        """Capacity in bytes."""
-        return self._capacity
-
-    def set_capacity(self, capacity_bytes: int) -> int:
-        """Changes the capacity, evicting down to it. Returns files evicted."""
-        with self._lock:
-            self._capacity = int(capacity_bytes)
-            victims = self._pick_victims_locked(self._used - self._capacity)
-        self._delete_files(victims)
-        return len(victims)
-
     # -- interface -----------------------------------------------------------------------------
-
-    def contains(self, key: str) -> bool:
-        with self._lock:
-            return key in self._index
-
-    def batched_contains(self, keys: Sequence[str]) -> list[bool]:
-        with self._lock:
-            return [k in self._index for k in keys]
 
     def get(self, key: str) -> ChunkBufferLike | None:
         with self._lock:
@@ -193,7 +162,7 @@ class LocalDiskBackend(StorageBackend):
             ok = self._used + size <= self._capacity
             if ok:
                 self._used += size  # reserved while the file is written
-        self._delete_files(victims)
+        self._dispose(victims)
         if not ok:
             self._count(rejected_puts=1)
             return False
@@ -234,18 +203,6 @@ class LocalDiskBackend(StorageBackend):
             self._unlink(e.filename)
         return len(victims)
 
-    def keys(self) -> list[str]:
-        with self._lock:
-            return list(self._index)
-
-    def _size_stats(self) -> dict[str, int]:
-        with self._lock:
-            return {
-                "used_bytes": self._used,
-                "capacity_bytes": self._capacity,
-                "num_chunks": len(self._index),
-            }
-
     # -- internals -----------------------------------------------------------------------------
 
     def _forget(self, key: str, entry: _Entry, unlink: bool) -> bool:
@@ -279,11 +236,8 @@ class LocalDiskBackend(StorageBackend):
             victims.append(entry)
         return victims
 
-    def _delete_files(self, victims: list[_Entry]) -> None:
-        if victims:
-            self._count(evictions=len(victims))
-        for e in victims:
-            self._unlink(e.filename)
+    def _dispose_one(self, entry: _Entry) -> None:
+        self._unlink(entry.filename)
 
     def _unlink(self, filename: str) -> None:
         try:
