@@ -322,6 +322,26 @@ class CacheEngine:
                 ops.compress_slot_mapping(slots),
             )
 
+    def _begin_copy(
+        self, op: str, tokens: Sequence[int] | torch.Tensor, slot_mapping: torch.Tensor
+    ) -> tuple[_KVState, np.ndarray, torch.Tensor]:
+        """Counts an ``op`` request (store/retrieve) and checks its arguments.
+
+        Returns:
+            The registered caches, ``tokens`` as an array, and ``slot_mapping`` as a checked CPU
+            int64 copy (logged when slot recording is on).
+
+        Raises:
+            NoKVCacheError: no caches registered.
+            InvalidSlotsError: a slot outside the cache.
+        """
+        self.metrics.requests.labels(op=op).inc()
+        kv = self._require_kv()
+        arr = tokens_to_array(tokens)
+        slots = self._check_slots(slot_mapping, int(arr.shape[0]), kv.paged.num_slots)
+        self._log_slots(op, slots)
+        return kv, arr, slots
+
     # -- store ---------------------------------------------------------------------------------
 
     def store(
@@ -345,12 +365,8 @@ class CacheEngine:
             NoKVCacheError: no caches registered.
             InvalidSlotsError: a slot outside the cache.
         """
-        self.metrics.requests.labels(op="store").inc()
-        kv = self._require_kv()
-        arr = tokens_to_array(tokens)
+        kv, arr, slots = self._begin_copy("store", tokens, slot_mapping)
         n = int(arr.shape[0])
-        slots = self._check_slots(slot_mapping, n, kv.paged.num_slots)
-        self._log_slots("store", slots)
         save_unfull = bool(self._config.get("save_unfull_chunk"))
         spans = self._spans(arr, save_unfull)
         self.statistics.record(s.chunk_hash for s in spans)
@@ -519,12 +535,8 @@ class CacheEngine:
             NoKVCacheError: no caches registered.
             InvalidSlotsError: a slot outside the cache.
         """
-        self.metrics.requests.labels(op="retrieve").inc()
-        kv = self._require_kv()
-        arr = tokens_to_array(tokens)
+        kv, arr, slots = self._begin_copy("retrieve", tokens, slot_mapping)
         n = int(arr.shape[0])
-        slots = self._check_slots(slot_mapping, n, kv.paged.num_slots)
-        self._log_slots("retrieve", slots)
         mask = torch.zeros(n, dtype=torch.bool)
         spans = self._spans(arr, bool(self._config.get("save_unfull_chunk")))
         keys = self._keys(spans, self._key_dtype(kv))
