@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import torch
@@ -18,6 +19,19 @@ NUM_SLOTS = NUM_BLOCKS * BLOCK_SIZE  # 128
 CHUNK_SIZE = 16
 LAYOUT = "flash_attn"
 DTYPE = torch.bfloat16
+
+
+def port_is_free(port: int) -> bool:
+    """Whether ``port`` on 127.0.0.1 can be bound now (so nothing listens on it)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
 
 
 def make_config(**overrides: Any) -> LMCacheEngineConfig:

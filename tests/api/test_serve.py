@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -13,22 +12,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from api_testlib import port_is_free
 from lmcache_native.testing import reference
 
 SCRIPT = Path(sys.executable).with_name("lmcache-native")
 SHAPE = ["--num-layers", "2", "--num-kv-heads", "2", "--head-size", "16", "--num-blocks", "32"]
-
-
-def _port_is_free(port: int) -> bool:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        s.bind(("127.0.0.1", port))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
 
 
 class Served:
@@ -131,7 +119,7 @@ def test_serve_end_to_end():
     finally:
         code = served.stop(signal.SIGINT)
     assert code == 0, served.proc.stderr.read() if served.proc.stderr else ""
-    assert _port_is_free(served.port)
+    assert port_is_free(served.port)
 
 
 @pytest.mark.slow
@@ -147,7 +135,7 @@ def test_serve_sigterm_and_api_key():
     finally:
         code = served.stop(signal.SIGTERM)
     assert code == 0
-    assert _port_is_free(served.port)
+    assert port_is_free(served.port)
 
 
 def test_serve_bad_config_file(tmp_path):

@@ -6,19 +6,8 @@ import socket
 
 import httpx
 import pytest
+from api_testlib import port_is_free
 from lmcache_native.api import server
-
-
-def _port_is_free(port: int) -> bool:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        s.bind(("127.0.0.1", port))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
 
 
 def test_start_serve_stop(engine, config):
@@ -26,7 +15,7 @@ def test_start_serve_stop(engine, config):
     try:
         assert handle.port > 0 and handle.running
         assert handle.url == f"http://127.0.0.1:{handle.port}"
-        assert not _port_is_free(handle.port)
+        assert not port_is_free(handle.port)
         r = httpx.get(f"{handle.url}/health", timeout=10)
         assert r.json() == {"status": "ok", "engine": True, "kv_cache_registered": True}
         r = httpx.post(f"{handle.url}/cache/store?tokens_mock=0,32", timeout=30)
@@ -34,7 +23,7 @@ def test_start_serve_stop(engine, config):
     finally:
         handle.stop()
     assert not handle.running
-    assert _port_is_free(handle.port)
+    assert port_is_free(handle.port)
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{handle.url}/health", timeout=2)
 
