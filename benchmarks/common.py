@@ -274,24 +274,14 @@ def check_device(device: str) -> torch.device:
     return dev
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
     """Describes the machine for the JSON output and the README (CPU, cores, GPU, versions)."""
     import lmcache_native
     from lmcache_native import _native
+    from lmcache_native.bench._util import cpu_model
 
     info: dict[str, Any] = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "native_threads": _native.num_threads(),
         "torch_threads": torch.get_num_threads(),
