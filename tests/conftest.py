@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import subprocess
 
+import lmcache_native
 import pytest
 import torch
-
-import lmcache_native
 
 
 def _cuda_usable() -> bool:
@@ -19,7 +18,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     reason = (
         "needs an NVIDIA GPU and a CUDA build "
-        f"(HAS_CUDA={lmcache_native.HAS_CUDA}, torch.cuda.is_available()={torch.cuda.is_available()})"
+        f"(HAS_CUDA={lmcache_native.HAS_CUDA}, "
+        f"torch.cuda.is_available()={torch.cuda.is_available()})"
     )
     skip = pytest.mark.skip(reason=reason)
     for item in items:
@@ -63,12 +63,18 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [
                 REDIS_SERVER_BIN,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", self.workdir,
-                "--enable-debug-command", "local",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.workdir,
+                "--enable-debug-command",
+                "local",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

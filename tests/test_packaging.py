@@ -7,9 +7,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 import lmcache_native
+import pytest
 from lmcache_native import _native
 
 

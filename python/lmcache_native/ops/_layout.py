@@ -74,12 +74,16 @@ def _geometry(t: torch.Tensor, layout: str) -> tuple[int, int, int, int, int, li
     if layout == "flash_attn":
         kv2, n, b, h, d = t.shape
         if kv2 != 2:
-            raise ValueError(f"kv_caches: flash_attn dim 0 must be 2 (K, V), got shape {tuple(t.shape)}")
+            raise ValueError(
+                f"kv_caches: flash_attn dim 0 must be 2 (K, V), got shape {tuple(t.shape)}"
+            )
         return 2, n, b, h, d, [0, s[0], s[1], s[1], s[2], s[2], s[3], s[3], s[4], s[4]]
     if layout == "flashinfer":
         n, kv2, b, h, d = t.shape
         if kv2 != 2:
-            raise ValueError(f"kv_caches: flashinfer dim 1 must be 2 (K, V), got shape {tuple(t.shape)}")
+            raise ValueError(
+                f"kv_caches: flashinfer dim 1 must be 2 (K, V), got shape {tuple(t.shape)}"
+            )
         return 2, n, b, h, d, [0, s[1], s[0], s[0], s[2], s[2], s[3], s[3], s[4], s[4]]
     if layout == "hnd":
         n, kv2, h, b, d = t.shape
@@ -140,11 +144,17 @@ def describe(kv_caches: Sequence[torch.Tensor], layout: str) -> PagedKV:
                 f"kv_caches[0] {tuple(first.shape)}/{first.stride()}"
             )
         if t.dtype != first.dtype:
-            raise ValueError(f"kv_caches[{i}] dtype {t.dtype} differs from kv_caches[0] {first.dtype}")
+            raise ValueError(
+                f"kv_caches[{i}] dtype {t.dtype} differs from kv_caches[0] {first.dtype}"
+            )
         if t.device != first.device:
-            raise ValueError(f"kv_caches[{i}] device {t.device} differs from kv_caches[0] {first.device}")
+            raise ValueError(
+                f"kv_caches[{i}] device {t.device} differs from kv_caches[0] {first.device}"
+            )
     if first.element_size() not in (1, 2, 4, 8) or first.is_complex():
-        raise ValueError(f"kv_caches dtype {first.dtype} is not supported (1/2/4/8-byte real types)")
+        raise ValueError(
+            f"kv_caches dtype {first.dtype} is not supported (1/2/4/8-byte real types)"
+        )
     if any(st < 0 for st in first.stride()):
         raise ValueError(f"kv_caches strides must be non-negative, got {first.stride()}")
     num_kv, n, b, h, d, st = _geometry(first, layout)
