@@ -49,7 +49,7 @@ from common import (
     write_json,
 )
 from lmcache_native import _native
-from lmcache_native.ops import LAYOUTS, kv_chunk_md5
+from lmcache_native.ops import LAYOUTS, kv_cache_shape, kv_chunk_md5
 from lmcache_native.ops.kv_chunk_md5 import md5_isa, md5_set_isa, md5_supported_isas
 
 
@@ -65,16 +65,6 @@ class Setup:
     payload: int  # bytes hashed per call
 
 
-def _layer_shape(layout: str, n: int, b: int, h: int, d: int) -> tuple[int, ...]:
-    return {
-        "flash_attn": (2, n, b, h, d),
-        "flashinfer": (n, 2, b, h, d),
-        "hnd": (n, 2, h, b, d),
-        "mla": (n, b, d),
-        "vllm_cpu": (n, h, b, 2 * d),
-    }[layout]
-
-
 def make_setup(preset: ModelPreset, layout: str, num_tokens: int, device: torch.device) -> Setup:
     """A cache of exactly ``num_tokens`` slots (whole blocks) and a slot mapping over all of it."""
     if (layout == "mla") != preset.mla:
@@ -82,7 +72,7 @@ def make_setup(preset: ModelPreset, layout: str, num_tokens: int, device: torch.
     b = preset.block_size
     num_blocks = math.ceil(num_tokens / b)
     num_tokens = num_blocks * b
-    shape = _layer_shape(layout, num_blocks, b, preset.num_kv_heads, preset.head_size)
+    shape = kv_cache_shape(layout, num_blocks, b, preset.num_kv_heads, preset.head_size)
     stack = torch.empty((preset.num_layers, *shape), dtype=preset.dtype, device=device)
     # Random bytes (the hash speed must not depend on them, but zero pages would flatter reads).
     gen = torch.Generator(device=device).manual_seed(0)

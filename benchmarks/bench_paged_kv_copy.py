@@ -48,7 +48,7 @@ from common import (
     time_interleaved,
     write_json,
 )
-from lmcache_native.ops import LAYOUTS, paged_kv_gather, paged_kv_scatter
+from lmcache_native.ops import LAYOUTS, kv_cache_shape, paged_kv_gather, paged_kv_scatter
 
 DIRECTIONS = ("gather", "scatter", "both")
 
@@ -65,16 +65,6 @@ class Setup:
     slots: torch.Tensor
     chunk: torch.Tensor
     payload: int  # bytes moved one way
-
-
-def _layer_shape(layout: str, n: int, b: int, h: int, d: int) -> tuple[int, ...]:
-    return {
-        "flash_attn": (2, n, b, h, d),
-        "flashinfer": (n, 2, b, h, d),
-        "hnd": (n, 2, h, b, d),
-        "mla": (n, b, d),
-        "vllm_cpu": (n, h, b, 2 * d),
-    }[layout]
 
 
 def make_setup(
@@ -94,7 +84,7 @@ def make_setup(
     num_blocks = math.ceil(num_tokens / block_size)
     num_tokens = num_blocks * block_size  # whole blocks: cache bytes == chunk bytes
     h = preset.num_kv_heads
-    shape = _layer_shape(layout, num_blocks, block_size, h, preset.head_size)
+    shape = kv_cache_shape(layout, num_blocks, block_size, h, preset.head_size)
     stack = torch.empty((preset.num_layers, *shape), dtype=preset.dtype, device=device)
     # NOTE: touch every page (and avoid the kernel's shared zero page) before timing.
     stack.view(torch.uint8).fill_(0x3C)

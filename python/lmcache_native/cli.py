@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from lmcache_native.ops import kv_cache_shape
+
 _DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
     "bf16": torch.bfloat16,
@@ -40,23 +42,6 @@ _DTYPES: dict[str, torch.dtype] = {
 }
 
 DEFAULT_MAX_TOKENS = 16384
-
-
-def kv_cache_shape(
-    layout: str, num_blocks: int, block_size: int, num_heads: int, head_size: int
-) -> tuple[int, ...]:
-    """Shape of one layer's paged cache in ``layout`` (see ``lmcache_native.ops.LAYOUTS``)."""
-    if layout == "flash_attn":
-        return (2, num_blocks, block_size, num_heads, head_size)
-    if layout == "flashinfer":
-        return (num_blocks, 2, block_size, num_heads, head_size)
-    if layout == "hnd":
-        return (num_blocks, 2, num_heads, block_size, head_size)
-    if layout == "mla":
-        return (num_blocks, block_size, head_size)
-    if layout == "vllm_cpu":
-        return (num_blocks, num_heads, block_size, 2 * head_size)
-    raise ValueError(f"layout: unknown layout {layout!r}")
 
 
 def make_kv_caches(

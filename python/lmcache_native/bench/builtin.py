@@ -37,6 +37,7 @@ from lmcache_native.bench._util import (
     interleaved,
     make_row,
 )
+from lmcache_native.ops import kv_cache_shape
 
 #: One unit of work for the progress bar: a label and a function returning rows.
 Case = tuple[str, Callable[[], list[dict[str, Any]]]]
@@ -78,13 +79,9 @@ def _dtype(p: Preset) -> torch.dtype:
 
 
 def _layer_shape(layout: str, n: int, b: int, h: int, d: int) -> tuple[int, ...]:
-    if layout == "flash_attn":
-        return (2, n, b, h, d)
-    if layout == "vllm_cpu":
-        return (n, h, b, 2 * d)
-    if layout == "mla":
-        return (n, b, d)
-    raise ValueError(f"the built-in set times flash_attn, vllm_cpu and mla, not {layout!r}")
+    if layout not in ("flash_attn", "vllm_cpu", "mla"):
+        raise ValueError(f"the built-in set times flash_attn, vllm_cpu and mla, not {layout!r}")
+    return kv_cache_shape(layout, n, b, h, d)
 
 
 def _block_slots(num_blocks: int, block_size: int, seed: int) -> torch.Tensor:

@@ -6,7 +6,7 @@ CUDA kernel by device. Names match the kernels in ``csrc/kernels/``.
 
 from __future__ import annotations
 
-from lmcache_native.ops._layout import LAYOUTS, PagedKV, describe
+from lmcache_native.ops._layout import LAYOUTS, PagedKV, describe, kv_cache_shape
 from lmcache_native.ops.kv_chunk_md5 import kv_chunk_md5
 from lmcache_native.ops.paged_kv_gather import paged_kv_gather, paged_kv_gather_chunks
 from lmcache_native.ops.paged_kv_scatter import paged_kv_scatter, paged_kv_scatter_chunks
@@ -22,6 +22,7 @@ __all__ = [
     "compress_slot_mapping",
     "describe",
     "expand_slot_ranges",
+    "kv_cache_shape",
     "kv_chunk_md5",
     "paged_kv_gather",
     "paged_kv_gather_chunks",

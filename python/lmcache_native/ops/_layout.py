@@ -24,6 +24,27 @@ _SHAPE_DOC = {
 }
 
 
+def kv_cache_shape(
+    layout: str, num_blocks: int, block_size: int, num_heads: int, head_size: int
+) -> tuple[int, ...]:
+    """Shape of one layer's paged cache in ``layout`` (the shapes ``describe`` accepts).
+
+    Raises:
+        ValueError: ``layout`` is not one of ``LAYOUTS``.
+    """
+    n, b, h, d = num_blocks, block_size, num_heads, head_size
+    shapes = {
+        "flash_attn": (2, n, b, h, d),
+        "flashinfer": (n, 2, b, h, d),
+        "hnd": (n, 2, h, b, d),
+        "mla": (n, b, d),
+        "vllm_cpu": (n, h, b, 2 * d),
+    }
+    if layout not in shapes:
+        raise ValueError(f"layout: unknown layout {layout!r}")
+    return shapes[layout]
+
+
 @dataclass(frozen=True)
 class PagedKV:
     """A validated list of per-layer paged caches, ready for the kernels.
