@@ -181,8 +181,13 @@ def time_interleaved(
 
     Interleaving spreads slow drifts of a shared machine (other processes, clocks, page cache)
     evenly over the functions being compared, so their ratio is steadier than that of
-    back-to-back ``time_fn`` calls.
+    back-to-back ``time_fn`` calls. On the CPU each sample starts after
+    ``lmcache_native.bench._util.settle()``, so no function inherits the previous one's
+    spinning OpenMP workers.
     """
+    from lmcache_native.bench._util import settle
+
+    on_cpu = torch.device(device).type == "cpu"
     for _ in range(max(0, warmup)):
         for fn in fns.values():
             fn()
@@ -190,6 +195,8 @@ def time_interleaved(
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(max(1, repeat)):
         for name, fn in fns.items():
+            if on_cpu:
+                settle()
             t0 = time.perf_counter()
             fn()
             synchronize(device)

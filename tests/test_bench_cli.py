@@ -256,3 +256,45 @@ def test_a_failing_script_is_reported_and_the_others_still_count(
     copy_src = next(s for s in data["sources"] if s["bench"] == "copy")
     assert "--layouts flash_attn --block-sizes 16" in copy_src["command"]
     assert "--tokens 1024,8192" in copy_src["command"]
+
+
+def test_interleaved_settles_before_every_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Round-robin order, warm-up unpaused, and a settle pause before each timed sample."""
+    from lmcache_native.bench import _util
+
+    events: list[str] = []
+    monkeypatch.setattr(_util, "settle", lambda seconds=0.0: events.append("settle"))
+    medians = _util.interleaved(
+        {"a": lambda: events.append("a"), "b": lambda: events.append("b")}, warmup=1, repeat=2
+    )
+    assert events == ["a", "b"] + ["settle", "a", "settle", "b"] * 2
+    assert set(medians) == {"a", "b"} and all(m >= 0 for m in medians.values())
+
+
+def test_benchmarks_time_interleaved_settles_on_cpu_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/common.time_interleaved pauses before each CPU sample, never on CUDA."""
+    from lmcache_native.bench import _util
+
+    monkeypatch.syspath_prepend(str(BENCH_DIR))
+    import common  # benchmarks/common.py
+
+    calls: list[str] = []
+    monkeypatch.setattr(_util, "settle", lambda seconds=0.0: calls.append("settle"))
+    monkeypatch.setattr(common, "synchronize", lambda device: None)
+    out = common.time_interleaved({"x": lambda: calls.append("x")}, warmup=0, repeat=3)
+    assert calls == ["settle", "x"] * 3
+    assert len(out["x"].samples) == 3
+    calls.clear()
+    common.time_interleaved({"x": lambda: calls.append("x")}, device="cuda", warmup=0, repeat=2)
+    assert calls == ["x", "x"]
+
+
+def test_settle_sleeps() -> None:
+    """settle() pauses for the given time (the pause is what lets spinning pools sleep)."""
+    import time
+
+    from lmcache_native.bench._util import settle
+
+    t0 = time.perf_counter()
+    settle(0.03)
+    assert time.perf_counter() - t0 >= 0.03

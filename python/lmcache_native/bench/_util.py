@@ -60,6 +60,23 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+#: Pause before each CPU sample so every contender starts with idle threads (see ``settle``).
+SETTLE_S = 0.02
+
+
+def settle(seconds: float = SETTLE_S) -> None:
+    """Sleeps long enough for thread pools that spin after their work to fall asleep.
+
+    torch's OpenMP workers busy-wait for several milliseconds after each parallel region. A
+    function timed right after a torch op then shares the cores with those spinning workers
+    (measured on the 2-core machine: a 1K-token ``vllm_cpu`` scatter took 12.5 ms right after a
+    torch copy, 8.7 ms after a 10 ms pause), while a torch op timed after a torch op finds
+    them awake and gains. A pause before every sample gives each function the same start.
+    """
+    if seconds > 0:
+        time.sleep(seconds)
+
+
 def interleaved(
     fns: dict[str, Callable[[], object]], *, warmup: int, repeat: int
 ) -> dict[str, float]:
@@ -67,6 +84,7 @@ def interleaved(
 
     On a shared machine the load drifts; taking one sample of every variant per round spreads
     that drift evenly over them, so their ratios stay meaningful when absolute times do not.
+    Each sample starts after ``settle()``, so no function inherits another's spinning threads.
     """
     for _ in range(max(0, warmup)):
         for fn in fns.values():
@@ -74,6 +92,7 @@ def interleaved(
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(max(1, repeat)):
         for name, fn in fns.items():
+            settle()
             t0 = time.perf_counter()
             fn()
             samples[name].append(time.perf_counter() - t0)
