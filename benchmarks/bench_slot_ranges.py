@@ -3,7 +3,12 @@
 For each string shape it times, in the same run:
 
 * ``ours``: ``parse_slot_mapping(text, max_slots)`` (C++ validation + fill into an int64
-  tensor) then ``compress_slot_mapping`` of the result (C++ run detection + the Python list);
+  tensor) then the compressed form, in two rows per shape (``form``):
+
+  - ``list``: ``compress_slot_mapping`` (C++ run detection + the Python list of ints and
+    ``[start, end]`` lists, the admin API's JSON form);
+  - ``table``: ``compress_slot_ranges`` (the same items as an int64 ``[num_items, 2]`` tensor,
+    no Python object per item);
 * ``baseline``: ``testing/reference.py``'s pure-Python ``parse_slot_mapping`` and
   ``compress_slot_mapping`` on the same text;
 
@@ -42,7 +47,12 @@ from common import (
     time_interleaved,
     write_json,
 )
-from lmcache_native.ops import compress_slot_mapping, expand_slot_ranges, parse_slot_mapping
+from lmcache_native.ops import (
+    compress_slot_mapping,
+    compress_slot_ranges,
+    expand_slot_ranges,
+    parse_slot_mapping,
+)
 from lmcache_native.ops.slot_ranges import parse_slot_ranges
 from lmcache_native.testing import reference as ref
 
@@ -78,23 +88,27 @@ def make_text(shape: str, num_slots: int, seed: int = 0) -> str:
     return ",".join(items)
 
 
-def measure(args: argparse.Namespace, shape: str, dev: torch.device) -> dict[str, object]:
-    """Times ours and the reference on one shape; checks they agree first."""
+def measure(args: argparse.Namespace, shape: str, dev: torch.device) -> list[dict[str, object]]:
+    """Times ours (both forms) and the reference on one shape; checks they agree first."""
     text = make_text(shape, args.slots)
     max_slots = args.slots
     ours_slots = parse_slot_mapping(text, max_slots)
     ref_slots = ref.parse_slot_mapping(text, max_slots)
     assert ours_slots.tolist() == ref_slots, "parse disagrees with the reference"
-    assert compress_slot_mapping(ours_slots) == ref.compress_slot_mapping(ref_slots)
+    ref_items = ref.compress_slot_mapping(ref_slots)
+    assert compress_slot_mapping(ours_slots) == ref_items
+    assert compress_slot_ranges(ours_slots).tolist() == ref.compress_slot_ranges(ref_slots)
 
     # Round-robin samples: a drift of the shared machine slows ours and the baseline alike.
     t = {
         name: timing.median
         for name, timing in time_interleaved(
             {
-                "both": lambda: compress_slot_mapping(parse_slot_mapping(text, max_slots)),
+                "list": lambda: compress_slot_mapping(parse_slot_mapping(text, max_slots)),
+                "table": lambda: compress_slot_ranges(parse_slot_mapping(text, max_slots)),
                 "parse": lambda: parse_slot_mapping(text, max_slots),
-                "compress": lambda: compress_slot_mapping(ours_slots),
+                "compress_list": lambda: compress_slot_mapping(ours_slots),
+                "compress_table": lambda: compress_slot_ranges(ours_slots),
                 "ref_parse": lambda: ref.parse_slot_mapping(text, max_slots),
                 "ref_compress": lambda: ref.compress_slot_mapping(ref_slots),
             },
@@ -102,23 +116,26 @@ def measure(args: argparse.Namespace, shape: str, dev: torch.device) -> dict[str
             repeat=args.repeat,
         ).items()
     }
-    t_both, t_parse, t_compress = t["both"], t["parse"], t["compress"]
     t_ref_parse, t_ref_compress = t["ref_parse"], t["ref_compress"]
-    row: dict[str, object] = {
-        "shape": shape,
-        "slots": len(ref_slots),
-        "text_MB": len(text) / 1e6,
-        "items_out": len(ref.compress_slot_mapping(ref_slots)),
-        "ours_ms": t_both * 1e3,
-        "baseline_ms": (t_ref_parse + t_ref_compress) * 1e3,
-        "parse_ms": t_parse * 1e3,
-        "compress_ms": t_compress * 1e3,
-        "ref_parse_ms": t_ref_parse * 1e3,
-        "ref_compress_ms": t_ref_compress * 1e3,
-    }
-    row["ours/base"] = ratio(t_ref_parse + t_ref_compress, t_both)
-    row["parse_x"] = ratio(t_ref_parse, t_parse)
-    row["compress_x"] = ratio(t_ref_compress, t_compress)
+    rows: list[dict[str, object]] = []
+    for form in ("list", "table"):
+        row: dict[str, object] = {
+            "shape": shape,
+            "form": form,
+            "slots": len(ref_slots),
+            "text_MB": len(text) / 1e6,
+            "items_out": len(ref_items),
+            "ours_ms": t[form] * 1e3,
+            "baseline_ms": (t_ref_parse + t_ref_compress) * 1e3,
+            "parse_ms": t["parse"] * 1e3,
+            "compress_ms": t[f"compress_{form}"] * 1e3,
+            "ref_parse_ms": t_ref_parse * 1e3,
+            "ref_compress_ms": t_ref_compress * 1e3,
+        }
+        row["ours/base"] = ratio(t_ref_parse + t_ref_compress, t[form])
+        row["parse_x"] = ratio(t_ref_parse, t["parse"])
+        row["compress_x"] = ratio(t_ref_compress, t[f"compress_{form}"])
+        rows.append(row)
     if dev.type == "cuda":
         ranges = parse_slot_ranges(text, max_slots)
         gpu = expand_slot_ranges(ranges, device=dev)
@@ -135,9 +152,10 @@ def measure(args: argparse.Namespace, shape: str, dev: torch.device) -> dict[str
             warmup=2,
             repeat=args.repeat,
         ).median
-        row["gpu_expand_ms"] = t_gpu * 1e3
-        row["cpu_parse+h2d_ms"] = t_copy * 1e3
-    return row
+        for row in rows:
+            row["gpu_expand_ms"] = t_gpu * 1e3
+            row["cpu_parse+h2d_ms"] = t_copy * 1e3
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,15 +177,16 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for shape in args.shapes:
-        rows.append(measure(args, shape, dev))
-        r = rows[-1]
-        print(
-            f"  {shape:>8}: ours {r['ours_ms']:.1f} ms, baseline {r['baseline_ms']:.0f} ms, "
-            f"x{r['ours/base']:.0f}",
-            file=sys.stderr,
-            flush=True,
-        )
-    cols = ["shape", "slots", "text_MB", "items_out", "ours_ms", "baseline_ms", "ours/base"]
+        for r in measure(args, shape, dev):
+            rows.append(r)
+            print(
+                f"  {shape:>8} ({r['form']}): ours {r['ours_ms']:.1f} ms, "
+                f"baseline {r['baseline_ms']:.0f} ms, x{r['ours/base']:.0f}",
+                file=sys.stderr,
+                flush=True,
+            )
+    cols = ["shape", "form", "slots", "text_MB", "items_out", "ours_ms", "baseline_ms"]
+    cols += ["ours/base"]
     cols += ["parse_ms", "ref_parse_ms", "parse_x", "compress_ms", "ref_compress_ms", "compress_x"]
     if dev.type == "cuda":
         cols += ["gpu_expand_ms", "cpu_parse+h2d_ms"]

@@ -74,7 +74,9 @@ def test_cli_quick_runs_every_script_and_writes_json_and_png(tmp_path: Path) -> 
     assert {r["bench"] for r in rows} == {"copy", "md5", "slot", "engine"}
     copy = {(r["layout"], r["dir"]) for r in rows if r["bench"] == "copy"}
     assert copy == {(lay, d) for lay in ("flash_attn", "vllm_cpu") for d in ("gather", "scatter")}
-    assert {r["shape"] for r in rows if r["bench"] == "slot"} == {"blocks", "mixed", "singles"}
+    assert {(r["shape"], r["form"]) for r in rows if r["bench"] == "slot"} == {
+        (shape, form) for shape in ("blocks", "mixed", "singles") for form in ("list", "table")
+    }
     assert {r["op"] for r in rows if r["bench"] == "engine"} == {"store", "retrieve", "check"}
     for r in rows:
         # The slot script times no limit and the engine's check has none (kernel vs kernel).
@@ -105,7 +107,13 @@ def test_builtin_set_runs_in_process_with_baseline_and_limit(tmp_path: Path) -> 
     data = json.loads(out.read_text())
     assert data["mode"] == "builtin" and data["errors"] == [] and data["sources"] == []
     rows = data["rows"]
-    assert [r["bench"] for r in rows] == ["copy"] * 4 + ["md5"] + ["slot"] * 3
+    assert [r["bench"] for r in rows] == ["copy"] * 4 + ["md5"] + ["slot"] * 6
+    # Each slot shape is timed compressed to the Python list and to the int64 run table.
+    assert [r["case"] for r in rows if r["bench"] == "slot"] == [
+        f"parse+compress{form} {shape}"
+        for shape in ("blocks", "mixed", "singles")
+        for form in ("", "->table")
+    ]
     for r in rows:
         _assert_row_figures(r, need_limit=True)
     assert {r["case"] for r in rows if r["bench"] == "copy"} == {
@@ -231,7 +239,15 @@ def test_a_failing_script_is_reported_and_the_others_still_count(
         }
     ]
     slot_rows = [
-        {"shape": "blocks", "slots": 1000, "text_MB": 0.01, "ours_ms": 1.0, "baseline_ms": 50.0}
+        {"shape": "blocks", "slots": 1000, "text_MB": 0.01, "ours_ms": 1.0, "baseline_ms": 50.0},
+        {
+            "shape": "blocks",
+            "form": "table",
+            "slots": 1000,
+            "text_MB": 0.01,
+            "ours_ms": 0.5,
+            "baseline_ms": 50.0,
+        },
     ]
     rows_of = {"copy": copy_rows, "slot": slot_rows, "engine": [], "md5": []}
     (tmp_path / "common.py").write_text("")
@@ -246,8 +262,11 @@ def test_a_failing_script_is_reported_and_the_others_still_count(
     assert "out of bananas" in err and "bench_kv_chunk_md5.py" in err
     data = json.loads(out.read_text())
     assert len(data["errors"]) == 1 and "exit 3" in data["errors"][0]
-    assert [r["bench"] for r in data["rows"]] == ["copy", "slot"]
-    copy, slot = data["rows"]
+    assert [r["bench"] for r in data["rows"]] == ["copy", "slot", "slot"]
+    copy, slot, slot_table = data["rows"]
+    assert slot["case"] == "parse+compress blocks" and slot["form"] == "list"
+    assert slot_table["case"] == "parse+compress->table blocks" and slot_table["form"] == "table"
+    assert slot_table["ours/base"] == pytest.approx(100.0)
     assert copy["met"] == "yes" and copy["ours/base"] == pytest.approx(5.0)
     # Slot bandwidth: (text read + int64 slots written) per second; the ratio is kept.
     assert slot["ours"] == pytest.approx((0.01e6 + 8000) / 1e-3 / 1e9)

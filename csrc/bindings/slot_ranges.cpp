@@ -1,4 +1,5 @@
-// Bindings of slot_ranges: parse (to slots or to ranges), compress (runs -> Python list),
+// Bindings of slot_ranges: parse (to slots or to ranges), compress (runs -> Python list or an
+// int64 run table),
 // expand (CPU twin, CUDA launcher).
 #include "kernels/slot_ranges.h"
 
@@ -102,6 +103,32 @@ py::list compress_py(int64_t slots, int64_t n) {
   return out;
 }
 
+// The same items as compress_py as an int64 array [num_items, 2] of inclusive (start, end): a
+// run of >= 3 values is one row, each value of a shorter run a row (v, v). No Python object
+// per item, so the cost is two scans of the slots.
+py::array_t<int64_t> compress_ranges_py(int64_t slots, int64_t n) {
+  LMC_CHECK_ARG(n >= 0, "n must be >= 0, got ", n);
+  const int64_t* v = as_ptr<const int64_t>(slots);
+  int64_t num_items = 0;
+  {
+    py::gil_scoped_release release;
+    num_items = slot_ranges_runs(v, n, [](int64_t, int64_t) {});
+  }
+  py::array_t<int64_t> out({static_cast<py::ssize_t>(num_items), py::ssize_t{2}});
+  int64_t* dst = out.mutable_data();
+  py::gil_scoped_release release;
+  slot_ranges_runs(v, n, [&](int64_t start, int64_t length) {
+    if (length >= 3) {
+      dst[0] = start;
+      dst[1] = start + length - 1;
+      dst += 2;
+    } else {
+      for (int64_t t = 0; t < length; ++t, dst += 2) dst[0] = dst[1] = start + t;
+    }
+  });
+  return out;
+}
+
 void expand_cpu_py(int64_t ranges, int64_t num_ranges, int64_t slots, int64_t num_slots) {
   py::gil_scoped_release release;
   slot_ranges_expand_cpu(as_ptr<const int64_t>(ranges), num_ranges, as_ptr<int64_t>(slots),
@@ -136,6 +163,10 @@ void register_slot_ranges(py::module_& m) {
   m.def("compress_slot_mapping", &compress_py, py::arg("slots"), py::arg("n"),
         "Compresses n contiguous int64 slots at address slots: runs of >= 3 consecutive "
         "values become [start, end], shorter runs stay ints, order kept.");
+  m.def("compress_slot_ranges", &compress_ranges_py, py::arg("slots"), py::arg("n"),
+        "Compresses n contiguous int64 slots at address slots into an int64 array "
+        "[num_items, 2] of inclusive (start, end): the items of compress_slot_mapping, a "
+        "plain value v as (v, v).");
   m.def("slot_ranges_expand_cpu", &expand_cpu_py, py::arg("ranges"), py::arg("num_ranges"),
         py::arg("slots"), py::arg("num_slots"),
         "Expands [num_ranges, 2] inclusive ranges (host) into num_slots slots (host).");

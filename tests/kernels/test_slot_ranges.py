@@ -233,6 +233,67 @@ def test_round_trip_large_random() -> None:
     assert torch.equal(ops.parse_slot_mapping(_to_text(compressed), slots.numel()), slots)
 
 
+# ---- compress to the run table ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "slots",
+    [
+        [],
+        [5],
+        [5, 6],
+        [5, 6, 7],
+        [1, 2, 3, 7, 5, 6],
+        [1, 1, 2, 3],
+        [-3, -2, -1, 0],
+        [INT64_MAX - 2, INT64_MAX - 1, INT64_MAX],
+        [INT64_MAX, -(2**63), -(2**63) + 1],
+    ],
+)
+def test_compress_ranges_named_cases(slots: list[int]) -> None:
+    table = ops.compress_slot_ranges(slots)
+    assert table.dtype == torch.int64 and table.shape == (table.shape[0], 2)
+    assert table.tolist() == ref.compress_slot_ranges(slots)
+
+
+def test_reference_run_table() -> None:
+    assert ref.compress_slot_ranges([1, 2, 3, 7, 5, 6]) == [[1, 3], [7, 7], [5, 5], [6, 6]]
+
+
+def test_compress_ranges_input_kinds_and_errors() -> None:
+    expected = [[4, 7], [9, 9]]
+    assert ops.compress_slot_ranges(np.array([4, 5, 6, 7, 9], dtype=np.int32)).tolist() == expected
+    assert ops.compress_slot_ranges(torch.arange(20)[4:14:2]).tolist() == [
+        [v, v] for v in (4, 6, 8, 10, 12)
+    ]
+    with pytest.raises(TypeError):
+        ops.compress_slot_ranges(torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match="1-D"):
+        ops.compress_slot_ranges(torch.zeros(2, 2, dtype=torch.int64))
+    with pytest.raises(TypeError):
+        ops.compress_slot_ranges("1,2,3")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="int64"):
+        ops.compress_slot_ranges([2**64])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 40), max_size=80))
+def test_compress_ranges_random_against_reference_and_expand(slots: list[int]) -> None:
+    table = ops.compress_slot_ranges(slots)
+    assert table.tolist() == ref.compress_slot_ranges(slots)
+    assert ops.expand_slot_ranges(table).tolist() == slots
+
+
+def test_compress_ranges_large_round_trip() -> None:
+    gen = torch.Generator().manual_seed(1)
+    blocks = torch.randperm(8192, generator=gen)[:4000]
+    slots = (blocks[:, None] * 16 + torch.arange(16)).reshape(-1)
+    slots[torch.randint(0, slots.numel(), (900,), generator=gen)] = 3  # break some runs
+    table = ops.compress_slot_ranges(slots)
+    assert table.tolist() == ref.compress_slot_ranges(slots.tolist())
+    assert torch.equal(ops.expand_slot_ranges(table), slots)
+
+
 # ---- expand ---------------------------------------------------------------------------------
 
 

@@ -338,16 +338,23 @@ def slot_text(shape: str, num_slots: int, seed: int = 0) -> str:
 
 
 def slot_case(s: Settings, shape: str) -> list[dict[str, Any]]:
-    """Parse + compress of one slot string against the pure-Python reference."""
-    from lmcache_native.ops import compress_slot_mapping, parse_slot_mapping
+    """Parse + compress of one slot string against the pure-Python reference.
+
+    Two rows: compressed to the Python list (the admin API's JSON form) and to the int64 run
+    table (``compress_slot_ranges``, no Python object per item).
+    """
+    from lmcache_native.ops import compress_slot_mapping, compress_slot_ranges, parse_slot_mapping
     from lmcache_native.testing import reference
 
     text = slot_text(shape, s.slots)
     max_slots = 1 << 26
     parsed = parse_slot_mapping(text, max_slots)
     ref = reference.parse_slot_mapping(text, max_slots)
-    if parsed.tolist() != ref or compress_slot_mapping(parsed) != reference.compress_slot_mapping(
-        ref
+    ref_items = reference.compress_slot_mapping(ref)
+    if (
+        parsed.tolist() != ref
+        or compress_slot_mapping(parsed) != ref_items
+        or compress_slot_ranges(parsed).tolist() != reference.compress_slot_ranges(ref)
     ):
         raise AssertionError(f"slot_ranges disagrees with the reference ({shape})")
     moved = len(text) + 8 * len(ref)  # text read + int64 slots written
@@ -356,7 +363,8 @@ def slot_case(s: Settings, shape: str) -> list[dict[str, Any]]:
 
     t = interleaved(
         {
-            "ours": lambda: compress_slot_mapping(parse_slot_mapping(text, max_slots)),
+            "list": lambda: compress_slot_mapping(parse_slot_mapping(text, max_slots)),
+            "table": lambda: compress_slot_ranges(parse_slot_mapping(text, max_slots)),
             "baseline": lambda: reference.compress_slot_mapping(
                 reference.parse_slot_mapping(text, max_slots)
             ),
@@ -368,22 +376,24 @@ def slot_case(s: Settings, shape: str) -> list[dict[str, Any]]:
     return [
         make_row(
             "slot",
-            f"parse+compress {shape}",
-            ours=gbps(moved, t["ours"]),
+            f"parse+compress{'->table' if form == 'table' else ''} {shape}",
+            ours=gbps(moved, t[form]),
             baseline=gbps(moved, t["baseline"]),
             limit=gbps(2 * src.numel(), t["limit"]),
             names=(
-                "parse_slot_mapping + compress",
+                f"parse_slot_mapping + {fn}",
                 "pure Python (reference.py)",
                 "contiguous copy",
             ),
             tokens=len(ref),
             payload_mb=moved / 1e6,
-            ours_ms=t["ours"] * 1e3,
+            ours_ms=t[form] * 1e3,
             goal=("base>=30", at_least("ours/base", 30)),
             in_scope=goal_scope("slot", None, len(ref)),
             shape=shape,
+            form=form,
         )
+        for form, fn in (("list", "compress_slot_mapping"), ("table", "compress_slot_ranges"))
     ]
 
 

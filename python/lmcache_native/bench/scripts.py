@@ -230,19 +230,25 @@ def adapt_slot(row: dict[str, Any], device: str) -> dict[str, Any]:
     text_mb = _f(row.get("text_MB")) or 0.0
     moved = text_mb * 1e6 + 8 * slots
     ours_ms, base_ms = _f(row.get("ours_ms")), _f(row.get("baseline_ms"))
+    table = row.get("form") == "table"
     return make_row(
         "slot",
-        f"parse+compress {row.get('shape')}",
+        f"parse+compress{'->table' if table else ''} {row.get('shape')}",
         ours=moved / ours_ms / 1e6 if ours_ms else None,
         baseline=moved / base_ms / 1e6 if base_ms else None,
         limit=None,
-        names=("parse_slot_mapping + compress", "pure Python (reference.py)", "-"),
+        names=(
+            f"parse_slot_mapping + compress_slot_{'ranges' if table else 'mapping'}",
+            "pure Python (reference.py)",
+            "-",
+        ),
         tokens=slots,
         payload_mb=moved / 1e6,
         ours_ms=ours_ms,
         goal=("base>=30", at_least("ours/base", 30)),
         in_scope=goal_scope("slot", None, slots),
         shape=row.get("shape"),
+        form="table" if table else "list",
     )
 
 

@@ -12,6 +12,7 @@ from lmcache_native.ops.paged_kv_gather import paged_kv_gather, paged_kv_gather_
 from lmcache_native.ops.paged_kv_scatter import paged_kv_scatter, paged_kv_scatter_chunks
 from lmcache_native.ops.slot_ranges import (
     compress_slot_mapping,
+    compress_slot_ranges,
     expand_slot_ranges,
     parse_slot_mapping,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "LAYOUTS",
     "PagedKV",
     "compress_slot_mapping",
+    "compress_slot_ranges",
     "describe",
     "expand_slot_ranges",
     "kv_cache_shape",

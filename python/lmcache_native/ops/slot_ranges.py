@@ -19,6 +19,7 @@ from lmcache_native.ops._layout import stream_of
 
 __all__ = [
     "compress_slot_mapping",
+    "compress_slot_ranges",
     "expand_slot_ranges",
     "parse_slot_mapping",
     "parse_slot_ranges",
@@ -77,12 +78,40 @@ def parse_slot_ranges(text: str, max_slots: int) -> torch.Tensor:
     return torch.from_numpy(_native.C.parse_slot_ranges(text, max_slots))
 
 
+def _slots_as_cpu_int64(
+    slots: torch.Tensor | npt.NDArray[np.integer[Any]] | Sequence[int],
+) -> torch.Tensor:
+    """``slots`` as a contiguous 1-D int64 CPU tensor (the input checks of the compressors)."""
+    if isinstance(slots, torch.Tensor) or (
+        hasattr(slots, "__array__") and not isinstance(slots, (str, bytes))
+    ):
+        t = torch.as_tensor(slots)
+        if t.dim() != 1:
+            raise ValueError(f"slots must be 1-D, got shape {tuple(t.shape)}")
+        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+            raise TypeError(f"slots must hold integers, got dtype {t.dtype}")
+        return t.to(device="cpu", dtype=torch.int64).contiguous()
+    if isinstance(slots, (str, bytes)) or not isinstance(slots, Sequence):
+        raise TypeError(
+            f"slots must be a 1-D integer tensor or a sequence of ints, got {type(slots).__name__}"
+        )
+    try:
+        t = torch.tensor(slots, dtype=torch.int64)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        raise ValueError(f"slots must be ints that fit in int64: {exc}") from None
+    if t.dim() != 1:
+        raise ValueError(f"slots must be a flat sequence of ints, got shape {tuple(t.shape)}")
+    return t
+
+
 def compress_slot_mapping(
     slots: torch.Tensor | npt.NDArray[np.integer[Any]] | Sequence[int],
 ) -> list[int | list[int]]:
     """Compresses slots: each run of >= 3 consecutive values becomes ``[start, end]``.
 
     Shorter runs stay plain ints; order is kept (``[1, 2, 3, 7, 5, 6] -> [[1, 3], 7, 5, 6]``).
+    This is the JSON form of the admin API; :func:`compress_slot_ranges` gives the same items
+    as a tensor without creating a Python object per item.
 
     Args:
         slots: a 1-D integer tensor (any device), a 1-D integer numpy array, or a sequence of
@@ -95,28 +124,32 @@ def compress_slot_mapping(
         TypeError: not an integer tensor or a sequence of ints.
         ValueError: not 1-D, or a value beyond int64.
     """
-    if isinstance(slots, torch.Tensor) or (
-        hasattr(slots, "__array__") and not isinstance(slots, (str, bytes))
-    ):
-        t = torch.as_tensor(slots)
-        if t.dim() != 1:
-            raise ValueError(f"slots must be 1-D, got shape {tuple(t.shape)}")
-        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-            raise TypeError(f"slots must hold integers, got dtype {t.dtype}")
-        t = t.to(device="cpu", dtype=torch.int64).contiguous()
-    else:
-        if isinstance(slots, (str, bytes)) or not isinstance(slots, Sequence):
-            raise TypeError(
-                f"slots must be a 1-D integer tensor or a sequence of ints, "
-                f"got {type(slots).__name__}"
-            )
-        try:
-            t = torch.tensor(slots, dtype=torch.int64)
-        except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
-            raise ValueError(f"slots must be ints that fit in int64: {exc}") from None
-        if t.dim() != 1:
-            raise ValueError(f"slots must be a flat sequence of ints, got shape {tuple(t.shape)}")
+    t = _slots_as_cpu_int64(slots)
     return _native.C.compress_slot_mapping(int(t.data_ptr()), int(t.numel()))
+
+
+def compress_slot_ranges(
+    slots: torch.Tensor | npt.NDArray[np.integer[Any]] | Sequence[int],
+) -> torch.Tensor:
+    """The items of :func:`compress_slot_mapping` as an int64 run table.
+
+    Row ``(start, end)`` is a run of ``>= 3`` consecutive values; a plain value ``v`` of the
+    list form is the row ``(v, v)``. For slots ``>= 0``,
+    ``expand_slot_ranges(compress_slot_ranges(s))`` gives ``s`` back, so the table is a
+    compact form to keep, log or send a slot mapping in (16 bytes per item, no Python ints).
+
+    Args:
+        slots: as for :func:`compress_slot_mapping`.
+
+    Returns:
+        An int64 CPU tensor ``[num_items, 2]``.
+
+    Raises:
+        TypeError: not an integer tensor or a sequence of ints.
+        ValueError: not 1-D, or a value beyond int64.
+    """
+    t = _slots_as_cpu_int64(slots)
+    return torch.from_numpy(_native.C.compress_slot_ranges(int(t.data_ptr()), int(t.numel())))
 
 
 def expand_slot_ranges(

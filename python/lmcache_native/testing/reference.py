@@ -214,3 +214,10 @@ def compress_slot_mapping(slots: Sequence[int]) -> list[int | list[int]]:
             out.extend(vals[i : j + 1])
         i = j + 1
     return out
+
+
+def compress_slot_ranges(slots: Sequence[int]) -> list[list[int]]:
+    """Pure-Python run table: ``compress_slot_mapping``'s items, a plain ``v`` as ``[v, v]``."""
+    return [
+        item if isinstance(item, list) else [item, item] for item in compress_slot_mapping(slots)
+    ]
