@@ -6,9 +6,14 @@
 #   QUICK=1 bash benchmarks/gpu/run.sh    # smaller sweep (about a minute of benchmarks)
 #
 # Environment: PYTHON (default: .venv/bin/python if it has torch with CUDA, else python3),
-# LMC_CUDA_ARCHS (default: this card's compute capability), OUT (default benchmarks/out/gpu).
+# LMC_CUDA_ARCHS (default: this card's compute capability), RESULTS (default
+# benchmarks/out/gpu: one JSON per benchmark), DEADLINE_S (skip the benchmarks not yet started
+# once this many seconds have passed, so the table still prints inside a lease; default none).
 # Nothing is fetched from the network: the build runs with --no-build-isolation, so
-# scikit-build-core, pybind11 and cmake must be installed (or in pip's cache) beforehand.
+# scikit-build-core, pybind11 and cmake must be installed (or in pip's cache) beforehand; wheels
+# in .whl/ (benchmarks/gpu/wheels.sh) are installed offline into a scratch folder first.
+# When OUT names a folder (the device tool's return folder), the results, the summary table and
+# the CUDA test log are packed into it: $OUT/gpu_results.tgz and $OUT/summary.txt.
 # Exit status: non-zero when the build, a CUDA test or a benchmark failed (the table still prints).
 set -euo pipefail
 
@@ -16,7 +21,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 START=$(date +%s)
 QUICK="${QUICK:-0}"
-OUT="${OUT:-$ROOT/benchmarks/out/gpu}"
+RESULTS="${RESULTS:-$ROOT/benchmarks/out/gpu}"
+DEADLINE_S="${DEADLINE_S:-0}"
 STATUS=0
 
 step() { printf '\n=== %s (%ss)\n' "$*" "$(($(date +%s) - START))"; }
@@ -59,6 +65,14 @@ need = {"scikit_build_core": "scikit-build-core", "pybind11": "pybind11", "pytes
 print(" ".join(pkg for mod, pkg in need.items() if importlib.util.find_spec(mod) is None))
 PY
 )
+if compgen -G "$ROOT/.whl/*.whl" >/dev/null; then
+  # Offline install of the carried wheels (no index, no dependency resolution).
+  SITE="${TMPDIR:-/tmp}/lmc-gpu-site"
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" \
+    "$ROOT"/.whl/*.whl || die "installing the wheels in .whl/ failed"
+  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+  echo "installed from .whl/: $(cd "$ROOT/.whl" && ls -- *.whl | tr '\n' ' ')"
+fi
 if [ -n "$missing" ]; then
   echo "installing from pip's cache (no network is assumed): $missing"
   # shellcheck disable=SC2086
@@ -88,17 +102,35 @@ sys.exit(0 if lmcache_native.HAS_CUDA else 1)
 PY
 
 # --- CUDA tests ---------------------------------------------------------------------------------
-step "CUDA tests: pytest -m cuda tests/kernels"
-"$PYTHON" -m pytest -m cuda tests/kernels -q -p no:cacheprovider || fail "CUDA tests"
+mkdir -p "$RESULTS"
+rm -f "$RESULTS"/*.json "$RESULTS"/*.log
+TESTS=(tests/kernels)
+# The engine's CUDA tests need the engine's imports (rbloom, redis: see wheels.sh).
+if "$PYTHON" -c 'import lmcache_native.engine' 2>/dev/null; then
+  TESTS+=(tests/engine/test_cuda_engine.py)
+else
+  echo "skipping tests/engine/test_cuda_engine.py: lmcache_native.engine does not import here" \
+    "(carry the wheels of benchmarks/gpu/wheels.sh in .whl/)"
+fi
+step "CUDA tests: pytest -m cuda ${TESTS[*]}"
+set +e
+"$PYTHON" -m pytest -m cuda "${TESTS[@]}" -q -p no:cacheprovider 2>&1 | tee "$RESULTS/cuda_tests.log"
+rc=${PIPESTATUS[0]}
+set -e
+[ "$rc" = 0 ] || fail "CUDA tests"
 
 # --- benchmarks ---------------------------------------------------------------------------------
-mkdir -p "$OUT"
-rm -f "$OUT"/*.json
 bench() {  # bench <json name> <script> [args...]
   local name="$1" script="$2"
   shift 2
+  local elapsed=$(($(date +%s) - START))
+  if [ "$DEADLINE_S" -gt 0 ] && [ "$elapsed" -ge "$DEADLINE_S" ]; then
+    printf '\nrun.sh: SKIPPED benchmark %s: %ss passed, DEADLINE_S=%s\n' "$name" "$elapsed" "$DEADLINE_S" >&2
+    SKIPPED="${SKIPPED:-}$name "
+    return 0
+  fi
   step "benchmark $name: $script $*"
-  "$PYTHON" "$script" --device cuda --json "$OUT/$name.json" "$@" || fail "benchmark $name"
+  "$PYTHON" "$script" --device cuda --json "$RESULTS/$name.json" "$@" || fail "benchmark $name"
 }
 
 if [ "$QUICK" = 1 ]; then
@@ -107,34 +139,46 @@ else
   TOKENS=1024,8192,32768; SWEEP_BLOCKS=2,16,128,1024,8192
 fi
 COPY=benchmarks/bench_paged_kv_copy.py
+MD5=benchmarks/bench_kv_chunk_md5.py
+# Most wanted first, so that DEADLINE_S cuts the least important ones.
 if [ -f "$COPY" ]; then
   # Chunk in pinned host memory (the store/load path), both directions and both at once.
   bench copy_host "$COPY" --preset llama3-8b --layouts flash_attn,flashinfer,hnd \
     --tokens "$TOKENS" --directions gather,scatter,both --chunk-on host
-  # Chunk in device memory (device-to-device copies).
-  bench copy_device "$COPY" --preset llama3-8b --layouts flash_attn --tokens "$TOKENS" \
-    --chunk-on device
-  bench copy_mla "$COPY" --preset deepseek-v3-mla --layouts mla --tokens 8192 --chunk-on host
+fi
+[ -f "$MD5" ] && bench kv_chunk_md5 "$MD5"
+if [ -f "$COPY" ]; then
   # Segment sweep: one block of llama3-8b is block_size * 2 KiB (block 2 = 4 KiB ... 8192 = 16 MiB).
   bench copy_sweep "$COPY" --preset llama3-8b --layouts flash_attn --tokens 16384 \
     --block-sizes "$SWEEP_BLOCKS" --directions gather,scatter --chunk-on host
   # Under a concurrent bf16 matmul load on another stream.
   bench copy_matmul "$COPY" --preset llama3-8b --layouts flash_attn --tokens 8192 \
     --directions gather,scatter --chunk-on host --matmul-load
+  # Chunk in device memory (device-to-device copies).
+  bench copy_device "$COPY" --preset llama3-8b --layouts flash_attn --tokens "$TOKENS" \
+    --chunk-on device
+  bench copy_mla "$COPY" --preset deepseek-v3-mla --layouts mla --tokens 8192 --chunk-on host
 fi
-# Every other benchmark that has a CUDA mode (kv_chunk_md5, slot_ranges, ...), with its defaults.
+# Every other benchmark that has a CUDA mode (slot_ranges, engine, ...), with its defaults.
 for script in benchmarks/bench_*.py; do
-  [ "$script" = "$COPY" ] && continue
+  [ "$script" = "$COPY" ] || [ "$script" = "$MD5" ] && continue
   if "$PYTHON" "$script" --help 2>/dev/null | grep -q -- 'cuda'; then
     bench "$(basename "$script" .py | sed 's/^bench_//')" "$script"
   else
-    echo "skipping $script: no --device cuda mode"
+    echo "skipping $script: no --device cuda mode (or it does not import here)"
   fi
 done
 
 # --- one table ----------------------------------------------------------------------------------
 step "summary"
-"$PYTHON" benchmarks/gpu/summarize.py "$OUT" || fail "summary"
-printf '\nresults: %s (JSON per benchmark); total %ss\n' "$OUT" "$(($(date +%s) - START))"
+"$PYTHON" benchmarks/gpu/summarize.py "$RESULTS" | tee "$RESULTS/summary.txt" || fail "summary"
+[ -z "${SKIPPED:-}" ] || echo "run.sh: skipped for DEADLINE_S: ${SKIPPED}" | tee -a "$RESULTS/summary.txt" >&2
+printf '\nresults: %s (JSON per benchmark); total %ss\n' "$RESULTS" "$(($(date +%s) - START))"
+if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
+  # The device tool brings back a few files from $OUT: one archive and the table.
+  tar -czf "$OUT/gpu_results.tgz" -C "$(dirname "$RESULTS")" "$(basename "$RESULTS")"
+  cp "$RESULTS/summary.txt" "$OUT/summary.txt"
+  echo "packed into $OUT: gpu_results.tgz, summary.txt"
+fi
 [ "$STATUS" = 0 ] || echo "run.sh: some steps FAILED (see above)" >&2
 exit "$STATUS"
