@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import torch
@@ -274,6 +276,20 @@ def test_compress_ranges_input_kinds_and_errors() -> None:
         ops.compress_slot_ranges("1,2,3")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="int64"):
         ops.compress_slot_ranges([2**64])
+
+
+@pytest.mark.parametrize("compress", [ops.compress_slot_mapping, ops.compress_slot_ranges])
+def test_compress_uint64_beyond_int64_is_refused_not_wrapped(
+    compress: Callable[..., object],
+) -> None:
+    big = np.array([2**63 + 5, 1], dtype=np.uint64)
+    with pytest.raises(ValueError, match="int64"):
+        compress(big)
+    with pytest.raises(ValueError, match="int64"):
+        compress(torch.as_tensor(big))
+    fits = np.array([2**63 - 1, 7, 8, 9], dtype=np.uint64)
+    assert ops.compress_slot_mapping(fits) == [2**63 - 1, [7, 9]]
+    assert ops.compress_slot_ranges(fits).tolist() == [[2**63 - 1, 2**63 - 1], [7, 9]]
 
 
 @settings(max_examples=200, deadline=None)

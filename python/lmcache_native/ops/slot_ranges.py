@@ -90,7 +90,11 @@ def _slots_as_cpu_int64(
             raise ValueError(f"slots must be 1-D, got shape {tuple(t.shape)}")
         if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
             raise TypeError(f"slots must hold integers, got dtype {t.dtype}")
-        return t.to(device="cpu", dtype=torch.int64).contiguous()
+        t = t.to(device="cpu")
+        # NOTE: the cast to int64 would wrap uint64 values above INT64_MAX into negatives.
+        if t.dtype == torch.uint64 and bool((t.view(torch.int64) < 0).any()):
+            raise ValueError("slots must be ints that fit in int64 (a uint64 value is larger)")
+        return t.to(dtype=torch.int64).contiguous()
     if isinstance(slots, (str, bytes)) or not isinstance(slots, Sequence):
         raise TypeError(
             f"slots must be a 1-D integer tensor or a sequence of ints, got {type(slots).__name__}"
