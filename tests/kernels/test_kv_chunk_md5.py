@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 import torch
 from lmcache_native import _native, ops
@@ -337,6 +338,19 @@ def test_argument_types() -> None:
         ops.kv_chunk_md5(kv, torch.zeros(2, 2, dtype=torch.int64), 2, "mla")
     with pytest.raises(ValueError, match="layout"):
         ops.kv_chunk_md5(kv, [0, 1], 2, "paged")
+    with pytest.raises(ValueError, match="slot_mapping must be ints that fit in int64"):
+        ops.kv_chunk_md5(kv, [0, 2**64], 2, "mla")
+
+
+def test_uint64_slots_are_checked_not_wrapped_into_padding() -> None:
+    kv = _random_caches(
+        "mla", 1, num_blocks=2, block_size=4, num_heads=1, head_size=8, dtype=torch.float16
+    )
+    # 2**64 - 1 would become -1 (padding, silently skipped) in a plain cast to int64.
+    with pytest.raises(ValueError, match="fit in int64"):
+        ops.kv_chunk_md5(kv, torch.tensor([0, 2**64 - 1], dtype=torch.uint64), 2, "mla")
+    ok = ops.kv_chunk_md5(kv, np.array([0, 1], dtype=np.uint64), 2, "mla")
+    assert ok == ops.kv_chunk_md5(kv, [0, 1], 2, "mla")
 
 
 def test_int32_slot_tensor() -> None:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import torch
 
 LAYOUTS: tuple[str, ...] = ("flash_attn", "flashinfer", "hnd", "mla", "vllm_cpu")
@@ -201,3 +204,41 @@ def stream_of(device: torch.device) -> int:
     if device.type != "cuda":
         return 0
     return int(torch.cuda.current_stream(device).cuda_stream)
+
+
+def int64_slots(
+    slots: torch.Tensor | npt.NDArray[np.integer[Any]] | Sequence[int],
+    device: torch.device | str = "cpu",
+    name: str = "slots",
+) -> torch.Tensor:
+    """``slots`` (an integer tensor or array, or a sequence of ints) as a contiguous 1-D int64
+    tensor on ``device``.
+
+    Raises:
+        TypeError: not integers, or not a tensor, array or sequence.
+        ValueError: not 1-D, or a value beyond int64 (uint64 values are checked, not wrapped).
+    """
+    if isinstance(slots, torch.Tensor) or (
+        hasattr(slots, "__array__") and not isinstance(slots, (str, bytes))
+    ):
+        t = torch.as_tensor(slots)
+        if t.dim() != 1:
+            raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
+        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+            raise TypeError(f"{name} must hold integers, got dtype {t.dtype}")
+        # NOTE: the cast to int64 would wrap uint64 values above INT64_MAX into negatives (the
+        # largest one into -1, which the kernels read as padding).
+        if t.dtype == torch.uint64 and bool((t.view(torch.int64) < 0).any()):
+            raise ValueError(f"{name} must be ints that fit in int64 (a uint64 value is larger)")
+        return t.to(device=device, dtype=torch.int64).contiguous()
+    if isinstance(slots, (str, bytes)) or not isinstance(slots, Sequence):
+        raise TypeError(
+            f"{name} must be a 1-D integer tensor or a sequence of ints, got {type(slots).__name__}"
+        )
+    try:
+        t = torch.tensor(slots, dtype=torch.int64, device=device)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        raise ValueError(f"{name} must be ints that fit in int64: {exc}") from None
+    if t.dim() != 1:
+        raise ValueError(f"{name} must be a flat sequence of ints, got shape {tuple(t.shape)}")
+    return t

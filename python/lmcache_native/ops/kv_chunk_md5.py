@@ -12,31 +12,9 @@ from collections.abc import Sequence
 import torch
 
 from lmcache_native import _native
-from lmcache_native.ops._layout import PagedKV, describe, stream_of
+from lmcache_native.ops._layout import PagedKV, describe, int64_slots, stream_of
 
 __all__ = ["kv_chunk_md5", "md5_bytes", "md5_isa", "md5_set_isa", "md5_supported_isas"]
-
-
-def _slot_tensor(slot_mapping: torch.Tensor | Sequence[int], device: torch.device) -> torch.Tensor:
-    """``slot_mapping`` as a contiguous 1-D int64 tensor on ``device``."""
-    if isinstance(slot_mapping, torch.Tensor):
-        if slot_mapping.dim() != 1:
-            raise ValueError(
-                f"slot_mapping must be 1-D [num_tokens], got shape {tuple(slot_mapping.shape)}"
-            )
-        if (
-            slot_mapping.dtype.is_floating_point
-            or slot_mapping.dtype.is_complex
-            or (slot_mapping.dtype == torch.bool)
-        ):
-            raise TypeError(f"slot_mapping must hold integers, got dtype {slot_mapping.dtype}")
-        return slot_mapping.to(device=device, dtype=torch.int64).contiguous()
-    if isinstance(slot_mapping, (str, bytes)) or not isinstance(slot_mapping, Sequence):
-        raise TypeError(
-            f"slot_mapping must be a 1-D integer tensor or a sequence of ints, "
-            f"got {type(slot_mapping).__name__}"
-        )
-    return torch.tensor(list(slot_mapping), dtype=torch.int64, device=device)
 
 
 def kv_chunk_md5(
@@ -76,7 +54,7 @@ def kv_chunk_md5(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     paged = describe(kv_caches, layout)
-    slots = _slot_tensor(slot_mapping, paged.device)
+    slots = int64_slots(slot_mapping, paged.device, "slot_mapping")
     num_tokens = int(slots.numel())
     if paged.device.type == "cpu":
         return _native.C.kv_chunk_md5_cpu(

@@ -15,7 +15,7 @@ import numpy.typing as npt
 import torch
 
 from lmcache_native import _native
-from lmcache_native.ops._layout import stream_of
+from lmcache_native.ops._layout import int64_slots, stream_of
 
 __all__ = [
     "compress_slot_mapping",
@@ -78,36 +78,6 @@ def parse_slot_ranges(text: str, max_slots: int) -> torch.Tensor:
     return torch.from_numpy(_native.C.parse_slot_ranges(text, max_slots))
 
 
-def _slots_as_cpu_int64(
-    slots: torch.Tensor | npt.NDArray[np.integer[Any]] | Sequence[int],
-) -> torch.Tensor:
-    """``slots`` as a contiguous 1-D int64 CPU tensor (the input checks of the compressors)."""
-    if isinstance(slots, torch.Tensor) or (
-        hasattr(slots, "__array__") and not isinstance(slots, (str, bytes))
-    ):
-        t = torch.as_tensor(slots)
-        if t.dim() != 1:
-            raise ValueError(f"slots must be 1-D, got shape {tuple(t.shape)}")
-        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-            raise TypeError(f"slots must hold integers, got dtype {t.dtype}")
-        t = t.to(device="cpu")
-        # NOTE: the cast to int64 would wrap uint64 values above INT64_MAX into negatives.
-        if t.dtype == torch.uint64 and bool((t.view(torch.int64) < 0).any()):
-            raise ValueError("slots must be ints that fit in int64 (a uint64 value is larger)")
-        return t.to(dtype=torch.int64).contiguous()
-    if isinstance(slots, (str, bytes)) or not isinstance(slots, Sequence):
-        raise TypeError(
-            f"slots must be a 1-D integer tensor or a sequence of ints, got {type(slots).__name__}"
-        )
-    try:
-        t = torch.tensor(slots, dtype=torch.int64)
-    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
-        raise ValueError(f"slots must be ints that fit in int64: {exc}") from None
-    if t.dim() != 1:
-        raise ValueError(f"slots must be a flat sequence of ints, got shape {tuple(t.shape)}")
-    return t
-
-
 def compress_slot_mapping(
     slots: torch.Tensor | npt.NDArray[np.integer[Any]] | Sequence[int],
 ) -> list[int | list[int]]:
@@ -128,7 +98,7 @@ def compress_slot_mapping(
         TypeError: not an integer tensor or a sequence of ints.
         ValueError: not 1-D, or a value beyond int64.
     """
-    t = _slots_as_cpu_int64(slots)
+    t = int64_slots(slots)
     return _native.C.compress_slot_mapping(int(t.data_ptr()), int(t.numel()))
 
 
@@ -152,7 +122,7 @@ def compress_slot_ranges(
         TypeError: not an integer tensor or a sequence of ints.
         ValueError: not 1-D, or a value beyond int64.
     """
-    t = _slots_as_cpu_int64(slots)
+    t = int64_slots(slots)
     return torch.from_numpy(_native.C.compress_slot_ranges(int(t.data_ptr()), int(t.numel())))
 
 
