@@ -1,6 +1,5 @@
-// Bindings of slot_ranges: parse (to slots or to ranges), compress (runs -> Python list or an
-// int64 run table),
-// expand (CPU twin, CUDA launcher).
+// Bindings of slot_ranges: parse (to slots or to ranges), compress (runs -> Python list, or an
+// int64 run table), expand (CPU twin, CUDA launcher).
 #include "kernels/slot_ranges.h"
 
 #include <Python.h>
