@@ -25,8 +25,11 @@ from lmcache_native.testing import reference
 B, H, N, D = 6, 2, 16, 8  # blocks, kv heads, block size, head size
 
 
-def _geo(backend: str, use_mla: bool = False, head_size: int = D) -> dict[str, LayerGeometry]:
-    g = LayerGeometry(backend, 1 if use_mla else H, head_size, N, use_mla)
+def _geo(
+    backend: str, use_mla: bool = False, head_size: int = D, cpu_isa: str | None = "vec"
+) -> dict[str, LayerGeometry]:
+    isa = cpu_isa if backend == "CPU_ATTN" else None
+    g = LayerGeometry(backend, 1 if use_mla else H, head_size, N, use_mla, cpu_isa=isa)
     return {"l0": g, "l1": g}
 
 
@@ -60,6 +63,29 @@ def test_cpu_backend_layout_is_vllm_cpu_as_is() -> None:
     det = detect_layout(caches, _geo("CPU_ATTN"))
     assert det.layout == "vllm_cpu"
     assert all(det.kv_caches[k] is caches[k] for k in caches)
+
+
+@pytest.mark.parametrize("isa", ["vec", "vec16"])
+def test_cpu_backend_isas_with_the_vllm_cpu_packing_are_accepted(isa: str) -> None:
+    caches = {"l0": _filled((B, H, N, 2 * D), 3), "l1": _filled((B, H, N, 2 * D), 4)}
+    assert detect_layout(caches, _geo("CPU_ATTN", cpu_isa=isa)).layout == "vllm_cpu"
+
+
+@pytest.mark.parametrize(
+    ("isa", "dtype", "match"),
+    [
+        ("amx", torch.bfloat16, "ISA 'amx'"),  # 16x16 tiles, not K transposed per block
+        ("neon", torch.float16, "ISA 'neon'"),  # not checked against vLLM: refused
+        (None, torch.float32, "ISA None"),  # unknown: refused, never guessed
+        ("vec", torch.uint8, "fp8"),  # quantised cache
+    ],
+)
+def test_cpu_backend_isas_of_other_packings_are_refused(
+    isa: str | None, dtype: torch.dtype, match: str
+) -> None:
+    caches = {f"l{i}": torch.zeros(B, H, N, 2 * D, dtype=dtype) for i in range(2)}
+    with pytest.raises(UnsupportedLayoutError, match=match):
+        detect_layout(caches, _geo("CPU_ATTN", cpu_isa=isa))
 
 
 def test_legacy_flash_attn_and_flashinfer_layouts() -> None:

@@ -11,8 +11,8 @@ Known layouts (``B`` blocks, ``N`` tokens per block, ``H`` KV heads, ``D`` head 
 ===========================  ==============================  ==================================
 backend                      tensor vLLM passes              registered as
 ===========================  ==============================  ==================================
-``CPU_ATTN`` (vLLM CPU)      ``[B, H, N, 2*D]``, each        ``vllm_cpu`` (K transposed per
-                             ``(block, head)`` region dense  ``(block, head)``, then V)
+``CPU_ATTN`` (vLLM CPU,      ``[B, H, N, 2*D]``, each        ``vllm_cpu`` (K transposed per
+ISA ``vec``/``vec16``)       ``(block, head)`` region dense  ``(block, head)``, then V)
 any GPU backend, vLLM>=0.32  ``[B, H, N, 2*D]`` (K in        ``flash_attn`` strided view
                              ``[..., :D]``, V in ``[..., D:]``, ``[2, B, N, H, D]``
                              any stride order)
@@ -35,6 +35,14 @@ import torch
 #: Backends whose ``[B, H, N, 2*D]`` cache is the CPU paged-attention layout, not split K|V.
 CPU_BACKENDS: frozenset[str] = frozenset({"CPU_ATTN"})
 
+#: ISAs of vLLM's CPU attention (``layer.isa``) whose cache holds, per ``(block, head)``, K
+#: transposed ``[D, N]`` then V ``[N, D]``, the ``vllm_cpu`` layout. Checked against vLLM 0.32's
+#: own ``cpu_attn_reshape_and_cache`` for bf16, fp16 and fp32. Others pack K and V differently
+#: (``amx`` tiles 16 tokens x 16 dims; fp8 caches quantise), so a cache written by them would be
+#: stored and loaded, but its chunks would not be token rows: they could not be shared with a
+#: worker on another ISA, and their checksums would not match. Such caches are refused.
+CPU_ISAS: frozenset[str] = frozenset({"vec", "vec16"})
+
 
 class UnsupportedLayoutError(ValueError):
     """The KV cache tensors do not match any layout the native ops support."""
@@ -50,6 +58,8 @@ class LayerGeometry:
         head_size: elements per head (for MLA: the latent size, ``kv_lora_rank + rope dim``).
         block_size: tokens per block (vLLM's cache block size).
         use_mla: whether the layer is multi-head latent attention.
+        cpu_isa: for a CPU backend, the ISA its attention kernels were built for (vLLM's
+            ``layer.isa``: ``vec``, ``vec16``, ``amx``, ...); ``None`` when unknown.
     """
 
     backend: str
@@ -57,6 +67,7 @@ class LayerGeometry:
     head_size: int
     block_size: int
     use_mla: bool = False
+    cpu_isa: str | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +120,15 @@ def _one_layer(name: str, t: torch.Tensor, geo: LayerGeometry) -> tuple[str, tor
                 f"(num_kv_heads={h}, head_size={d}, block_size={geo.block_size})"
             )
         if geo.backend in CPU_BACKENDS:
+            if geo.cpu_isa not in CPU_ISAS:
+                raise UnsupportedLayoutError(
+                    f"{what}: CPU attention ISA {geo.cpu_isa!r} lays K/V out in a way the "
+                    f"native ops do not read (supported: {', '.join(sorted(CPU_ISAS))})"
+                )
+            if t.element_size() == 1:
+                raise UnsupportedLayoutError(
+                    f"{what}: quantised (fp8) CPU KV caches are not supported"
+                )
             return "vllm_cpu", t
         if t.stride(3) != 1:
             raise UnsupportedLayoutError(f"{what}: the K|V dimension must be contiguous")

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter
 from lmcache_native.config import LMCacheEngineConfig
 from lmcache_native.engine import CacheEngine, EngineMetadata
 from lmcache_native.integration.vllm.layout import (
+    CPU_BACKENDS,
     LayerGeometry,
     UnsupportedLayoutError,
     detect_layout,
@@ -143,8 +144,37 @@ def layer_geometry(
             head_size=int(spec.head_size),
             block_size=block_size,
             use_mla=isinstance(spec, MLAAttentionSpec),
+            cpu_isa=(
+                cpu_attention_isa(vllm_config, layer, spec) if backend in CPU_BACKENDS else None
+            ),
         )
     return out
+
+
+def cpu_attention_isa(vllm_config: VllmConfig, layer: Any, spec: Any) -> str | None:
+    """The ISA vLLM's CPU attention uses for ``layer`` (it decides how K and V are packed).
+
+    vLLM's CPU metadata builder sets ``layer.isa`` before the caches are registered; if it is
+    missing, the same choice is asked of vLLM's ``_get_attn_isa``. ``None`` when neither is
+    available (the layout is then refused rather than guessed).
+    """
+    isa = getattr(layer, "isa", None)
+    if isinstance(isa, str):
+        return isa
+    try:
+        from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
+
+        return str(
+            _get_attn_isa(
+                vllm_config.model_config.dtype,
+                int(spec.block_size),
+                int(spec.head_size),
+                vllm_config.cache_config.cache_dtype,
+            )
+        )
+    except Exception as exc:  # any vLLM without that helper: the ISA is unknown
+        logger.debug("CPU attention ISA unknown: %s", exc)
+        return None
 
 
 def verified_prefix(engine: CacheEngine, tokens: Sequence[int]) -> int:
