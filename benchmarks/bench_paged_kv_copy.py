@@ -48,7 +48,14 @@ from common import (
     time_interleaved,
     write_json,
 )
-from lmcache_native.ops import LAYOUTS, kv_cache_shape, paged_kv_gather, paged_kv_scatter
+from lmcache_native.ops import (
+    LAYOUTS,
+    copy_isa,
+    copy_set_isa,
+    kv_cache_shape,
+    paged_kv_gather,
+    paged_kv_scatter,
+)
 
 DIRECTIONS = ("gather", "scatter", "both")
 
@@ -293,6 +300,18 @@ def measure(
     fns: dict[str, Callable[[], object]] = {"ours": ours, "limit": limit, "base": base}
     if memcpy is not None:
         fns["memcpy"] = memcpy
+    current_isa = copy_isa()
+    compare_isa = args.compare_isa and dev.type == "cpu" and current_isa != "sse2"
+    if compare_isa:
+
+        def ours_sse2() -> None:
+            copy_set_isa("sse2")
+            try:
+                ours()
+            finally:
+                copy_set_isa(current_isa)
+
+        fns["sse2"] = ours_sse2
     timings = time_interleaved(fns, device=dev, warmup=args.warmup, repeat=args.repeat)
     med = {k: v.median for k, v in timings.items()}
     t_ours, t_limit, t_base = med["ours"], med["limit"], med["base"]
@@ -314,6 +333,11 @@ def measure(
     if memcpy is not None:
         row["memcpy_GBps"] = gbps(2 * moved, med["memcpy"])
         row["ours/memcpy"] = ratio(med["memcpy"], t_ours)
+    if dev.type == "cpu":
+        row["isa"] = current_isa
+    if compare_isa:
+        row["sse2_GBps"] = gbps(2 * moved, med["sse2"])
+        row["ours/sse2"] = ratio(med["sse2"], t_ours)
     if load is not None:
         row["ours_loaded_GBps"] = gbps(2 * moved, load.time_loaded(ours, t_ours, args.repeat))
         if memcpy is not None:
@@ -351,6 +375,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--matmul-load", action="store_true", help="cuda: also time under a matmul load"
     )
+    parser.add_argument(
+        "--compare-isa",
+        action="store_true",
+        help="cpu: also time ours on the SSE2 path in the same round-robin (sse2_GBps, ours/sse2)",
+    )
     args = parser.parse_args(argv)
 
     dev = check_device(args.device)
@@ -378,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
                 del setup
     cols = ["layout", "dir", "tokens", "block", "MB", "ours_GBps", "baseline_GBps", "limit_GBps"]
     cols += ["ours/limit", "ours/base"]
+    if dev.type == "cpu" and any("sse2_GBps" in r for r in rows):
+        cols += ["isa", "sse2_GBps", "ours/sse2"]
     if dev.type == "cuda":
         cols += ["memcpy_GBps", "ours/memcpy"]
         if load is not None:

@@ -77,6 +77,12 @@ void paged_kv_scatter_chunks(const std::vector<int64_t>& chunk_ptrs,
 }  // namespace
 
 void register_paged_kv_scatter(py::module_& m) {
+  m.def("copy_isa", &paged_kv_copy_isa,
+        "Instruction set of the CPU scatter into vllm_cpu's transposed K: 'avx2' or 'sse2'.");
+  m.def("copy_set_isa", &paged_kv_copy_set_isa, py::arg("isa"),
+        "Forces that instruction set (ValueError when unknown or unsupported here).");
+  m.def("copy_supported_isas", &paged_kv_copy_supported_isas,
+        "Instruction sets of that scatter this CPU can run, best last.");
   m.def("paged_kv_scatter", &paged_kv_scatter, py::arg("chunk"), py::arg("layer_ptrs"),
         py::arg("layout"), py::arg("slot_mapping"), py::arg("num_tokens"),
         py::arg("slot_elem_size"), py::arg("device"), py::arg("stream"), py::arg("scratch"),

@@ -10,7 +10,9 @@
 //     runs of tokens whose rows are adjacent in the cache become one copy (a block or more);
 //   - the others (hnd, vllm_cpu, strided views): (layer, tile) items; for each run of tokens
 //     inside one block and each head, K's piece then V's piece, so the cache is read in
-//     address order. vllm_cpu's K, stored [head_size, block_size], is an SSE2 tile transpose.
+//     address order. vllm_cpu's K, stored [head_size, block_size], is an SSE2 tile transpose;
+//     scattering into it uses AVX2 16x16 register transposes where the CPU has AVX2 and the
+//     element is 2 bytes (paged_kv_copy_avx2_cpu.cpp).
 // Long destination runs use streaming stores (no read-for-ownership of the destination).
 #pragma once
 
@@ -43,6 +45,21 @@ constexpr int64_t kStreamBytes = 4096;
 // (4 KiB for 128 x 16 bf16), scatter a whole run's rows (32 KiB for llama3-8b); larger ones
 // are transposed in place.
 constexpr int64_t kStageBytes = int64_t{64} << 10;
+
+// ---- AVX2 path of the transposed scatter (paged_kv_copy_avx2_cpu.cpp) ----------------------
+
+// Whether this CPU has AVX2 / whether the copies use it now (default: when supported, unless
+// LMC_COPY_ISA=sse2 at start-up); copy_set_avx2 switches it (tests and benchmarks).
+bool copy_avx2_supported();
+bool copy_avx2_enabled();
+void copy_set_avx2(bool on);
+
+// Scatters a run of n tokens' rows (row_elems apart; head h's dims at h * d_n) into a kv side
+// stored transposed: head h's tile at dst + h * hs, dim d's n tokens at d * ds. Returns false
+// (nothing written) unless d_n and n are multiples of 16; stage holds kStageBytes.
+bool scatter_transposed_u16_avx2(const uint16_t* rows, int64_t row_elems, uint16_t* dst,
+                                 int64_t hs, int64_t ds, int64_t num_heads, int64_t d_n,
+                                 int64_t n, uint16_t* stage);
 
 // Position of the first slot outside [-1, num_slots), or -1 when every slot is valid.
 template <typename SlotT>
@@ -360,6 +377,14 @@ void scatter_heads_item(char* const* cache, char* const* rows, const PagedKVLayo
                     head_bytes);
         }
       } else if (ts == 1) {
+        if constexpr (sizeof(Word) == 2) {
+          if (copy_avx2_enabled() &&
+              scatter_transposed_u16_avx2(reinterpret_cast<const uint16_t*>(row), row_elems,
+                                          reinterpret_cast<uint16_t*>(dst), hs, ds, l.num_heads,
+                                          d_n, n, reinterpret_cast<uint16_t*>(stage))) {
+            continue;
+          }
+        }
         // Heads in groups whose [group * head_size, n] transpose fits the staging buffer.
         const int64_t group = kStageBytes / (d_n * n * es);
         for (int64_t h0 = 0; h0 < l.num_heads; h0 += std::max<int64_t>(group, 1)) {

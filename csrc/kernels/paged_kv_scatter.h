@@ -11,6 +11,8 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "kernels/paged_kv_layout.h"
 
@@ -54,6 +56,15 @@ void paged_kv_scatter_chunks_cpu(const void* const* chunks, const int64_t* chunk
                                  int64_t num_chunks, void* const* layer_ptrs, int64_t num_layers,
                                  const PagedKVLayout& layout, const void* slot_mapping,
                                  int64_t slot_elem_size, int64_t num_tokens);
+
+/// @brief Instruction set of the CPU scatter into a transposed kv side (vllm_cpu's K, 2-byte
+/// elements): "avx2" (16x16 register transposes, picked when the CPU has AVX2 unless
+/// LMC_COPY_ISA=sse2 at start-up) or "sse2" (8x8 tiles through one staging buffer).
+std::string paged_kv_copy_isa();
+/// @brief Forces it; throws std::invalid_argument for an unknown name or "avx2" without AVX2.
+void paged_kv_copy_set_isa(const std::string& name);
+/// @brief The names this CPU can run, best last.
+std::vector<std::string> paged_kv_copy_supported_isas();
 
 #ifdef LMC_WITH_CUDA
 /// @brief CUDA paged_kv_scatter, enqueued on `stream` (nothing waits for it).

@@ -7,13 +7,16 @@ fails. Payloads are random integers viewed as the dtype (NaN/Inf bit patterns in
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
 from lmcache_native import _native
 from lmcache_native.ops import (
     LAYOUTS,
+    copy_isa,
+    copy_set_isa,
+    copy_supported_isas,
     describe,
     paged_kv_gather,
     paged_kv_gather_chunks,
@@ -23,8 +26,21 @@ from lmcache_native.ops import (
 from lmcache_native.testing import reference as ref
 
 SENTINEL = 0xA5
+COPY_ISAS = copy_supported_isas()
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float64]
 _INT_OF_WIDTH = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+# --- every test runs on every CPU copy path this machine has ------------------------------------
+
+
+@pytest.fixture(autouse=True, params=COPY_ISAS)
+def isa(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Forces the CPU copy instruction set (``sse2``, ``avx2``) for the test, then restores it."""
+    before = copy_isa()
+    copy_set_isa(request.param)
+    yield request.param
+    copy_set_isa(before)
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -702,6 +718,96 @@ def test_vllm_cpu_block_size_32_last_token_of_each_block(dtype: torch.dtype) -> 
             assert_same_bytes(m_, e_)
     finally:
         _native.set_num_threads(prev)
+
+
+# --- the AVX2 transposed scatter (vllm_cpu K, 2-byte dtypes, multiples of 16) -------------------
+
+
+def _runs_case(block_size: int) -> list[int]:
+    """Runs that take every branch: whole blocks, half-block runs at offsets 0 and 16, runs not
+    a multiple of 16, padding inside a run, a run cut by a block edge, single tokens."""
+    b = block_size
+    slots = [*range(3 * b, 4 * b), *range(0, b)]  # two whole blocks
+    slots += [*range(b + 16, b + 32)] if b >= 32 else []  # 16 tokens at offset 16
+    slots += [*range(5 * b, 5 * b + 16)]  # 16 tokens at offset 0 of a block
+    slots += [*range(2 * b, 2 * b + 5), -1, 2 * b + 6, -1]  # short run, padding
+    slots += [*range(6 * b - 3, 6 * b + 14)]  # 17 tokens across a block edge
+    slots += [4 * b + 7, 7 * b - 1]
+    return slots
+
+
+@pytest.mark.parametrize("block_size", [16, 32, 48, 64])
+@pytest.mark.parametrize("head_size", [16, 64, 128])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_vllm_cpu_transposed_scatter_paths(
+    block_size: int, head_size: int, dtype: torch.dtype, isa: str
+) -> None:
+    """Every byte of every layer against the reference, on the run shapes the AVX2 path takes
+    (direct streaming for block 16, the L1 tile for larger blocks) or hands back to SSE2."""
+    caches = make_caches(
+        "vllm_cpu",
+        dtype,
+        num_layers=2,
+        num_blocks=7,
+        block_size=block_size,
+        num_heads=3,
+        head_size=head_size,
+        seed=block_size + head_size,
+    )
+    for c in caches:
+        fill_sentinel(c)
+    slots = _runs_case(block_size)
+    chunk = random_bits(
+        chunk_shape(caches, "vllm_cpu", len(slots)), dtype, torch.Generator().manual_seed(3)
+    )
+    exp = expected_scatter(chunk, caches, slots, "vllm_cpu")
+    paged_kv_scatter(chunk, caches, torch.tensor(slots), "vllm_cpu")
+    for got, want in zip(caches, exp, strict=True):
+        assert_same_bytes(got, want)
+    assert copy_isa() == isa
+
+
+@pytest.mark.parametrize("offset_elems", [1, 8, 24])
+def test_vllm_cpu_transposed_scatter_into_a_misaligned_cache(offset_elems: int, isa: str) -> None:
+    """A cache that does not start on a 32-byte boundary: no aligned streaming store may be used
+    on it (the direct path is refused), and the bytes still match."""
+    shape = cache_shape("vllm_cpu", 4, 16, 2, 32)
+    numel = 1
+    for d in shape:
+        numel *= d
+    base = torch.empty(numel + offset_elems, dtype=torch.bfloat16)
+    base.view(torch.uint8).fill_(SENTINEL)
+    cache = base[offset_elems:].view(shape)
+    assert cache.data_ptr() % 32 != 0
+    slots = [*range(16, 32), *range(48, 64), 3, 4, 5]
+    chunk = random_bits(
+        chunk_shape([cache], "vllm_cpu", len(slots)),
+        torch.bfloat16,
+        torch.Generator().manual_seed(9),
+    )
+    exp = expected_scatter(chunk, [cache], slots, "vllm_cpu")
+    paged_kv_scatter(chunk, [cache], torch.tensor(slots), "vllm_cpu")
+    assert_same_bytes(cache, exp[0])
+    assert torch.equal(
+        base.view(torch.uint8)[: offset_elems * 2],
+        torch.full((offset_elems * 2,), SENTINEL, dtype=torch.uint8),
+    )
+
+
+def test_copy_isa_can_be_forced_and_refuses_unknown_names() -> None:
+    assert COPY_ISAS[0] == "sse2" and set(COPY_ISAS) <= {"sse2", "avx2"}
+    before = copy_isa()
+    try:
+        for name in COPY_ISAS:
+            copy_set_isa(name)
+            assert copy_isa() == name
+        with pytest.raises(ValueError, match="unknown copy ISA"):
+            copy_set_isa("neon")
+        if "avx2" not in COPY_ISAS:
+            with pytest.raises(ValueError, match="not supported"):
+                copy_set_isa("avx2")
+    finally:
+        copy_set_isa(before)
 
 
 # --- argument checks ---------------------------------------------------------------------------

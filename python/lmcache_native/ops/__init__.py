@@ -9,7 +9,13 @@ from __future__ import annotations
 from lmcache_native.ops._layout import LAYOUTS, PagedKV, describe, kv_cache_shape
 from lmcache_native.ops.kv_chunk_md5 import kv_chunk_md5
 from lmcache_native.ops.paged_kv_gather import paged_kv_gather, paged_kv_gather_chunks
-from lmcache_native.ops.paged_kv_scatter import paged_kv_scatter, paged_kv_scatter_chunks
+from lmcache_native.ops.paged_kv_scatter import (
+    copy_isa,
+    copy_set_isa,
+    copy_supported_isas,
+    paged_kv_scatter,
+    paged_kv_scatter_chunks,
+)
 from lmcache_native.ops.slot_ranges import (
     compress_slot_mapping,
     compress_slot_ranges,
@@ -22,6 +28,9 @@ __all__ = [
     "PagedKV",
     "compress_slot_mapping",
     "compress_slot_ranges",
+    "copy_isa",
+    "copy_set_isa",
+    "copy_supported_isas",
     "describe",
     "expand_slot_ranges",
     "kv_cache_shape",

@@ -104,3 +104,26 @@ def paged_kv_scatter_chunks(
         launch.stream,
         launch.scratch_ptr,
     )
+
+
+def copy_isa() -> str:
+    """Instruction set of the CPU scatter into ``vllm_cpu``'s transposed K: ``avx2`` or ``sse2``.
+
+    ``avx2`` (16x16 register transposes, 2-byte dtypes, head size and run multiples of 16) is
+    the default where the CPU has it; ``LMC_COPY_ISA=sse2`` at start-up keeps the SSE2 path.
+    """
+    return str(_native.C.copy_isa())
+
+
+def copy_set_isa(isa: str) -> None:
+    """Forces that instruction set (tests and benchmarks compare both).
+
+    Raises:
+        ValueError: unknown name, or not supported on this CPU.
+    """
+    _native.C.copy_set_isa(isa)
+
+
+def copy_supported_isas() -> list[str]:
+    """Instruction sets of that scatter this CPU can run, best last."""
+    return list(_native.C.copy_supported_isas())
