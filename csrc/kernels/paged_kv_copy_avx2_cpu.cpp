@@ -41,7 +41,9 @@ template <bool kStream>
 LMC_TARGET_AVX2 inline void transpose16x16_u16(const uint16_t* src, int64_t ss, uint16_t* dst,
                                                int64_t ds) {
   __m256i a[16], t[16], u[16], v[16];
-  for (int i = 0; i < 16; ++i) a[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i * ss));
+  for (int i = 0; i < 16; ++i) {
+    a[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i * ss));
+  }
   // Rows (2p, 2p + 1) interleaved by 16 bits: per 128-bit lane, columns 0-3 / 4-7 of the lane.
   for (int p = 0; p < 8; ++p) {
     t[2 * p] = _mm256_unpacklo_epi16(a[2 * p], a[2 * p + 1]);
@@ -149,7 +151,8 @@ void paged_kv_copy_set_isa(const std::string& name) {
   if (name == "sse2") {
     copy_detail::copy_set_avx2(false);
   } else if (name == "avx2") {
-    LMC_CHECK_ARG(copy_detail::copy_avx2_supported(), "copy ISA 'avx2' is not supported by this CPU");
+    LMC_CHECK_ARG(copy_detail::copy_avx2_supported(),
+                  "copy ISA 'avx2' is not supported by this CPU");
     copy_detail::copy_set_avx2(true);
   } else {
     throw std::invalid_argument("unknown copy ISA '" + name + "' (known: sse2, avx2)");
