@@ -312,7 +312,9 @@ def measure(
                 copy_set_isa(current_isa)
 
         fns["sse2"] = ours_sse2
-    timings = time_interleaved(fns, device=dev, warmup=args.warmup, repeat=args.repeat)
+    timings = time_interleaved(
+        fns, device=dev, warmup=args.warmup, repeat=args.repeat, min_time=args.min_time
+    )
     med = {k: v.median for k, v in timings.items()}
     t_ours, t_limit, t_base = med["ours"], med["limit"], med["base"]
     ours_bw = gbps(2 * moved, t_ours)

@@ -176,8 +176,13 @@ def time_interleaved(
     device: torch.device | str = "cpu",
     warmup: int = 3,
     repeat: int = 10,
+    min_time: float = 0.0,
+    max_rounds: int = 200,
 ) -> dict[str, Timing]:
     """Times several functions round-robin (one sample of each per round), medians per name.
+
+    At least ``repeat`` rounds; more (up to ``max_rounds``) until every function has
+    ``min_time`` seconds of samples, so short cases get enough samples for a steady median.
 
     Interleaving spreads slow drifts of a shared machine (other processes, clocks, page cache)
     evenly over the functions being compared, so their ratio is steadier than that of
@@ -193,7 +198,11 @@ def time_interleaved(
             fn()
     synchronize(device)
     samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(max(1, repeat)):
+    rounds = 0
+    while rounds < max(1, repeat) or (
+        rounds < max_rounds and min(sum(v) for v in samples.values()) < min_time
+    ):
+        rounds += 1
         for name, fn in fns.items():
             if on_cpu:
                 settle()
@@ -246,6 +255,13 @@ def add_common_args(parser: argparse.ArgumentParser, *, default_preset: str = "l
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device to run on")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
     parser.add_argument("--repeat", type=int, default=10, help="timed runs (median reported)")
+    parser.add_argument(
+        "--min-time",
+        type=float,
+        default=0.0,
+        help="keep sampling (round-robin, at most 200 rounds) until each variant has this many "
+        "seconds of samples",
+    )
     parser.add_argument(
         "--threads",
         type=int,

@@ -317,3 +317,53 @@ def test_settle_sleeps() -> None:
     t0 = time.perf_counter()
     settle(0.03)
     assert time.perf_counter() - t0 >= 0.03
+
+
+def test_time_interleaved_samples_until_min_time_within_max_rounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Short cases get more rounds (every function ``min_time`` of samples), never past the cap."""
+    import time
+
+    from lmcache_native.bench import _util
+
+    monkeypatch.setattr(_util, "settle", lambda seconds=0.0: None)
+    monkeypatch.syspath_prepend(str(BENCH_DIR))
+    import common  # benchmarks/common.py
+
+    fns = {"fast": lambda: time.sleep(0.001), "slow": lambda: time.sleep(0.004)}
+    out = common.time_interleaved(fns, warmup=0, repeat=2, min_time=0.03)
+    n = len(out["fast"].samples)
+    assert n == len(out["slow"].samples) > 2  # round-robin: one sample of each per round
+    assert sum(out["fast"].samples) >= 0.03  # the faster one decides when to stop
+    assert sum(out["fast"].samples[:-1]) < 0.03  # and it stopped at the first round past it
+    capped = common.time_interleaved(fns, warmup=0, repeat=2, min_time=10.0, max_rounds=5)
+    assert len(capped["slow"].samples) == 5
+    plain = common.time_interleaved(fns, warmup=0, repeat=3)
+    assert len(plain["fast"].samples) == 3
+
+
+def test_runner_gives_min_time_to_the_copy_sweep_only() -> None:
+    import argparse
+
+    def plan(argv: list[str]) -> list[Any]:
+        parser = argparse.ArgumentParser()
+        runner.add_arguments(parser)
+        args = parser.parse_args(argv)
+        runner._resolve(args)
+        runner._check(args, parser)
+        return runner.plan_jobs(args)
+
+    jobs = plan(["--only", "copy,md5,slot", "--min-time", "0.5"])
+    assert {j.bench for j in jobs} == {"copy", "md5", "slot"}
+    for job in jobs:
+        has = "--min-time" in job.args
+        assert has == (job.bench == "copy"), job
+        if has:
+            assert job.args[job.args.index("--min-time") + 1] == "0.5"
+    default = next(j for j in plan(["--only", "copy"]) if j.bench == "copy")
+    assert default.args[default.args.index("--min-time") + 1] == "0.3"
+    quick = next(j for j in plan(["--quick", "--only", "copy"]) if j.bench == "copy")
+    assert quick.args[quick.args.index("--min-time") + 1] == "0.0"
+    with pytest.raises(SystemExit):
+        plan(["--min-time", "-1"])

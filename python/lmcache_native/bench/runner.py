@@ -49,6 +49,7 @@ FULL: dict[str, Any] = {
     "slots": 1_000_000,
     "warmup": 2,
     "repeat": 7,
+    "min_time": 0.3,
 }
 QUICK: dict[str, Any] = {
     "preset": "tiny",
@@ -57,6 +58,7 @@ QUICK: dict[str, Any] = {
     "slots": 20_000,
     "warmup": 1,
     "repeat": 3,
+    "min_time": 0.0,
 }
 NOTE = (
     "Ours, baseline and limit are sampled round-robin in the same run: on a shared machine the "
@@ -120,6 +122,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=None, help="untimed rounds (default 2)")
     parser.add_argument("--repeat", type=int, default=None, help="timed rounds (default 7)")
     parser.add_argument(
+        "--min-time",
+        type=float,
+        default=None,
+        help="copy sweep (scripts mode): more rounds, at most 200, until each variant has this "
+        "many seconds of samples (default 0.3; short 1K-token copies then get ~40 samples)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=0, help="CPU threads for torch and kernels (0: defaults)"
     )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -168,6 +177,8 @@ def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
             parser.error(f"--{name}: values must be >= 1, got {values}")
     if args.slots < 1 or args.chunk_size < 1 or args.repeat < 1 or args.warmup < 0:
         parser.error("--slots, --chunk-size, --repeat must be >= 1 and --warmup >= 0")
+    if not args.min_time >= 0 or args.min_time > 60:
+        parser.error(f"--min-time must be in [0, 60] seconds, got {args.min_time}")
     if args.engine_tokens % args.chunk_size:
         parser.error("--engine-tokens must be a multiple of --chunk-size (whole chunks)")
 
@@ -201,6 +212,7 @@ def plan_jobs(args: argparse.Namespace) -> list[Any]:
                         f"copy {layout} b{bs}",
                         ["--preset", p.name, "--tokens", _csv(args.tokens), "--layouts", layout]
                         + ["--block-sizes", str(bs), "--directions", _csv(args.directions)]
+                        + ["--min-time", str(args.min_time)]
                         + common,
                     )
                 )
