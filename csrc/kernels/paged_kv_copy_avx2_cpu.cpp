@@ -81,21 +81,6 @@ LMC_TARGET_AVX2 inline void transpose16x16_u16(const uint16_t* src, int64_t ss, 
 
 #endif  // LMC_COPY_X86
 
-bool initial_avx2() {
-#ifdef LMC_COPY_X86
-  if (!__builtin_cpu_supports("avx2")) return false;
-  const char* env = std::getenv("LMC_COPY_ISA");
-  return env == nullptr || std::strcmp(env, "sse2") != 0;
-#else
-  return false;
-#endif
-}
-
-std::atomic<bool>& avx2_flag() {
-  static std::atomic<bool> flag{initial_avx2()};
-  return flag;
-}
-
 }  // namespace
 
 bool copy_avx2_supported() {
@@ -105,6 +90,20 @@ bool copy_avx2_supported() {
   return false;
 #endif
 }
+
+namespace {
+
+bool initial_avx2() {
+  const char* env = std::getenv("LMC_COPY_ISA");
+  return copy_avx2_supported() && (env == nullptr || std::strcmp(env, "sse2") != 0);
+}
+
+std::atomic<bool>& avx2_flag() {
+  static std::atomic<bool> flag{initial_avx2()};
+  return flag;
+}
+
+}  // namespace
 
 bool copy_avx2_enabled() { return avx2_flag().load(std::memory_order_relaxed); }
 

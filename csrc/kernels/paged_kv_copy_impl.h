@@ -87,21 +87,27 @@ void validate_slots(const SlotT* slots, int64_t num_tokens, int64_t num_slots) {
                   ") (num_blocks * block_size)");
 }
 
+#if defined(__SSE2__)
+// n bytes (a multiple of 64) as streaming stores; dst 16-byte aligned, src any alignment.
+inline void stream_lines(char* LMC_RESTRICT dst, const char* LMC_RESTRICT src, int64_t n) {
+  for (int64_t o = 0; o < n; o += 64) {
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + o));
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + o + 16));
+    const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + o + 32));
+    const __m128i d = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + o + 48));
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + o), a);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + o + 16), b);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + o + 32), c);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + o + 48), d);
+  }
+}
+#endif
+
 // Copies bytes; long copies use streaming stores when both ends allow it.
 inline void copy_bytes(char* LMC_RESTRICT dst, const char* LMC_RESTRICT src, int64_t n) {
 #if defined(__SSE2__)
   if (n >= kStreamBytes && (reinterpret_cast<uintptr_t>(dst) & 15) == 0 && (n & 63) == 0) {
-    char* const end = dst + n;
-    for (; dst < end; dst += 64, src += 64) {
-      const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
-      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 16));
-      const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 32));
-      const __m128i d = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 48));
-      _mm_stream_si128(reinterpret_cast<__m128i*>(dst), a);
-      _mm_stream_si128(reinterpret_cast<__m128i*>(dst + 16), b);
-      _mm_stream_si128(reinterpret_cast<__m128i*>(dst + 32), c);
-      _mm_stream_si128(reinterpret_cast<__m128i*>(dst + 48), d);
-    }
+    stream_lines(dst, src, n);
     return;
   }
 #endif
@@ -115,16 +121,7 @@ inline void copy_rows(char* LMC_RESTRICT dst, int64_t dst_stride, const char* LM
 #if defined(__SSE2__)
   if ((row_bytes & 63) == 0 && ((reinterpret_cast<uintptr_t>(dst) | dst_stride) & 63) == 0) {
     for (int64_t r = 0; r < rows; ++r, dst += dst_stride, src += src_stride) {
-      for (int64_t o = 0; o < row_bytes; o += 64) {
-        const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + o));
-        const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + o + 16));
-        const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + o + 32));
-        const __m128i d = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + o + 48));
-        _mm_stream_si128(reinterpret_cast<__m128i*>(dst + o), a);
-        _mm_stream_si128(reinterpret_cast<__m128i*>(dst + o + 16), b);
-        _mm_stream_si128(reinterpret_cast<__m128i*>(dst + o + 32), c);
-        _mm_stream_si128(reinterpret_cast<__m128i*>(dst + o + 48), d);
-      }
+      stream_lines(dst, src, row_bytes);
     }
     return;
   }
