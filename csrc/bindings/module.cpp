@@ -23,6 +23,12 @@ PYBIND11_MODULE(_C, m) {
 #else
   m.attr("HAS_CUDA") = false;
 #endif
+  // CMAKE_CUDA_ARCHITECTURES of the build, comma-separated ("" without CUDA kernels).
+#ifdef LMC_CUDA_ARCHS_BUILT
+  m.attr("CUDA_ARCHS") = LMC_CUDA_ARCHS_BUILT;
+#else
+  m.attr("CUDA_ARCHS") = "";
+#endif
 
   // std::invalid_argument -> ValueError and std::out_of_range -> IndexError are pybind11's
   // built-in translations; CUDA failures get their own RuntimeError subclass.
