@@ -261,3 +261,31 @@ class Health(msgspec.Struct):
     status: str
     engine: bool
     kv_cache_registered: bool
+
+
+class BackendInfo(msgspec.Struct):
+    """One tier of ``GET /backends`` (LMCache maps each name to its class name, ``type`` here).
+
+    Attributes:
+        name: the tier's name (the key, and what ``bypass`` and ``/cache/clear`` take).
+        type: the tier's class name (LMCache's value for the name).
+        capacity_bytes: capacity in bytes (0: unbounded or unknown, e.g. a remote server).
+        used_bytes: bytes held now.
+        usage: ``used_bytes / capacity_bytes`` (0 when the capacity is 0).
+        entries: chunks held now (0 when the tier cannot count them cheaply).
+        healthy: false while the tier is down (a remote server that stopped answering).
+        health: "healthy" or "down".
+        bypassed: whether the tier is bypassed (``/bypass``).
+        stats: the tier's counters (hits, misses, puts, evictions, errors, ...).
+    """
+
+    name: str
+    type: str
+    capacity_bytes: int
+    used_bytes: int
+    usage: float
+    entries: int
+    healthy: bool
+    health: str
+    bypassed: bool
+    stats: dict[str, int]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lmcache_native.api.controllers.backends import BackendsController
 from lmcache_native.api.controllers.bypass import BypassController
 from lmcache_native.api.controllers.cache import CacheController
 from lmcache_native.api.controllers.chunk_statistics import ChunkStatisticsController
@@ -20,10 +21,12 @@ CONTROLLERS = (
     ChunkStatisticsController,
     BypassController,
     ObservabilityController,
+    BackendsController,
 )
 
 __all__ = [
     "CONTROLLERS",
+    "BackendsController",
     "BypassController",
     "CacheController",
     "ChunkStatisticsController",
