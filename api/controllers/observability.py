@@ -1,12 +1,16 @@
-"""Beyond the spec: ``GET /metrics`` (Prometheus text format) and ``GET /health``."""
+"""Beyond the spec: ``GET /metrics`` (Prometheus text format), ``POST /metrics/reset`` (as
+LMCache) and ``GET /health``."""
 
 from __future__ import annotations
 
-from litestar import Controller, Response, get
+from litestar import Controller, Response, get, post
 from lmcache_native.api.deps import EngineDep, MaybeEngineDep
 from lmcache_native.api.errors import error_responses
-from lmcache_native.api.schemas import Health
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from lmcache_native.api.schemas import Health, StatusMessage
+from prometheus_client import generate_latest
+
+METRICS_MEDIA_TYPE = "text/plain; version=0.0.4"
+"""The Prometheus text exposition format; Litestar appends ``; charset=utf-8`` (once)."""
 
 
 class ObservabilityController(Controller):
@@ -18,13 +22,29 @@ class ObservabilityController(Controller):
         "/metrics",
         summary="Prometheus Metrics",
         sync_to_thread=True,
-        media_type=CONTENT_TYPE_LATEST,
+        media_type=METRICS_MEDIA_TYPE,
         responses=error_responses(503),
     )
     def metrics(self, engine: EngineDep) -> Response[bytes]:
-        """Engine metrics: hits, misses, stored/retrieved tokens and bytes per tier, copy time,
-        checksum failures, tier errors."""
-        return Response(generate_latest(engine.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        """Engine metrics: this project's ``lmcache_*`` series (hits, misses, stored/retrieved
+        tokens and bytes per tier, copy time, checksum failures, tier errors) and LMCache's
+        ``lmcache:*`` names derived from the same measurements."""
+        return Response(generate_latest(engine.metrics.registry), media_type=METRICS_MEDIA_TYPE)
+
+    @post(
+        "/metrics/reset",
+        summary="Reset Metrics",
+        status_code=200,
+        sync_to_thread=True,
+        responses=error_responses(503),
+        opt={"error_title": "Failed to reset metrics"},
+    )
+    def reset_metrics(self, engine: EngineDep) -> StatusMessage:
+        """Zeroes every counter and histogram (both ``lmcache_*`` and ``lmcache:*``), as
+        LMCache's reset does; gauges (cache usage, health, chunk statistics) keep showing the
+        current state."""
+        engine.metrics.reset()
+        return StatusMessage(status="success", message="Metrics reset")
 
     @get(
         "/health",

@@ -45,6 +45,12 @@ from lmcache_native.errors import (
 )
 from lmcache_native.stats.chunk_statistics import ChunkStatistics
 from lmcache_native.stats.metrics import EngineMetrics
+from lmcache_native.stats.periodic import (
+    PeriodicThread,
+    PeriodicThreadRegistry,
+    RunStats,
+    ThreadLevel,
+)
 from lmcache_native.storage import (
     LocalCPUBackend,
     LocalDiskBackend,
@@ -109,6 +115,19 @@ class CacheEngine:
         )
         self.metrics.bind_storage(self._manager.stats, self._extra_gauges)
         self.statistics = ChunkStatistics(config)
+        self.background_threads = PeriodicThreadRegistry()
+        self._register_background_threads()
+        self.metrics.bind_engine(
+            {
+                "model_name": metadata.model_name,
+                "worker_id": str(metadata.worker_id),
+                "role": metadata.role,
+                "served_model_name": metadata.served_model_name or "",
+            },
+            health=self.is_healthy,
+            statistics=self._statistics_status,
+            threads=self.background_threads.summary,
+        )
         config.on_change(self._on_config_change)
         logger.info(
             "CacheEngine %s: chunk_size=%d, tiers=%s",
@@ -152,9 +171,57 @@ class CacheEngine:
                     timeout_secs=float(cfg.get("blocking_timeout_secs")),
                     namespace=self._namespace,
                     retry_interval_secs=float(cfg.extra("remote_retry_interval_secs", 1.0)),
+                    extra_config=cfg.get("extra_config"),
                 )
             )
         return tiers
+
+    def _register_background_threads(self) -> None:
+        """Registers the storage writer and starts the chunk statistics auto-exit check."""
+        manager = self._manager
+
+        def writer_runs() -> RunStats:
+            done, failed, last = manager.writer_stats()
+            return RunStats(
+                total_runs=done,
+                failed_runs=failed,
+                last_run_time=last,
+                message=f"{manager.pending_writes()} writes queued",
+            )
+
+        if manager.writer_thread is not None:
+            self.background_threads.register_probe(
+                "lmcache-storage-writer",
+                ThreadLevel.HIGH,
+                lambda: manager.writer_thread,
+                writer_runs,
+                stopped=lambda: manager.closed,
+            )
+        self._stats_thread: PeriodicThread | None = None
+        if self.statistics.available:
+            interval = float(self._config.extra("chunk_statistics_auto_exit_check_secs", 10.0))
+            stats = self.statistics
+
+            def check_auto_exit() -> str:
+                return "collecting" if stats.is_collecting else "not collecting"
+
+            self._stats_thread = PeriodicThread(
+                "chunk-statistics-auto-exit", interval, check_auto_exit, ThreadLevel.LOW
+            )
+            self.background_threads.register(self._stats_thread)
+            self._stats_thread.start()
+
+    def _statistics_status(self) -> dict[str, Any] | None:
+        return self.statistics.status() if self.statistics.available else None
+
+    def is_healthy(self) -> bool:
+        """No tier is down, no critical/high background thread is unhealthy, not closed."""
+        if self._closed:
+            return False
+        for tier in self._manager.backends:
+            if getattr(tier, "is_down", False) is True:
+                return False
+        return not self.background_threads.unhealthy()
 
     def _on_config_change(self, name: str, value: Any) -> None:
         if name == "max_local_cpu_size":
@@ -347,6 +414,16 @@ class CacheEngine:
     def store(
         self, tokens: Sequence[int] | torch.Tensor, slot_mapping: torch.Tensor
     ) -> StoreResult:
+        """Copies the KV of ``tokens`` out of the paged cache into storage (see
+        :meth:`_store`); the call's time and speed are recorded."""
+        t0 = time.perf_counter()
+        result = self._store(tokens, slot_mapping)
+        self.metrics.observe_op("store", time.perf_counter() - t0, result.num_stored_tokens)
+        return result
+
+    def _store(
+        self, tokens: Sequence[int] | torch.Tensor, slot_mapping: torch.Tensor
+    ) -> StoreResult:
         """Copies the KV of ``tokens`` out of the paged cache into storage.
 
         Only chunks not yet stored (in any active tier) are copied. The last chunk is stored
@@ -502,6 +579,12 @@ class CacheEngine:
 
         While frozen only the CPU tier counts.
         """
+        t0 = time.perf_counter()
+        hit_tokens = self._lookup(tokens)
+        self.metrics.observe_op("lookup", time.perf_counter() - t0, hit_tokens)
+        return hit_tokens
+
+    def _lookup(self, tokens: Sequence[int] | torch.Tensor) -> int:
         self.metrics.requests.labels(op="lookup").inc()
         arr = tokens_to_array(tokens)
         spans = self._spans(arr, bool(self._config.get("save_unfull_chunk")))
@@ -513,6 +596,17 @@ class CacheEngine:
         return hit_tokens
 
     def retrieve(
+        self, tokens: Sequence[int] | torch.Tensor, slot_mapping: torch.Tensor
+    ) -> RetrieveResult:
+        """Loads the longest stored prefix of ``tokens`` into the paged cache (see
+        :meth:`_retrieve`); the tokens asked for, the call's time and speed are recorded."""
+        t0 = time.perf_counter()
+        result = self._retrieve(tokens, slot_mapping)
+        self.metrics.observe_op("retrieve", time.perf_counter() - t0, result.num_retrieved)
+        self.metrics.retrieve_requested_tokens.inc(result.num_tokens)
+        return result
+
+    def _retrieve(
         self, tokens: Sequence[int] | torch.Tensor, slot_mapping: torch.Tensor
     ) -> RetrieveResult:
         """Loads the longest stored prefix of ``tokens`` into the paged cache.
@@ -928,6 +1022,8 @@ class CacheEngine:
                 return
             self._closed = True
         self._config.remove_listener(self._on_config_change)
+        if self._stats_thread is not None:
+            self._stats_thread.stop()
         self._manager.close()
 
     def __enter__(self) -> CacheEngine:

@@ -9,15 +9,28 @@ Two kinds of series, all measured:
   tokens and bytes stored and read, evictions, checksum failures, errors, current size), plus
   the buffer pool and the background writer queue.
 
+LMCache's metric names (``lmcache:num_store_requests``, ``lmcache:time_to_store``, ...) are
+derived at scrape time from the same counters and histograms (see :class:`LMCacheCollector`):
+each measurement is taken once. :meth:`EngineMetrics.reset` zeroes the counters and histograms
+of both (as LMCache's ``/metrics/reset`` does); gauges keep reading the current state.
+
 Serve them with ``prometheus_client.generate_latest(metrics.registry)``.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 PREFIX = "lmcache"
@@ -39,6 +52,35 @@ _COPY_BUCKETS = (
     2.5,
     5.0,
 )
+
+# LMCache's buckets (lmcache/observability.py): store/retrieve time (s), lookup time (s), speed
+# (tokens/s).
+_OP_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+)
+_LOOKUP_BUCKETS = tuple(0.00001 * 2**i for i in range(20))
+_SPEED_BUCKETS = tuple(float(2**i) for i in (0, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16))
+
+LMCACHE_LABELS = ("model_name", "worker_id", "role", "served_model_name")
+"""Label names of LMCache's metrics (its ``PrometheusLogger`` labels)."""
+
+CPU_TIER = "LocalCPUBackend"
+DISK_TIER = "LocalDiskBackend"
 
 # tier stat field -> (metric name, help, is_counter)
 _TIER_SERIES: dict[str, tuple[str, str, bool]] = {
@@ -64,17 +106,17 @@ _TIER_SERIES: dict[str, tuple[str, str, bool]] = {
 
 TierStatsFn = Callable[[], dict[str, dict[str, int]]]
 GaugesFn = Callable[[], dict[str, tuple[float, str, bool]]]
+StatusFn = Callable[[], "dict[str, Any] | None"]
 
 
 class _TierCollector(Collector):
     """Reads tier counters (and pool/writer figures) when Prometheus scrapes."""
 
-    def __init__(self, tier_stats: TierStatsFn, extra: GaugesFn | None) -> None:
-        self._tier_stats = tier_stats
-        self._extra = extra
+    def __init__(self, metrics: EngineMetrics) -> None:
+        self._metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        stats = self._tier_stats()
+        stats = self._metrics.tier_stats()
         for field, (name, doc, is_counter) in _TIER_SERIES.items():
             fam_cls = CounterMetricFamily if is_counter else GaugeMetricFamily
             fam = fam_cls(f"{PREFIX}_{name}", doc, labels=["tier"])
@@ -82,10 +124,229 @@ class _TierCollector(Collector):
                 if field in st:
                     fam.add_metric([tier], float(st[field]))
             yield fam
-        if self._extra is not None:
-            for name, (value, doc, is_counter) in self._extra().items():
-                fam_cls = CounterMetricFamily if is_counter else GaugeMetricFamily
-                yield fam_cls(f"{PREFIX}_{name}", doc, value=float(value))
+        for name, (value, doc, is_counter) in self._metrics.extra_gauges().items():
+            fam_cls = CounterMetricFamily if is_counter else GaugeMetricFamily
+            yield fam_cls(f"{PREFIX}_{name}", doc, value=float(value))
+
+
+def _counter_value(counter: Counter, **match: str) -> float:
+    """Sum of a counter's ``_total`` samples whose labels include ``match``."""
+    total = 0.0
+    for fam in counter.collect():
+        for sample in fam.samples:
+            if not sample.name.endswith("_total"):
+                continue
+            if all(sample.labels.get(k) == v for k, v in match.items()):
+                total += sample.value
+    return total
+
+
+def _histogram_parts(hist: Histogram) -> tuple[list[tuple[str, float]], float]:
+    """``(cumulative buckets as (le, count), sum)`` of an unlabelled histogram."""
+    buckets: list[tuple[str, float]] = []
+    total = 0.0
+    for fam in hist.collect():
+        for sample in fam.samples:
+            if sample.name.endswith("_bucket"):
+                buckets.append((sample.labels["le"], sample.value))
+            elif sample.name.endswith("_sum"):
+                total = sample.value
+    return buckets, total
+
+
+class LMCacheCollector(Collector):
+    """LMCache's in-process metric names, derived from :class:`EngineMetrics` at scrape time.
+
+    Same names, types and label names (``model_name``, ``worker_id``, ``role``,
+    ``served_model_name``) as LMCache's ``PrometheusLogger``; counters are exposed with the
+    ``_total`` suffix as prometheus_client exposes LMCache's. Hit-rate gauges are the ratio
+    since the start (or the last reset) rather than over LMCache's last logging interval.
+    """
+
+    def __init__(self, metrics: EngineMetrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._m
+        labelnames = list(LMCACHE_LABELS)
+        values = [m.labels.get(k, "") for k in LMCACHE_LABELS]
+        created = m.created
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            fam = CounterMetricFamily(f"lmcache:{name}", doc, labels=labelnames)
+            fam.add_metric(values, value, created=created)
+            return fam
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            fam = GaugeMetricFamily(f"lmcache:{name}", doc, labels=labelnames)
+            fam.add_metric(values, value)
+            return fam
+
+        def histogram(name: str, doc: str, hist: Histogram) -> HistogramMetricFamily:
+            buckets, total = _histogram_parts(hist)
+            fam = HistogramMetricFamily(f"lmcache:{name}", doc, labels=labelnames)
+            fam.add_metric(values, buckets, total)
+            return fam
+
+        tiers = m.tier_stats()
+        remote = [st for name, st in tiers.items() if name not in (CPU_TIER, DISK_TIER)]
+        requested = _counter_value(m.retrieve_requested_tokens)
+        hit = _counter_value(m.retrieved_tokens)
+        lookup_tokens = _counter_value(m.lookup_tokens)
+        lookup_hits = _counter_value(m.lookup_hit_tokens)
+        extra = m.extra_gauges()
+
+        yield counter(
+            "num_retrieve_requests",
+            "Total number of retrieve requests sent to lmcache",
+            _counter_value(m.requests, op="retrieve"),
+        )
+        yield counter(
+            "num_store_requests",
+            "Total number of store requests sent to lmcache",
+            _counter_value(m.requests, op="store"),
+        )
+        yield counter(
+            "num_lookup_requests",
+            "Total number of lookup requests sent to lmcache",
+            _counter_value(m.requests, op="lookup"),
+        )
+        yield counter(
+            "num_requested_tokens", "Total number of tokens requested from lmcache", requested
+        )
+        yield counter("num_hit_tokens", "Total number of tokens hit in lmcache", hit)
+        yield counter(
+            "num_stored_tokens",
+            "Total number of tokens stored in lmcache including evicted ones",
+            _counter_value(m.stored_tokens),
+        )
+        yield counter(
+            "num_lookup_tokens",
+            "Total number of tokens requested in lookup from lmcache",
+            lookup_tokens,
+        )
+        yield counter(
+            "num_lookup_hits", "Total number of tokens hit in lookup from lmcache", lookup_hits
+        )
+        yield counter(
+            "num_remote_read_requests",
+            "Total number of requests read from remote backends in lmcache",
+            float(sum(st.get("hits", 0) + st.get("misses", 0) for st in remote)),
+        )
+        yield counter(
+            "num_remote_read_bytes",
+            "Total number of bytes read from remote backends in lmcache",
+            float(sum(st.get("get_bytes", 0) for st in remote)),
+        )
+        yield counter(
+            "num_remote_write_requests",
+            "Total number of requests write to remote backends in lmcache",
+            float(sum(st.get("puts", 0) + st.get("rejected_puts", 0) for st in remote)),
+        )
+        yield counter(
+            "num_remote_write_bytes",
+            "Total number of bytes write to remote backends in lmcache",
+            float(sum(st.get("put_bytes", 0) for st in remote)),
+        )
+        yield counter(
+            "local_cpu_evict_count",
+            "Total number of evict in local cpu backend",
+            float(tiers.get(CPU_TIER, {}).get("evictions", 0)),
+        )
+        yield gauge(
+            "retrieve_hit_rate",
+            "Hit rate of lmcache retrieve requests (since start or the last reset)",
+            hit / requested if requested > 0 else 0.0,
+        )
+        yield gauge(
+            "lookup_hit_rate",
+            "Hit rate of lmcache lookup requests (since start or the last reset)",
+            lookup_hits / lookup_tokens if lookup_tokens > 0 else 0.0,
+        )
+        yield gauge(
+            "local_cache_usage",
+            "Local cache usage (bytes) of lmcache",
+            float(tiers.get(CPU_TIER, {}).get("used_bytes", 0)),
+        )
+        yield gauge(
+            "remote_cache_usage",
+            "Remote cache usage (bytes) of lmcache",
+            float(sum(st.get("used_bytes", 0) for st in remote)),
+        )
+        yield gauge(
+            "local_storage_usage",
+            "Local storage usage (bytes) of lmcache",
+            float(tiers.get(DISK_TIER, {}).get("used_bytes", 0)),
+        )
+        dropped = extra.get("write_queue_dropped", (0.0, "", True))[0]
+        yield gauge(
+            "put_failed_count",
+            "The number of put failed",
+            float(sum(st.get("rejected_puts", 0) for st in tiers.values())) + float(dropped),
+        )
+        yield histogram("time_to_retrieve", "Time to retrieve from lmcache (seconds)", m.retrieve_seconds)
+        yield histogram("time_to_store", "Time to store to lmcache (seconds)", m.store_seconds)
+        yield histogram("time_to_lookup", "Time to lookup in lmcache (seconds)", m.lookup_seconds)
+        yield histogram(
+            "retrieve_speed", "Retrieve speed of lmcache (tokens per second)", m.retrieve_speed
+        )
+        yield histogram("store_speed", "Store speed of lmcache (tokens per second)", m.store_speed)
+
+        healthy = m.health_fn() if m.health_fn is not None else True
+        yield gauge(
+            "lmcache_is_healthy",
+            "The health status of LMCache (1=healthy, 0=unhealthy)",
+            1.0 if healthy else 0.0,
+        )
+        status = m.statistics_fn() if m.statistics_fn is not None else None
+        st = status or {}
+        yield gauge(
+            "chunk_statistics_enabled",
+            "Whether chunk statistics collection is enabled",
+            1.0 if st.get("is_collecting") else 0.0,
+        )
+        yield gauge(
+            "chunk_statistics_total_requests",
+            "Total number of requests processed by chunk statistics",
+            float(st.get("requests", 0)),
+        )
+        yield gauge(
+            "chunk_statistics_total_chunks",
+            "Total number of chunks processed",
+            float(st.get("total_chunks", 0)),
+        )
+        yield gauge(
+            "chunk_statistics_unique_chunks",
+            "Number of unique chunks (estimated)",
+            float(st.get("unique_chunks", 0)),
+        )
+        yield gauge(
+            "chunk_statistics_reuse_rate",
+            "Chunk reuse rate (0.0 to 1.0)",
+            float(st.get("reuse_rate", 0.0)),
+        )
+        yield gauge(
+            "chunk_statistics_bloom_filter_size_mb",
+            "Bloom Filter memory usage in MB",
+            float(st.get("bloom_filter_bytes", 0)) / (1024 * 1024),
+        )
+        threads = m.threads_fn() if m.threads_fn is not None else None
+        if threads is not None:
+            yield gauge(
+                "periodic_threads_total_count",
+                "Total number of registered periodic threads",
+                float(threads["total_count"]),
+            )
+            yield gauge(
+                "periodic_threads_running_count",
+                "Number of running periodic threads",
+                float(threads["running_count"]),
+            )
+            yield gauge(
+                "periodic_threads_active_count",
+                "Number of active periodic threads (recently executed)",
+                float(threads["active_count"]),
+            )
 
 
 class EngineMetrics:
@@ -93,11 +354,33 @@ class EngineMetrics:
 
     Attributes:
         registry: the engine's own registry (never the global default one).
+        labels: values of LMCache's labels (``model_name``, ``worker_id``, ``role``,
+            ``served_model_name``) on the ``lmcache:*`` series.
+        created: when the counters were created or last reset (Unix time).
     """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.labels: dict[str, str] = {k: "" for k in LMCACHE_LABELS}
+        self.health_fn: Callable[[], bool] | None = None
+        self.statistics_fn: StatusFn | None = None
+        self.threads_fn: StatusFn | None = None
+        self._tier_stats: TierStatsFn | None = None
+        self._extra: GaugesFn | None = None
+        self._baseline: dict[str, dict[str, int]] = {}
+        self._extra_baseline: dict[str, float] = {}
+        self._reset_lock = threading.Lock()
+        self._own: list[Collector] = []
+        self._build()
+        self.registry.register(_TierCollector(self))
+        self.registry.register(LMCacheCollector(self))
+
+    def _build(self) -> None:
+        """Creates (again) the counters and histograms measured on the data path."""
         r = self.registry
+        for c in self._own:
+            r.unregister(c)
+        self.created = time.time()
         self.requests = Counter(
             f"{PREFIX}_requests", "Engine calls by operation", ["op"], registry=r
         )
@@ -106,6 +389,9 @@ class EngineMetrics:
         )
         self.lookup_hit_tokens = Counter(
             f"{PREFIX}_lookup_hit_tokens", "Tokens lookup() found stored", registry=r
+        )
+        self.retrieve_requested_tokens = Counter(
+            f"{PREFIX}_retrieve_requested_tokens", "Tokens asked for by retrieve()", registry=r
         )
         self.hit_chunks = Counter(
             f"{PREFIX}_hit_chunks",
@@ -164,16 +450,132 @@ class EngineMetrics:
             buckets=_COPY_BUCKETS,
             registry=r,
         )
-        self._collector: _TierCollector | None = None
+        self.store_seconds = Histogram(
+            f"{PREFIX}_store_seconds",
+            "Time of one store() call (whole call)",
+            buckets=_OP_BUCKETS,
+            registry=r,
+        )
+        self.retrieve_seconds = Histogram(
+            f"{PREFIX}_retrieve_seconds",
+            "Time of one retrieve() call (whole call)",
+            buckets=_OP_BUCKETS,
+            registry=r,
+        )
+        self.lookup_seconds = Histogram(
+            f"{PREFIX}_lookup_seconds",
+            "Time of one lookup() call",
+            buckets=_LOOKUP_BUCKETS,
+            registry=r,
+        )
+        self.store_speed = Histogram(
+            f"{PREFIX}_store_tokens_per_second",
+            "Tokens stored per second of one store() call that stored tokens",
+            buckets=_SPEED_BUCKETS,
+            registry=r,
+        )
+        self.retrieve_speed = Histogram(
+            f"{PREFIX}_retrieve_tokens_per_second",
+            "Tokens loaded per second of one retrieve() call that loaded tokens",
+            buckets=_SPEED_BUCKETS,
+            registry=r,
+        )
+        self._own = [
+            self.requests,
+            self.lookup_tokens,
+            self.lookup_hit_tokens,
+            self.retrieve_requested_tokens,
+            self.hit_chunks,
+            self.miss_chunks,
+            self.stored_tokens,
+            self.stored_bytes,
+            self.retrieved_tokens,
+            self.retrieved_bytes,
+            self.skipped_stores,
+            self.rejected_chunks,
+            self.copy_seconds,
+            self.copy_bytes,
+            self.checksum_seconds,
+            self.store_seconds,
+            self.retrieve_seconds,
+            self.lookup_seconds,
+            self.store_speed,
+            self.retrieve_speed,
+        ]
 
     def bind_storage(self, tier_stats: TierStatsFn, extra: GaugesFn | None = None) -> None:
         """Publishes per-tier counters read from ``tier_stats()`` at scrape time."""
-        if self._collector is not None:
-            self.registry.unregister(self._collector)
-        self._collector = _TierCollector(tier_stats, extra)
-        self.registry.register(self._collector)
+        self._tier_stats = tier_stats
+        self._extra = extra
+
+    def bind_engine(
+        self,
+        labels: dict[str, str],
+        health: Callable[[], bool] | None = None,
+        statistics: StatusFn | None = None,
+        threads: StatusFn | None = None,
+    ) -> None:
+        """Sets LMCache's label values and the readers of health, chunk statistics and the
+        background-thread summary used by the ``lmcache:*`` gauges."""
+        self.labels = {k: str(labels.get(k, "")) for k in LMCACHE_LABELS}
+        self.health_fn = health
+        self.statistics_fn = statistics
+        self.threads_fn = threads
+
+    def tier_stats(self) -> dict[str, dict[str, int]]:
+        """Each tier's stats, counters counted from the last :meth:`reset`."""
+        if self._tier_stats is None:
+            return {}
+        stats = self._tier_stats()
+        out: dict[str, dict[str, int]] = {}
+        for tier, st in stats.items():
+            base = self._baseline.get(tier, {})
+            out[tier] = {
+                k: (v - base.get(k, 0)) if _TIER_SERIES.get(k, ("", "", False))[2] else v
+                for k, v in st.items()
+            }
+        return out
+
+    def extra_gauges(self) -> dict[str, tuple[float, str, bool]]:
+        """The pool/writer series, counters counted from the last :meth:`reset`."""
+        if self._extra is None:
+            return {}
+        out = {}
+        for name, (value, doc, is_counter) in self._extra().items():
+            if is_counter:
+                value = value - self._extra_baseline.get(name, 0.0)
+            out[name] = (value, doc, is_counter)
+        return out
+
+    def reset(self) -> None:
+        """Zeroes every counter and histogram (LMCache's ``/metrics/reset``): the data-path
+        ones are created again, the tiers' counters are counted from now on. Gauges (sizes,
+        health, chunk statistics) are state, not reset."""
+        with self._reset_lock:
+            self._build()
+            if self._tier_stats is not None:
+                self._baseline = {t: dict(st) for t, st in self._tier_stats().items()}
+            if self._extra is not None:
+                self._extra_baseline = {
+                    n: float(v) for n, (v, _, is_counter) in self._extra().items() if is_counter
+                }
+
+    def observe_op(self, op: str, seconds: float, tokens: int) -> None:
+        """Records one store/retrieve/lookup call: its time and, when it moved tokens, its
+        speed (tokens per second)."""
+        if op == "store":
+            self.store_seconds.observe(seconds)
+            if tokens > 0 and seconds > 0:
+                self.store_speed.observe(tokens / seconds)
+        elif op == "retrieve":
+            self.retrieve_seconds.observe(seconds)
+            if tokens > 0 and seconds > 0:
+                self.retrieve_speed.observe(tokens / seconds)
+        elif op == "lookup":
+            self.lookup_seconds.observe(seconds)
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """The current value of a sample (0.0 when absent); for tests and the CLI."""
         v = self.registry.get_sample_value(name, labels or {})
         return 0.0 if v is None else float(v)
+

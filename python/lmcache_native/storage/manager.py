@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -77,6 +78,8 @@ class StorageManager:
         self._queued_count = 0
         self._done_count = 0
         self._writer: threading.Thread | None = None
+        self._write_failures = 0
+        self._last_write_time = 0.0
         self._closed = False
         if self._async:
             self._writer = threading.Thread(
@@ -281,13 +284,32 @@ class StorageManager:
                             tier.put(key, buf)
                         except Exception:  # noqa: BLE001 - a tier bug must not kill the writer
                             logger.exception("StorageManager: %s.put(%s) failed", tier.name, key)
+                            with self._written:
+                                self._write_failures += 1
                 finally:
                     buf.unref()
                     with self._written:
                         self._done_count += 1
+                        self._last_write_time = time.time()
                         self._written.notify_all()
             finally:
                 self._queue.task_done()
+
+    @property
+    def writer_thread(self) -> threading.Thread | None:
+        """The background writer (``None`` when writes are inline or there is no lower tier)."""
+        return self._writer
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def writer_stats(self) -> tuple[int, int, float]:
+        """``(queued writes finished, writes a tier raised on, time of the last finished write
+        or 0.0)`` of the background writer."""
+        with self._written:
+            return self._done_count, self._write_failures, self._last_write_time
 
     def pending_writes(self) -> int:
         """Queued disk/remote writes not yet finished."""
