@@ -136,6 +136,35 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     bench_runner.add_arguments(bench)
     bench.set_defaults(_bench_parser=bench)
+    doctor = sub.add_parser(
+        "doctor",
+        help="check this machine for vLLM + lmcache-native: versions, kernels, GPU, CPU ISA, "
+        "config, tiers, admin port",
+        description=(
+            "Checks the machine where vLLM will run: Python/torch/vLLM, the extension's CUDA "
+            "kernels, the GPU, the CPU ISA and the KV layout vLLM's CPU backend gives the "
+            "connector, the configuration (secrets masked), every configured tier and the admin "
+            "port. Each line is OK, WARN or FAIL with the fix; exit status 1 on any FAIL."
+        ),
+    )
+    doctor.add_argument(
+        "--config",
+        default=None,
+        help="LMCache YAML/JSON config file (else LMCACHE_CONFIG_FILE; LMCACHE_* env vars apply)",
+    )
+    doctor.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="admin API port to check (default: internal_api_server_port_start + 1, i.e. 7000)",
+    )
+    doctor.add_argument(
+        "--block-size",
+        type=int,
+        default=128,
+        help="vLLM's KV block size, for the CPU layout lines (default: 128, vLLM's CPU default)",
+    )
+    doctor.add_argument("--json", action="store_true", help="print one JSON document")
     return parser
 
 
@@ -247,6 +276,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args, parser)
+    if args.command == "doctor":
+        from lmcache_native import doctor
+
+        _positive(parser, "block-size", args.block_size)
+        if args.port is not None and not 0 < args.port < 65536:
+            parser.error(f"--port must be in 1..65535, got {args.port}")
+        return doctor.main(args.config, args.port, args.json, args.block_size)
     if args.command == "bench":
         from lmcache_native.bench import runner as bench_runner
 
