@@ -5,6 +5,7 @@ Each call builds an independent app; there is no module-level app or state.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from litestar import Litestar, Request
@@ -16,6 +17,7 @@ from lmcache_native import VERSION
 from lmcache_native.api.controllers import CONTROLLERS
 from lmcache_native.api.deps import InferenceInfoProvider, dependencies
 from lmcache_native.api.errors import EXCEPTION_HANDLERS
+from lmcache_native.api.host_check import ALLOWED_HOSTS_CONFIG, HostAllowList, HostCheckMiddleware
 from lmcache_native.api.security import (
     API_KEY_CONFIG,
     AUTH_STATE_KEY,
@@ -93,6 +95,8 @@ def create_app(
     inference_info: InferenceInfoProvider | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     max_query_bytes: int = MAX_QUERY_BYTES,
+    bind_host: str | None = None,
+    allowed_hosts: Sequence[str] = (),
 ) -> Litestar:
     """Builds the admin API for one engine.
 
@@ -104,6 +108,10 @@ def create_app(
             worker's model and parallel config); must return a JSON-able dict.
         max_body_bytes: largest request body (413 beyond).
         max_query_bytes: largest query string (414 beyond).
+        bind_host: the address the server listens on; its name (for ``0.0.0.0``/``::``: the
+            machine's names and addresses) joins the Host allow-list (``api/host_check.py``).
+            ``None``: loopback names and the address each connection arrived on only.
+        allowed_hosts: more Host names to answer to, beside ``internal_api_server_allowed_hosts``.
 
     Returns:
         A Litestar ASGI app; serve it with uvicorn or ``lmcache_native.api.server.start``.
@@ -117,6 +125,7 @@ def create_app(
         return str(value) if value else None
 
     authorized = make_api_key_check(api_key)
+    hosts = HostAllowList.build(bind_host, [*(cfg.get(ALLOWED_HOSTS_CONFIG) or ()), *allowed_hosts])
 
     return Litestar(
         route_handlers=list(CONTROLLERS),
@@ -124,7 +133,8 @@ def create_app(
         exception_handlers=dict(EXCEPTION_HANDLERS),
         guards=[make_api_key_guard(authorized)],
         state=State({AUTH_STATE_KEY: authorized}),
-        middleware=[QueryLimitMiddleware(max_query_bytes)],
+        # The Host check comes first: a foreign Host is refused before anything else runs.
+        middleware=[HostCheckMiddleware(hosts), QueryLimitMiddleware(max_query_bytes)],
         request_max_body_size=max_body_bytes,
         request_class=AdminRequest,
         openapi_config=openapi_config(),

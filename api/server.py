@@ -126,7 +126,7 @@ def start(
         OSError: the address cannot be bound.
         RuntimeError: the server did not start within ``startup_timeout``.
     """
-    app = create_app(engine, config, inference_info=inference_info, **app_kwargs)
+    app = create_app(engine, config, inference_info=inference_info, bind_host=host, **app_kwargs)
     sock = _bind(host, port)
     bound_port = int(sock.getsockname()[1])
     cfg = config if config is not None else getattr(engine, "config", None)

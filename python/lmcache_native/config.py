@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -66,7 +67,7 @@ class ConfigDef:
 
     Attributes:
         name: the key, as in LMCache's YAML files.
-        type: ``bool``, ``int``, ``float``, ``str`` or ``dict``.
+        type: ``bool``, ``int``, ``float``, ``str``, ``dict`` or ``list`` (of strings).
         default: the value when nothing sets it.
         env_var: the environment variable that sets it (``LMCACHE_<NAME>``).
         mutable: whether :meth:`LMCacheEngineConfig.update` may change it at runtime.
@@ -95,7 +96,9 @@ class ConfigDef:
     @property
     def type_name(self) -> str:
         """Human name of the expected type, used in error messages."""
-        base = {bool: "bool", int: "int", float: "float", str: "str", dict: "dict"}[self.type]
+        base = {bool: "bool", int: "int", float: "float", str: "str", dict: "dict", list: "list"}[
+            self.type
+        ]
         return f"{base} or null" if self.optional else base
 
 
@@ -281,6 +284,15 @@ _DEFS: list[ConfigDef] = [
         secret=True,
     ),
     _def(
+        "internal_api_server_allowed_hosts",
+        list,
+        [],
+        False,
+        "Extra Host names the admin API answers to (besides loopback names and the bind "
+        "address), 'name' or 'name:port'; '*.example.com' for subdomains, '*' turns the "
+        "DNS-rebinding check off. Comma-separated in the environment.",
+    ),
+    _def(
         "extra_config",
         dict,
         None,
@@ -292,6 +304,12 @@ _DEFS: list[ConfigDef] = [
 
 #: The one table of configuration keys, in a stable order.
 CONFIG_DEFINITIONS: dict[str, ConfigDef] = {d.name: d for d in _DEFS}
+
+# An allowed-hosts entry: '*', a name or IPv4 address ('*.' prefix allowed) or a bracketed IPv6
+# address, each with an optional ':port'.
+_HOST_PATTERN = re.compile(
+    r"\*|(?:(?:\*\.)?[A-Za-z0-9_-][A-Za-z0-9._-]*|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?"
+)
 
 _TRUE = frozenset({"1", "true", "yes", "on", "y", "t"})
 _FALSE = frozenset({"0", "false", "no", "off", "n", "f"})
@@ -358,6 +376,16 @@ def _coerce(defn: ConfigDef, value: Any, lenient: bool) -> Any:
                 raise ValueError("not a JSON object")
             return parsed
         raise _TypeMismatch
+    if t is list:
+        if lenient and isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else text.split(",")
+            if isinstance(value, list):
+                value = [v.strip() if isinstance(v, str) else v for v in value]
+                value = [v for v in value if v != ""]
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise _TypeMismatch
     raise AssertionError(f"unsupported config type {t}")  # pragma: no cover - table is static
 
 
@@ -377,6 +405,10 @@ def _check(defn: ConfigDef, value: Any) -> Any:
         raise ValueError(f"must be <= {defn.maximum:g}")
     if defn.name == "remote_url" and not value.startswith(REMOTE_SCHEMES):
         raise ValueError(f"must start with one of {list(REMOTE_SCHEMES)}")
+    if defn.name == "internal_api_server_allowed_hosts":
+        bad = [h for h in value if not _HOST_PATTERN.fullmatch(h)]
+        if bad:
+            raise ValueError(f"not host names ('name', 'name:port', '*.domain' or '*'): {bad!r}")
     if defn.name == "extra_config":
         try:
             json.dumps(value)

@@ -54,7 +54,7 @@ def test_over_long_query_gets_json_414(engine, config):
     try:
         query = "slot_mapping=" + "0," * 1000 + "0&chunk_size=1"
         with socket.create_connection(("127.0.0.1", handle.port), timeout=10) as s:
-            head = f"GET /cache/kvcache/check?{query} HTTP/1.1\r\nHost: x\r\n"
+            head = f"GET /cache/kvcache/check?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             s.sendall((head + "Connection: close\r\n\r\n").encode())
             data = b""
             while chunk := s.recv(65536):

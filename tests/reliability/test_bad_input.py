@@ -260,7 +260,7 @@ def test_non_utf8_query(served, target):
         method
         + b" "
         + target
-        + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
     )
     assert 400 <= status < 500 or status == 200, (status, body[:300])
     assert b"Traceback" not in body
@@ -293,7 +293,7 @@ def test_non_utf8_json_body(client, payload):
 def test_non_utf8_authorization_header(served):
     status, body = _raw_request(
         served,
-        b"GET /health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n"
+        b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer \xff\xfe\r\n"
         b"Connection: close\r\n\r\n",
     )
     # No key is configured here, so the header is ignored; it must not break the server.
