@@ -57,7 +57,15 @@ HASH_ALGORITHMS: tuple[str, ...] = (
     "sha256_cbor",
     "sha256_cbor_64bit",
 )
-REMOTE_SCHEMES: tuple[str, ...] = ("redis://", "rediss://", "fs://")
+REMOTE_SCHEMES: tuple[str, ...] = (
+    "redis://",
+    "rediss://",
+    "unix://",
+    "redis-sentinel://",
+    "redis-cluster://",
+    "valkey://",
+    "fs://",
+)
 REMOTE_SERDES: tuple[str, ...] = ("naive",)
 
 
@@ -165,7 +173,10 @@ _DEFS: list[ConfigDef] = [
         str,
         None,
         False,
-        "Shared remote tier: redis://host:port[/db], rediss://..., or fs:///directory.",
+        "Shared remote tier: redis://host:port[/db], rediss://..., unix://..., "
+        "redis-sentinel://h1:p1,h2:p2[/master], redis-cluster://h1:p1,h2:p2, "
+        "valkey://host:port (extra_config valkey_mode: cluster for a cluster), or "
+        "fs://[host:port]/directory.",
         optional=True,
     ),
     _def(
@@ -405,6 +416,11 @@ def _check(defn: ConfigDef, value: Any) -> Any:
         raise ValueError(f"must be <= {defn.maximum:g}")
     if defn.name == "remote_url" and not value.startswith(REMOTE_SCHEMES):
         raise ValueError(f"must start with one of {list(REMOTE_SCHEMES)}")
+    if defn.name == "remote_url":
+        # NOTE: imported here; the URL parser is the storage layer's (one parser for all).
+        from lmcache_native.storage.remote_url import validate_remote_url
+
+        validate_remote_url(value)  # its messages never hold the password
     if defn.name == "internal_api_server_allowed_hosts":
         bad = [h for h in value if not _HOST_PATTERN.fullmatch(h)]
         if bad:
@@ -420,11 +436,21 @@ def _check(defn: ConfigDef, value: Any) -> Any:
 def mask_url_credentials(url: str) -> str:
     """``redis://user:pw@host/0`` -> ``redis://user:***@host/0`` (``***`` for a bare token).
 
-    URLs without credentials are returned unchanged.
+    Every scheme but ``fs://`` takes the credentials up to the last ``@``, so host lists
+    (``redis-cluster://u:pw@h1:1,h2:2``) and passwords holding ``/``, ``?`` or ``@`` are masked
+    whole; ``password=``/``token=``-like query parameters are masked too. URLs without
+    credentials are returned unchanged.
     """
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
+    if scheme != "fs":
+        userinfo, at, host = rest.rpartition("@")
+        if at:
+            user, colon, _password = userinfo.partition(":")
+            user = user.split("/", 1)[0].split("?", 1)[0]
+            rest = f"{user}:{SECRET_MASK}@{host}" if colon else f"{SECRET_MASK}@{host}"
+        return f"{scheme}://" + _URL_SECRET_PARAM.sub(rf"\g<1>{SECRET_MASK}", rest)
     end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=-1)
     netloc, tail = (rest, "") if end < 0 else (rest[:end], rest[end:])
     if "@" not in netloc:
@@ -435,6 +461,33 @@ def mask_url_credentials(url: str) -> str:
     return f"{scheme}://{masked}@{host}{tail}"
 
 
+# A query parameter of a URL that holds a secret (redis-py reads ?password=...).
+_URL_SECRET_PARAM = re.compile(
+    r"([?&](?:password|passwd|pass|pwd|token|secret|auth)=)[^&#]*", re.IGNORECASE
+)
+# An extra_config key whose value is a secret (valkey_password, redis_password, ...).
+_SECRET_EXTRA_KEY = re.compile(
+    r"password|passwd|pwd|(?:^|[_.-])pass(?:$|[_.-])|secret|token|credential|api_?key",
+    re.IGNORECASE,
+)
+
+
+def _mask_extra_config(value: Any) -> Any:
+    """``extra_config`` as shown: values of secret-looking keys masked, nested dicts too."""
+    if isinstance(value, dict):
+        return {
+            k: (
+                SECRET_MASK
+                if isinstance(k, str) and _SECRET_EXTRA_KEY.search(k) and v not in (None, "")
+                else _mask_extra_config(v)
+            )
+            for k, v in value.items()
+        }
+    if isinstance(value, str) and "://" in value:
+        return mask_url_credentials(value)
+    return value
+
+
 def _public(defn: ConfigDef, value: Any) -> Any:
     """The value as shown outside the process: secrets masked, URL credentials masked."""
     if value is None:
@@ -443,6 +496,8 @@ def _public(defn: ConfigDef, value: Any) -> Any:
         return SECRET_MASK
     if defn.name == "remote_url" and isinstance(value, str):
         return mask_url_credentials(value)
+    if defn.name == "extra_config":
+        return _mask_extra_config(value)
     return value
 
 

@@ -10,6 +10,8 @@ import torch
 from lmcache_native.engine.memory import ChunkBuffer, ChunkBufferPool
 from lmcache_native.storage import LocalCPUBackend, LocalDiskBackend, RemoteBackend, StorageBackend
 
+from tests.redis_servers import RedisClusterServers, SentinelServers, require_binaries
+
 # 2 kv x 2 layers x 16 tokens x (2 heads * 16) bf16 = 4 KiB per chunk.
 CHUNK_SHAPE = (2, 2, 16, 32)
 NAMESPACE = "test-model@1@0@"
@@ -61,7 +63,15 @@ def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
     )
 
 
-TIERS = ["cpu", "disk", "redis", "fs"]
+TIERS = [
+    "cpu",
+    "disk",
+    "redis",
+    "fs",
+    pytest.param("redis-cluster", marks=pytest.mark.redis),
+    pytest.param("redis-sentinel", marks=pytest.mark.redis),
+    pytest.param("valkey", marks=pytest.mark.redis),
+]
 
 
 def build_tier(
@@ -76,6 +86,15 @@ def build_tier(
         return RemoteBackend(url, pool.allocate, timeout_secs=2, namespace=NAMESPACE)
     if kind == "fs":
         return RemoteBackend(f"fs://{tmp_path / 'fs'}", pool.allocate, namespace=NAMESPACE)
+    if kind == "redis-cluster":
+        url = request.getfixturevalue("redis_cluster_url")
+        return RemoteBackend(url, pool.allocate, timeout_secs=2, namespace=NAMESPACE)
+    if kind == "redis-sentinel":
+        url = request.getfixturevalue("redis_sentinel_url")
+        return RemoteBackend(url, pool.allocate, timeout_secs=2, namespace=NAMESPACE)
+    if kind == "valkey":
+        url = request.getfixturevalue("redis_url").replace("redis://", "valkey://", 1)
+        return RemoteBackend(url, pool.allocate, timeout_secs=2, namespace=NAMESPACE)
     raise AssertionError(kind)
 
 
@@ -87,3 +106,48 @@ def tier(
     yield backend
     backend.clear()
     backend.close()
+
+
+# -- real Redis Cluster and Sentinel topologies (tests/redis_servers.py) ------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A session-wide 3-master Redis Cluster; a test that kills a node must ``restart()`` it."""
+    require_binaries()
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisClusterServers) -> str:
+    """``redis-cluster://`` URL of the running cluster, every node emptied."""
+    redis_cluster.flushall()
+    return redis_cluster.url()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelServers]:
+    """A session-wide master + replica + 3 Sentinels (never failed over; see the failover test)."""
+    require_binaries()
+    servers = SentinelServers(tmp_path_factory.mktemp("redis-sentinel"))
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()
+
+
+@pytest.fixture
+def redis_sentinel_url(redis_sentinel: SentinelServers) -> str:
+    """``redis-sentinel://`` URL of the Sentinels (default master name), master emptied."""
+    c = redis_sentinel.master.client()
+    try:
+        c.flushall()
+    finally:
+        c.close()
+    return redis_sentinel.url()

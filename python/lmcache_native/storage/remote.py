@@ -1,12 +1,17 @@
-"""RemoteBackend: a store shared by instances — Redis (``redis://``, ``rediss://``) or an
-``fs://`` directory — holding chunks in the checksummed format of :mod:`.serde`.
+"""RemoteBackend: a store shared by instances, holding chunks in the checksummed format of
+:mod:`.serde`: one Redis/Valkey server (``redis://``, ``rediss://``, ``unix://``, ``valkey://``),
+a Sentinel-managed master (``redis-sentinel://``), a Redis/Valkey Cluster
+(``redis-cluster://``, ``valkey://`` with ``valkey_mode: cluster``) or an ``fs://`` directory.
+:mod:`.remote_url` reads the URL forms; :mod:`.remote_redis` holds the Redis stores.
 
 Redis is reached through redis-py with socket timeouts of ``blocking_timeout_secs`` and no
 client-side retries, so each call is bounded. A failing call (connection refused, timeout, I/O
 error) is counted and logged (rate-limited) and answered as a miss; the tier is then skipped for
 ``retry_interval_secs`` (misses without network calls) and tried again after that, so it is used
-again as soon as it recovers. A value whose header or checksum does not match is a miss, is
-deleted, and is counted.
+again as soon as it recovers. On a cluster the same holds per node: a failed node's keys are
+misses for ``retry_interval_secs`` while the other nodes keep serving theirs. A value whose
+header or checksum does not match is a miss, is deleted, and is counted. URLs in logs and errors
+have their password masked.
 
 The ``fs://`` store is one file per chunk (named by :func:`.serde.chunk_filename`), written
 atomically; it is the format ``/cache/load-fs-chunks`` reads. It has no capacity of its own.
@@ -18,14 +23,11 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
+from lmcache_native.config import mask_url_credentials
 from lmcache_native.errors import CorruptChunkError
 from lmcache_native.storage.base import (
     Allocator,
@@ -33,11 +35,16 @@ from lmcache_native.storage.base import (
     RateLimitedLogger,
     StorageBackend,
 )
+from lmcache_native.storage.remote_redis import (
+    STORE_ERRORS,
+    ClusterStore,
+    RedisStore,
+    decode_value,
+)
+from lmcache_native.storage.remote_url import RemoteSpec, fs_url_path, parse_remote_url
 from lmcache_native.storage.serde import (
     CHUNK_SUFFIX,
     chunk_filename,
-    decode,
-    encode,
     is_temp_file,
     read_chunk_file,
     read_chunk_header_file,
@@ -47,85 +54,6 @@ from lmcache_native.storage.serde import (
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-def fs_url_path(url: str) -> Path:
-    """``fs:///abs/dir`` -> ``/abs/dir`` (``fs://rel/dir`` -> ``rel/dir``).
-
-    Raises:
-        ValueError: not an ``fs://`` URL or no directory.
-    """
-    if not url.startswith("fs://"):
-        raise ValueError(f"not an fs:// URL: {url!r}")
-    rest = url[len("fs://") :]
-    if not rest:
-        raise ValueError(f"fs:// URL without a directory: {url!r}")
-    return Path(rest)
-
-
-def _redis_glob_escape(text: str) -> str:
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
-
-
-class _RedisStore:
-    """Byte-level Redis access (no error handling; RemoteBackend guards every call)."""
-
-    def __init__(self, url: str, timeout_secs: float) -> None:
-        self.url = url
-        self._client = self._connect(timeout_secs)
-
-    def _connect(self, timeout_secs: float) -> redis.Redis:
-        return redis.Redis.from_url(
-            self.url,
-            socket_timeout=timeout_secs,
-            socket_connect_timeout=timeout_secs,
-            retry=Retry(NoBackoff(), 0),
-            retry_on_timeout=False,
-            health_check_interval=0,
-        )
-
-    def set_timeout(self, timeout_secs: float) -> None:
-        old, self._client = self._client, self._connect(timeout_secs)
-        old.close()
-
-    def exists(self, key: str) -> bool:
-        return bool(self._client.exists(key))
-
-    def exists_many(self, keys: Sequence[str]) -> list[bool]:
-        pipe = self._client.pipeline(transaction=False)
-        for k in keys:
-            pipe.exists(k)
-        return [bool(x) for x in pipe.execute()]
-
-    def load(self, key: str, allocator: Allocator) -> ChunkBufferLike | None:
-        data = self._client.get(key)
-        if data is None:
-            return None
-        if not isinstance(data, bytes):  # decode_responses is off: always bytes
-            raise CorruptChunkError("unexpected value type")
-        return decode(data, key, allocator)
-
-    def save(self, key: str, buf: ChunkBufferLike) -> None:
-        self._client.set(key, encode(key, buf.tensor))
-
-    def delete(self, key: str) -> bool:
-        return bool(self._client.delete(key))
-
-    def keys(self, prefix: str) -> list[str]:
-        pattern = _redis_glob_escape(prefix) + "*"
-        return [
-            k.decode("utf-8", "replace") for k in self._client.scan_iter(match=pattern, count=1000)
-        ]
-
-    def clear(self, prefix: str) -> int:
-        keys = self.keys(prefix)
-        n = 0
-        for i in range(0, len(keys), 512):
-            n += int(self._client.delete(*keys[i : i + 512]))
-        return n
-
-    def close(self) -> None:
-        self._client.close()
 
 
 class _FSStore:
@@ -151,8 +79,9 @@ class _FSStore:
             return None
         return buf
 
-    def save(self, key: str, buf: ChunkBufferLike) -> None:
+    def save(self, key: str, buf: ChunkBufferLike) -> bool:
         write_chunk_file(self.path / chunk_filename(key), key, buf.tensor)
+        return True
 
     def delete(self, key: str) -> bool:
         try:
@@ -188,6 +117,9 @@ class _FSStore:
             n += self.delete(key)
         return n
 
+    def nodes_down(self) -> int:
+        return 0
+
     def close(self) -> None:
         return
 
@@ -196,13 +128,19 @@ class RemoteBackend(StorageBackend):
     """The remote tier.
 
     Args:
-        url: ``redis://host:port[/db]``, ``rediss://...`` or ``fs:///directory``.
+        url: a ``remote_url`` (see :mod:`.remote_url` for the forms).
         allocator: where read chunks are copied to.
         timeout_secs: socket timeout of each Redis call (``blocking_timeout_secs``).
         namespace: key prefix this engine owns; ``clear``/``keys`` touch only these keys
             (e.g. ``"model@1@0@"``), so clearing never empties a shared store.
-        retry_interval_secs: after a failure, how long the tier answers misses without
-            contacting the store.
+        retry_interval_secs: after a failure, how long the tier (or, on a cluster, the failed
+            node) answers misses without contacting the store.
+        extra_config: the configuration's ``extra_config`` (``redis_service_name``,
+            ``valkey_mode``, ``valkey_username``, ``valkey_password``, ``valkey_database``,
+            ``redis_mode``).
+
+    Raises:
+        ValueError: an unsupported or malformed URL (the message never holds the password).
     """
 
     name = "RemoteBackend"
@@ -214,6 +152,7 @@ class RemoteBackend(StorageBackend):
         timeout_secs: float = 10.0,
         namespace: str = "",
         retry_interval_secs: float = 1.0,
+        extra_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.url = url
@@ -223,12 +162,16 @@ class RemoteBackend(StorageBackend):
         self._down_until = 0.0
         self._state_lock = threading.Lock()
         self._rlog = RateLimitedLogger(logger)
-        if url.startswith(("redis://", "rediss://", "unix://")):
-            self._store: Any = _RedisStore(url, timeout_secs)
-        elif url.startswith("fs://"):
-            self._store = _FSStore(fs_url_path(url))
+        self.spec: RemoteSpec = parse_remote_url(url, extra_config)
+        if self.spec.kind == "fs":
+            assert self.spec.path is not None
+            self._store: Any = _FSStore(self.spec.path)
+        elif self.spec.kind == "cluster":
+            self._store = ClusterStore(
+                self.spec, timeout_secs, self._retry_interval, self._on_node_error
+            )
         else:
-            raise ValueError(f"remote_url must be redis://, rediss:// or fs://, got {url!r}")
+            self._store = RedisStore(self.spec, timeout_secs)
 
     @property
     def is_down(self) -> bool:
@@ -239,12 +182,26 @@ class RemoteBackend(StorageBackend):
         """Applies a new ``blocking_timeout_secs`` to subsequent calls."""
         self._store.set_timeout(float(timeout_secs))
 
+    def _on_node_error(self, op: str, node: str, exc: BaseException) -> None:
+        self._count(errors=1)
+        self._rlog.warning(
+            f"node-{node}",
+            "RemoteBackend %s on %s: node %s failed (%s: %s); its keys are misses, "
+            "retrying it in %.1fs",
+            op,
+            self._safe_url(),
+            node,
+            type(exc).__name__,
+            exc,
+            self._retry_interval,
+        )
+
     def _guard(self, op: str, fn: Callable[[], T], default: T) -> T:
         if time.monotonic() < self._down_until:
             return default
         try:
             return fn()
-        except (redis.RedisError, OSError) as exc:
+        except STORE_ERRORS as exc:
             with self._state_lock:
                 self._down_until = time.monotonic() + self._retry_interval
             self._count(errors=1)
@@ -261,10 +218,7 @@ class RemoteBackend(StorageBackend):
 
     def _safe_url(self) -> str:
         # NOTE: never log credentials embedded in the URL.
-        if "@" in self.url and "://" in self.url:
-            scheme, rest = self.url.split("://", 1)
-            return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-        return self.url
+        return mask_url_credentials(self.url)
 
     # -- interface -----------------------------------------------------------------------------
 
@@ -276,35 +230,53 @@ class RemoteBackend(StorageBackend):
             return []
         return self._guard("contains", lambda: self._store.exists_many(keys), [False] * len(keys))
 
-    def get(self, key: str) -> ChunkBufferLike | None:
-        corrupt: list[CorruptChunkError] = []
-
-        def load() -> ChunkBufferLike | None:
-            try:
-                return self._store.load(key, self._allocator)
-            except CorruptChunkError as exc:
-                corrupt.append(exc)
-                self._store.delete(key)
-                return None
-
-        buf = self._guard("get", load, None)
-        if corrupt:
-            self._rlog.warning(
-                "corrupt", "RemoteBackend: corrupt chunk %s deleted: %s", key, corrupt[0]
-            )
+    def _decode_or_drop(self, key: str, load: Callable[[], ChunkBufferLike | None]) -> Any:
+        """``load()``; a corrupt value is deleted, counted and answered as ``None``."""
+        try:
+            return load()
+        except CorruptChunkError as exc:
+            self._store.delete(key)
+            self._rlog.warning("corrupt", "RemoteBackend: corrupt chunk %s deleted: %s", key, exc)
             self._count(checksum_failures=1)
+            return None
+
+    def _finish_get(self, buf: ChunkBufferLike | None) -> ChunkBufferLike | None:
         if buf is None:
             self._count(misses=1)
             return None
         self._count_hit(buf)
         return buf
 
-    def put(self, key: str, buf: ChunkBufferLike) -> bool:
-        def save() -> bool:
-            self._store.save(key, buf)
-            return True
+    def get(self, key: str) -> ChunkBufferLike | None:
+        buf = self._guard(
+            "get",
+            lambda: self._decode_or_drop(key, lambda: self._store.load(key, self._allocator)),
+            None,
+        )
+        return self._finish_get(buf)
 
-        ok = self._guard("put", save, False)
+    def batched_get(self, keys: Sequence[str]) -> list[ChunkBufferLike | None]:
+        """Reads ``keys`` in one round trip per server (per node on a cluster)."""
+        load_many = getattr(self._store, "load_raw_many", None)
+        if load_many is None or not keys:
+            return super().batched_get(keys)
+        raw = self._guard("get", lambda: load_many(keys), [None] * len(keys))
+
+        def decode_all() -> list[ChunkBufferLike | None]:
+            out: list[ChunkBufferLike | None] = []
+            for k, data in zip(keys, raw, strict=True):
+                out.append(
+                    self._decode_or_drop(
+                        k, lambda k=k, data=data: decode_value(data, k, self._allocator)
+                    )
+                )
+            return out
+
+        bufs = self._guard("get", decode_all, [None] * len(keys))
+        return [self._finish_get(b) for b in bufs]
+
+    def put(self, key: str, buf: ChunkBufferLike) -> bool:
+        ok = bool(self._guard("put", lambda: self._store.save(key, buf), False))
         if ok:
             self._count_put(buf)
         else:
@@ -324,4 +296,7 @@ class RemoteBackend(StorageBackend):
         self._store.close()
 
     def _size_stats(self) -> dict[str, int]:
-        return {"down": int(self.is_down)}
+        return {"down": int(self.is_down), "nodes_down": int(self._store.nodes_down())}
+
+
+__all__ = ["RemoteBackend", "fs_url_path"]
