@@ -85,11 +85,14 @@ class ClearResult(msgspec.Struct):
         status: "success".
         num_removed: chunks removed over all cleared tiers.
         removed_by_location: addition: chunks removed per tier name.
+        unknown_locations: addition: named locations this engine has no tier for (skipped,
+            as LMCache skips them).
     """
 
     status: str
     num_removed: int
     removed_by_location: dict[str, int]
+    unknown_locations: list[str] = msgspec.field(default_factory=list)
 
 
 class StoreResult(msgspec.Struct):
@@ -212,9 +215,12 @@ class ChunkStatisticsStatus(msgspec.Struct):
     """``GET /chunk_statistics/status``.
 
     The spec's fields plus, as additions, ``duplicate_chunks``, ``reuse_rate`` (duplicate /
-    total, 0 when nothing was seen) and ``requests`` (lookups counted).
+    total, 0 when nothing was seen) and ``requests`` (lookups counted). LMCache's code names
+    ``is_collecting`` ``enabled`` and ``requests`` ``total_requests``: both names are sent.
     """
 
+    enabled: bool
+    total_requests: int
     is_collecting: bool
     total_chunks: int
     unique_chunks: int

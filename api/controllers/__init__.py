@@ -9,6 +9,7 @@ from lmcache_native.api.controllers.chunk_statistics import ChunkStatisticsContr
 from lmcache_native.api.controllers.configuration import ConfigurationController
 from lmcache_native.api.controllers.freeze import FreezeController
 from lmcache_native.api.controllers.hot_cache import HotCacheController
+from lmcache_native.api.controllers.lmcache_common import LMCacheCommonController
 from lmcache_native.api.controllers.observability import ObservabilityController
 from lmcache_native.api.controllers.version import VersionController
 
@@ -22,6 +23,7 @@ CONTROLLERS = (
     BypassController,
     ObservabilityController,
     BackendsController,
+    LMCacheCommonController,
 )
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "ConfigurationController",
     "FreezeController",
     "HotCacheController",
+    "LMCacheCommonController",
     "ObservabilityController",
     "VersionController",
 ]

@@ -161,13 +161,24 @@ class CacheController(Controller):
         engine: EngineDep,
         locations: list[str] | None = _LOCATIONS,
     ) -> ClearResult:
-        """Removes cached chunks from the named tiers (all tiers when none is named)."""
-        removed = engine.clear(list(locations) if locations else None)
+        """Removes cached chunks from the named tiers (all tiers when none is named).
+
+        Names that are not tiers of this engine are skipped, as LMCache skips them, and listed
+        in ``unknown_locations``."""
+        unknown: list[str] = []
+        targets: list[str] | None = None
+        if locations:
+            tiers = set(engine.all_backends())
+            named = list(dict.fromkeys(locations))
+            targets = [n for n in named if n in tiers]
+            unknown = [n for n in named if n not in tiers]
+        removed = engine.clear(targets) if targets is None or targets else {}
         by_location = {str(k): int(v) for k, v in removed.items()}
         return ClearResult(
             status="success",
             num_removed=sum(by_location.values()),
             removed_by_location=by_location,
+            unknown_locations=unknown,
         )
 
     @post(

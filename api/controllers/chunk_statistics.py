@@ -71,5 +71,10 @@ class ChunkStatisticsController(Controller):
         opt={"error_title": "Failed to get status"},
     )
     def status(self, engine: EngineDep) -> ChunkStatisticsStatus:
-        """Current counts and the auto-exit settings."""
-        return msgspec.convert(_statistics(engine).status(), ChunkStatisticsStatus, strict=False)
+        """Current counts and the auto-exit settings (``enabled``/``is_collecting`` and
+        ``total_requests``/``requests`` are the same values under LMCache's and the spec's
+        names)."""
+        status = dict(_statistics(engine).status())
+        status["enabled"] = status["is_collecting"]
+        status["total_requests"] = status["requests"]
+        return msgspec.convert(status, ChunkStatisticsStatus, strict=False)

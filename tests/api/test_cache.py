@@ -214,13 +214,37 @@ def test_clear_named_locations(client):
     r = client.delete("/cache/clear?locations=LocalCPUBackend&locations=LocalCPUBackend")
     assert r.status_code == 200
     assert r.json()["num_removed"] == 2
+    assert r.json()["unknown_locations"] == []
     assert client.delete("/cache/clear?locations=LocalCPUBackend").json()["num_removed"] == 0
 
 
-def test_clear_unknown_location(client):
-    body = assert_error(client.delete("/cache/clear?locations=FooBackend"), 400, "Unknown backend")
-    assert body["message"].startswith("Backend 'FooBackend' not found. Available: [")
-    assert "'LocalCPUBackend'" in body["message"]
+def test_clear_unknown_location_is_skipped_and_reported(client):
+    # LMCache ignores locations it does not have; the answer names them.
+    client.post("/cache/store?tokens_mock=0,32")
+    r = client.delete("/cache/clear?locations=FooBackend")
+    assert r.status_code == 200, r.text
+    assert r.json() == {
+        "status": "success",
+        "num_removed": 0,
+        "removed_by_location": {},
+        "unknown_locations": ["FooBackend"],
+    }
+    # nothing was cleared: the stored chunks are still there
+    assert client.post("/cache/retrieve?tokens_mock=0,32").json()["num_retrieved"] == 32
+
+
+def test_clear_known_and_unknown_locations(client):
+    # The seed's example on a default serve (no disk tier).
+    client.post("/cache/store?tokens_mock=0,32")
+    r = client.delete("/cache/clear?locations=LocalCPUBackend&locations=LocalDiskBackend")
+    assert r.status_code == 200, r.text
+    assert r.json() == {
+        "status": "success",
+        "num_removed": 2,
+        "removed_by_location": {"LocalCPUBackend": 2},
+        "unknown_locations": ["LocalDiskBackend"],
+    }
+    assert client.post("/cache/retrieve?tokens_mock=0,32").json()["num_retrieved"] == 0
 
 
 def test_clear_without_engine(no_engine_client):

@@ -51,6 +51,7 @@ from lmcache_native.stats.periodic import (
     RunStats,
     ThreadLevel,
 )
+from lmcache_native.stats.redact import redact_value
 from lmcache_native.storage import (
     LocalCPUBackend,
     LocalDiskBackend,
@@ -859,6 +860,16 @@ class CacheEngine:
         out["key_prefix"] = self._namespace
         out["backends"] = self._manager.backend_names()
         out["pre_caching_hash_algorithm"] = self._hasher.algorithm
+        # LMCache's /meta fields: one node unless the host says otherwise; secrets in the
+        # connector's extra config are masked.
+        md = self._metadata
+        out.setdefault("engine_id", md.extra.get("vllm_engine_id") or "lmcache_default_instance")
+        out.setdefault("local_worker_id", md.worker_id)
+        out.setdefault("local_world_size", md.world_size)
+        out.setdefault("first_rank", 0)
+        out["kv_connector_extra_config"] = redact_value(
+            "kv_connector_extra_config", dict(md.extra.get("kv_connector_extra_config") or {})
+        )
         if kv is None:
             out.update({"layout": None, "layer_names": [], "num_layers": 0, "num_slots": 0})
             return out

@@ -164,6 +164,11 @@ class LookupServer:
                 self._conns.pop(conn, None)
             conn.close()
 
+    @property
+    def thread(self) -> threading.Thread:
+        """The thread accepting connections."""
+        return self._thread
+
     def stop(self, timeout: float = 5.0) -> None:
         """Stops serving, closes every connection, removes the socket file."""
         with _local_lock:

@@ -15,6 +15,7 @@ recomputes them instead of reading stale KV.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from lmcache_native.integration.vllm.metadata import (
     slot_mapping,
 )
 from lmcache_native.ops import describe
+from lmcache_native.stats.periodic import RunStats, ThreadLevel
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
@@ -237,6 +239,7 @@ class WorkerSide:
         self.api_handle: Any = None
         self.metrics: ConnectorMetrics | None = None
         self._lookup: LookupServer | None = None
+        self._last_lookup_time = 0.0
         self._bytes_per_token = 0
         self._device = torch.device("cpu")
         self._stored_upto: dict[str, int] = {}
@@ -267,6 +270,14 @@ class WorkerSide:
                 "kv_connector": "LMCacheNativeConnector",
                 "vllm_engine_id": self.engine_id,
                 "attention_backend": backend,
+                "kv_connector_extra_config": dict(
+                    getattr(
+                        getattr(self.vllm_config, "kv_transfer_config", None),
+                        "kv_connector_extra_config",
+                        None,
+                    )
+                    or {}
+                ),
             },
         )
         engine = CacheEngine(self.config, metadata)
@@ -279,8 +290,30 @@ class WorkerSide:
         self.layout = detected.layout
         logger.info("LMCacheNativeConnector worker %d: %s", self.rank, detected.description)
         self._lookup = LookupServer.start(self.engine_id, self.rank, self.lookup)
+        self._register_lookup_thread(engine)
         if self.config.get("internal_api_server_enabled"):
             self._start_api()
+
+    def _register_lookup_thread(self, engine: CacheEngine) -> None:
+        """Lists the lookup server's thread in the engine's ``/periodic-threads``."""
+
+        def thread() -> threading.Thread | None:
+            return self._lookup.thread if self._lookup is not None else None
+
+        def runs() -> RunStats:
+            return RunStats(
+                total_runs=self.stats.lookups,
+                last_run_time=self._last_lookup_time,
+                message="lookups answered for the scheduler",
+            )
+
+        engine.background_threads.register_probe(
+            f"lmcn-lookup-{self.rank}",
+            ThreadLevel.HIGH,
+            thread,
+            runs,
+            stopped=lambda: self._lookup is None,
+        )
 
     def _start_api(self) -> None:
         from lmcache_native.api.server import start
@@ -333,6 +366,7 @@ class WorkerSide:
         if engine is None:
             return 0, 0
         self.stats.lookups += 1
+        self._last_lookup_time = time.time()
         min_retrieve = int(self.config.get("min_retrieve_tokens"))
         hit = int(engine.lookup(tokens))
         loadable = verified_prefix(engine, tokens[:hit]) if hit else 0
