@@ -22,6 +22,7 @@ __all__ = [
     "AUTH_STATE_KEY",
     "MAX_BODY_BYTES",
     "MAX_QUERY_BYTES",
+    "PUBLIC_ROUTE_OPT",
     "QueryLimitMiddleware",
     "make_api_key_check",
     "make_api_key_guard",
@@ -37,6 +38,11 @@ MAX_QUERY_BYTES = 8 << 20
 _CACHE_CLEAR_THRESHOLD = 4096
 
 API_KEY_CONFIG = "internal_api_server_api_key"
+
+PUBLIC_ROUTE_OPT = "lmcache_native_public"
+"""Route ``opt`` flag of the few routes served without the API key: the dashboard's static
+shell (HTML, script, style sheet), which holds no data and which a browser loads without an
+``Authorization`` header. Every data endpoint still needs the key."""
 
 
 def make_api_key_check(get_key: Callable[[], str | None]) -> Callable[[Any], bool]:
@@ -68,9 +74,14 @@ def make_api_key_check(get_key: Callable[[], str | None]) -> Callable[[Any], boo
 def make_api_key_guard(
     authorized: Callable[[Any], bool],
 ) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]:
-    """The Litestar guard over ``authorized``: 401 (``NotAuthorizedException``) when it fails."""
+    """The Litestar guard over ``authorized``: 401 (``NotAuthorizedException``) when it fails.
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    Routes flagged with ``opt={PUBLIC_ROUTE_OPT: True}`` are not checked.
+    """
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+        if handler.opt.get(PUBLIC_ROUTE_OPT) is True:
+            return
         if not authorized(connection.headers):
             raise NotAuthorizedException(detail=UNAUTHORIZED_MESSAGE)
 

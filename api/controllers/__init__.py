@@ -7,6 +7,7 @@ from lmcache_native.api.controllers.bypass import BypassController
 from lmcache_native.api.controllers.cache import CacheController
 from lmcache_native.api.controllers.chunk_statistics import ChunkStatisticsController
 from lmcache_native.api.controllers.configuration import ConfigurationController
+from lmcache_native.api.controllers.dashboard import DashboardController
 from lmcache_native.api.controllers.freeze import FreezeController
 from lmcache_native.api.controllers.hot_cache import HotCacheController
 from lmcache_native.api.controllers.lmcache_common import LMCacheCommonController
@@ -24,6 +25,7 @@ CONTROLLERS = (
     ObservabilityController,
     BackendsController,
     LMCacheCommonController,
+    DashboardController,
 )
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "CacheController",
     "ChunkStatisticsController",
     "ConfigurationController",
+    "DashboardController",
     "FreezeController",
     "HotCacheController",
     "LMCacheCommonController",
