@@ -335,11 +335,16 @@ def _estimated_attn_isa(
     return "vec" if block_size % 32 == 0 else "vec16"
 
 
-def check_cpu_layouts(block_size: int, flags: set[str]) -> list[Check]:
+def check_cpu_layouts(block_size: int, flags: set[str], ask_vllm: bool = True) -> list[Check]:
     """For vLLM's CPU backend: the attention ISA per dtype and whether the connector reads it.
 
     The acceptance is decided by :func:`lmcache_native.integration.vllm.layout.detect_layout`
     itself, on a shape-only (``meta``) tensor of the cache vLLM would allocate.
+
+    Args:
+        block_size: vLLM's cache block size.
+        flags: the CPU's flags (:func:`cpu_flags`), for the ISA rule used without vLLM.
+        ask_vllm: ask vLLM's ``_get_attn_isa`` when vLLM is installed (else use the rule).
     """
     from lmcache_native.integration.vllm.layout import (
         LayerGeometry,
@@ -351,11 +356,11 @@ def check_cpu_layouts(block_size: int, flags: set[str]) -> list[Check]:
     head = LAYOUT_HEAD_SIZE
     for label, dtype in CPU_LAYOUT_DTYPES:
         name = f"vllm_cpu_layout[{label}]"
-        isa = _vllm_attn_isa(dtype, block_size, head)
+        isa = _vllm_attn_isa(dtype, block_size, head) if ask_vllm else None
         source = "vLLM's choice"
         if isa is None:
             isa = _estimated_attn_isa(dtype, block_size, head, flags)
-            source = "vLLM 0.32's rule; vLLM not importable"
+            source = "vLLM 0.32's rule" + ("; vLLM not importable" if ask_vllm else "")
         where = f"block {block_size}, head {head}: ISA {isa} ({source})"
         cache = torch.empty((1, 1, block_size, 2 * head), dtype=dtype, device="meta")
         geo = LayerGeometry("CPU_ATTN", 1, head, block_size, cpu_isa=isa)

@@ -129,7 +129,7 @@ def check_disk_tier(config: LMCacheEngineConfig) -> Check | None:
             name,
             FAIL,
             detail,
-            f"lower max_local_disk_size to at most {have / GB:.1f} or free space on that disk",
+            f"lower max_local_disk_size to at most {have / GB:.1f} (GB) or free space on that disk",
         )
     return Check(name, OK, detail)
 
