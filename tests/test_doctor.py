@@ -20,6 +20,8 @@ from lmcache_native.config import LMCacheEngineConfig
 from lmcache_native.doctor import FAIL, OK, WARN, configuration, system, tiers
 from lmcache_native.ops import copy_isa, copy_set_isa
 
+from tests.redis_servers import RedisClusterServers, require_binaries
+
 SCRIPT = Path(sys.executable).with_name("lmcache-native")
 PASSWORD = "doctor-pw-6f1c2a"
 API_KEY = "sk-doctor-secret-93b7"
@@ -473,3 +475,36 @@ def test_report_exit_code_and_render() -> None:
     assert json.loads(doctor.render_json(report))["counts"] == {OK: 1, WARN: 1, FAIL: 1}
     with pytest.raises(ValueError):
         doctor.Check("d", "MAYBE", "x")
+
+
+# -- Redis Cluster: every node named in the URL ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def own_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A 3-master Redis Cluster of this module's own (its test kills a node)."""
+    require_binaries()
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("doctor-cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.redis
+def test_cluster_nodes_pinged_and_a_dead_node_fails(own_cluster: RedisClusterServers) -> None:
+    config = _config(remote_url=own_cluster.url(), blocking_timeout_secs=2)
+    checks = tiers.check_tiers(config)
+    nodes = [c for c in checks if c.name.startswith("tier.remote.node[")]
+    assert [c.name for c in nodes] == [
+        f"tier.remote.node[127.0.0.1:{p}]" for p in own_cluster.ports
+    ]
+    assert all(c.status == OK for c in checks), checks
+    own_cluster.nodes[1].kill()
+    checks = tiers.check_tiers(config)
+    dead = f"tier.remote.node[127.0.0.1:{own_cluster.ports[1]}]"
+    status = {c.name: c for c in checks}
+    assert status[dead].status == FAIL and "does not answer PING" in status[dead].detail
+    others = [f"tier.remote.node[127.0.0.1:{own_cluster.ports[i]}]" for i in (0, 2)]
+    assert all(status[n].status == OK for n in others)

@@ -174,7 +174,10 @@ def check_remote_tier(config: LMCacheEngineConfig) -> Check | None:
     try:
         try:
             backend = RemoteBackend(
-                url, pool.allocate, timeout_secs=float(config.get("blocking_timeout_secs"))
+                url,
+                pool.allocate,
+                timeout_secs=float(config.get("blocking_timeout_secs")),
+                extra_config=config.get("extra_config"),
             )
         except Exception as exc:  # noqa: BLE001 - any refusal of the URL is the finding
             return Check(
@@ -226,12 +229,81 @@ def check_remote_tier(config: LMCacheEngineConfig) -> Check | None:
     return Check(name, OK, f"{shown}: probe chunk written, read back intact, deleted")
 
 
+def check_remote_nodes(config: LMCacheEngineConfig) -> list[Check]:
+    """For a cluster or Sentinel ``remote_url``: PING every node the URL names.
+
+    Cluster seed nodes are asked with the URL's credentials, and the first that answers is asked
+    for ``cluster_state``; Sentinels are asked without credentials, as the remote tier asks
+    them. One URL form with one server has no node lines (the probe chunk covers it).
+    """
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from lmcache_native.storage.remote_url import parse_remote_url
+
+    url = config.get("remote_url")
+    if not url:
+        return []
+    try:
+        spec = parse_remote_url(str(url), config.get("extra_config"))
+    except ValueError:
+        return []  # reported by the tier line
+    if spec.kind not in ("cluster", "sentinel"):
+        return []
+    timeout = float(config.get("blocking_timeout_secs"))
+    what = "cluster node" if spec.kind == "cluster" else "Sentinel"
+    creds = spec.kind == "cluster"
+    checks = []
+    state: str | None = None
+    for host, port in spec.nodes:
+        name = f"tier.remote.node[{host}:{port}]"
+        client = redis.Redis(
+            host=host,
+            port=port,
+            username=spec.username if creds else None,
+            password=spec.password if creds else None,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        try:
+            client.ping()
+            if spec.kind == "cluster" and state is None:
+                info = client.execute_command("CLUSTER INFO")  # parsed by redis-py: a dict
+                state = str(info.get("cluster_state"))
+        except redis.RedisError as exc:
+            checks.append(
+                Check(
+                    name,
+                    FAIL,
+                    f"{what} {host}:{port} does not answer PING: {type(exc).__name__}: {exc}",
+                    f"start that {what} or remove it from remote_url",
+                )
+            )
+            continue
+        finally:
+            client.close()
+        checks.append(Check(name, OK, f"{what} {host}:{port} answers PING"))
+    if state is not None and state != "ok":
+        checks.append(
+            Check(
+                "tier.remote.cluster_state",
+                FAIL,
+                f"the cluster reports cluster_state:{state}",
+                "bring the failed masters back or reassign their slots (redis-cli --cluster fix)",
+            )
+        )
+    return checks
+
+
 def check_tiers(config: LMCacheEngineConfig) -> list[Check]:
-    """Every configured tier, in the engine's order (CPU, disk, remote)."""
+    """Every configured tier, in the engine's order (CPU, disk, remote and its nodes)."""
     checks = [check_cpu_tier(config)]
     for c in (check_disk_tier(config), check_remote_tier(config)):
         if c is not None:
             checks.append(c)
+    checks.extend(check_remote_nodes(config))
     return checks
 
 
