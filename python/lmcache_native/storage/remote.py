@@ -24,6 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -260,19 +261,16 @@ class RemoteBackend(StorageBackend):
         load_many = getattr(self._store, "load_raw_many", None)
         if load_many is None or not keys:
             return super().batched_get(keys)
-        raw = self._guard("get", lambda: load_many(keys), [None] * len(keys))
+        none: list[Any] = [None] * len(keys)
+        raw: list[Any] = self._guard("get", lambda: load_many(keys), none)
 
         def decode_all() -> list[ChunkBufferLike | None]:
-            out: list[ChunkBufferLike | None] = []
-            for k, data in zip(keys, raw, strict=True):
-                out.append(
-                    self._decode_or_drop(
-                        k, lambda k=k, data=data: decode_value(data, k, self._allocator)
-                    )
-                )
-            return out
+            return [
+                self._decode_or_drop(k, partial(decode_value, data, k, self._allocator))
+                for k, data in zip(keys, raw, strict=True)
+            ]
 
-        bufs = self._guard("get", decode_all, [None] * len(keys))
+        bufs: list[ChunkBufferLike | None] = self._guard("get", decode_all, list(none))
         return [self._finish_get(b) for b in bufs]
 
     def put(self, key: str, buf: ChunkBufferLike) -> bool:

@@ -62,7 +62,12 @@ VALKEY_MODE_KEY = "valkey_mode"
 VALKEY_MODES: tuple[str, ...] = ("standalone", "cluster")
 REDIS_MODE_KEY = "redis_mode"
 
-DEFAULT_PORTS = {SENTINEL_SCHEME: 26379, CLUSTER_SCHEME: 6379, VALKEY_SCHEME: 6379}
+DEFAULT_PORTS = {
+    SENTINEL_SCHEME: 26379,
+    CLUSTER_SCHEME: 6379,
+    VALKEY_SCHEME: 6379,
+    "redis://": 6379,
+}
 
 # host[:port] where host is a name, an IPv4 address or a bracketed IPv6 address.
 _HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(?P<port>\d{1,5}))?")
