@@ -244,6 +244,7 @@ def test_secrets_never_in_config_messages(tmp_path: Path, clean_env: None) -> No
         {
             "remote_url": f"redis://u:{PASSWORD}@127.0.0.1:{_free_port()}/0",
             "internal_api_server_api_key": API_KEY,
+            "extra_config": {"valkey_password": PASSWORD + "-valkey"},
             "chunk_size": "bad",
         },
     )
@@ -253,7 +254,7 @@ def test_secrets_never_in_config_messages(tmp_path: Path, clean_env: None) -> No
     report.config = loaded.config.to_dict()
     report.add(loaded.checks)
     report.add(tiers.check_tiers(loaded.config))
-    assert set(loaded.secrets) == {PASSWORD, API_KEY}
+    assert set(loaded.secrets) == {PASSWORD, API_KEY, PASSWORD + "-valkey"}
     for out in (doctor.render_text(report), doctor.render_json(report)):
         assert PASSWORD not in out and API_KEY not in out
     # the masking is the configuration's own, not only the scrubbing

@@ -34,6 +34,7 @@ OK = "OK"
 WARN = "WARN"
 FAIL = "FAIL"
 STATUSES: tuple[str, ...] = (OK, WARN, FAIL)
+MIN_SCRUB_LEN = 4
 
 
 @dataclass
@@ -88,9 +89,13 @@ class Report:
         return {s: sum(c.status == s for c in self.checks) for s in STATUSES}
 
     def scrub(self, text: str) -> str:
-        """``text`` with every raw secret replaced by ``***``."""
+        """``text`` with every raw secret of 4 or more characters replaced by ``***``.
+
+        A second guard only: values are already shown through the configuration's masking.
+        Shorter secrets are left alone, since replacing them would garble unrelated words.
+        """
         for secret in sorted(self.secrets, key=len, reverse=True):
-            if secret:
+            if len(secret) >= MIN_SCRUB_LEN:
                 text = text.replace(secret, "***")
         return text
 

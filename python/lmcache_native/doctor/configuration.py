@@ -18,12 +18,14 @@ from lmcache_native.config import (
     CONFIG_DEFINITIONS,
     CONFIG_FILE_ENV,
     ENV_PREFIX,
+    SECRET_MASK,
     LMCacheEngineConfig,
     # NOTE: the loader's own reader, so a file is refused for exactly the reasons load() refuses it.
     _read_config_file,
 )
 from lmcache_native.doctor import FAIL, OK, WARN, Check
 from lmcache_native.errors import ConfigError
+from lmcache_native.storage.remote_url import parse_remote_url
 
 
 @dataclass
@@ -42,21 +44,47 @@ class LoadedConfig:
     secrets: list[str] = field(default_factory=list)
 
 
+def _masked_leaves(raw: Any, shown: Any) -> list[str]:
+    """Raw string values that the configuration shows as ``***`` (nested dicts walked)."""
+    if isinstance(raw, dict) and isinstance(shown, dict):
+        return [p for k, v in raw.items() for p in _masked_leaves(v, shown.get(k))]
+    if isinstance(raw, str) and raw and shown == SECRET_MASK and raw != SECRET_MASK:
+        return [raw]
+    return []
+
+
+def _url_password(url: str, extra: Any) -> str | None:
+    try:
+        spec = parse_remote_url(url, extra if isinstance(extra, dict) else None)
+    except ValueError:
+        spec = None
+    if spec is not None and spec.password:
+        return spec.password
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
 def _secrets_of(values: Mapping[str, Any]) -> list[str]:
-    out = []
+    """Raw secret values in ``values`` (valid or not): what the configuration masks."""
+    out: list[str] = []
     for name, value in values.items():
         defn = CONFIG_DEFINITIONS.get(name)
-        if defn is None or not isinstance(value, str) or not value:
+        if defn is None or value is None:
             continue
-        if defn.secret:
+        if defn.secret and isinstance(value, str):
             out.append(value)
-        elif name == "remote_url":
-            try:
-                password = urlsplit(value).password
-            except ValueError:
-                password = None
+        elif name == "remote_url" and isinstance(value, str):
+            password = _url_password(value, values.get("extra_config"))
             if password:
                 out.append(password)
+        elif name == "extra_config":
+            try:
+                cfg = LMCacheEngineConfig.from_mapping({name: value}, source="doctor")
+            except ConfigError:
+                continue
+            out.extend(_masked_leaves(cfg.get(name), cfg.to_dict()[name]))
     return out
 
 
