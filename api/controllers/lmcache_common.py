@@ -55,7 +55,6 @@ ENV_NAMES = frozenset(
         "PYTHONHASHSEED",
         "PYTHONPATH",
         "LD_LIBRARY_PATH",
-        "PATH",
         "HOSTNAME",
         "TZ",
         "LANG",
