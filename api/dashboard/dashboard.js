@@ -386,8 +386,9 @@
   }
 
   function delta(now, before, key) {
-    if (!before || now[key] === null || before[key] === null) return null;
-    const d = now[key] - before[key];
+    if (!before || now[key] === null) return null;
+    // A labelled counter (e.g. per tier) has no sample until its first increment: absent is 0.
+    const d = now[key] - (before[key] ?? 0);
     return d >= 0 ? d : null; // a reset counter gives no sample
   }
 
@@ -470,6 +471,16 @@
     ctx.textBaseline = "alphabetic";
     ctx.fillText("last " + Math.round((HISTORY * POLL_MS) / 60000) + " min", pad.l, h - 4);
     const step = pw / Math.max(1, HISTORY - 1);
+    // A text summary for assistive technology (and tests): samples and each series' peak.
+    const summary = [];
+    canvas.dataset.samples = String(series.length ? series[0].values.length : 0);
+    for (const s of series) {
+      const values = s.values.filter((p) => p !== null);
+      const peak = values.length ? Math.max(...values) : null;
+      canvas.dataset["peak" + s.key[0].toUpperCase() + s.key.slice(1)] = peak === null ? "" : String(peak);
+      summary.push(s.label + ": peak " + (peak === null ? "none" : percent ? fmtPct(peak) : fmtRate(peak)));
+    }
+    canvas.setAttribute("aria-label", canvas.dataset.title + " (" + summary.join("; ") + ")");
     for (const s of series) {
       ctx.strokeStyle = cssVar(s.color);
       ctx.fillStyle = cssVar(s.color);
@@ -509,14 +520,14 @@
     drawChart(
       $("hit-chart"),
       [
-        { color: "--hit", values: history.map((s) => s.hit) },
-        { color: "--lookup", values: history.map((s) => s.lookup) },
+        { key: "hit", label: "retrieve", color: "--hit", values: history.map((s) => s.hit) },
+        { key: "lookup", label: "lookup", color: "--lookup", values: history.map((s) => s.lookup) },
       ],
       { percent: true },
     );
     drawChart($("throughput-chart"), [
-      { color: "--store", values: history.map((s) => s.store) },
-      { color: "--retrieve", values: history.map((s) => s.retrieve) },
+      { key: "store", label: "store", color: "--store", values: history.map((s) => s.store) },
+      { key: "retrieve", label: "retrieve", color: "--retrieve", values: history.map((s) => s.retrieve) },
     ]);
   }
 
