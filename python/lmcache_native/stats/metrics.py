@@ -284,7 +284,9 @@ class LMCacheCollector(Collector):
             "The number of put failed",
             float(sum(st.get("rejected_puts", 0) for st in tiers.values())) + float(dropped),
         )
-        yield histogram("time_to_retrieve", "Time to retrieve from lmcache (seconds)", m.retrieve_seconds)
+        yield histogram(
+            "time_to_retrieve", "Time to retrieve from lmcache (seconds)", m.retrieve_seconds
+        )
         yield histogram("time_to_store", "Time to store to lmcache (seconds)", m.store_seconds)
         yield histogram("time_to_lookup", "Time to lookup in lmcache (seconds)", m.lookup_seconds)
         yield histogram(
@@ -578,4 +580,3 @@ class EngineMetrics:
         """The current value of a sample (0.0 when absent); for tests and the CLI."""
         v = self.registry.get_sample_value(name, labels or {})
         return 0.0 if v is None else float(v)
-
