@@ -14,7 +14,7 @@ from lmcache_native.api.openapi import openapi_document, render
 
 SNAPSHOT = Path(__file__).with_name("openapi_snapshot.json")
 
-# Every endpoint of inference_apis.rst, plus /metrics and /health.
+# Every endpoint of inference_apis.rst, plus /metrics and /health, plus LMCache's common ones.
 ENDPOINTS = [
     ("get", "/lmc_version"),
     ("get", "/commit_id"),
@@ -46,6 +46,16 @@ ENDPOINTS = [
     ("put", "/bypass/remove"),
     ("get", "/metrics"),
     ("get", "/health"),
+    # LMCache's common admin endpoints
+    ("get", "/backends"),
+    ("get", "/loglevel"),
+    ("post", "/loglevel"),
+    ("get", "/threads"),
+    ("get", "/periodic-threads"),
+    ("get", "/periodic-threads/{thread_name}"),
+    ("get", "/periodic-threads-health"),
+    ("get", "/env"),
+    ("post", "/metrics/reset"),
 ]
 
 
@@ -93,7 +103,7 @@ def doc():
 def test_exactly_the_spec_endpoints(doc):
     found = {(m, p) for p, ops in doc["paths"].items() for m in ops}
     assert found == set(ENDPOINTS)
-    assert len(ENDPOINTS) == 30
+    assert len(ENDPOINTS) == 39
 
 
 @pytest.mark.parametrize(("method", "path"), ENDPOINTS)
