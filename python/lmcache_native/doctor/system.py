@@ -347,6 +347,7 @@ def check_cpu_layouts(block_size: int, flags: set[str], ask_vllm: bool = True) -
         ask_vllm: ask vLLM's ``_get_attn_isa`` when vLLM is installed (else use the rule).
     """
     from lmcache_native.integration.vllm.layout import (
+        CPU_ISAS,
         LayerGeometry,
         UnsupportedLayoutError,
         detect_layout,
@@ -367,13 +368,24 @@ def check_cpu_layouts(block_size: int, flags: set[str], ask_vllm: bool = True) -
         try:
             layout = detect_layout({"layer": cache}, {"layer": geo}).layout
         except UnsupportedLayoutError:
-            packed = "AMX-packed cache" if isa == "amx" else f"{isa} cache"
+            if isa == "amx":
+                packed = "AMX-packed cache"
+                fix = (
+                    "serve the model with --dtype float16 (vLLM then uses vec, which the "
+                    "connector reads), or run bf16 without the connector on this CPU"
+                )
+            else:
+                packed = f"{isa} cache"
+                fix = (
+                    f"none on this CPU: the connector reads {', '.join(sorted(CPU_ISAS))} "
+                    "caches only; run this dtype without the connector"
+                )
             checks.append(
                 Check(
                     name,
                     WARN,
                     f"connector disabled for {label} on this CPU ({packed}); {where}",
-                    "serve the model with --dtype float16 (or float32): those caches use vec",
+                    fix,
                 )
             )
             continue
