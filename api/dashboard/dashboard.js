@@ -560,10 +560,12 @@
     $("checksum-submit").disabled = true;
     try {
       const r = await api("GET", "/cache/kvcache/check?" + query.toString());
-      const ranges = Array.isArray(r.slot_mapping_ranges) ? JSON.stringify(r.slot_mapping_ranges) : "";
+      const ranges = (Array.isArray(r.slot_mapping_ranges) ? r.slot_mapping_ranges : [])
+        .map((x) => (Array.isArray(x) ? x.join("–") : String(x)))
+        .join(", ");
       $("checksum-summary").textContent =
-        r.num_chunks + " chunk(s) of up to " + r.chunk_size + " slots over " + ranges + ", MD5 of all layers" +
-        (r.layerwise ? " per layer" : "");
+        r.num_chunks + " chunk(s) of up to " + r.chunk_size + " slots over slots " + ranges + ", MD5 " +
+        (r.layerwise ? "per layer" : "of all layers");
       const body = $("checksum-body");
       if (r.layerwise && r.chunk_checksums && typeof r.chunk_checksums === "object") {
         body.append(el("tr", {}, el("th", {}, "Layer"), el("th", {}, "Chunk"), el("th", {}, "MD5")));
