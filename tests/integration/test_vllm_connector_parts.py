@@ -10,9 +10,11 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from lmcache_native.engine.keys import KeyExtras, MMPlaceholder  # noqa: E402
 from lmcache_native.integration.vllm.config import load_config, overrides_from_extra_config
 from lmcache_native.integration.vllm.layout import (
     LayerGeometry,
@@ -137,10 +139,12 @@ def test_layer_without_geometry_or_mixed_layers_are_refused() -> None:
 def test_lookup_over_a_unix_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LMCACHE_NATIVE_LOOKUP_DIR", str(tmp_path))
     seen: list[list[int]] = []
+    asked: list[tuple[str, Any]] = []
 
     def answer(rank: int):  # noqa: ANN202
-        def fn(tokens: list[int]) -> tuple[int, int]:
+        def fn(req_id: str, tokens: list[int], extras: Any) -> tuple[int, int]:
             seen.append(list(tokens))
+            asked.append((req_id, extras))
             return (len(tokens) // 2 if rank == 0 else len(tokens) // 4), 16 * (rank + 1)
 
         return fn
@@ -157,6 +161,11 @@ def test_lookup_over_a_unix_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         assert client.lookup(tokens) == (50, 32)  # min over ranks, max min_retrieve
         assert seen == [tokens, tokens]
         assert client.lookup([1, 2, 3, 4]) == (1, 32)  # the connection is reused
+        # The request id and the key extras cross the socket too.
+        extras = KeyExtras("salt-ä", "adapter", 3, (MMPlaceholder("img-hash", 4, 10),))
+        assert client.lookup([1, 2, 3, 4], "req-7", extras) == (1, 32)
+        assert asked[-2:] == [("req-7", extras), ("req-7", extras)]
+        assert asked[0] == ("", None)
         client.close()
     finally:
         for s in servers:
@@ -170,7 +179,7 @@ def test_lookup_in_process_and_unreachable_worker(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("LMCACHE_NATIVE_LOOKUP_DIR", str(tmp_path))
-    server = LookupServer.start("eng-2", 0, lambda toks: (len(toks), 0))
+    server = LookupServer.start("eng-2", 0, lambda _r, toks, _e: (len(toks), 0))
     try:
         assert LookupClient("eng-2", 1).lookup([1, 2, 3]) == (3, 0)
         # Rank 1 has no server: the whole lookup is a miss, never a crash.

@@ -17,6 +17,7 @@ import pytest
 pytest.importorskip("vllm")
 
 from lmcache_native.config import LMCacheEngineConfig  # noqa: E402
+from lmcache_native.engine.keys import KeyExtras, MMPlaceholder  # noqa: E402
 from lmcache_native.integration.vllm.lookup import LookupServer  # noqa: E402
 from lmcache_native.integration.vllm.scheduler import SchedulerSide  # noqa: E402
 
@@ -32,9 +33,11 @@ class _Store:
         self.hit = 0
         self.min_retrieve = 0
         self.asked: list[int] = []
+        self.extras: list[Any] = []
 
-    def __call__(self, tokens: list[int]) -> tuple[int, int]:
+    def __call__(self, req_id: str, tokens: list[int], extras: Any) -> tuple[int, int]:
         self.asked.append(len(tokens))
+        self.extras.append(extras)
         return min(self.hit, len(tokens)), self.min_retrieve
 
 
@@ -58,6 +61,8 @@ def _request(req_id: str, prompt: list[int], **kw: Any) -> SimpleNamespace:
         "num_prompt_tokens": len(prompt or []),
         "mm_features": [],
         "lora_request": None,
+        "cache_salt": None,
+        "prompt_embeds": None,
     }
     fields.update(kw)
     return SimpleNamespace(**fields)
@@ -111,16 +116,41 @@ def test_min_retrieve_tokens_from_the_worker(side: Any) -> None:
     assert s.get_num_new_matched_tokens(req, 0) == 128
 
 
-def test_uncacheable_requests_are_not_looked_up(side: Any) -> None:
+def test_prompt_embeds_are_not_looked_up(side: Any) -> None:
     s, store = side
     store.hit = 128
     for req in (
         _request("e", None, all_token_ids=[], num_prompt_tokens=0),
-        _request("m", list(range(200)), mm_features=[object()]),
-        _request("l", list(range(200)), lora_request=object()),
+        _request("f", list(range(200)), prompt_embeds=object()),
     ):
         assert s.get_num_new_matched_tokens(req, 0) == 0
     assert store.asked == []
+
+
+def test_salt_lora_and_multimodal_requests_are_looked_up_with_their_extras(side: Any) -> None:
+    s, store = side
+    store.hit = 128
+    feature = SimpleNamespace(identifier="img-1", mm_position=SimpleNamespace(offset=10, length=20))
+    lora = SimpleNamespace(lora_name="sql", lora_int_id=4, lora_path="/a")
+    reqs = [
+        _request("p", list(range(200))),
+        _request("s", list(range(200)), cache_salt="tenant-a"),
+        _request("l", list(range(200)), lora_request=lora),
+        _request("m", list(range(200)), mm_features=[feature]),
+    ]
+    for req in reqs:
+        assert s.get_num_new_matched_tokens(req, 0) == 128
+    plain, salted, lora_x, mm_x = store.extras
+    assert plain is None
+    assert salted == KeyExtras(cache_salt="tenant-a")
+    assert lora_x == KeyExtras(lora_name="sql", lora_id=4)
+    assert mm_x == KeyExtras(mm=(MMPlaceholder("img-1", 10, 20),))
+    # The plans carry the extras to the worker's load and save.
+    s.update_state_after_alloc(reqs[1], _blocks([1, 2, 3, 4, 5, 6, 7]), 128)
+    meta = s.build_connector_meta(
+        _output(new=[("s", [1, 2, 3, 4, 5, 6, 7], 0)], scheduled={"s": 200})
+    )
+    assert meta.loads[0].extras == salted and meta.saves[0].extras == salted
 
 
 def test_load_window_and_saves_of_one_request(side: Any) -> None:

@@ -33,7 +33,14 @@ import yaml
 
 from lmcache_native import ops
 from lmcache_native.config import MAX_CONFIG_FILE_BYTES, LMCacheEngineConfig
-from lmcache_native.engine.keys import CacheKey, ChunkHasher, ChunkSpan, dtype_name, tokens_to_array
+from lmcache_native.engine.keys import (
+    CacheKey,
+    ChunkHasher,
+    ChunkSpan,
+    KeyExtras,
+    dtype_name,
+    tokens_to_array,
+)
 from lmcache_native.engine.memory import ChunkBuffer, ChunkBufferPool
 from lmcache_native.engine.metadata import EngineMetadata, RetrieveResult, StoreResult
 from lmcache_native.errors import (
@@ -342,8 +349,36 @@ class CacheEngine:
             return dtype_name(self._metadata.kv_dtype)
         raise NoKVCacheError("No KV cache is registered and metadata has no kv_dtype")
 
-    def _spans(self, tokens: np.ndarray, save_unfull: bool) -> list[ChunkSpan]:
-        return self._hasher.spans(tokens, self._chunk_size, save_unfull)
+    def _spans(
+        self,
+        tokens: np.ndarray,
+        save_unfull: bool,
+        extras: KeyExtras | None = None,
+        offset: int = 0,
+        prev_hash: str | None = None,
+    ) -> list[ChunkSpan]:
+        return self._hasher.spans(
+            tokens, self._chunk_size, save_unfull, extras, offset=offset, prev_hash=prev_hash
+        )
+
+    def chunk_spans(
+        self,
+        tokens: Sequence[int] | torch.Tensor,
+        extras: KeyExtras | None = None,
+        offset: int = 0,
+        prev_hash: str | None = None,
+    ) -> list[ChunkSpan]:
+        """The chunks of ``tokens`` (from request position ``offset``) and their hashes.
+
+        See :meth:`~lmcache_native.engine.keys.ChunkHasher.spans`.
+        """
+        return self._spans(
+            tokens_to_array(tokens),
+            bool(self._config.get("save_unfull_chunk")),
+            extras,
+            offset,
+            prev_hash,
+        )
 
     def _keys(self, spans: Sequence[ChunkSpan], dtype: str) -> list[str]:
         m = self._metadata
@@ -352,9 +387,16 @@ class CacheEngine:
             for s in spans
         ]
 
-    def chunk_keys(self, tokens: Sequence[int] | torch.Tensor) -> list[str]:
-        """The keys of ``tokens``' chunks (the tail only when ``save_unfull_chunk``)."""
-        spans = self._spans(tokens_to_array(tokens), bool(self._config.get("save_unfull_chunk")))
+    def chunk_keys(
+        self, tokens: Sequence[int] | torch.Tensor, extras: KeyExtras | None = None
+    ) -> list[str]:
+        """The keys of ``tokens``' chunks (the tail only when ``save_unfull_chunk``).
+
+        ``extras`` (salt, LoRA adapter, multimodal items) are part of the keys when given.
+        """
+        spans = self._spans(
+            tokens_to_array(tokens), bool(self._config.get("save_unfull_chunk")), extras
+        )
         return self._keys(spans, self._key_dtype(self._kv))
 
     # -- slots ---------------------------------------------------------------------------------
@@ -413,17 +455,32 @@ class CacheEngine:
     # -- store ---------------------------------------------------------------------------------
 
     def store(
-        self, tokens: Sequence[int] | torch.Tensor, slot_mapping: torch.Tensor
+        self,
+        tokens: Sequence[int] | torch.Tensor,
+        slot_mapping: torch.Tensor,
+        extras: KeyExtras | None = None,
+        *,
+        offset: int = 0,
+        prev_hash: str | None = None,
     ) -> StoreResult:
         """Copies the KV of ``tokens`` out of the paged cache into storage (see
-        :meth:`_store`); the call's time and speed are recorded."""
+        :meth:`_store`); the call's time and speed are recorded.
+
+        ``extras`` are mixed into the keys; ``offset``/``prev_hash`` continue a request's chain
+        from a chunk boundary (``tokens`` then start at request position ``offset``).
+        """
         t0 = time.perf_counter()
-        result = self._store(tokens, slot_mapping)
+        result = self._store(tokens, slot_mapping, extras, offset, prev_hash)
         self.metrics.observe_op("store", time.perf_counter() - t0, result.num_stored_tokens)
         return result
 
     def _store(
-        self, tokens: Sequence[int] | torch.Tensor, slot_mapping: torch.Tensor
+        self,
+        tokens: Sequence[int] | torch.Tensor,
+        slot_mapping: torch.Tensor,
+        extras: KeyExtras | None = None,
+        offset: int = 0,
+        prev_hash: str | None = None,
     ) -> StoreResult:
         """Copies the KV of ``tokens`` out of the paged cache into storage.
 
@@ -446,7 +503,7 @@ class CacheEngine:
         kv, arr, slots = self._begin_copy("store", tokens, slot_mapping)
         n = int(arr.shape[0])
         save_unfull = bool(self._config.get("save_unfull_chunk"))
-        spans = self._spans(arr, save_unfull)
+        spans = self._spans(arr, save_unfull, extras, offset, prev_hash)
         self.statistics.record(s.chunk_hash for s in spans)
         tail_dropped = not save_unfull and n % self._chunk_size != 0
         if not spans:
@@ -575,20 +632,20 @@ class CacheEngine:
 
     # -- retrieve ------------------------------------------------------------------------------
 
-    def lookup(self, tokens: Sequence[int] | torch.Tensor) -> int:
+    def lookup(self, tokens: Sequence[int] | torch.Tensor, extras: KeyExtras | None = None) -> int:
         """How many leading tokens of ``tokens`` are stored (whole chunks, across tiers).
 
-        While frozen only the CPU tier counts.
+        While frozen only the CPU tier counts. ``extras`` are part of the keys when given.
         """
         t0 = time.perf_counter()
-        hit_tokens = self._lookup(tokens)
+        hit_tokens = self._lookup(tokens, extras)
         self.metrics.observe_op("lookup", time.perf_counter() - t0, hit_tokens)
         return hit_tokens
 
-    def _lookup(self, tokens: Sequence[int] | torch.Tensor) -> int:
+    def _lookup(self, tokens: Sequence[int] | torch.Tensor, extras: KeyExtras | None = None) -> int:
         self.metrics.requests.labels(op="lookup").inc()
         arr = tokens_to_array(tokens)
-        spans = self._spans(arr, bool(self._config.get("save_unfull_chunk")))
+        spans = self._spans(arr, bool(self._config.get("save_unfull_chunk")), extras)
         keys = self._keys(spans, self._key_dtype(self._kv))
         hit = self._manager.lookup_prefix(keys)
         hit_tokens = spans[hit - 1].end if hit else 0
@@ -597,18 +654,25 @@ class CacheEngine:
         return hit_tokens
 
     def retrieve(
-        self, tokens: Sequence[int] | torch.Tensor, slot_mapping: torch.Tensor
+        self,
+        tokens: Sequence[int] | torch.Tensor,
+        slot_mapping: torch.Tensor,
+        extras: KeyExtras | None = None,
     ) -> RetrieveResult:
         """Loads the longest stored prefix of ``tokens`` into the paged cache (see
-        :meth:`_retrieve`); the tokens asked for, the call's time and speed are recorded."""
+        :meth:`_retrieve`); the tokens asked for, the call's time and speed are recorded.
+        ``extras`` are part of the keys when given."""
         t0 = time.perf_counter()
-        result = self._retrieve(tokens, slot_mapping)
+        result = self._retrieve(tokens, slot_mapping, extras)
         self.metrics.observe_op("retrieve", time.perf_counter() - t0, result.num_retrieved)
         self.metrics.retrieve_requested_tokens.inc(result.num_tokens)
         return result
 
     def _retrieve(
-        self, tokens: Sequence[int] | torch.Tensor, slot_mapping: torch.Tensor
+        self,
+        tokens: Sequence[int] | torch.Tensor,
+        slot_mapping: torch.Tensor,
+        extras: KeyExtras | None = None,
     ) -> RetrieveResult:
         """Loads the longest stored prefix of ``tokens`` into the paged cache.
 
@@ -633,7 +697,7 @@ class CacheEngine:
         kv, arr, slots = self._begin_copy("retrieve", tokens, slot_mapping)
         n = int(arr.shape[0])
         mask = torch.zeros(n, dtype=torch.bool)
-        spans = self._spans(arr, bool(self._config.get("save_unfull_chunk")))
+        spans = self._spans(arr, bool(self._config.get("save_unfull_chunk")), extras)
         keys = self._keys(spans, self._key_dtype(kv))
         min_tokens = int(self._config.get("min_retrieve_tokens"))
         if min_tokens > 0:

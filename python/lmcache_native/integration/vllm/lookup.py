@@ -10,8 +10,13 @@ worker also registers its engine in a process-local table and the client calls i
 
 Wire format (little-endian), one request and one reply per round trip on a kept-open connection::
 
-    request   u32 magic "LMCL" | u32 num_tokens | num_tokens * i64 token ids
+    request   u32 magic "LMC2" | u32 num_tokens | u32 req_id_len | u32 extras_len
+              | num_tokens * i64 token ids | req_id (UTF-8) | extras (UTF-8 JSON, may be empty)
     reply     i64 hit_tokens   | i64 min_retrieve_tokens
+
+``req_id`` names the request whose lookup this is (the worker holds the chunks it reported for
+that request until its load); ``extras`` are the request's key extras
+(:class:`~lmcache_native.engine.keys.KeyExtras`: cache salt, LoRA adapter, multimodal items).
 
 The reply carries the worker's current ``min_retrieve_tokens`` so that a runtime change through
 the worker's admin API reaches the scheduler's decision.
@@ -20,6 +25,7 @@ the worker's admin API reaches the scheduler's decision.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -31,16 +37,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lmcache_native.engine.keys import KeyExtras
+
 logger = logging.getLogger("lmcache_native.integration.vllm")
 
-_MAGIC = 0x4C434D4C  # "LMCL"
-_REQ = struct.Struct("<II")
+_MAGIC = 0x32434D4C  # "LMC2"
+_REQ = struct.Struct("<IIII")
 _REPLY = struct.Struct("<qq")
 # NOTE: bounds one request (a prompt of 16M tokens); larger is a protocol error, not a prompt.
 MAX_LOOKUP_TOKENS = 1 << 24
+MAX_LOOKUP_TEXT = 1 << 20  # request id and extras, bytes each
 
-#: Signature of what a worker answers: token ids -> (hit tokens, min_retrieve_tokens).
-LookupFn = Callable[[Sequence[int]], tuple[int, int]]
+#: Signature of what a worker answers: (request id, token ids, key extras) -> (hit tokens,
+#: min_retrieve_tokens).
+LookupFn = Callable[[str, Sequence[int], KeyExtras | None], tuple[int, int]]
 
 _local_lock = threading.Lock()
 _local: dict[tuple[str, int], LookupFn] = {}
@@ -146,18 +156,29 @@ class LookupServer:
     def _handle(self, conn: socket.socket) -> None:
         try:
             while True:
-                magic, n = _REQ.unpack(_recv_exact(conn, _REQ.size))
-                if magic != _MAGIC or n > MAX_LOOKUP_TOKENS:
+                magic, n, n_id, n_extras = _REQ.unpack(_recv_exact(conn, _REQ.size))
+                if (
+                    magic != _MAGIC
+                    or n > MAX_LOOKUP_TOKENS
+                    or n_id > MAX_LOOKUP_TEXT
+                    or n_extras > MAX_LOOKUP_TEXT
+                ):
                     logger.warning("lookup server %s: bad request header, closing", self.path)
                     return
                 tokens = np.frombuffer(_recv_exact(conn, 8 * n), dtype="<i8").tolist()
+                req_id = _recv_exact(conn, n_id).decode("utf-8", "replace")
+                raw_extras = _recv_exact(conn, n_extras)
                 try:
-                    hit, min_retrieve = self._fn(tokens)
+                    extras = KeyExtras.from_dict(json.loads(raw_extras)) if raw_extras else None
+                    hit, min_retrieve = self._fn(req_id, tokens, extras)
                 except Exception:  # noqa: BLE001 - a failed lookup is a miss, never a crash
                     logger.exception("lookup failed; answering 0 tokens")
                     hit, min_retrieve = 0, 0
                 conn.sendall(_REPLY.pack(int(hit), int(min_retrieve)))
         except (ConnectionError, OSError):
+            return
+        except Exception:  # noqa: BLE001 - the server thread never dies of one connection
+            logger.exception("lookup server %s: connection failed", self.path)
             return
         finally:
             with self._conns_lock:
@@ -206,7 +227,9 @@ class LookupClient:
         self._socks: dict[int, socket.socket] = {}
         self._warned: set[int] = set()
 
-    def _remote(self, rank: int, tokens: Sequence[int]) -> tuple[int, int]:
+    def _remote(
+        self, rank: int, req_id: str, tokens: Sequence[int], extras: KeyExtras | None
+    ) -> tuple[int, int]:
         sock = self._socks.get(rank)
         if sock is None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -218,8 +241,10 @@ class LookupClient:
                 raise
             self._socks[rank] = sock
         payload = np.asarray(tokens, dtype="<i8").tobytes()
+        rid = req_id.encode("utf-8")
+        ex = b"" if extras is None or extras.empty else json.dumps(extras.to_dict()).encode()
         try:
-            sock.sendall(_REQ.pack(_MAGIC, len(tokens)) + payload)
+            sock.sendall(_REQ.pack(_MAGIC, len(tokens), len(rid), len(ex)) + payload + rid + ex)
             hit, min_retrieve = _REPLY.unpack(_recv_exact(sock, _REPLY.size))
         except OSError:
             self._socks.pop(rank, None)
@@ -227,10 +252,18 @@ class LookupClient:
             raise
         return hit, min_retrieve
 
-    def lookup(self, tokens: Sequence[int]) -> tuple[int, int]:
+    def lookup(
+        self, tokens: Sequence[int], req_id: str = "", extras: KeyExtras | None = None
+    ) -> tuple[int, int]:
         """The prefix (in tokens) that every worker holds, and the largest min_retrieve_tokens.
 
-        A worker that cannot be reached counts as holding nothing (logged once per rank).
+        Args:
+            tokens: the prompt's token ids.
+            req_id: the request asking (workers hold what they report for it until its load).
+            extras: the request's key extras.
+
+        A worker that cannot be reached, or that fails, counts as holding nothing (logged once
+        per rank).
         """
         hit: int | None = None
         min_retrieve = 0
@@ -238,8 +271,12 @@ class LookupClient:
             with _local_lock:
                 fn = _local.get((self.engine_id, rank))
             try:
-                h, m = fn(tokens) if fn is not None else self._remote(rank, tokens)
-            except (OSError, ConnectionError) as e:
+                h, m = (
+                    fn(req_id, tokens, extras)
+                    if fn is not None
+                    else self._remote(rank, req_id, tokens, extras)
+                )
+            except Exception as e:  # noqa: BLE001 - a lookup that fails is a miss
                 if rank not in self._warned:
                     self._warned.add(rank)
                     logger.warning(

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import torch
 from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorMetadata
 
+from lmcache_native.engine.keys import KeyExtras
+
 
 def slot_mapping(block_ids: list[int], block_size: int, num_tokens: int) -> torch.Tensor:
     """Slots of a request's first ``num_tokens`` tokens: ``block_id * block_size + offset``.
@@ -46,6 +48,7 @@ class LoadSpec:
         block_ids: the request's blocks, in token order.
         start: first token position to write (vLLM already holds ``[0, start)``).
         end: one past the last token position to write (``end <= len(token_ids)``).
+        extras: the request's key extras (salt, LoRA adapter, multimodal items), if any.
     """
 
     req_id: str
@@ -53,6 +56,7 @@ class LoadSpec:
     block_ids: list[int]
     start: int
     end: int
+    extras: KeyExtras | None = None
 
 
 @dataclass
@@ -64,12 +68,14 @@ class SaveSpec:
         token_ids: every token whose KV is in the cache after this step (prompt, then decode).
         block_ids: the request's blocks, in token order.
         num_prompt_tokens: how many of ``token_ids`` are prompt tokens.
+        extras: the request's key extras (salt, LoRA adapter, multimodal items), if any.
     """
 
     req_id: str
     token_ids: list[int]
     block_ids: list[int]
     num_prompt_tokens: int
+    extras: KeyExtras | None = None
 
 
 @dataclass

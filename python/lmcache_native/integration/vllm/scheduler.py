@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from lmcache_native.config import LMCacheEngineConfig
+from lmcache_native.engine.keys import KeyExtras, MMPlaceholder
 from lmcache_native.integration.vllm.lookup import LookupClient
 from lmcache_native.integration.vllm.metadata import (
     LMCacheNativeConnectorMetadata,
@@ -31,6 +32,33 @@ if TYPE_CHECKING:
     from vllm.v1.request import Request
 
 logger = logging.getLogger("lmcache_native.integration.vllm")
+
+
+def request_extras(request: Request) -> KeyExtras | None:
+    """What besides its token ids decides ``request``'s KV: cache salt, LoRA adapter, images.
+
+    ``None`` for a plain request (its chunk keys are the plain token keys).
+    """
+    salt = getattr(request, "cache_salt", None) or None
+    lora = getattr(request, "lora_request", None)
+    mm = tuple(
+        sorted(
+            (
+                MMPlaceholder(
+                    str(f.identifier), int(f.mm_position.offset), int(f.mm_position.length)
+                )
+                for f in (getattr(request, "mm_features", None) or ())
+            ),
+            key=lambda m: (m.offset, m.length, m.identifier),
+        )
+    )
+    extras = KeyExtras(
+        cache_salt=str(salt) if salt is not None else None,
+        lora_name=str(lora.lora_name) if lora is not None else None,
+        lora_id=int(lora.lora_int_id) if lora is not None else None,
+        mm=mm,
+    )
+    return None if extras.empty else extras
 
 
 @dataclass
@@ -47,6 +75,7 @@ class _Tracker:
     """A running request as the scheduler-side connector follows it."""
 
     request: Request
+    extras: KeyExtras | None = None
     block_ids: list[int] = field(default_factory=list)
     saved_upto: int = 0  # tokens already handed to a SaveSpec
     prompt_done: bool = False  # the prompt's end was handed to a SaveSpec
@@ -96,12 +125,8 @@ class SchedulerSide:
 
     def _cacheable(self, request: Request) -> bool:
         reason = None
-        if request.prompt_token_ids is None:
+        if request.prompt_token_ids is None or getattr(request, "prompt_embeds", None) is not None:
             reason = "prompt given as embeddings"
-        elif request.mm_features:
-            reason = "multimodal inputs (token ids do not identify the content)"
-        elif request.lora_request is not None:
-            reason = "LoRA adapter (KV depends on the adapter)"
         if reason is not None and reason not in self._skip_reason_logged:
             self._skip_reason_logged.add(reason)
             logger.info("LMCacheNativeConnector: not caching requests with %s", reason)
@@ -114,7 +139,7 @@ class SchedulerSide:
             return 0
         prompt = request.prompt_token_ids
         assert prompt is not None
-        hit, min_retrieve = self.client.lookup(prompt)
+        hit, min_retrieve = self.client.lookup(prompt, request.request_id, request_extras(request))
         self.stats.lookups += 1
         self.stats.lookup_hit_tokens += hit
         # NOTE: vLLM must compute at least the last prompt token to sample the next one.
@@ -137,7 +162,7 @@ class SchedulerSide:
             return
         tracker = self._trackers.get(req_id)
         if tracker is None:
-            tracker = _Tracker(request=request)
+            tracker = _Tracker(request=request, extras=request_extras(request))
             self._trackers[req_id] = tracker
         tracker.request = request
         tracker.block_ids = list(blocks.get_block_ids()[0])
@@ -164,6 +189,7 @@ class SchedulerSide:
             block_ids=tracker.block_ids,
             start=start,
             end=end,
+            extras=tracker.extras,
         )
         self.stats.claimed_tokens += num_external_tokens
         self.stats.load_requests += 1
@@ -185,6 +211,7 @@ class SchedulerSide:
             token_ids=list(request.all_token_ids[:computed]),
             block_ids=list(tracker.block_ids),
             num_prompt_tokens=num_prompt,
+            extras=tracker.extras,
         )
 
     def build_connector_meta(

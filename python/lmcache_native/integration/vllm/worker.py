@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from lmcache_native.config import LMCacheEngineConfig
 from lmcache_native.engine import CacheEngine, EngineMetadata
+from lmcache_native.engine.keys import KeyExtras
 from lmcache_native.integration.vllm.layout import (
     CPU_BACKENDS,
     LayerGeometry,
@@ -179,7 +180,9 @@ def cpu_attention_isa(vllm_config: VllmConfig, layer: Any, spec: Any) -> str | N
         return None
 
 
-def verified_prefix(engine: CacheEngine, tokens: Sequence[int]) -> int:
+def verified_prefix(
+    engine: CacheEngine, tokens: Sequence[int], extras: KeyExtras | None = None
+) -> int:
     """How many leading tokens of ``tokens`` (a stored prefix) the engine can really load.
 
     Chunks in the CPU tier count as they are; any other chunk is fetched through the storage
@@ -189,7 +192,7 @@ def verified_prefix(engine: CacheEngine, tokens: Sequence[int]) -> int:
     cpu = storage.cpu
     chunk = int(engine.config.get("chunk_size"))
     verified = 0
-    for i, key in enumerate(engine.chunk_keys(tokens)):
+    for i, key in enumerate(engine.chunk_keys(tokens, extras)):
         if cpu is None or storage.is_bypassed(cpu.name) or not cpu.contains(key):
             got = storage.get(key)
             if got is None:
@@ -355,7 +358,9 @@ class WorkerSide:
 
     # -- lookups (called from the lookup server's threads) -----------------------------------
 
-    def lookup(self, tokens: Sequence[int]) -> tuple[int, int]:
+    def lookup(
+        self, req_id: str, tokens: Sequence[int], extras: KeyExtras | None = None
+    ) -> tuple[int, int]:
         """(loadable prefix length in tokens, current ``min_retrieve_tokens``).
 
         A chunk found only below the CPU tier (disk, remote) is read now, which verifies its
@@ -368,8 +373,8 @@ class WorkerSide:
         self.stats.lookups += 1
         self._last_lookup_time = time.time()
         min_retrieve = int(self.config.get("min_retrieve_tokens"))
-        hit = int(engine.lookup(tokens))
-        loadable = verified_prefix(engine, tokens[:hit]) if hit else 0
+        hit = int(engine.lookup(tokens, extras))
+        loadable = verified_prefix(engine, tokens[:hit], extras) if hit else 0
         if self.metrics is not None:
             self.metrics.lookups.inc()
             self.metrics.lookup_tokens.inc(loadable)
@@ -414,7 +419,7 @@ class WorkerSide:
         slots[: spec.start] = -1
         slots[spec.end :] = -1
         t0 = time.perf_counter()
-        result = self.engine.retrieve(spec.token_ids, slots)
+        result = self.engine.retrieve(spec.token_ids, slots, spec.extras)
         _sync(self._device)
         dt = time.perf_counter() - t0
         window = result.mask[spec.start : spec.end].to(torch.bool)
@@ -454,7 +459,7 @@ class WorkerSide:
         tokens = spec.token_ids[:n]
         slots = slot_mapping(spec.block_ids, self.block_size, n)
         t0 = time.perf_counter()
-        result = self.engine.store(tokens, slots)
+        result = self.engine.store(tokens, slots, spec.extras)
         dt = time.perf_counter() - t0
         stored = int(result.num_stored_tokens)
         self.stats.store_requests += 1
