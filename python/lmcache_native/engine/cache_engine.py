@@ -484,8 +484,10 @@ class CacheEngine:
     ) -> StoreResult:
         """Copies the KV of ``tokens`` out of the paged cache into storage.
 
-        Only chunks not yet stored (in any active tier) are copied. The last chunk is stored
-        only when it is full or ``save_unfull_chunk`` is on. A chunk with a padding slot (-1)
+        Chunks the CPU tier holds are skipped; a chunk only a lower tier lists is copied again
+        and that tier's copy rewritten (it was not loaded from there, so it may be corrupt or
+        gone); without a CPU tier, chunks any active tier lists are skipped. The last chunk is
+        stored only when it is full or ``save_unfull_chunk`` is on. A chunk with a padding slot (-1)
         ends the store (its KV is not in the cache).
 
         Args:
@@ -516,7 +518,8 @@ class CacheEngine:
             self.metrics.skipped_stores.labels(reason=unwritable).inc(len(spans))
             return StoreResult(n, 0, len(spans), unwritable)
         keys = self._keys(spans, self._key_dtype(kv))
-        present = self._manager.contains_many(keys)
+        present, rewrite_flags = self._manager.store_plan(keys)
+        rewrite = {k for k, r in zip(keys, rewrite_flags, strict=True) if r}
         stored_tokens = 0
         skipped = 0
         reason: str | None = None
@@ -539,7 +542,9 @@ class CacheEngine:
                     # NOTE: the pool is full and the batch holds buffers the CPU tier cannot
                     # evict yet: store them first, then ask again (as one chunk at a time would).
                     todo, batch = batch, []
-                    done, missed, reason = self._store_batch(kv, slot_mapping_dev, todo, reason)
+                    done, missed, reason = self._store_batch(
+                        kv, slot_mapping_dev, todo, reason, rewrite
+                    )
                     stored_tokens += done
                     skipped += missed
                     buf = self._allocate(shape, kv.paged.dtype)
@@ -552,7 +557,7 @@ class CacheEngine:
                 buf.unref()
             raise
         if batch:
-            done, missed, reason = self._store_batch(kv, slot_mapping_dev, batch, reason)
+            done, missed, reason = self._store_batch(kv, slot_mapping_dev, batch, reason, rewrite)
             stored_tokens += done
             skipped += missed
         if stop is not None:
@@ -572,6 +577,7 @@ class CacheEngine:
         slot_mapping: torch.Tensor,
         batch: list[tuple[ChunkSpan, str, ChunkBuffer]],
         reason: str | None,
+        rewrite: set[str] | None = None,
     ) -> tuple[int, int, str | None]:
         """Gathers ``batch``'s chunks in one native call and puts each into storage.
 
@@ -597,7 +603,7 @@ class CacheEngine:
             )
             stored_tokens = stored_bytes = skipped = 0
             for span, key, buf in batch:
-                written = self._manager.put(key, buf)
+                written = self._manager.put(key, buf, rewrite=bool(rewrite) and key in rewrite)
                 buf.unref()
                 released += 1
                 if not written:

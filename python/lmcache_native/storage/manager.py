@@ -8,6 +8,9 @@ Tier order is LocalCPUBackend -> LocalDiskBackend -> RemoteBackend (whichever ex
 - ``get`` asks the tiers in order, stops at the first hit and promotes a lower-tier hit into
   the CPU tier.
 - ``lookup_prefix`` is the longest run of leading keys each stored in some tier.
+- ``store_plan`` tells a store which chunks it may skip: those the CPU tier holds. A chunk that
+  only a lower tier lists is stored again (the CPU tier takes it, and the lower tier's copy is
+  rewritten, since a store of it means it was not loaded from there: it may be corrupt or gone).
 - A bypassed tier is skipped by contains/put/get (and by queued writes not yet done).
 - While frozen, ``put`` stores nothing and contains/get/lookup use the CPU tier only.
 """
@@ -68,7 +71,7 @@ class StorageManager:
         self.dropped_writes = 0
         self.failed_allocations = 0
         self._async = async_writes and bool(self._lower)
-        self._queue: queue.Queue[tuple[str, ChunkBufferLike] | None] = queue.Queue(
+        self._queue: queue.Queue[tuple[str, ChunkBufferLike, bool] | None] = queue.Queue(
             maxsize=max(1, writer_queue_size)
         )
         # Writes queued and writes finished, in queue order (one writer): flush() waits for the
@@ -201,6 +204,35 @@ class StorageManager:
                 return i
         return len(keys)
 
+    def store_plan(self, keys: Sequence[str]) -> tuple[list[bool], list[bool]]:
+        """What a store of ``keys`` must do: ``(skip, rewrite)`` per key.
+
+        A key is skipped only when the hot tier holds it: the CPU tier (when active with its
+        hot cache on), else the first active tier. A key the hot tier lacks but a lower tier
+        lists is written again everywhere (the lower tier's copy rewritten: the chunk is being
+        stored because it was not loaded from there, so that copy may be corrupt or gone), so
+        one store repairs a prefix whose lower-tier copies are damaged.
+        """
+        n = len(keys)
+        tiers = self._active(for_read=False)
+        cpu = self.cpu
+        if cpu is not None and cpu in tiers and not cpu.hot_cache_enabled:
+            tiers.remove(cpu)
+        if not tiers:
+            return [False] * n, [False] * n
+        hot = tiers[0]
+        skip = list(hot.batched_contains(keys))
+        rewrite = [False] * n
+        for tier in tiers:
+            if tier is hot:
+                continue
+            todo = [i for i in range(n) if not skip[i] and not rewrite[i]]
+            if not todo:
+                break
+            for i, hit in zip(todo, tier.batched_contains([keys[i] for i in todo]), strict=True):
+                rewrite[i] = hit
+        return skip, rewrite
+
     def get(self, key: str) -> tuple[ChunkBufferLike, str] | None:
         """The chunk and the name of the tier it came from, or ``None``.
 
@@ -217,10 +249,11 @@ class StorageManager:
             return buf, tier.name
         return None
 
-    def put(self, key: str, buf: ChunkBufferLike) -> list[str]:
+    def put(self, key: str, buf: ChunkBufferLike, rewrite: bool = False) -> list[str]:
         """Stores ``buf`` into every active tier (disk/remote in the background).
 
         The caller keeps its reference. Returns the tiers written or queued (empty when frozen).
+        With ``rewrite``, a lower tier that already lists ``key`` has its copy replaced.
         """
         if self._frozen:
             return []
@@ -237,12 +270,12 @@ class StorageManager:
             return done
         if not self._async:
             for tier in lower:
-                if tier.put(key, buf):
+                if self._put_lower(tier, key, buf, rewrite):
                     done.append(tier.name)
             return done
         with self._written:
             try:
-                self._queue.put_nowait((key, buf.ref()))
+                self._queue.put_nowait((key, buf.ref(), rewrite))
             except queue.Full:
                 buf.unref()
                 with self._lock:
@@ -250,6 +283,12 @@ class StorageManager:
                 return done
             self._queued_count += 1
         return done + [t.name for t in lower]
+
+    @staticmethod
+    def _put_lower(tier: StorageBackend, key: str, buf: ChunkBufferLike, rewrite: bool) -> bool:
+        if rewrite and tier.contains(key):
+            tier.remove(key)
+        return tier.put(key, buf)
 
     def remove(self, key: str) -> int:
         """Deletes ``key`` from every tier; returns how many tiers held it."""
@@ -275,13 +314,13 @@ class StorageManager:
             try:
                 if item is None:
                     return
-                key, buf = item
+                key, buf, rewrite = item
                 try:
                     for tier in self._lower:
                         if self.is_bypassed(tier.name):
                             continue
                         try:
-                            tier.put(key, buf)
+                            self._put_lower(tier, key, buf, rewrite)
                         except Exception:  # noqa: BLE001 - a tier bug must not kill the writer
                             logger.exception("StorageManager: %s.put(%s) failed", tier.name, key)
                             with self._written:
