@@ -172,183 +172,163 @@ class LMCacheCollector(Collector):
         values = [m.labels.get(k, "") for k in LMCACHE_LABELS]
         created = m.created
 
-        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-            fam = CounterMetricFamily(f"lmcache:{name}", doc, labels=labelnames)
-            fam.add_metric(values, value, created=created)
-            return fam
-
-        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            fam = GaugeMetricFamily(f"lmcache:{name}", doc, labels=labelnames)
-            fam.add_metric(values, value)
-            return fam
-
-        def histogram(name: str, doc: str, hist: Histogram) -> HistogramMetricFamily:
-            buckets, total = _histogram_parts(hist)
-            fam = HistogramMetricFamily(f"lmcache:{name}", doc, labels=labelnames)
-            fam.add_metric(values, buckets, total)
-            return fam
-
         tiers = m.tier_stats()
         remote = [st for name, st in tiers.items() if name not in (CPU_TIER, DISK_TIER)]
         requested = _counter_value(m.retrieve_requested_tokens)
         hit = _counter_value(m.retrieved_tokens)
         lookup_tokens = _counter_value(m.lookup_tokens)
         lookup_hits = _counter_value(m.lookup_hit_tokens)
-        extra = m.extra_gauges()
-
-        yield counter(
-            "num_retrieve_requests",
-            "Total number of retrieve requests sent to lmcache",
-            _counter_value(m.requests, op="retrieve"),
-        )
-        yield counter(
-            "num_store_requests",
-            "Total number of store requests sent to lmcache",
-            _counter_value(m.requests, op="store"),
-        )
-        yield counter(
-            "num_lookup_requests",
-            "Total number of lookup requests sent to lmcache",
-            _counter_value(m.requests, op="lookup"),
-        )
-        yield counter(
-            "num_requested_tokens", "Total number of tokens requested from lmcache", requested
-        )
-        yield counter("num_hit_tokens", "Total number of tokens hit in lmcache", hit)
-        yield counter(
-            "num_stored_tokens",
-            "Total number of tokens stored in lmcache including evicted ones",
-            _counter_value(m.stored_tokens),
-        )
-        yield counter(
-            "num_lookup_tokens",
-            "Total number of tokens requested in lookup from lmcache",
-            lookup_tokens,
-        )
-        yield counter(
-            "num_lookup_hits", "Total number of tokens hit in lookup from lmcache", lookup_hits
-        )
-        yield counter(
-            "num_remote_read_requests",
-            "Total number of requests read from remote backends in lmcache",
-            float(sum(st.get("hits", 0) + st.get("misses", 0) for st in remote)),
-        )
-        yield counter(
-            "num_remote_read_bytes",
-            "Total number of bytes read from remote backends in lmcache",
-            float(sum(st.get("get_bytes", 0) for st in remote)),
-        )
-        yield counter(
-            "num_remote_write_requests",
-            "Total number of requests write to remote backends in lmcache",
-            float(sum(st.get("puts", 0) + st.get("rejected_puts", 0) for st in remote)),
-        )
-        yield counter(
-            "num_remote_write_bytes",
-            "Total number of bytes write to remote backends in lmcache",
-            float(sum(st.get("put_bytes", 0) for st in remote)),
-        )
-        yield counter(
-            "local_cpu_evict_count",
-            "Total number of evict in local cpu backend",
-            float(tiers.get(CPU_TIER, {}).get("evictions", 0)),
-        )
-        yield gauge(
-            "retrieve_hit_rate",
-            "Hit rate of lmcache retrieve requests (since start or the last reset)",
-            hit / requested if requested > 0 else 0.0,
-        )
-        yield gauge(
-            "lookup_hit_rate",
-            "Hit rate of lmcache lookup requests (since start or the last reset)",
-            lookup_hits / lookup_tokens if lookup_tokens > 0 else 0.0,
-        )
-        yield gauge(
-            "local_cache_usage",
-            "Local cache usage (bytes) of lmcache",
-            float(tiers.get(CPU_TIER, {}).get("used_bytes", 0)),
-        )
-        yield gauge(
-            "remote_cache_usage",
-            "Remote cache usage (bytes) of lmcache",
-            float(sum(st.get("used_bytes", 0) for st in remote)),
-        )
-        yield gauge(
-            "local_storage_usage",
-            "Local storage usage (bytes) of lmcache",
-            float(tiers.get(DISK_TIER, {}).get("used_bytes", 0)),
-        )
-        dropped = extra.get("write_queue_dropped", (0.0, "", True))[0]
-        yield gauge(
-            "put_failed_count",
-            "The number of put failed",
-            float(sum(st.get("rejected_puts", 0) for st in tiers.values())) + float(dropped),
-        )
-        yield histogram(
-            "time_to_retrieve", "Time to retrieve from lmcache (seconds)", m.retrieve_seconds
-        )
-        yield histogram("time_to_store", "Time to store to lmcache (seconds)", m.store_seconds)
-        yield histogram("time_to_lookup", "Time to lookup in lmcache (seconds)", m.lookup_seconds)
-        yield histogram(
-            "retrieve_speed", "Retrieve speed of lmcache (tokens per second)", m.retrieve_speed
-        )
-        yield histogram("store_speed", "Store speed of lmcache (tokens per second)", m.store_speed)
-
+        dropped = m.extra_gauges().get("write_queue_dropped", (0.0, "", True))[0]
         healthy = m.health_fn() if m.health_fn is not None else True
-        yield gauge(
-            "lmcache_is_healthy",
-            "The health status of LMCache (1=healthy, 0=unhealthy)",
-            1.0 if healthy else 0.0,
+        st = (m.statistics_fn() if m.statistics_fn is not None else None) or {}
+
+        def remote_sum(*fields: str) -> float:
+            return float(sum(t.get(f, 0) for t in remote for f in fields))
+
+        def tier_field(tier: str, field: str) -> float:
+            return float(tiers.get(tier, {}).get(field, 0))
+
+        counters = (
+            ("num_retrieve_requests", "Retrieve calls", _counter_value(m.requests, op="retrieve")),
+            ("num_store_requests", "Store calls", _counter_value(m.requests, op="store")),
+            ("num_lookup_requests", "Lookup calls", _counter_value(m.requests, op="lookup")),
+            ("num_requested_tokens", "Tokens asked for by retrieve calls", requested),
+            ("num_hit_tokens", "Tokens retrieve calls loaded", hit),
+            (
+                "num_stored_tokens",
+                "Tokens stored (evicted ones included)",
+                _counter_value(m.stored_tokens),
+            ),
+            ("num_lookup_tokens", "Tokens asked for by lookup calls", lookup_tokens),
+            ("num_lookup_hits", "Tokens lookup calls found stored", lookup_hits),
+            (
+                "num_remote_read_requests",
+                "Chunk reads sent to the remote tier",
+                remote_sum("hits", "misses"),
+            ),
+            (
+                "num_remote_read_bytes",
+                "Payload bytes read from the remote tier",
+                remote_sum("get_bytes"),
+            ),
+            (
+                "num_remote_write_requests",
+                "Chunk writes sent to the remote tier",
+                remote_sum("puts", "rejected_puts"),
+            ),
+            (
+                "num_remote_write_bytes",
+                "Payload bytes written to the remote tier",
+                remote_sum("put_bytes"),
+            ),
+            (
+                "local_cpu_evict_count",
+                "Chunks the CPU tier evicted for room",
+                tier_field(CPU_TIER, "evictions"),
+            ),
         )
-        status = m.statistics_fn() if m.statistics_fn is not None else None
-        st = status or {}
-        yield gauge(
-            "chunk_statistics_enabled",
-            "Whether chunk statistics collection is enabled",
-            1.0 if st.get("is_collecting") else 0.0,
+        gauges: list[tuple[str, str, float]] = [
+            (
+                "retrieve_hit_rate",
+                "Loaded / requested tokens of retrieve calls (since start or the last reset)",
+                hit / requested if requested > 0 else 0.0,
+            ),
+            (
+                "lookup_hit_rate",
+                "Found / requested tokens of lookup calls (since start or the last reset)",
+                lookup_hits / lookup_tokens if lookup_tokens > 0 else 0.0,
+            ),
+            ("local_cache_usage", "Bytes held by the CPU tier", tier_field(CPU_TIER, "used_bytes")),
+            ("remote_cache_usage", "Bytes held by the remote tier", remote_sum("used_bytes")),
+            (
+                "local_storage_usage",
+                "Bytes held by the disk tier",
+                tier_field(DISK_TIER, "used_bytes"),
+            ),
+            (
+                "put_failed_count",
+                "Writes a tier refused plus writes the full writer queue dropped",
+                float(sum(t.get("rejected_puts", 0) for t in tiers.values())) + float(dropped),
+            ),
+            (
+                "lmcache_is_healthy",
+                "1 while every tier and critical thread is healthy, else 0",
+                1.0 if healthy else 0.0,
+            ),
+            (
+                "chunk_statistics_enabled",
+                "1 while chunk statistics are collected",
+                1.0 if st.get("is_collecting") else 0.0,
+            ),
+            (
+                "chunk_statistics_total_requests",
+                "Requests seen by chunk statistics",
+                float(st.get("requests", 0)),
+            ),
+            (
+                "chunk_statistics_total_chunks",
+                "Chunks seen by chunk statistics",
+                float(st.get("total_chunks", 0)),
+            ),
+            (
+                "chunk_statistics_unique_chunks",
+                "Distinct chunks seen (Bloom filter estimate)",
+                float(st.get("unique_chunks", 0)),
+            ),
+            (
+                "chunk_statistics_reuse_rate",
+                "Share of chunks seen before (0 to 1)",
+                float(st.get("reuse_rate", 0.0)),
+            ),
+            (
+                "chunk_statistics_bloom_filter_size_mb",
+                "Memory of the Bloom filter (MiB)",
+                float(st.get("bloom_filter_bytes", 0)) / (1024 * 1024),
+            ),
+        ]
+        histograms = (
+            ("time_to_retrieve", "Seconds per retrieve call", m.retrieve_seconds),
+            ("time_to_store", "Seconds per store call", m.store_seconds),
+            ("time_to_lookup", "Seconds per lookup call", m.lookup_seconds),
+            (
+                "retrieve_speed",
+                "Tokens per second of retrieve calls that loaded tokens",
+                m.retrieve_speed,
+            ),
+            ("store_speed", "Tokens per second of store calls that stored tokens", m.store_speed),
         )
-        yield gauge(
-            "chunk_statistics_total_requests",
-            "Total number of requests processed by chunk statistics",
-            float(st.get("requests", 0)),
-        )
-        yield gauge(
-            "chunk_statistics_total_chunks",
-            "Total number of chunks processed",
-            float(st.get("total_chunks", 0)),
-        )
-        yield gauge(
-            "chunk_statistics_unique_chunks",
-            "Number of unique chunks (estimated)",
-            float(st.get("unique_chunks", 0)),
-        )
-        yield gauge(
-            "chunk_statistics_reuse_rate",
-            "Chunk reuse rate (0.0 to 1.0)",
-            float(st.get("reuse_rate", 0.0)),
-        )
-        yield gauge(
-            "chunk_statistics_bloom_filter_size_mb",
-            "Bloom Filter memory usage in MB",
-            float(st.get("bloom_filter_bytes", 0)) / (1024 * 1024),
-        )
+        for name, doc, value in counters:
+            fam = CounterMetricFamily(f"lmcache:{name}", doc, labels=labelnames)
+            fam.add_metric(values, value, created=created)
+            yield fam
         threads = m.threads_fn() if m.threads_fn is not None else None
         if threads is not None:
-            yield gauge(
-                "periodic_threads_total_count",
-                "Total number of registered periodic threads",
-                float(threads["total_count"]),
-            )
-            yield gauge(
-                "periodic_threads_running_count",
-                "Number of running periodic threads",
-                float(threads["running_count"]),
-            )
-            yield gauge(
-                "periodic_threads_active_count",
-                "Number of active periodic threads (recently executed)",
-                float(threads["active_count"]),
-            )
+            gauges += [
+                (
+                    "periodic_threads_total_count",
+                    "Registered background threads",
+                    float(threads["total_count"]),
+                ),
+                (
+                    "periodic_threads_running_count",
+                    "Background threads running",
+                    float(threads["running_count"]),
+                ),
+                (
+                    "periodic_threads_active_count",
+                    "Background threads that ran recently",
+                    float(threads["active_count"]),
+                ),
+            ]
+        for name, doc, value in gauges:
+            fam_g = GaugeMetricFamily(f"lmcache:{name}", doc, labels=labelnames)
+            fam_g.add_metric(values, value)
+            yield fam_g
+        for name, doc, hist in histograms:
+            buckets, total = _histogram_parts(hist)
+            fam_h = HistogramMetricFamily(f"lmcache:{name}", doc, labels=labelnames)
+            fam_h.add_metric(values, buckets, total)
+            yield fam_h
 
 
 class EngineMetrics:
