@@ -17,7 +17,8 @@ def kv_row(layer: torch.Tensor, layout: str, kv: int, slot: int) -> torch.Tensor
 
     Args:
         layer: one layer's paged cache, shaped as ``layout`` requires.
-        layout: ``flash_attn``, ``flashinfer``, ``hnd``, ``mla`` or ``vllm_cpu``.
+        layout: ``flash_attn``, ``flashinfer``, ``hnd``, ``mla``, ``vllm_cpu`` or
+            ``vllm_cpu_amx``.
         kv: 0 for K, 1 for V (always 0 for ``mla``).
         slot: a valid slot (``block * block_size + offset``).
 
@@ -36,6 +37,14 @@ def kv_row(layer: torch.Tensor, layout: str, kv: int, slot: int) -> torch.Tensor
     if layout == "mla":
         b = layer.shape[1]
         return layer[slot // b, slot % b].reshape(-1).clone()
+    if layout == "vllm_cpu_amx":
+        n_heads, b, d = layer.shape[1], layer.shape[2], layer.shape[3] // 2
+        p = 4 // layer.element_size()
+        parts = []
+        for h in range(n_heads):
+            region = layer[slot // b, h].reshape(-1)
+            parts.append(region[[amx_index(kv, slot % b, dim, b, d, p) for dim in range(d)]])
+        return torch.cat(parts).clone()
     if layout == "vllm_cpu":
         n_heads, b, d2 = layer.shape[1], layer.shape[2], layer.shape[3]
         d = d2 // 2
@@ -74,8 +83,45 @@ def set_kv_row(layer: torch.Tensor, layout: str, kv: int, slot: int, row: torch.
                 region[: b * d].view(d, b)[:, slot % b] = row[h * d : (h + 1) * d]
             else:
                 region[b * d :].view(b, d)[slot % b] = row[h * d : (h + 1) * d]
+    elif layout == "vllm_cpu_amx":
+        n_heads, b, d = layer.shape[1], layer.shape[2], layer.shape[3] // 2
+        p = 4 // layer.element_size()
+        for h in range(n_heads):
+            region = layer[slot // b, h].view(-1)  # [block_size * 2 * head_size], contiguous
+            for dim in range(d):
+                region[amx_index(kv, slot % b, dim, b, d, p)] = row[h * d + dim]
     else:
         raise ValueError(f"unknown layout {layout!r}")
+
+
+def amx_index(kv: int, offset: int, dim: int, block_size: int, head_size: int, pack: int) -> int:
+    """Element index, inside one (block, head) region of vLLM's AMX-packed CPU cache, of token
+    ``offset`` of the block and dimension ``dim`` of K (``kv`` 0) or V (``kv`` 1).
+
+    vLLM's ``cpu_attn_reshape_and_cache`` for the ``amx`` ISA packs each region (``2 *
+    block_size * head_size`` elements, K first) for AMX B tiles of 16 rows of 64 bytes, with
+    ``pack = 4 / elem_size`` elements per 32-bit word:
+
+    - K, tokens in groups of 16: a group takes ``16 * head_size`` elements; inside it, the
+      ``pack`` dims of word ``dim // pack`` of the 16 tokens form one 64-byte row, token after
+      token.
+    - V, dims in groups of 16: a group takes ``16 * block_size`` elements; inside it, the
+      ``pack`` tokens of word ``offset // pack`` share one word per dim, so one 64-byte row holds
+      16 dims of ``pack`` tokens.
+    """
+    if kv == 0:
+        group, in_group = divmod(offset, 16)
+        word, in_word = divmod(dim, pack)
+        return group * 16 * head_size + word * 16 * pack + in_group * pack + in_word
+    group, in_group = divmod(dim, 16)
+    word, in_word = divmod(offset, pack)
+    return (
+        block_size * head_size
+        + group * 16 * block_size
+        + word * 16 * pack
+        + in_group * pack
+        + in_word
+    )
 
 
 def num_kv(layout: str) -> int:
