@@ -78,6 +78,7 @@ void kv_chunk_md5_cuda_py(const std::vector<int64_t>& layer_ptrs, int64_t layer_
   LMC_CHECK_ARG(chunk_size >= 1, "chunk_size must be >= 1, got ", chunk_size);
   LMC_CHECK_ARG(num_tokens >= 0, "num_tokens must be >= 0, got ", num_tokens);
   const PagedKVLayout layout = layout_from_flat(layout_flat);
+  require_plain_on_device(layout, /*device=*/0, "kv_chunk_md5");
   const int64_t num_layers = static_cast<int64_t>(layer_ptrs.size());
   std::vector<uint64_t> host_ptrs(layer_ptrs.begin(), layer_ptrs.end());
   const bool vectorized =

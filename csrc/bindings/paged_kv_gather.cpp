@@ -17,6 +17,7 @@ void paged_kv_gather(const std::vector<int64_t>& layer_ptrs, const std::vector<i
                      int64_t slot_mapping, int64_t num_tokens, int64_t slot_elem_size,
                      int64_t out, int64_t device, int64_t stream, int64_t scratch) {
   const PagedKVLayout l = layout_from_flat(layout);
+  require_plain_on_device(l, device, "paged_kv_gather");
   copy_binding::check_args(layer_ptrs, slot_mapping, num_tokens, slot_elem_size);
   copy_binding::check_chunks({out}, {num_tokens}, num_tokens, "out");
   if (num_tokens == 0) return;
@@ -47,6 +48,7 @@ void paged_kv_gather_chunks(const std::vector<int64_t>& layer_ptrs,
                             const std::vector<int64_t>& chunk_tokens, int64_t device,
                             int64_t stream, int64_t scratch) {
   const PagedKVLayout l = layout_from_flat(layout);
+  require_plain_on_device(l, device, "paged_kv_gather_chunks");
   copy_binding::check_args(layer_ptrs, slot_mapping, num_tokens, slot_elem_size);
   copy_binding::check_chunks(out_ptrs, chunk_tokens, num_tokens, "outs");
   if (num_tokens == 0) return;

@@ -18,6 +18,7 @@ void paged_kv_scatter(int64_t chunk, const std::vector<int64_t>& layer_ptrs,
                       int64_t num_tokens, int64_t slot_elem_size, int64_t device, int64_t stream,
                       int64_t scratch) {
   const PagedKVLayout l = layout_from_flat(layout);
+  require_plain_on_device(l, device, "paged_kv_scatter");
   copy_binding::check_args(layer_ptrs, slot_mapping, num_tokens, slot_elem_size);
   copy_binding::check_chunks({chunk}, {num_tokens}, num_tokens, "chunk");
   if (num_tokens == 0) return;
@@ -48,6 +49,7 @@ void paged_kv_scatter_chunks(const std::vector<int64_t>& chunk_ptrs,
                              int64_t num_tokens, int64_t slot_elem_size, int64_t device,
                              int64_t stream, int64_t scratch) {
   const PagedKVLayout l = layout_from_flat(layout);
+  require_plain_on_device(l, device, "paged_kv_scatter_chunks");
   copy_binding::check_args(layer_ptrs, slot_mapping, num_tokens, slot_elem_size);
   copy_binding::check_chunks(chunk_ptrs, chunk_tokens, num_tokens, "chunks");
   if (num_tokens == 0) return;

@@ -5,7 +5,8 @@
 // reader that walks its message's bytes straight out of the paged cache: a batch of 64-byte
 // blocks is handed to the transform as pointers into the cache where a block lies inside one
 // contiguous segment there, else copied into a small per-lane staging buffer first (blocks
-// across segment boundaries; vllm_cpu's transposed K, read through per-lane tiles).
+// across segment boundaries; vllm_cpu's transposed K and vllm_cpu_amx's packed K and V, read
+// through per-lane tiles filled with the layout's own index math).
 #include "kernels/kv_chunk_md5.h"
 
 #include <algorithm>
@@ -103,15 +104,18 @@ struct ContigReader {
 // of segments (kv, j, h): kv side, j-th valid slot of the chunk, head h (or the whole row when
 // every row is contiguous).
 struct MsgGeom {
+  PagedKVLayout layout;  // the element-level geometry (packed sides are read through it)
   int64_t num_kv;
   int64_t elem;          // bytes per element
   int64_t block_size;    // tokens per block
   int64_t seg_len;       // bytes per segment
   int64_t segs_per_row;  // 1 (whole rows contiguous) or num_heads
   bool strided[2];       // dims not contiguous (vllm_cpu K): read through tiles or by element
+  bool packed[2];        // two-level layout (vllm_cpu_amx): read through tiles only
+  std::vector<int64_t> dim_off[2];  // packed sides: layout.dim_part(kv, d) for every dim
   int64_t kv_off[2], block_stride[2], token_stride[2], head_stride[2], dim_stride[2];
 
-  explicit MsgGeom(const PagedKVLayout& l) {
+  explicit MsgGeom(const PagedKVLayout& l) : layout(l) {
     num_kv = l.num_kv;
     elem = l.elem_size;
     block_size = l.block_size;
@@ -124,6 +128,11 @@ struct MsgGeom {
       head_stride[kv] = l.head_stride[k] * elem;
       dim_stride[kv] = l.dim_stride[k] * elem;
       strided[kv] = !l.head_contiguous(k);
+      packed[kv] = l.packed(k);
+      if (packed[kv]) {
+        dim_off[kv].resize(static_cast<size_t>(l.head_size));
+        for (int64_t d = 0; d < l.head_size; ++d) dim_off[kv][d] = l.dim_part(k, d);
+      }
       rows = rows && l.row_contiguous(k);
     }
     segs_per_row = rows ? 1 : l.num_heads;
@@ -132,6 +141,7 @@ struct MsgGeom {
 
   int64_t message_len(int64_t nslots) const { return num_kv * nslots * segs_per_row * seg_len; }
 
+  // Start of segment (kv, slot, h) of a plain (not packed) kv side.
   const uint8_t* segment(const uint8_t* base, int kv, int64_t slot, int64_t h) const {
     const int64_t block = slot / block_size;
     const int64_t offset = slot - block * block_size;
@@ -170,10 +180,70 @@ void fill_tile_scalar(const MsgGeom& g, const uint8_t* src, int kv, int64_t num_
   }
 }
 
-// src: (block, token t0, head 0, dim 0) of a strided kv side kv.
-void fill_tile(const MsgGeom& g, const uint8_t* src, int kv, int64_t num_heads, int64_t head_size,
+// Rows of tokens [o0, o0 + tokens) of one block of a packed kv side kv, copied into tile as
+// [tokens, num_heads, head_size]: 32-bit word transposes where the side allows
+// (words_transposed: vllm_cpu_amx's K), else element by element through the layout's
+// token_part/dim_part. blk: (block, offset 0, head 0, dim 0) of the side.
+template <typename Word>
+void fill_tile_packed(const MsgGeom& g, const uint8_t* blk, int kv, int64_t o0, int64_t tokens,
+                      bool simd, uint8_t* tile) {
+  const PagedKVLayout& l = g.layout;
+  const int64_t d_n = l.head_size;
+  const int64_t row = l.num_heads * d_n;
+  const Word* cache = reinterpret_cast<const Word*>(blk);
+  Word* out = reinterpret_cast<Word*>(tile);
+  if (l.words_transposed(kv) && o0 % l.token_group[kv] + tokens <= l.token_group[kv]) {
+    const int64_t p = l.dim_group[kv];
+    const int64_t words = d_n / p;
+    const int64_t ws = l.word_stride(kv);
+    for (int64_t h = 0; h < l.num_heads; ++h) {
+      const auto* src =
+          reinterpret_cast<const uint32_t*>(cache + l.token_part(kv, o0) + h * l.head_stride[kv]);
+      auto* dst = reinterpret_cast<uint32_t*>(out + h * d_n);
+#if defined(__x86_64__) || defined(__i386__)
+      if (simd && words % 8 == 0 && tokens % 8 == 0) {
+        md5_simd::transpose_u32_avx2(reinterpret_cast<const uint8_t*>(src), ws * 4, words, tokens,
+                                     reinterpret_cast<uint8_t*>(dst), row * sizeof(Word));
+        continue;
+      }
+#endif
+      const int64_t row_words = row / p;
+      for (int64_t w = 0; w < words; ++w) {
+        for (int64_t o = 0; o < tokens; ++o) dst[o * row_words + w] = src[w * ws + o];
+      }
+    }
+    return;
+  }
+  (void)simd;
+  const int64_t* doff = g.dim_off[kv].data();
+  for (int64_t o = 0; o < tokens; ++o) {
+    const Word* tok = cache + l.token_part(kv, o0 + o);
+    for (int64_t h = 0; h < l.num_heads; ++h) {
+      const Word* src = tok + h * l.head_stride[kv];
+      Word* dst = out + o * row + h * d_n;
+      for (int64_t d = 0; d < d_n; ++d) dst[d] = src[doff[d]];
+    }
+  }
+}
+
+// Rows of tokens [o0, o0 + tokens) of block `block` of a strided or packed kv side kv, as
+// [tokens, num_heads, head_size] in tile. base: the layer base.
+void fill_tile(const MsgGeom& g, const uint8_t* base, int kv, int64_t block, int64_t o0,
                int64_t tokens, bool simd, uint8_t* tile) {
   const int64_t e = g.elem;
+  const int64_t num_heads = g.layout.num_heads;
+  const int64_t head_size = g.layout.head_size;
+  const uint8_t* blk = base + g.kv_off[kv] + block * g.block_stride[kv];
+  if (g.packed[kv]) {
+    switch (e) {
+      case 1: fill_tile_packed<uint8_t>(g, blk, kv, o0, tokens, simd, tile); break;
+      case 2: fill_tile_packed<uint16_t>(g, blk, kv, o0, tokens, simd, tile); break;
+      case 4: fill_tile_packed<uint32_t>(g, blk, kv, o0, tokens, simd, tile); break;
+      default: fill_tile_packed<uint64_t>(g, blk, kv, o0, tokens, simd, tile); break;
+    }
+    return;
+  }
+  const uint8_t* src = blk + o0 * g.token_stride[kv];
 #if defined(__x86_64__) || defined(__i386__)
   // vllm_cpu's K: each head is a [head_size, block_size] matrix with tokens contiguous.
   if (simd && g.token_stride[kv] == e) {
@@ -210,7 +280,8 @@ void fill_tile(const MsgGeom& g, const uint8_t* src, int kv, int64_t num_heads, 
 // per-lane tile: when two consecutive slots of the message fall into the same span of
 // kTileTokens tokens of one block, that span is transposed into the tile once (AVX2 16x16 or
 // 8x8 tiles where the sizes allow) and its rows are read from there contiguously. A lone slot
-// of a span is gathered element by element instead.
+// of a span is gathered element by element instead, except on a packed side (vllm_cpu_amx),
+// where the tile then holds that one token's row.
 struct PagedReader {
   const MsgGeom* g;
   const uint8_t* base;   // layer base
@@ -226,27 +297,37 @@ struct PagedReader {
   const uint8_t* seg = nullptr;
   bool contig = true;     // seg holds the segment's bytes contiguously (else strided elements)
   bool in_tile = false;   // seg points into tile (which the next fill overwrites)
-  int64_t tile_span = -1;  // (slot / tile_tokens) held by the tile
+  int64_t tile_first = -1;  // first slot held by the tile
+  int64_t tile_count = 0;   // slots held by the tile (tile_tokens, or 1 on a packed side)
   int tile_kv = -1;
+
+  bool tile_holds(int64_t slot) const {
+    return kv == tile_kv && slot >= tile_first && slot < tile_first + tile_count;
+  }
+
+  void fill(int64_t first, int64_t count) {
+    const int64_t block = first / g->block_size;
+    fill_tile(*g, base, kv, block, first - block * g->block_size, count, simd_transpose, tile);
+    tile_first = first;
+    tile_count = count;
+    tile_kv = kv;
+  }
 
   void open() {
     const int64_t slot = slots[j];
     contig = !g->strided[kv];
     in_tile = false;
     if (g->strided[kv] && tile != nullptr) {
-      const int64_t span = slot / tile_tokens;
-      if ((span != tile_span || kv != tile_kv) && j + 1 < nslots &&
-          slots[j + 1] / tile_tokens == span) {
-        const int64_t t0 = span * tile_tokens;
-        const int64_t block = t0 / g->block_size;
-        const uint8_t* src = base + g->kv_off[kv] + block * g->block_stride[kv] +
-                             (t0 - block * g->block_size) * g->token_stride[kv];
-        fill_tile(*g, src, kv, num_heads, head_size, tile_tokens, simd_transpose, tile);
-        tile_span = span;
-        tile_kv = kv;
+      if (!tile_holds(slot)) {
+        const int64_t span = slot / tile_tokens;
+        if (j + 1 < nslots && slots[j + 1] / tile_tokens == span) {
+          fill(span * tile_tokens, tile_tokens);
+        } else if (g->packed[kv]) {
+          fill(slot, 1);
+        }
       }
-      if (span == tile_span && kv == tile_kv) {
-        seg = tile + ((slot - span * tile_tokens) * num_heads + h) * g->seg_len;
+      if (tile_holds(slot)) {
+        seg = tile + ((slot - tile_first) * num_heads + h) * g->seg_len;
         contig = true;
         in_tile = true;
         return;

@@ -12,7 +12,11 @@
 //     inside one block and each head, K's piece then V's piece, so the cache is read in
 //     address order. vllm_cpu's K, stored [head_size, block_size], is an SSE2 tile transpose;
 //     scattering into it uses AVX2 16x16 register transposes where the CPU has AVX2 and the
-//     element is 2 bytes (paged_kv_copy_avx2_cpu.cpp).
+//     element is 2 bytes (paged_kv_copy_avx2_cpu.cpp);
+//   - packed kv sides (vllm_cpu_amx, tiled for AMX): same (layer, tile) items; each head's piece
+//     goes through the layout's own two-level index math (PagedKVLayout::token_part/dim_part,
+//     the dim part tabled once per thread), with a 32-bit word transpose where whole words of
+//     consecutive tokens are adjacent (vllm_cpu_amx's K). Both copy ISAs take this path.
 // Long destination runs use streaming stores (no read-for-ownership of the destination).
 #pragma once
 
@@ -288,6 +292,68 @@ void copy_piece_scalar(Word* cache, int64_t ts, int64_t ds, Word* row, int64_t r
   }
 }
 
+// Per-thread tables of a packed layout: dim_part(kv, d) for every dim of each kv side, and
+// whether the side is moved as 32-bit words (PagedKVLayout::words_transposed).
+struct PackedTables {
+  std::vector<int64_t> dim_off[2];
+  bool words[2] = {false, false};
+};
+
+inline PackedTables packed_tables(const PagedKVLayout& l) {
+  PackedTables t;
+  for (int kv = 0; kv < l.num_kv; ++kv) {
+    if (!l.packed(kv)) continue;
+    t.dim_off[kv].resize(static_cast<size_t>(l.head_size));
+    for (int64_t d = 0; d < l.head_size; ++d) t.dim_off[kv][d] = l.dim_part(kv, d);
+    t.words[kv] = l.words_transposed(kv);
+  }
+  return t;
+}
+
+// One head's piece of a packed kv side for n tokens from block offset o0 (inside one block):
+// head points at (block, offset 0, head, dim 0), row at the first token's head vector.
+template <bool kGather, typename Word>
+void copy_piece_packed(const PagedKVLayout& l, int kv, const PackedTables& t, Word* head,
+                       int64_t o0, int64_t n, Word* row, int64_t row_elems) {
+  const int64_t d_n = l.head_size;
+  if constexpr (sizeof(Word) <= 4) {
+    if (t.words[kv]) {
+      // Word w of token o at word (o / G) * (token_stride / p) + (o % G) + w * (dim_stride / p).
+      const int64_t p = 4 / static_cast<int64_t>(sizeof(Word));
+      const int64_t group = l.token_group[kv];
+      const int64_t words = d_n / p;
+      const int64_t ws = l.word_stride(kv);
+      const int64_t row_words = row_elems / p;
+      for (int64_t j = 0; j < n;) {
+        const int64_t o = o0 + j;
+        const int64_t take = std::min(n - j, group - o % group);
+        // NOTE: rows are 4-byte aligned here (head_size and row_elems are multiples of p).
+        auto* cache = reinterpret_cast<uint32_t*>(head + l.token_part(kv, o));
+        auto* rows = reinterpret_cast<uint32_t*>(row + j * row_elems);
+        if (kGather) {
+          transpose<uint32_t>(cache, ws, rows, row_words, words, take);
+        } else {
+          transpose<uint32_t>(rows, row_words, cache, ws, take, words);
+        }
+        j += take;
+      }
+      return;
+    }
+  }
+  const int64_t* doff = t.dim_off[kv].data();
+  for (int64_t j = 0; j < n; ++j) {
+    Word* tok = head + l.token_part(kv, o0 + j);
+    Word* r = row + j * row_elems;
+    for (int64_t d = 0; d < d_n; ++d) {
+      if (kGather) {
+        r[d] = tok[doff[d]];
+      } else {
+        tok[doff[d]] = r[d];
+      }
+    }
+  }
+}
+
 // Per-head layouts (hnd, vllm_cpu, strided views), gather: for each run of tokens inside one
 // block and each head, every kv side's piece in turn, so the cache is read in address order
 // (vllm_cpu keeps a (block, head)'s K and V next to each other). A piece is a strided 2-D copy
@@ -295,7 +361,8 @@ void copy_piece_scalar(Word* cache, int64_t ts, int64_t ds, Word* row, int64_t r
 // [run, head_size] transpose when tokens are (token_stride 1: vllm_cpu's K), else scalar.
 template <typename Word, typename SlotT>
 void gather_heads_item(char* const* cache, char* const* rows, const PagedKVLayout& l,
-                       const SlotT* slots, int64_t t0, int64_t t1, Word* stage) {
+                       const PackedTables& pt, const SlotT* slots, int64_t t0, int64_t t1,
+                       Word* stage) {
   const int64_t es = l.elem_size;
   const int64_t d_n = l.head_size;
   const int64_t head_bytes = d_n * es;
@@ -317,9 +384,16 @@ void gather_heads_item(char* const* cache, char* const* rows, const PagedKVLayou
       for (int kv = 0; kv < l.num_kv; ++kv) {
         const int64_t ts = l.token_stride[kv];
         const int64_t ds = l.dim_stride[kv];
+        Word* row = reinterpret_cast<Word*>(rows[kv] + i * row_bytes) + h * d_n;
+        if (l.packed(kv)) {
+          const int64_t block = s / l.block_size;
+          Word* head = reinterpret_cast<Word*>(cache[kv]) + block * l.block_stride[kv] +
+                       h * l.head_stride[kv];
+          copy_piece_packed<true>(l, kv, pt, head, s - block * l.block_size, n, row, row_elems);
+          continue;
+        }
         Word* src = reinterpret_cast<Word*>(cache[kv]) + token_offset(l, kv, s) +
                     h * l.head_stride[kv];
-        Word* row = reinterpret_cast<Word*>(rows[kv] + i * row_bytes) + h * d_n;
         if (ds == 1) {
           copy_rows(reinterpret_cast<char*>(row), row_bytes, reinterpret_cast<char*>(src),
                     ts * es, n, head_bytes);
@@ -347,7 +421,8 @@ void gather_heads_item(char* const* cache, char* const* rows, const PagedKVLayou
 // runs at about half the speed: the chunk is then read with a row_bytes stride.
 template <typename Word, typename SlotT>
 void scatter_heads_item(char* const* cache, char* const* rows, const PagedKVLayout& l,
-                        const SlotT* slots, int64_t t0, int64_t t1, Word* stage) {
+                        const PackedTables& pt, const SlotT* slots, int64_t t0, int64_t t1,
+                        Word* stage) {
   const int64_t es = l.elem_size;
   const int64_t d_n = l.head_size;
   const int64_t head_bytes = d_n * es;
@@ -365,8 +440,17 @@ void scatter_heads_item(char* const* cache, char* const* rows, const PagedKVLayo
       const int64_t ts = l.token_stride[kv];
       const int64_t ds = l.dim_stride[kv];
       const int64_t hs = l.head_stride[kv];
-      Word* dst = reinterpret_cast<Word*>(cache[kv]) + token_offset(l, kv, s);
       Word* row = reinterpret_cast<Word*>(rows[kv] + i * row_bytes);
+      if (l.packed(kv)) {
+        const int64_t block = s / l.block_size;
+        Word* blk = reinterpret_cast<Word*>(cache[kv]) + block * l.block_stride[kv];
+        for (int64_t h = 0; h < l.num_heads; ++h) {
+          copy_piece_packed<false>(l, kv, pt, blk + h * hs, s - block * l.block_size, n,
+                                   row + h * d_n, row_elems);
+        }
+        continue;
+      }
+      Word* dst = reinterpret_cast<Word*>(cache[kv]) + token_offset(l, kv, s);
       if (ds == 1) {
         for (int64_t j = 0; j < n; ++j) {
           copy_rows(reinterpret_cast<char*>(dst + j * ts), hs * es,
@@ -450,6 +534,8 @@ void copy_all(const void* const* layer_ptrs, int64_t num_layers, const PagedKVLa
   parallel_for(num_items, grain, [&](int64_t begin, int64_t end) {
     // NOTE: default-initialised (not zeroed): every element read was written first.
     std::unique_ptr<Word[]> stage(rows_layout ? nullptr : new Word[kStageBytes / sizeof(Word)]);
+    PackedTables tables;
+    if (l.any_packed()) tables = packed_tables(l);
     for (int64_t it = begin; it < end; ++it) {
       const int64_t g = it / total_tiles;
       const int64_t k = it % total_tiles;
@@ -472,9 +558,9 @@ void copy_all(const void* const* layer_ptrs, int64_t num_layers, const PagedKVLa
         char* cache[2] = {layer_base(g, 0), layer_base(g, l.num_kv - 1)};
         char* rows[2] = {chunk_rows(g, 0), chunk_rows(g, l.num_kv - 1)};
         if (kGather) {
-          gather_heads_item<Word>(cache, rows, l, chunk_slots, t0, t1, stage.get());
+          gather_heads_item<Word>(cache, rows, l, tables, chunk_slots, t0, t1, stage.get());
         } else {
-          scatter_heads_item<Word>(cache, rows, l, chunk_slots, t0, t1, stage.get());
+          scatter_heads_item<Word>(cache, rows, l, tables, chunk_slots, t0, t1, stage.get());
         }
       }
     }

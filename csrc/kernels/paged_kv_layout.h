@@ -16,6 +16,22 @@
 //               K: kv_offset 0,   block = H*B*2D, token = 1, head = B*2D, dim = B
 //               V: kv_offset B*D, block = H*B*2D, token = D, head = B*2D, dim = 1
 //
+// Packed layouts (vllm_cpu_amx: vLLM's CPU cache for its AMX attention) tile a coordinate in
+// two levels: with a group of G, coordinate x contributes
+//
+//   (x / G) * stride + (x % G) * inner                    (G = 1: x * stride, plain)
+//
+// for the offset (token_group, token_stride, token_inner) and the dim (dim_group, dim_stride,
+// dim_inner); block and head stay plain. vllm_cpu_amx, [N, H, B, 2*D] as vllm_cpu, K then V
+// per (block, head) region, p = 4 / elem_size elements per 32-bit word (AMX B tiles are 16
+// rows of 64 bytes):
+//               K: kv_offset 0,   token: G 16, stride 16*D, inner p;  dim: G p,  stride 16*p, inner 1
+//               V: kv_offset B*D, token: G p,  stride 16*p, inner 1;  dim: G 16, stride 16*B, inner p
+// (K: 16 tokens' word w form one 64-byte row; V: one 64-byte row holds 16 dims of p tokens).
+// This header is the one place that turns (slot, kv, head, dim) into an address: token_part and
+// dim_part are what the CPU copy and MD5 twins call for packed layouts. The CUDA kernels read
+// plain layouts only (the bindings refuse packed ones on a CUDA device).
+//
 // A slot is block * block_size + offset; slot -1 is padding and is skipped.
 // A chunk buffer row (one token, one kv side, one layer) is num_heads * head_size elements.
 #pragma once
@@ -26,8 +42,9 @@
 
 namespace lmc {
 
-// Number of int64 values in the flat form of PagedKVLayout (see to_flat / from_flat).
-constexpr int kLayoutFlatSize = 16;
+// Number of int64 values in the flat form of PagedKVLayout (bindings/common.h layout_from_flat;
+// lmcache_native.ops._layout.describe builds it in field order).
+constexpr int kLayoutFlatSize = 24;
 
 struct PagedKVLayout {
   int64_t num_kv;           // 2 (K and V) or 1 (MLA)
@@ -38,29 +55,69 @@ struct PagedKVLayout {
   int64_t elem_size;        // bytes per element
   int64_t kv_offset[2];     // elements from the layer base to (block 0, offset 0, head 0, dim 0)
   int64_t block_stride[2];  // elements
-  int64_t token_stride[2];  // elements between consecutive offsets inside a block
+  int64_t token_stride[2];  // elements between consecutive offsets (groups, when packed)
   int64_t head_stride[2];   // elements
-  int64_t dim_stride[2];    // elements
+  int64_t dim_stride[2];    // elements between consecutive dims (groups, when packed)
+  // Two-level (packed) layouts; group 1 and inner 0 for plain strides.
+  int64_t token_group[2];   // offsets per group
+  int64_t token_inner[2];   // elements between consecutive offsets inside a group
+  int64_t dim_group[2];     // dims per group
+  int64_t dim_inner[2];     // elements between consecutive dims inside a group
 
   LMC_HOST_DEVICE int64_t num_slots() const { return num_blocks * block_size; }
   LMC_HOST_DEVICE int64_t row_elems() const { return num_heads * head_size; }
   LMC_HOST_DEVICE int64_t row_bytes() const { return row_elems() * elem_size; }
 
+  // True when a coordinate of kv side kv is tiled in two levels (see the header comment).
+  LMC_HOST_DEVICE bool packed(int kv) const { return token_group[kv] != 1 || dim_group[kv] != 1; }
+  LMC_HOST_DEVICE bool any_packed() const { return packed(0) || (num_kv == 2 && packed(1)); }
+
+  // Elements from (block, offset 0) to (block, offset) of kv side kv, any head and dim.
+  LMC_HOST_DEVICE int64_t token_part(int kv, int64_t offset) const {
+    if (token_group[kv] == 1) return offset * token_stride[kv];
+    const int64_t g = offset / token_group[kv];
+    return g * token_stride[kv] + (offset - g * token_group[kv]) * token_inner[kv];
+  }
+
+  // Elements from dim 0 to dim of one head of kv side kv, any token.
+  LMC_HOST_DEVICE int64_t dim_part(int kv, int64_t dim) const {
+    if (dim_group[kv] == 1) return dim * dim_stride[kv];
+    const int64_t g = dim / dim_group[kv];
+    return g * dim_stride[kv] + (dim - g * dim_group[kv]) * dim_inner[kv];
+  }
+
+  // True when a packed kv side holds, inside each token group, one 32-bit word (4 bytes of
+  // consecutive dims: one dim group) of every token next to each other, so that a group of
+  // tokens is a [head_size / word, group] matrix of words, rows word_stride(kv) words apart:
+  // vllm_cpu_amx's K. Copies then move words with a transpose instead of elements.
+  LMC_HOST_DEVICE bool words_transposed(int kv) const {
+    const int64_t p = dim_group[kv];  // elements per word
+    return packed(kv) && token_group[kv] > 1 && p * elem_size == 4 && token_inner[kv] == p &&
+           (p == 1 || dim_inner[kv] == 1) && dim_stride[kv] % p == 0 && head_size % p == 0;
+  }
+  // Words between word w and w + 1 of one token, for words_transposed sides.
+  LMC_HOST_DEVICE int64_t word_stride(int kv) const { return dim_stride[kv] / dim_group[kv]; }
+
+  // Elements from the layer base to (block, offset 0, head 0, dim 0) of kv side kv.
+  LMC_HOST_DEVICE int64_t block_base(int kv, int64_t block) const {
+    return kv_offset[kv] + block * block_stride[kv];
+  }
+
   // Element offset (from the layer base) of (slot, kv, head, dim); slot must be valid.
   LMC_HOST_DEVICE int64_t elem_offset(int64_t slot, int kv, int64_t head, int64_t dim) const {
     const int64_t block = slot / block_size;
     const int64_t offset = slot - block * block_size;
-    return kv_offset[kv] + block * block_stride[kv] + offset * token_stride[kv] +
-           head * head_stride[kv] + dim * dim_stride[kv];
+    return block_base(kv, block) + token_part(kv, offset) + head * head_stride[kv] +
+           dim_part(kv, dim);
   }
 
   // True when one token's row of a kv side (all heads, all dims) is contiguous in memory.
   LMC_HOST_DEVICE bool row_contiguous(int kv) const {
-    return dim_stride[kv] == 1 && (num_heads == 1 || head_stride[kv] == head_size);
+    return !packed(kv) && dim_stride[kv] == 1 && (num_heads == 1 || head_stride[kv] == head_size);
   }
 
   // True when one head's vector (all dims) is contiguous in memory.
-  LMC_HOST_DEVICE bool head_contiguous(int kv) const { return dim_stride[kv] == 1; }
+  LMC_HOST_DEVICE bool head_contiguous(int kv) const { return !packed(kv) && dim_stride[kv] == 1; }
 };
 
 }  // namespace lmc

@@ -9,7 +9,7 @@ from lmcache_native.ops import LAYOUTS, describe, kv_cache_shape
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_kv_cache_shape_round_trips_through_describe(layout: str) -> None:
-    n, b, h, d = 3, 16, 2, 8
+    n, b, h, d = 3, 16, 2, 16
     shape = kv_cache_shape(layout, n, b, h, d)
     kv = describe([torch.zeros(shape, dtype=torch.float16)] * 2, layout)
     heads = 1 if layout == "mla" else h

@@ -13,7 +13,6 @@ import pytest
 import torch
 from lmcache_native import _native
 from lmcache_native.ops import (
-    LAYOUTS,
     copy_isa,
     copy_set_isa,
     copy_supported_isas,
@@ -27,6 +26,9 @@ from lmcache_native.testing import reference as ref
 
 SENTINEL = 0xA5
 COPY_ISAS = copy_supported_isas()
+# The layouts defined for any shape and element width; vllm_cpu_amx (2/4-byte elements, block and
+# head sizes multiples of 16, CPU only) has its own module, test_vllm_cpu_amx.py.
+LAYOUTS = ["flash_attn", "flashinfer", "hnd", "mla", "vllm_cpu"]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float64]
 _INT_OF_WIDTH = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 

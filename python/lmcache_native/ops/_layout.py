@@ -2,7 +2,8 @@
 
 The kernels see a layer as ``(data_ptr, PagedKVLayout)``; this module derives the layout from
 the tensors' real strides (so non-contiguous views work) and checks every argument, naming it
-in the error. See ``csrc/kernels/paged_kv_layout.h`` for the index formula.
+in the error. See ``csrc/kernels/paged_kv_layout.h`` for the index formula (plain strides, or
+two-level strides for vLLM's AMX-packed CPU cache, ``vllm_cpu_amx``).
 """
 
 from __future__ import annotations
@@ -15,15 +16,24 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-LAYOUTS: tuple[str, ...] = ("flash_attn", "flashinfer", "hnd", "mla", "vllm_cpu")
+LAYOUTS: tuple[str, ...] = ("flash_attn", "flashinfer", "hnd", "mla", "vllm_cpu", "vllm_cpu_amx")
 
-_RANK = {"flash_attn": 5, "flashinfer": 5, "hnd": 5, "mla": 3, "vllm_cpu": 4}
+#: Layouts that exist only as CPU caches (vLLM's AMX-packed cache): the CUDA twins refuse them.
+CPU_ONLY_LAYOUTS: frozenset[str] = frozenset({"vllm_cpu_amx"})
+
+# Tokens (K) and dims (V) per AMX tile row group: an AMX B tile has 16 rows of 64 bytes.
+_AMX_GROUP = 16
+
+_RANK = {"flash_attn": 5, "flashinfer": 5, "hnd": 5, "mla": 3, "vllm_cpu": 4, "vllm_cpu_amx": 4}
+# Two-level strides of a layout without tiling: every group has one element (see _geometry).
+_PLAIN_PACKING = [1, 1, 0, 0, 1, 1, 0, 0]
 _SHAPE_DOC = {
     "flash_attn": "[2, num_blocks, block_size, num_heads, head_size]",
     "flashinfer": "[num_blocks, 2, block_size, num_heads, head_size]",
     "hnd": "[num_blocks, 2, num_heads, block_size, head_size]",
     "mla": "[num_blocks, block_size, head_size]",
     "vllm_cpu": "[num_blocks, num_heads, block_size, 2 * head_size]",
+    "vllm_cpu_amx": "[num_blocks, num_heads, block_size, 2 * head_size]",
 }
 
 
@@ -42,6 +52,7 @@ def kv_cache_shape(
         "hnd": (n, 2, h, b, d),
         "mla": (n, b, d),
         "vllm_cpu": (n, h, b, 2 * d),
+        "vllm_cpu_amx": (n, h, b, 2 * d),
     }
     if layout not in shapes:
         raise ValueError(f"layout: unknown layout {layout!r}")
@@ -54,7 +65,7 @@ class PagedKV:
 
     Attributes:
         layer_ptrs: data pointer of each layer (same order as the input list).
-        flat: the 16 int64 values of ``PagedKVLayout`` (``csrc/kernels/paged_kv_layout.h``).
+        flat: the 24 int64 values of ``PagedKVLayout`` (``csrc/kernels/paged_kv_layout.h``).
         num_kv: 2 (K and V) or 1 (MLA).
         num_layers, num_blocks, block_size, num_heads, head_size: the cache geometry.
         dtype: element dtype of every layer.
@@ -93,43 +104,91 @@ class PagedKV:
 
 
 def _geometry(t: torch.Tensor, layout: str) -> tuple[int, int, int, int, int, list[int]]:
-    """Returns (num_kv, num_blocks, block_size, num_heads, head_size, 10 stride values)."""
+    """Returns (num_kv, num_blocks, block_size, num_heads, head_size, 18 layout values): the
+    10 stride values then the 8 two-level (packing) values, in the flat order."""
     s = t.stride()
+    plain = _PLAIN_PACKING
     if layout == "flash_attn":
         kv2, n, b, h, d = t.shape
         if kv2 != 2:
             raise ValueError(
                 f"kv_caches: flash_attn dim 0 must be 2 (K, V), got shape {tuple(t.shape)}"
             )
-        return 2, n, b, h, d, [0, s[0], s[1], s[1], s[2], s[2], s[3], s[3], s[4], s[4]]
+        return 2, n, b, h, d, [0, s[0], s[1], s[1], s[2], s[2], s[3], s[3], s[4], s[4], *plain]
     if layout == "flashinfer":
         n, kv2, b, h, d = t.shape
         if kv2 != 2:
             raise ValueError(
                 f"kv_caches: flashinfer dim 1 must be 2 (K, V), got shape {tuple(t.shape)}"
             )
-        return 2, n, b, h, d, [0, s[1], s[0], s[0], s[2], s[2], s[3], s[3], s[4], s[4]]
+        return 2, n, b, h, d, [0, s[1], s[0], s[0], s[2], s[2], s[3], s[3], s[4], s[4], *plain]
     if layout == "hnd":
         n, kv2, h, b, d = t.shape
         if kv2 != 2:
             raise ValueError(f"kv_caches: hnd dim 1 must be 2 (K, V), got shape {tuple(t.shape)}")
-        return 2, n, b, h, d, [0, s[1], s[0], s[0], s[3], s[3], s[2], s[2], s[4], s[4]]
+        return 2, n, b, h, d, [0, s[1], s[0], s[0], s[3], s[3], s[2], s[2], s[4], s[4], *plain]
     if layout == "mla":
         n, b, d = t.shape
-        return 1, n, b, 1, d, [0, 0, s[0], s[0], s[1], s[1], 0, 0, s[2], s[2]]
-    if layout == "vllm_cpu":
+        return 1, n, b, 1, d, [0, 0, s[0], s[0], s[1], s[1], 0, 0, s[2], s[2], *plain]
+    if layout in ("vllm_cpu", "vllm_cpu_amx"):
         n, h, b, d2 = t.shape
         if d2 % 2 != 0:
-            raise ValueError(f"kv_caches: vllm_cpu last dim must be 2 * head_size, got {d2}")
+            raise ValueError(f"kv_caches: {layout} last dim must be 2 * head_size, got {d2}")
         d = d2 // 2
         if s[3] != 1 or (b > 1 and s[2] != d2):
             raise ValueError(
-                "kv_caches: vllm_cpu needs each (block, head) region [block_size, 2 * head_size] "
-                f"contiguous, got strides {tuple(s)}"
+                f"kv_caches: {layout} needs each (block, head) region [block_size, "
+                f"2 * head_size] contiguous, got strides {tuple(s)}"
             )
-        # K is stored transposed [head_size, block_size], then V as [block_size, head_size].
-        return 2, n, b, h, d, [0, b * d, s[0], s[0], 1, d, s[1], s[1], b, 1]
+        if layout == "vllm_cpu":
+            # K is stored transposed [head_size, block_size], then V as [block_size, head_size].
+            return 2, n, b, h, d, [0, b * d, s[0], s[0], 1, d, s[1], s[1], b, 1, *plain]
+        return 2, n, b, h, d, _amx_values(t.element_size(), b, d, s[0], s[1])
     raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
+
+
+def _amx_values(es: int, b: int, d: int, s_block: int, s_head: int) -> list[int]:
+    """The 18 layout values of vLLM's AMX-packed CPU cache (``vllm_cpu_amx``).
+
+    Each (block, head) region holds K in its first ``block_size * head_size`` elements and V in
+    the rest, packed for AMX B tiles (16 rows of 64 bytes), with ``p = 4 / elem_size`` elements
+    per 32-bit word (2 for bf16/fp16, 1 for fp32):
+
+    - K: tokens in groups of 16 (``16 * head_size`` elements each); inside a group, word ``w``
+      of every token (dims ``w*p .. w*p+p-1``) forms one 64-byte row of 16 tokens. Element
+      ``(o, d)`` is at ``(o // 16) * 16 * D + (d // p) * 16 * p + (o % 16) * p + d % p``.
+    - V: dims in groups of 16 (``16 * block_size`` elements each); inside a group, ``p``
+      consecutive tokens share a word per dim, so a 64-byte row holds 16 dims of ``p`` tokens.
+      Element ``(o, d)`` is at ``B * D + (d // 16) * 16 * B + (o // p) * 16 * p + o % p +
+      (d % 16) * p``.
+
+    Both are a two-level stride per coordinate: ``(x // group) * stride + (x % group) * inner``.
+    """
+    if es not in (2, 4):
+        raise ValueError(
+            f"kv_caches: vllm_cpu_amx packs 2- or 4-byte elements (bf16, fp16, fp32), got "
+            f"{es}-byte elements"
+        )
+    p = 4 // es
+    g = _AMX_GROUP
+    if b % g != 0 or d % g != 0:
+        raise ValueError(
+            f"kv_caches: vllm_cpu_amx needs block_size and head_size multiples of {g}, got "
+            f"block_size {b}, head_size {d}"
+        )
+    # kv_offset, block, token (outer), head, dim (outer); then token group, token inner,
+    # dim group, dim inner; each [K, V].
+    return [
+        *(0, b * d),
+        *(s_block, s_block),
+        *(g * d, g * p),
+        *(s_head, s_head),
+        *(g * p, g * b),
+        *(g, p),
+        *(p, 1),
+        *(p, g),
+        *(1, p),
+    ]
 
 
 def describe(kv_caches: Sequence[torch.Tensor], layout: str) -> PagedKV:
@@ -137,7 +196,8 @@ def describe(kv_caches: Sequence[torch.Tensor], layout: str) -> PagedKV:
 
     Args:
         kv_caches: one tensor per layer, all with the same shape, strides, dtype and device,
-            shaped as ``layout`` requires (see ``_SHAPE_DOC``); any dtype of 1, 2, 4 or 8 bytes.
+            shaped as ``layout`` requires (see ``_SHAPE_DOC``); any dtype of 1, 2, 4 or 8 bytes
+            (``vllm_cpu_amx``: 2 or 4 bytes, block_size and head_size multiples of 16, CPU only).
         layout: one of ``LAYOUTS``.
 
     Returns:
@@ -145,7 +205,8 @@ def describe(kv_caches: Sequence[torch.Tensor], layout: str) -> PagedKV:
 
     Raises:
         TypeError: ``kv_caches`` is not a non-empty sequence of tensors.
-        ValueError: bad layout name, shape, dtype, strides, or layers that differ.
+        ValueError: bad layout name, shape, dtype, strides, or layers that differ; a CPU-only
+            layout (``CPU_ONLY_LAYOUTS``) on another device.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
@@ -181,6 +242,12 @@ def describe(kv_caches: Sequence[torch.Tensor], layout: str) -> PagedKV:
         )
     if any(st < 0 for st in first.stride()):
         raise ValueError(f"kv_caches strides must be non-negative, got {first.stride()}")
+    if layout in CPU_ONLY_LAYOUTS and first.device.type != "cpu":
+        raise ValueError(
+            f"layout {layout!r} is a CPU cache layout (vLLM packs caches for AMX only on "
+            f"CPUs); the kernels do not read it on {first.device.type}, got a cache on "
+            f"{first.device}"
+        )
     num_kv, n, b, h, d, st = _geometry(first, layout)
     if b <= 0 or h <= 0 or d <= 0:
         raise ValueError(f"kv_caches has an empty dimension: shape {tuple(first.shape)}")

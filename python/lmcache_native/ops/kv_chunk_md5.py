@@ -37,7 +37,8 @@ def kv_chunk_md5(
         slot_mapping: ``[num_tokens]`` integer slots (tensor on any device, or a sequence of
             ints); ``-1`` is padding.
         chunk_size: tokens per chunk, ``>= 1``.
-        layout: ``flash_attn``, ``flashinfer``, ``hnd``, ``mla`` or ``vllm_cpu``.
+        layout: ``flash_attn``, ``flashinfer``, ``hnd``, ``mla``, ``vllm_cpu`` or
+            ``vllm_cpu_amx`` (CPU caches only; a ``ValueError`` on a CUDA cache).
 
     Returns:
         ``(per_layer, combined)``: ``per_layer[layer][chunk]`` and ``combined[chunk]``,

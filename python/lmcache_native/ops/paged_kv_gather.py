@@ -29,7 +29,8 @@ def paged_kv_gather(
         out: ``[num_kv, num_layers, num_tokens, num_heads * head_size]`` contiguous, the cache's
             dtype (``num_kv`` is 1 for ``mla``, else 2); on the CPU for a CPU cache, on the
             cache's CUDA device or in pinned CPU memory for a CUDA cache.
-        layout: ``"flash_attn"``, ``"flashinfer"``, ``"hnd"``, ``"mla"`` or ``"vllm_cpu"``.
+        layout: ``"flash_attn"``, ``"flashinfer"``, ``"hnd"``, ``"mla"``, ``"vllm_cpu"`` or
+            ``"vllm_cpu_amx"`` (CPU caches only; a ``ValueError`` on a CUDA cache).
 
     Raises:
         TypeError: an argument of the wrong type or dtype.
@@ -76,7 +77,8 @@ def paged_kv_gather_chunks(
             contiguous, the cache's dtype, with ``sum(n_c) == num_tokens`` (``n_c`` may be 0);
             on the CPU for a CPU cache, on the cache's CUDA device or in pinned CPU memory for a
             CUDA cache.
-        layout: ``"flash_attn"``, ``"flashinfer"``, ``"hnd"``, ``"mla"`` or ``"vllm_cpu"``.
+        layout: ``"flash_attn"``, ``"flashinfer"``, ``"hnd"``, ``"mla"``, ``"vllm_cpu"`` or
+            ``"vllm_cpu_amx"`` (CPU caches only; a ``ValueError`` on a CUDA cache).
 
     Raises:
         TypeError: an argument of the wrong type or dtype (``outs`` not a list of tensors).

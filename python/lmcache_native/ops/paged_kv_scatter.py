@@ -33,7 +33,8 @@ def paged_kv_scatter(
             any 1/2/4/8-byte dtype; may be non-contiguous views.
         slot_mapping: ``[num_tokens]`` int32 or int64 slots (``block * block_size + offset``),
             on the cache's device or the CPU.
-        layout: ``"flash_attn"``, ``"flashinfer"``, ``"hnd"``, ``"mla"`` or ``"vllm_cpu"``.
+        layout: ``"flash_attn"``, ``"flashinfer"``, ``"hnd"``, ``"mla"``, ``"vllm_cpu"`` or
+            ``"vllm_cpu_amx"`` (CPU caches only; a ``ValueError`` on a CUDA cache).
 
     Raises:
         TypeError: an argument of the wrong type or dtype.
@@ -80,7 +81,8 @@ def paged_kv_scatter_chunks(
         kv_caches: one paged cache per layer, as for :func:`paged_kv_scatter`.
         slot_mapping: ``[num_tokens]`` int32 or int64 slots, on the cache's device or the CPU;
             ``-1`` is padding (the cache is left untouched for that token).
-        layout: ``"flash_attn"``, ``"flashinfer"``, ``"hnd"``, ``"mla"`` or ``"vllm_cpu"``.
+        layout: ``"flash_attn"``, ``"flashinfer"``, ``"hnd"``, ``"mla"``, ``"vllm_cpu"`` or
+            ``"vllm_cpu_amx"`` (CPU caches only; a ``ValueError`` on a CUDA cache).
 
     Raises:
         TypeError: an argument of the wrong type or dtype (``chunks`` not a list of tensors).
