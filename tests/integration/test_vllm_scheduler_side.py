@@ -226,3 +226,31 @@ def test_preempted_request_resumes_with_its_new_blocks(side: Any) -> None:
     )
     (load,) = meta.loads
     assert load.block_ids == [9, 8, 7, 6] and (load.start, load.end) == (0, 127)
+
+
+def test_roles_producer_never_loads_consumer_never_saves(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setenv("LMCACHE_NATIVE_LOOKUP_DIR", str(tmp_path))
+    store = _Store()
+    store.hit = 192
+    server = LookupServer.start("roles", 0, store)
+    config = LMCacheEngineConfig.from_defaults(chunk_size=CHUNK)
+    prompt = list(range(200))
+    try:
+        for loads, saves in ((False, True), (True, False), (True, True)):
+            s = SchedulerSide(config, "roles", 1, BLOCK, loads=loads, saves=saves)
+            req = _request(f"r{loads}{saves}", prompt)
+            claimed = s.get_num_new_matched_tokens(req, 0)
+            assert claimed == (192 if loads else 0)
+            blocks = list(range(7))
+            s.update_state_after_alloc(req, _blocks(blocks), claimed)
+            meta = s.build_connector_meta(
+                _output(
+                    new=[(req.request_id, blocks, claimed)], scheduled={req.request_id: 200 - claimed}
+                )
+            )
+            assert len(meta.loads) == (1 if loads else 0)
+            assert len(meta.saves) == (1 if saves else 0)
+            s.close()
+    finally:
+        server.stop()
+    assert store.asked == [200, 200]  # the producer never asked

@@ -94,3 +94,25 @@ def test_decode_tokens_are_stored_only_with_save_decode_cache(tmp_path, save_dec
     assert worker.stats.store_requests == 1
     worker.finished({"d"})
     worker.close()
+
+
+def test_roles_on_the_worker(tmp_path) -> None:  # noqa: ANN001
+    worker, _ = _worker(tmp_path)
+    tokens = list(range(300, 428))
+    worker.saves = False  # kv_consumer: stores nothing
+    worker.wait_for_save(
+        LMCacheNativeConnectorMetadata(saves=[SaveSpec("a", tokens, [1, 2, 3, 4], 128)])
+    )
+    assert worker.stats.store_requests == 0 and worker.engine.lookup(tokens) == 0
+    worker.saves = True
+    worker.wait_for_save(
+        LMCacheNativeConnectorMetadata(saves=[SaveSpec("a", tokens, [1, 2, 3, 4], 128)])
+    )
+    assert worker.engine.lookup(tokens) == 128
+    worker.loads = False  # kv_producer: answers no lookup, loads nothing
+    assert worker.lookup("b", tokens) == (0, 0)
+    spec = LoadSpec("b", tokens, [8, 9, 10, 11], start=0, end=127)
+    worker.start_load_kv(LMCacheNativeConnectorMetadata(loads=[spec]))
+    assert worker.stats.loaded_tokens == 0
+    assert worker.take_load_errors() == {8, 9, 10, 11}  # vLLM recomputes, never reads stale KV
+    worker.close()

@@ -83,13 +83,23 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
         ktc = self._kv_transfer_config
         self.config = load_config(ktc.kv_connector_extra_config)
         engine_id = str(ktc.engine_id)
+        # kv_producer stores and never loads, kv_consumer loads and never stores, kv_both does
+        # both (disaggregated prefill through a shared tier).
+        self.kv_role = str(ktc.kv_role or "kv_both")
+        self.loads_enabled = self.kv_role in ("kv_consumer", "kv_both")
+        self.saves_enabled = self.kv_role in ("kv_producer", "kv_both")
         pc = vllm_config.parallel_config
         self.scheduler_side: SchedulerSide | None = None
         self.worker_side: WorkerSide | None = None
         if role == KVConnectorRole.SCHEDULER:
             world_size = int(pc.tensor_parallel_size) * int(pc.pipeline_parallel_size)
             self.scheduler_side = SchedulerSide(
-                self.config, engine_id, world_size, int(vllm_config.cache_config.block_size)
+                self.config,
+                engine_id,
+                world_size,
+                int(vllm_config.cache_config.block_size),
+                loads=self.loads_enabled,
+                saves=self.saves_enabled,
             )
             groups = kv_cache_config.kv_cache_groups if kv_cache_config is not None else []
             if len(groups) > 1:
@@ -102,13 +112,21 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
         else:
             rank, world_size = parallel_rank()
             self.worker_side = WorkerSide(
-                vllm_config, kv_cache_config, self.config, engine_id, rank, world_size
+                vllm_config,
+                kv_cache_config,
+                self.config,
+                engine_id,
+                rank,
+                world_size,
+                loads=self.loads_enabled,
+                saves=self.saves_enabled,
             )
         logger.info(
-            "LMCacheNativeConnector %s created (engine_id %s, chunk_size %d)",
+            "LMCacheNativeConnector %s created (engine_id %s, chunk_size %d, %s)",
             role.name.lower(),
             engine_id,
             int(self.config.get("chunk_size")),
+            self.kv_role,
         )
 
     @property

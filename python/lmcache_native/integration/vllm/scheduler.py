@@ -107,12 +107,22 @@ class SchedulerSide:
         engine_id: vLLM's ``kv_transfer_config.engine_id``.
         world_size: workers of this vLLM engine (tensor x pipeline parallel).
         block_size: vLLM's cache block size.
+        loads: look up and load stored prefixes (``kv_consumer``, ``kv_both``).
+        saves: store what vLLM computes (``kv_producer``, ``kv_both``).
     """
 
     def __init__(
-        self, config: LMCacheEngineConfig, engine_id: str, world_size: int, block_size: int
+        self,
+        config: LMCacheEngineConfig,
+        engine_id: str,
+        world_size: int,
+        block_size: int,
+        loads: bool = True,
+        saves: bool = True,
     ) -> None:
         self.config = config
+        self.loads = loads
+        self.saves = saves
         self.chunk_size = int(config.get("chunk_size"))
         self.block_size = block_size
         self.client = LookupClient(engine_id, world_size)
@@ -135,7 +145,7 @@ class SchedulerSide:
     def get_num_new_matched_tokens(self, request: Request, num_computed_tokens: int) -> int:
         """Tokens beyond ``num_computed_tokens`` that the workers can load for ``request``."""
         self._plans.pop(request.request_id, None)
-        if not self._cacheable(request):
+        if not self.loads or not self._cacheable(request):
             return 0
         prompt = request.prompt_token_ids
         assert prompt is not None
@@ -197,6 +207,8 @@ class SchedulerSide:
     # -- per step ----------------------------------------------------------------------------
 
     def _save_spec(self, tracker: _Tracker, computed: int) -> SaveSpec | None:
+        if not self.saves:
+            return None
         request = tracker.request
         num_prompt = request.num_prompt_tokens
         chunk = self.chunk_size

@@ -217,6 +217,8 @@ class WorkerSide:
         engine_id: vLLM's ``kv_transfer_config.engine_id``.
         rank: this worker's rank among the engine's workers.
         world_size: workers of this engine.
+        loads: loads are allowed (``kv_consumer``, ``kv_both``).
+        saves: stores are allowed (``kv_producer``, ``kv_both``).
     """
 
     def __init__(
@@ -227,8 +229,12 @@ class WorkerSide:
         engine_id: str,
         rank: int,
         world_size: int,
+        loads: bool = True,
+        saves: bool = True,
     ) -> None:
         self.vllm_config = vllm_config
+        self.loads = loads
+        self.saves = saves
         self.kv_cache_config = kv_cache_config
         self.config = config
         self.engine_id = engine_id
@@ -368,7 +374,7 @@ class WorkerSide:
         is loadable: a corrupt chunk ends the prefix here instead of failing the load later.
         """
         engine = self.engine
-        if engine is None:
+        if engine is None or not self.loads:
             return 0, 0
         self.stats.lookups += 1
         self._last_lookup_time = time.time()
@@ -384,7 +390,7 @@ class WorkerSide:
 
     def start_load_kv(self, meta: LMCacheNativeConnectorMetadata) -> None:
         """Loads every planned request of this step into vLLM's cache (before the forward)."""
-        if self.engine is None:
+        if self.engine is None or not self.loads:
             for spec in meta.loads:
                 self._fail_load(spec, spec.start)
             return
@@ -444,7 +450,7 @@ class WorkerSide:
 
     def wait_for_save(self, meta: LMCacheNativeConnectorMetadata) -> None:
         """Stores what this step computed (after the forward)."""
-        if self.engine is None:
+        if self.engine is None or not self.saves:
             return
         save_decode = bool(self.config.get("save_decode_cache"))
         for spec in meta.saves:
