@@ -73,10 +73,20 @@ def test_cpu_backend_isas_with_the_vllm_cpu_packing_are_accepted(isa: str) -> No
     assert detect_layout(caches, _geo("CPU_ATTN", cpu_isa=isa)).layout == "vllm_cpu"
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+def test_cpu_backend_amx_isa_is_the_amx_packed_layout(dtype: torch.dtype) -> None:
+    geo = LayerGeometry("CPU_ATTN", H, 16, 32, cpu_isa="amx")
+    caches = {f"l{i}": torch.zeros(B, H, 32, 2 * 16, dtype=dtype) for i in range(2)}
+    det = detect_layout(caches, {"l0": geo, "l1": geo})
+    assert det.layout == "vllm_cpu_amx"
+    assert all(det.kv_caches[k] is caches[k] for k in caches)
+
+
 @pytest.mark.parametrize(
     ("isa", "dtype", "match"),
     [
-        ("amx", torch.bfloat16, "ISA 'amx'"),  # 16x16 tiles, not K transposed per block
+        ("amx", torch.bfloat16, "ISA 'amx'.*multiples of 16"),  # head size 8: no AMX packing
+        ("amx", torch.uint8, "fp8"),  # quantised cache
         ("neon", torch.float16, "ISA 'neon'"),  # not checked against vLLM: refused
         (None, torch.float32, "ISA None"),  # unknown: refused, never guessed
         ("vec", torch.uint8, "fp8"),  # quantised cache

@@ -6,7 +6,14 @@ CUDA kernel by device. Names match the kernels in ``csrc/kernels/``.
 
 from __future__ import annotations
 
-from lmcache_native.ops._layout import LAYOUTS, PagedKV, describe, kv_cache_shape
+from lmcache_native.ops._layout import (
+    CPU_ONLY_LAYOUTS,
+    LAYOUTS,
+    PagedKV,
+    check_packing,
+    describe,
+    kv_cache_shape,
+)
 from lmcache_native.ops.kv_chunk_md5 import kv_chunk_md5
 from lmcache_native.ops.paged_kv_gather import paged_kv_gather, paged_kv_gather_chunks
 from lmcache_native.ops.paged_kv_scatter import (
@@ -24,8 +31,10 @@ from lmcache_native.ops.slot_ranges import (
 )
 
 __all__ = [
+    "CPU_ONLY_LAYOUTS",
     "LAYOUTS",
     "PagedKV",
+    "check_packing",
     "compress_slot_mapping",
     "compress_slot_ranges",
     "copy_isa",

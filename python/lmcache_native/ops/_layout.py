@@ -147,6 +147,32 @@ def _geometry(t: torch.Tensor, layout: str) -> tuple[int, int, int, int, int, li
     raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
 
 
+def check_packing(layout: str, elem_size: int, block_size: int, head_size: int) -> None:
+    """Checks that ``layout`` is defined for this element width, block size and head size.
+
+    Only packed layouts have limits: ``vllm_cpu_amx`` packs 2- or 4-byte elements (bf16,
+    fp16, fp32: whole 32-bit words) and needs block and head sizes that are multiples of 16
+    (AMX B tiles of 16 rows). Used by :func:`describe` and by the vLLM connector's layout
+    detection, which decides on shape-only tensors.
+
+    Raises:
+        ValueError: the packing is not defined for these sizes (the message says why).
+    """
+    if layout != "vllm_cpu_amx":
+        return
+    if elem_size not in (2, 4):
+        raise ValueError(
+            f"kv_caches: vllm_cpu_amx packs 2- or 4-byte elements (bf16, fp16, fp32), got "
+            f"{elem_size}-byte elements"
+        )
+    g = _AMX_GROUP
+    if block_size % g != 0 or head_size % g != 0:
+        raise ValueError(
+            f"kv_caches: vllm_cpu_amx needs block_size and head_size multiples of {g}, got "
+            f"block_size {block_size}, head_size {head_size}"
+        )
+
+
 def _amx_values(es: int, b: int, d: int, s_block: int, s_head: int) -> list[int]:
     """The 18 layout values of vLLM's AMX-packed CPU cache (``vllm_cpu_amx``).
 
@@ -164,18 +190,9 @@ def _amx_values(es: int, b: int, d: int, s_block: int, s_head: int) -> list[int]
 
     Both are a two-level stride per coordinate: ``(x // group) * stride + (x % group) * inner``.
     """
-    if es not in (2, 4):
-        raise ValueError(
-            f"kv_caches: vllm_cpu_amx packs 2- or 4-byte elements (bf16, fp16, fp32), got "
-            f"{es}-byte elements"
-        )
+    check_packing("vllm_cpu_amx", es, b, d)
     p = 4 // es
     g = _AMX_GROUP
-    if b % g != 0 or d % g != 0:
-        raise ValueError(
-            f"kv_caches: vllm_cpu_amx needs block_size and head_size multiples of {g}, got "
-            f"block_size {b}, head_size {d}"
-        )
     # kv_offset, block, token (outer), head, dim (outer); then token group, token inner,
     # dim group, dim inner; each [K, V].
     return [

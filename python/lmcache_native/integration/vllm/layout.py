@@ -13,6 +13,10 @@ backend                      tensor vLLM passes              registered as
 ===========================  ==============================  ==================================
 ``CPU_ATTN`` (vLLM CPU,      ``[B, H, N, 2*D]``, each        ``vllm_cpu`` (K transposed per
 ISA ``vec``/``vec16``)       ``(block, head)`` region dense  ``(block, head)``, then V)
+``CPU_ATTN``, ISA ``amx``    ``[B, H, N, 2*D]``, each        ``vllm_cpu_amx`` (K then V per
+(bf16 on AMX CPUs)           ``(block, head)`` region dense  ``(block, head)``, packed for AMX
+                                                             tiles: 16-token groups of K,
+                                                             16-dim groups of V)
 any GPU backend, vLLM>=0.32  ``[B, H, N, 2*D]`` (K in        ``flash_attn`` strided view
                              ``[..., :D]``, V in ``[..., D:]``, ``[2, B, N, H, D]``
                              any stride order)
@@ -29,19 +33,29 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import torch
+
+from lmcache_native.ops import check_packing
 
 #: Backends whose ``[B, H, N, 2*D]`` cache is the CPU paged-attention layout, not split K|V.
 CPU_BACKENDS: frozenset[str] = frozenset({"CPU_ATTN"})
 
-#: ISAs of vLLM's CPU attention (``layer.isa``) whose cache holds, per ``(block, head)``, K
-#: transposed ``[D, N]`` then V ``[N, D]``, the ``vllm_cpu`` layout. Checked against vLLM 0.32's
-#: own ``cpu_attn_reshape_and_cache`` for bf16, fp16 and fp32. Others pack K and V differently
-#: (``amx`` tiles 16 tokens x 16 dims; fp8 caches quantise), so a cache written by them would be
-#: stored and loaded, but its chunks would not be token rows: they could not be shared with a
-#: worker on another ISA, and their checksums would not match. Such caches are refused.
-CPU_ISAS: frozenset[str] = frozenset({"vec", "vec16"})
+#: ISAs of vLLM's CPU attention (``layer.isa``) -> the layout of the cache they write. ``vec``
+#: and ``vec16`` hold, per ``(block, head)``, K transposed ``[D, N]`` then V ``[N, D]``
+#: (``vllm_cpu``); ``amx`` packs the same region for AMX tiles (``vllm_cpu_amx``, see
+#: ``lmcache_native.ops._layout``). Each is checked against vLLM 0.32's own
+#: ``cpu_attn_reshape_and_cache`` for bf16, fp16 and fp32. The native ops read both into the same
+#: token-row chunks, so a chunk stored from an AMX worker loads into a ``vec`` one and back.
+#: Other ISAs (``neon``, ``vxe``, ...) are not checked against vLLM and are refused; so are fp8
+#: caches, which vLLM quantises and packs in yet another way.
+CPU_ISA_LAYOUTS: Mapping[str, str] = MappingProxyType(
+    {"vec": "vllm_cpu", "vec16": "vllm_cpu", "amx": "vllm_cpu_amx"}
+)
+
+#: The ISAs of :data:`CPU_ISA_LAYOUTS`, the ones the connector reads.
+CPU_ISAS: frozenset[str] = frozenset(CPU_ISA_LAYOUTS)
 
 
 class UnsupportedLayoutError(ValueError):
@@ -120,7 +134,8 @@ def _one_layer(name: str, t: torch.Tensor, geo: LayerGeometry) -> tuple[str, tor
                 f"(num_kv_heads={h}, head_size={d}, block_size={geo.block_size})"
             )
         if geo.backend in CPU_BACKENDS:
-            if geo.cpu_isa not in CPU_ISAS:
+            layout = CPU_ISA_LAYOUTS.get(geo.cpu_isa) if geo.cpu_isa is not None else None
+            if layout is None:
                 raise UnsupportedLayoutError(
                     f"{what}: CPU attention ISA {geo.cpu_isa!r} lays K/V out in a way the "
                     f"native ops do not read (supported: {', '.join(sorted(CPU_ISAS))})"
@@ -129,7 +144,11 @@ def _one_layer(name: str, t: torch.Tensor, geo: LayerGeometry) -> tuple[str, tor
                 raise UnsupportedLayoutError(
                     f"{what}: quantised (fp8) CPU KV caches are not supported"
                 )
-            return "vllm_cpu", t
+            try:
+                check_packing(layout, t.element_size(), n, d)
+            except ValueError as e:
+                raise UnsupportedLayoutError(f"{what}: ISA {geo.cpu_isa!r}: {e}") from None
+            return layout, t
         if t.stride(3) != 1:
             raise UnsupportedLayoutError(f"{what}: the K|V dimension must be contiguous")
         # [B, H, N, 2D] -> [B, H, N, 2, D] -> [2, B, N, H, D]: K and V as two strided halves.
