@@ -88,3 +88,27 @@ def test_chunks_the_cpu_tier_holds_are_still_skipped(
     assert d.store(TOKENS, torch.arange(64)).num_stored_tokens == 64
     assert d.flush(timeout=30)
     assert d.store(TOKENS, torch.arange(64)).num_skipped_chunks == 4
+
+
+def test_without_a_cpu_tier_the_read_failure_marks_the_rest_of_the_prefix(
+    make_engine: MakeEngine, tmp_path: Path
+) -> None:
+    caches = random_cache(25)
+    disk = tmp_path / "disk"
+    e = make_engine(caches, local_cpu=False, local_disk=str(disk))
+    src = torch.arange(64)
+    e.store(TOKENS, src)
+    assert e.flush(timeout=30)
+    paths = [disk / chunk_filename(k) for k in e.chunk_keys(TOKENS)]
+    for p in paths:
+        _flip_payload_byte(p)
+    dst = torch.arange(128, 192)
+    assert e.retrieve(TOKENS, dst).num_retrieved == 0
+    # Chunk 0 was deleted; chunks 1-3 are still listed, but marked: the store rewrites them.
+    result = e.store(TOKENS, src)
+    assert result.num_stored_tokens == 64 and result.num_skipped_chunks == 0
+    assert e.flush(timeout=30)
+    assert e.retrieve(TOKENS, dst).num_retrieved == 64
+    assert same_bytes(read_rows(caches, dst), read_rows(caches, src))
+    # Repaired chunks are no longer marked: the next store skips all of them.
+    assert e.store(TOKENS, src).num_skipped_chunks == 4

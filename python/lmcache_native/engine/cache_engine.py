@@ -719,7 +719,7 @@ class CacheEngine:
         # Chunks found are collected (one reference each) and scattered in one native call.
         batch: list[tuple[ChunkSpan, ChunkBufferLike, str]] = []
         try:
-            for span, key in zip(spans, keys, strict=True):
+            for idx, (span, key) in enumerate(zip(spans, keys, strict=True)):
                 if pads[span.end] - pads[span.start] == span.num_tokens:
                     if not self._manager.contains(key):
                         break
@@ -735,6 +735,9 @@ class CacheEngine:
                     self._retrieve_batch(kv, slot_mapping_dev, todo)
                     got = self._manager.get(key)
                 if got is None:
+                    # NOTE: a tier may list the rest of this prefix with damaged copies too:
+                    # the next store rewrites them instead of skipping them.
+                    self._manager.mark_suspect(keys[idx:])
                     break
                 buf, tier = got
                 expected = kv.chunk_shape(span.num_tokens)

@@ -11,6 +11,9 @@ Tier order is LocalCPUBackend -> LocalDiskBackend -> RemoteBackend (whichever ex
 - ``store_plan`` tells a store which chunks it may skip: those the CPU tier holds. A chunk that
   only a lower tier lists is stored again (the CPU tier takes it, and the lower tier's copy is
   rewritten, since a store of it means it was not loaded from there: it may be corrupt or gone).
+  A chunk a read could not deliver, and the chunks after it in the same prefix, are marked
+  suspect (``mark_suspect``): the next store rewrites them even where the hot tier lists them, so
+  the later corrupt chunks of a damaged prefix do not stay indexed until each is read.
 - A bypassed tier is skipped by contains/put/get (and by queued writes not yet done).
 - While frozen, ``put`` stores nothing and contains/get/lookup use the CPU tier only.
 """
@@ -21,6 +24,7 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -31,6 +35,8 @@ from lmcache_native.storage.base import ChunkBufferLike, StorageBackend
 from lmcache_native.storage.local_cpu import LocalCPUBackend
 
 logger = logging.getLogger(__name__)
+
+_SUSPECT_MAX = 1 << 16
 
 
 class _PoolLike(Protocol):
@@ -84,6 +90,7 @@ class StorageManager:
         self._write_failures = 0
         self._last_write_time = 0.0
         self._closed = False
+        self._suspect: OrderedDict[str, None] = OrderedDict()
         if self._async:
             self._writer = threading.Thread(
                 target=self._writer_loop, name="lmcache-storage-writer", daemon=True
@@ -221,10 +228,12 @@ class StorageManager:
         if not tiers:
             return [False] * n, [False] * n
         hot = tiers[0]
-        skip = list(hot.batched_contains(keys))
+        with self._lock:
+            suspect = [k in self._suspect for k in keys]
+        skip = [h and not s for h, s in zip(hot.batched_contains(keys), suspect, strict=True)]
         rewrite = [False] * n
         for tier in tiers:
-            if tier is hot:
+            if tier is cpu:  # its put replaces nothing; memory copies are never damaged
                 continue
             todo = [i for i in range(n) if not skip[i] and not rewrite[i]]
             if not todo:
@@ -232,6 +241,16 @@ class StorageManager:
             for i, hit in zip(todo, tier.batched_contains([keys[i] for i in todo]), strict=True):
                 rewrite[i] = hit
         return skip, rewrite
+
+    def mark_suspect(self, keys: Sequence[str]) -> None:
+        """Marks ``keys`` as possibly damaged in the tiers that list them (a read of the first
+        failed): the next store of each rewrites it. The most recent 65536 marks are kept."""
+        with self._lock:
+            for k in keys:
+                self._suspect[k] = None
+                self._suspect.move_to_end(k)
+            while len(self._suspect) > _SUSPECT_MAX:
+                self._suspect.popitem(last=False)
 
     def get(self, key: str) -> tuple[ChunkBufferLike, str] | None:
         """The chunk and the name of the tier it came from, or ``None``.
@@ -257,6 +276,8 @@ class StorageManager:
         """
         if self._frozen:
             return []
+        with self._lock:
+            self._suspect.pop(key, None)  # a fresh copy goes to every tier
         tiers = self._active(for_read=False)
         done: list[str] = []
         lower = []
