@@ -245,7 +245,8 @@ def test_roles_producer_never_loads_consumer_never_saves(tmp_path: Path, monkeyp
             s.update_state_after_alloc(req, _blocks(blocks), claimed)
             meta = s.build_connector_meta(
                 _output(
-                    new=[(req.request_id, blocks, claimed)], scheduled={req.request_id: 200 - claimed}
+                    new=[(req.request_id, blocks, claimed)],
+                    scheduled={req.request_id: 200 - claimed},
                 )
             )
             assert len(meta.loads) == (1 if loads else 0)

@@ -80,6 +80,7 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
     ) -> None:
         super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
         _setup_logging()
+        self._failure_causes: set[tuple[str, str]] = set()
         ktc = self._kv_transfer_config
         self.config = load_config(ktc.kv_connector_extra_config)
         engine_id = str(ktc.engine_id)
@@ -92,6 +93,14 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
         self.scheduler_side: SchedulerSide | None = None
         self.worker_side: WorkerSide | None = None
         if role == KVConnectorRole.SCHEDULER:
+            if getattr(ktc, "kv_load_failure_policy", "recompute") != "recompute":
+                # NOTE: a cache miss must never fail a request: what a load cannot deliver is
+                # recomputed. vLLM's scheduler reads the policy after building this connector.
+                ktc.kv_load_failure_policy = "recompute"
+                logger.info(
+                    "LMCacheNativeConnector: kv_load_failure_policy set to 'recompute' (blocks "
+                    "a load cannot fill are recomputed, never a failed request)"
+                )
             world_size = int(pc.tensor_parallel_size) * int(pc.pipeline_parallel_size)
             self.scheduler_side = SchedulerSide(
                 self.config,
@@ -134,23 +143,52 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
         """A cache, not a hand-off: a dropped save is only a later miss."""
         return False
 
+    def _contain(self, where: str, exc: BaseException) -> None:
+        """Logs a failure that was kept from vLLM: once per (method, cause) with its traceback,
+        then at debug level."""
+        cause = (where, type(exc).__qualname__)
+        if cause not in self._failure_causes:
+            self._failure_causes.add(cause)
+            logger.error(
+                "LMCacheNativeConnector.%s failed (%s: %s); vLLM goes on without the cache for "
+                "it (logged once per cause)",
+                where,
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
+        else:
+            logger.debug("LMCacheNativeConnector.%s failed again: %r", where, exc)
+
     # ==============================
     # Worker side
     # ==============================
 
     def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
-        """Builds the worker's engine on vLLM's per-layer caches."""
-        if self.worker_side is not None:
+        """Builds the worker's engine on vLLM's per-layer caches (a failure disables it)."""
+        if self.worker_side is None:
+            return
+        try:
             self.worker_side.register_kv_caches(kv_caches)
+        except Exception as e:  # noqa: BLE001 - vLLM runs on without the connector
+            self._contain("register_kv_caches", e)
+            self.worker_side.disable(f"setup failed: {type(e).__name__}: {e}")
 
     def start_load_kv(self, forward_context: ForwardContext, **kwargs: Any) -> None:
-        """Loads this step's planned requests into vLLM's cache (synchronously, before use)."""
+        """Loads this step's planned requests into vLLM's cache (synchronously, before use).
+
+        What cannot be loaded is reported by :meth:`get_block_ids_with_load_errors`.
+        """
         if self.worker_side is None or not self.has_connector_metadata():
             return
         meta = self._get_connector_metadata()
-        assert isinstance(meta, LMCacheNativeConnectorMetadata)
-        if meta.loads:
+        if not isinstance(meta, LMCacheNativeConnectorMetadata) or not meta.loads:
+            return
+        try:
             self.worker_side.start_load_kv(meta)
+        except Exception as e:  # noqa: BLE001 - the loads' blocks are recomputed instead
+            self._contain("start_load_kv", e)
+            self.worker_side.fail_loads(meta.loads)
 
     def wait_for_layer_load(self, layer_name: str) -> None:
         """No-op: ``start_load_kv`` loads every layer before the forward."""
@@ -167,32 +205,45 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
         return
 
     def wait_for_save(self) -> None:
-        """Stores what this step computed."""
+        """Stores what this step computed (a failed store is counted and logged, never raised)."""
         if self.worker_side is None or not self.has_connector_metadata():
             return
         meta = self._get_connector_metadata()
-        assert isinstance(meta, LMCacheNativeConnectorMetadata)
-        if meta.saves:
+        if not isinstance(meta, LMCacheNativeConnectorMetadata):
+            return
+        try:
             self.worker_side.wait_for_save(meta)
+        except Exception as e:  # noqa: BLE001 - a lost store is only a later miss
+            self._contain("wait_for_save", e)
 
     def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
         """Loads and saves are synchronous: nothing is ever pending."""
         if self.worker_side is not None:
-            self.worker_side.finished(finished_req_ids)
+            try:
+                self.worker_side.finished(finished_req_ids)
+            except Exception as e:  # noqa: BLE001
+                self._contain("get_finished", e)
         return None, None
 
     def get_block_ids_with_load_errors(self) -> set[int]:
-        """Blocks this step's loads could not fill; vLLM recomputes (or fails) them."""
+        """Blocks this step's loads could not fill; vLLM recomputes them."""
         if self.worker_side is None:
             return set()
-        return self.worker_side.take_load_errors()
+        try:
+            return self.worker_side.take_load_errors()
+        except Exception as e:  # noqa: BLE001
+            self._contain("get_block_ids_with_load_errors", e)
+            return set()
 
     def shutdown(self) -> None:
         """Stops the admin API and lookup server and closes the engine (or lookup client)."""
-        if self.worker_side is not None:
-            self.worker_side.close()
-        if self.scheduler_side is not None:
-            self.scheduler_side.close()
+        try:
+            if self.worker_side is not None:
+                self.worker_side.close()
+            if self.scheduler_side is not None:
+                self.scheduler_side.close()
+        except Exception as e:  # noqa: BLE001
+            self._contain("shutdown", e)
 
     # ==============================
     # Scheduler side
@@ -204,25 +255,43 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
         """Tokens beyond ``num_computed_tokens`` the workers can load; never async."""
         if self.scheduler_side is None:
             return 0, False
-        return self.scheduler_side.get_num_new_matched_tokens(request, num_computed_tokens), False
+        try:
+            n = self.scheduler_side.get_num_new_matched_tokens(request, num_computed_tokens)
+        except Exception as e:  # noqa: BLE001 - a failed lookup is a miss
+            self._contain("get_num_new_matched_tokens", e)
+            self.scheduler_side.forget_plan(request)
+            return 0, False
+        return n, False
 
     def update_state_after_alloc(
         self, request: Request, blocks: KVCacheBlocks, num_external_tokens: int
     ) -> None:
         """Plans the load of the tokens vLLM accepted, into the blocks it allocated."""
-        if self.scheduler_side is not None:
+        if self.scheduler_side is None:
+            return
+        try:
             self.scheduler_side.update_state_after_alloc(request, blocks, num_external_tokens)
+        except Exception as e:  # noqa: BLE001 - the accepted tokens are reported, then recomputed
+            self._contain("update_state_after_alloc", e)
+            self.scheduler_side.plan_failed_load(request, blocks, num_external_tokens)
 
     def build_connector_meta(self, scheduler_output: SchedulerOutput) -> KVConnectorMetadata:
         """This step's loads and saves."""
         if self.scheduler_side is None:
             return LMCacheNativeConnectorMetadata()
-        return self.scheduler_side.build_connector_meta(scheduler_output)
+        try:
+            return self.scheduler_side.build_connector_meta(scheduler_output)
+        except Exception as e:  # noqa: BLE001
+            self._contain("build_connector_meta", e)
+            return self.scheduler_side.salvage_meta()
 
     def request_finished(
         self, request: Request, block_ids: list[int]
     ) -> tuple[bool, dict[str, Any] | None]:
         """Saves are done by the time a request finishes, so its blocks can be freed now."""
         if self.scheduler_side is not None:
-            self.scheduler_side.request_finished(request)
+            try:
+                self.scheduler_side.request_finished(request)
+            except Exception as e:  # noqa: BLE001
+                self._contain("request_finished", e)
         return False, None

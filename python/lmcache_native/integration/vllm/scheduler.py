@@ -130,6 +130,8 @@ class SchedulerSide:
         self._plans: dict[str, _LoadPlan] = {}
         self._trackers: dict[str, _Tracker] = {}
         self._skip_reason_logged: set[str] = set()
+        self._building: LMCacheNativeConnectorMetadata | None = None
+        self._failed_logged: set[str] = set()
 
     # -- admission ---------------------------------------------------------------------------
 
@@ -161,6 +163,32 @@ class SchedulerSide:
             hit=hit, local=num_computed_tokens, claimed=claimed
         )
         return claimed
+
+    def forget_plan(self, request: Request) -> None:
+        """Drops the load plan of ``request`` (its lookup failed)."""
+        self._plans.pop(request.request_id, None)
+
+    def plan_failed_load(
+        self, request: Request, blocks: KVCacheBlocks, num_external_tokens: int
+    ) -> None:
+        """After a failure while planning a load vLLM already accepted: a load of nothing, so
+        the worker reports the accepted tokens' blocks and vLLM recomputes them."""
+        plan = self._plans.pop(request.request_id, None)
+        if num_external_tokens <= 0:
+            return
+        start = plan.local if plan is not None else 0
+        tracker = self._trackers.get(request.request_id)
+        if tracker is None:
+            tracker = _Tracker(request=request)
+            self._trackers[request.request_id] = tracker
+        tracker.block_ids = list(blocks.get_block_ids()[0])
+        tracker.load = LoadSpec(
+            req_id=request.request_id,
+            token_ids=[],
+            block_ids=tracker.block_ids,
+            start=start,
+            end=start + num_external_tokens,
+        )
 
     def update_state_after_alloc(
         self, request: Request, blocks: KVCacheBlocks, num_external_tokens: int
@@ -231,6 +259,7 @@ class SchedulerSide:
     ) -> LMCacheNativeConnectorMetadata:
         """This step's loads and saves; clears the step's load plans."""
         meta = LMCacheNativeConnectorMetadata()
+        self._building = meta
         scheduled = scheduler_output.num_scheduled_tokens
 
         def visit(req_id: str, computed_before: int) -> None:
@@ -242,7 +271,11 @@ class SchedulerSide:
                 meta.loads.append(tracker.load)
                 tracker.load = None
             computed = computed_before + scheduled.get(req_id, 0)
-            spec = self._save_spec(tracker, computed)
+            try:
+                spec = self._save_spec(tracker, computed)
+            except Exception as e:  # noqa: BLE001 - one request's save is lost, not the step
+                self._log_failure("planning a save", e)
+                return
             if spec is not None:
                 meta.saves.append(spec)
 
@@ -268,7 +301,21 @@ class SchedulerSide:
         for req_id in scheduler_output.finished_req_ids:
             self._trackers.pop(req_id, None)
         self._plans.clear()
+        self._building = None
         return meta
+
+    def salvage_meta(self) -> LMCacheNativeConnectorMetadata:
+        """After ``build_connector_meta`` failed: what it had built (loads vLLM was promised
+        must still reach the workers, which report what they cannot fill)."""
+        meta, self._building = self._building, None
+        self._plans.clear()
+        return meta if meta is not None else LMCacheNativeConnectorMetadata()
+
+    def _log_failure(self, what: str, exc: BaseException) -> None:
+        cause = f"{what}:{type(exc).__qualname__}"
+        if cause not in self._failed_logged:
+            self._failed_logged.add(cause)
+            logger.error("LMCacheNativeConnector: %s failed: %r", what, exc, exc_info=exc)
 
     def request_finished(self, request: Request) -> None:
         """Forgets ``request`` (its saves already ran in the step that computed them)."""

@@ -8,8 +8,10 @@ scheduler and, when ``internal_api_server_enabled``, the admin API on
 Loads run in ``start_load_kv``, which vLLM calls before the forward of a step that has loads;
 saves run in ``wait_for_save`` after the forward. Both go through the engine, whose native ops
 run on the caller's current stream, i.e. vLLM's, so they are ordered with the forward's kernels.
-A load that comes back shorter than planned reports the blocks it could not fill, so vLLM
-recomputes them instead of reading stale KV.
+A load that comes back shorter than planned, or fails, reports the blocks it could not fill, so
+vLLM recomputes them instead of reading stale KV. No exception of a load or a store leaves the
+worker side: a failed load is reported that way, a failed store is counted
+(``lmcache_vllm_store_failures_total``) and logged once per cause.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ class WorkerStats:
         store_requests: store calls made.
         stored_tokens: tokens newly stored (chunks the engine did not hold yet).
         lookups: lookups answered for the scheduler.
+        load_failures: loads that raised (reported to vLLM as failed blocks).
+        store_failures: stores that raised.
     """
 
     load_requests: int = 0
@@ -69,6 +73,8 @@ class WorkerStats:
     store_requests: int = 0
     stored_tokens: int = 0
     lookups: int = 0
+    load_failures: int = 0
+    store_failures: int = 0
 
 
 class ConnectorMetrics:
@@ -100,6 +106,16 @@ class ConnectorMetrics:
         self.stored_tokens = Counter(
             "lmcache_vllm_stored_tokens",
             "Tokens of vLLM's KV cache newly stored",
+            registry=registry,
+        )
+        self.load_failures = Counter(
+            "lmcache_vllm_load_failures",
+            "Loads that raised (their blocks were reported to vLLM and recomputed)",
+            registry=registry,
+        )
+        self.store_failures = Counter(
+            "lmcache_vllm_store_failures",
+            "Stores that raised (nothing more of that step's request was stored)",
             registry=registry,
         )
 
@@ -192,10 +208,12 @@ def verified_prefix(
     cpu = storage.cpu
     chunk = int(engine.config.get("chunk_size"))
     verified = 0
-    for i, key in enumerate(engine.chunk_keys(tokens, extras)):
+    keys = engine.chunk_keys(tokens, extras)
+    for i, key in enumerate(keys):
         if cpu is None or storage.is_bypassed(cpu.name) or not cpu.contains(key):
             got = storage.get(key)
             if got is None:
+                storage.mark_suspect(keys[i:])  # the next store rewrites the rest of the prefix
                 break
             got[0].unref()
         verified = min((i + 1) * chunk, len(tokens))
@@ -253,6 +271,7 @@ class WorkerSide:
         self._device = torch.device("cpu")
         self._stored_upto: dict[str, int] = {}
         self._load_errors: set[int] = set()
+        self._failure_causes: set[tuple[str, str]] = set()
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -333,7 +352,7 @@ class WorkerSide:
             self.api_handle = start(
                 self.engine, self.config, host=host, port=port, inference_info=self.inference_info
             )
-        except (OSError, RuntimeError) as e:
+        except Exception as e:  # noqa: BLE001 - vLLM runs on without the admin API
             logger.error(
                 "LMCacheNativeConnector: admin API not started on %s:%d: %s", host, port, e
             )
@@ -388,14 +407,62 @@ class WorkerSide:
 
     # -- per step ----------------------------------------------------------------------------
 
+    def disable(self, reason: str) -> None:
+        """Turns the connector off in this worker (loads are reported failed, stores skipped)."""
+        self.disabled_reason = reason
+        engine, self.engine = self.engine, None
+        if self._lookup is not None:
+            self._lookup.stop()
+            self._lookup = None
+        if engine is not None:
+            try:
+                engine.close()
+            except Exception as e:  # noqa: BLE001
+                logger.debug("closing a disabled engine failed: %r", e)
+
+    def _failed(self, op: str, exc: BaseException) -> None:
+        """Counts a load/store that raised; logs it once per cause with its traceback."""
+        if op == "load":
+            self.stats.load_failures += 1
+            if self.metrics is not None:
+                self.metrics.load_failures.inc()
+        else:
+            self.stats.store_failures += 1
+            if self.metrics is not None:
+                self.metrics.store_failures.inc()
+        cause = (op, type(exc).__qualname__)
+        if cause in self._failure_causes:
+            logger.debug("LMCacheNativeConnector %s failed again: %r", op, exc)
+            return
+        self._failure_causes.add(cause)
+        logger.error(
+            "LMCacheNativeConnector %s failed (%s: %s); %s (logged once per cause)",
+            op,
+            type(exc).__name__,
+            exc,
+            "its blocks are recomputed by vLLM" if op == "load" else "nothing more is stored",
+            exc_info=exc,
+        )
+
+    def fail_loads(self, loads: list[LoadSpec]) -> None:
+        """Reports every block of ``loads``' windows as not loaded."""
+        for spec in loads:
+            self._fail_load(spec, spec.start)
+
     def start_load_kv(self, meta: LMCacheNativeConnectorMetadata) -> None:
-        """Loads every planned request of this step into vLLM's cache (before the forward)."""
+        """Loads every planned request of this step into vLLM's cache (before the forward).
+
+        A load that raises reports its whole window (some of it may have been written).
+        """
         if self.engine is None or not self.loads:
-            for spec in meta.loads:
-                self._fail_load(spec, spec.start)
+            self.fail_loads(meta.loads)
             return
         for spec in meta.loads:
-            self._load(spec)
+            try:
+                self._load(spec)
+            except Exception as e:  # noqa: BLE001 - reported to vLLM, which recomputes
+                self._failed("load", e)
+                self._fail_load(spec, spec.start)
 
     def _fail_load(self, spec: LoadSpec, first_missing: int) -> None:
         if first_missing >= spec.end:
@@ -418,6 +485,9 @@ class WorkerSide:
     def _load(self, spec: LoadSpec) -> None:
         assert self.engine is not None
         n = len(spec.token_ids)
+        if n < spec.end:  # the plan failed on the scheduler side: nothing to load
+            self._fail_load(spec, spec.start)
+            return
         held = min(n, len(spec.block_ids) * self.block_size)
         slots = torch.full((n,), -1, dtype=torch.int64)
         slots[:held] = slot_mapping(spec.block_ids, self.block_size, held)
@@ -454,7 +524,10 @@ class WorkerSide:
             return
         save_decode = bool(self.config.get("save_decode_cache"))
         for spec in meta.saves:
-            self._save(spec, save_decode)
+            try:
+                self._save(spec, save_decode)
+            except Exception as e:  # noqa: BLE001 - a lost store is only a later miss
+                self._failed("store", e)
 
     def _save(self, spec: SaveSpec, save_decode: bool) -> None:
         assert self.engine is not None
