@@ -182,7 +182,9 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
         if self.worker_side is None or not self.has_connector_metadata():
             return
         meta = self._get_connector_metadata()
-        if not isinstance(meta, LMCacheNativeConnectorMetadata) or not meta.loads:
+        if not isinstance(meta, LMCacheNativeConnectorMetadata) or not (
+            meta.loads or meta.released
+        ):
             return
         try:
             self.worker_side.start_load_kv(meta)

@@ -85,7 +85,10 @@ class LMCacheNativeConnectorMetadata(KVConnectorMetadata):
     Attributes:
         loads: requests to load into before the forward.
         saves: requests to store after the forward.
+        released: requests whose looked-up chunks the workers may stop holding (finished, or
+            not loading after all).
     """
 
     loads: list[LoadSpec] = field(default_factory=list)
     saves: list[SaveSpec] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)

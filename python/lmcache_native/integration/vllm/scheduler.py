@@ -131,6 +131,7 @@ class SchedulerSide:
         self._trackers: dict[str, _Tracker] = {}
         self._skip_reason_logged: set[str] = set()
         self._building: LMCacheNativeConnectorMetadata | None = None
+        self._released: list[str] = []  # leases the workers may let go, sent with the next step
         self._failed_logged: set[str] = set()
 
     # -- admission ---------------------------------------------------------------------------
@@ -158,6 +159,8 @@ class SchedulerSide:
         claimable = min(hit, len(prompt) - 1)
         claimed = max(0, claimable - num_computed_tokens)
         if claimed == 0 or claimed < min_retrieve:
+            if hit:
+                self._released.append(request.request_id)
             return 0
         self._plans[request.request_id] = _LoadPlan(
             hit=hit, local=num_computed_tokens, claimed=claimed
@@ -196,6 +199,8 @@ class SchedulerSide:
         """Starts following ``request``; plans its load if vLLM accepted external tokens."""
         req_id = request.request_id
         plan = self._plans.pop(req_id, None)
+        if plan is not None and num_external_tokens <= 0:
+            self._released.append(req_id)  # vLLM did not take the hit: nothing to hold
         if not self._cacheable(request):
             return
         tracker = self._trackers.get(req_id)
@@ -216,6 +221,7 @@ class SchedulerSide:
                 end,
                 plan.hit,
             )
+            self._released.append(req_id)
             return
         chunk = self.chunk_size
         fetch = min(plan.hit, (end + chunk - 1) // chunk * chunk)
@@ -302,6 +308,7 @@ class SchedulerSide:
             self._trackers.pop(req_id, None)
         self._plans.clear()
         self._building = None
+        meta.released, self._released = self._released, []
         return meta
 
     def salvage_meta(self) -> LMCacheNativeConnectorMetadata:
@@ -309,7 +316,9 @@ class SchedulerSide:
         must still reach the workers, which report what they cannot fill)."""
         meta, self._building = self._building, None
         self._plans.clear()
-        return meta if meta is not None else LMCacheNativeConnectorMetadata()
+        meta = meta if meta is not None else LMCacheNativeConnectorMetadata()
+        meta.released, self._released = self._released, []
+        return meta
 
     def _log_failure(self, what: str, exc: BaseException) -> None:
         cause = f"{what}:{type(exc).__qualname__}"
@@ -318,9 +327,11 @@ class SchedulerSide:
             logger.error("LMCacheNativeConnector: %s failed: %r", what, exc, exc_info=exc)
 
     def request_finished(self, request: Request) -> None:
-        """Forgets ``request`` (its saves already ran in the step that computed them)."""
+        """Forgets ``request`` (its saves already ran in the step that computed them); the
+        workers let go of what they held for it."""
         self._trackers.pop(request.request_id, None)
         self._plans.pop(request.request_id, None)
+        self._released.append(request.request_id)
 
     def close(self) -> None:
         """Closes the lookup connections."""

@@ -5,6 +5,12 @@
 scheduler and, when ``internal_api_server_enabled``, the admin API on
 ``internal_api_server_port_start + 1 + rank``.
 
+A lookup holds what it reported (a lease per request): the CPU-tier buffers of the chunks it
+found stay referenced, so eviction skips them until the request's load, ``request_finished``
+(``released`` in the metadata, or vLLM's finished ids) or the lease's expiry
+(``extra_config.lookup_lease_secs``, default 30 s) lets them go, and a hit cannot become a
+failed load because the chunks were evicted in between.
+
 Loads run in ``start_load_kv``, which vLLM calls before the forward of a step that has loads;
 saves run in ``wait_for_save`` after the forward. Both go through the engine, whose native ops
 run on the caller's current stream, i.e. vLLM's, so they are ordered with the forward's kernels.
@@ -44,6 +50,7 @@ from lmcache_native.integration.vllm.metadata import (
 )
 from lmcache_native.ops import describe
 from lmcache_native.stats.periodic import RunStats, ThreadLevel
+from lmcache_native.storage.base import ChunkBufferLike
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
@@ -65,6 +72,8 @@ class WorkerStats:
         lookups: lookups answered for the scheduler.
         load_failures: loads that raised (reported to vLLM as failed blocks).
         store_failures: stores that raised.
+        leases: leases taken by lookups (chunks held for a request until its load).
+        leases_expired: leases that expired before their request loaded or finished.
     """
 
     load_requests: int = 0
@@ -75,6 +84,8 @@ class WorkerStats:
     lookups: int = 0
     load_failures: int = 0
     store_failures: int = 0
+    leases: int = 0
+    leases_expired: int = 0
 
 
 class ConnectorMetrics:
@@ -197,27 +208,50 @@ def cpu_attention_isa(vllm_config: VllmConfig, layer: Any, spec: Any) -> str | N
 
 
 def verified_prefix(
-    engine: CacheEngine, tokens: Sequence[int], extras: KeyExtras | None = None
+    engine: CacheEngine,
+    tokens: Sequence[int],
+    extras: KeyExtras | None = None,
+    held: list[ChunkBufferLike] | None = None,
 ) -> int:
     """How many leading tokens of ``tokens`` (a stored prefix) the engine can really load.
 
     Chunks in the CPU tier count as they are; any other chunk is fetched through the storage
-    manager, which verifies it and promotes it into the CPU tier.
+    manager, which verifies it and promotes it into the CPU tier. With ``held``, the CPU-tier
+    buffer of each counted chunk is appended to it with one reference (eviction skips a
+    referenced buffer); the caller drops those references.
     """
     storage = engine.storage
     cpu = storage.cpu
+    cpu_active = cpu is not None and not storage.is_bypassed(cpu.name)
     chunk = int(engine.config.get("chunk_size"))
     verified = 0
     keys = engine.chunk_keys(tokens, extras)
     for i, key in enumerate(keys):
-        if cpu is None or storage.is_bypassed(cpu.name) or not cpu.contains(key):
+        buf = cpu.get(key) if cpu is not None and cpu_active else None
+        if buf is None:
             got = storage.get(key)
             if got is None:
                 storage.mark_suspect(keys[i:])  # the next store rewrites the rest of the prefix
                 break
-            got[0].unref()
+            buf = got[0]
+            if not (cpu is not None and cpu_active and cpu.contains(key)):
+                buf.unref()  # not kept by the CPU tier: the load reads the lower tier again
+                buf = None
+        if buf is not None:
+            if held is not None:
+                held.append(buf)
+            else:
+                buf.unref()
         verified = min((i + 1) * chunk, len(tokens))
     return verified
+
+
+@dataclass
+class _Lease:
+    """Chunks a lookup reported for one request, held until its load (or expiry)."""
+
+    expires: float
+    bufs: list[ChunkBufferLike]
 
 
 def _sync(device: torch.device) -> None:
@@ -272,6 +306,9 @@ class WorkerSide:
         self._stored_upto: dict[str, int] = {}
         self._load_errors: set[int] = set()
         self._failure_causes: set[tuple[str, str]] = set()
+        self._leases: dict[str, _Lease] = {}
+        self._lease_lock = threading.Lock()
+        self.clock = time.monotonic
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -395,11 +432,24 @@ class WorkerSide:
         engine = self.engine
         if engine is None or not self.loads:
             return 0, 0
+        self.release([req_id])
+        self.expire_leases()
         self.stats.lookups += 1
         self._last_lookup_time = time.time()
         min_retrieve = int(self.config.get("min_retrieve_tokens"))
         hit = int(engine.lookup(tokens, extras))
-        loadable = verified_prefix(engine, tokens[:hit], extras) if hit else 0
+        held: list[ChunkBufferLike] = []
+        loadable = verified_prefix(engine, tokens[:hit], extras, held) if hit else 0
+        if held and req_id:
+            secs = float(self.config.extra("lookup_lease_secs", 30.0))
+            with self._lease_lock:
+                old = self._leases.pop(req_id, None)
+                self._leases[req_id] = _Lease(self.clock() + secs, held)
+            self.stats.leases += 1
+            if old is not None:
+                _unref_all(old.bufs)
+        else:
+            _unref_all(held)
         if self.metrics is not None:
             self.metrics.lookups.inc()
             self.metrics.lookup_tokens.inc(loadable)
@@ -444,6 +494,32 @@ class WorkerSide:
             exc_info=exc,
         )
 
+    # -- leases ------------------------------------------------------------------------------
+
+    def release(self, req_ids: Sequence[str]) -> None:
+        """Lets the chunks held for ``req_ids`` go (their loads ran, or they finished)."""
+        for req_id in req_ids:
+            with self._lease_lock:
+                lease = self._leases.pop(req_id, None)
+            if lease is not None:
+                _unref_all(lease.bufs)
+
+    def expire_leases(self) -> None:
+        """Lets the chunks of expired leases go."""
+        now = self.clock()
+        with self._lease_lock:
+            gone = [r for r, lease in self._leases.items() if lease.expires <= now]
+            leases = [self._leases.pop(r) for r in gone]
+        for lease in leases:
+            self.stats.leases_expired += 1
+            _unref_all(lease.bufs)
+
+    @property
+    def leased_requests(self) -> list[str]:
+        """Requests whose looked-up chunks are held now."""
+        with self._lease_lock:
+            return list(self._leases)
+
     def fail_loads(self, loads: list[LoadSpec]) -> None:
         """Reports every block of ``loads``' windows as not loaded."""
         for spec in loads:
@@ -452,10 +528,14 @@ class WorkerSide:
     def start_load_kv(self, meta: LMCacheNativeConnectorMetadata) -> None:
         """Loads every planned request of this step into vLLM's cache (before the forward).
 
-        A load that raises reports its whole window (some of it may have been written).
+        A load that raises reports its whole window (some of it may have been written). Each
+        load releases its request's lease.
         """
+        self.release(meta.released)
+        self.expire_leases()
         if self.engine is None or not self.loads:
             self.fail_loads(meta.loads)
+            self.release([s.req_id for s in meta.loads])
             return
         for spec in meta.loads:
             try:
@@ -463,6 +543,8 @@ class WorkerSide:
             except Exception as e:  # noqa: BLE001 - reported to vLLM, which recomputes
                 self._failed("load", e)
                 self._fail_load(spec, spec.start)
+            finally:
+                self.release([spec.req_id])
 
     def _fail_load(self, spec: LoadSpec, first_missing: int) -> None:
         if first_missing >= spec.end:
@@ -520,6 +602,7 @@ class WorkerSide:
 
     def wait_for_save(self, meta: LMCacheNativeConnectorMetadata) -> None:
         """Stores what this step computed (after the forward)."""
+        self.release(meta.released)
         if self.engine is None or not self.saves:
             return
         save_decode = bool(self.config.get("save_decode_cache"))
@@ -558,7 +641,8 @@ class WorkerSide:
         )
 
     def finished(self, finished_req_ids: set[str]) -> None:
-        """Forgets requests vLLM finished."""
+        """Forgets requests vLLM finished (and lets their held chunks go)."""
+        self.release(list(finished_req_ids))
         for req_id in finished_req_ids:
             self._stored_upto.pop(req_id, None)
 
@@ -568,7 +652,8 @@ class WorkerSide:
         return errors
 
     def close(self) -> None:
-        """Stops the admin API and the lookup server, closes the engine."""
+        """Stops the admin API and the lookup server, lets every lease go, closes the engine."""
+        self.release(self.leased_requests)
         if self.api_handle is not None:
             self.api_handle.stop()
             self.api_handle = None
@@ -578,3 +663,8 @@ class WorkerSide:
         if self.engine is not None:
             self.engine.close()
             self.engine = None
+
+
+def _unref_all(bufs: Sequence[ChunkBufferLike]) -> None:
+    for b in bufs:
+        b.unref()
