@@ -120,9 +120,32 @@ def make_setup(
 # --- torch advanced-indexing baselines (one layer at a time) --------------------------------------
 
 
+def _amx_flat_index(layer: torch.Tensor, slots: torch.Tensor, b: int) -> torch.Tensor:
+    """[2, T, H * D] element indices into ``layer.view(-1)`` of the rows of ``slots`` in a
+    ``vllm_cpu_amx`` cache (the packing of ``testing/reference.py``'s ``amx_index``, as one
+    index table per block offset)."""
+    n, h, _, d2 = layer.shape
+    d = d2 // 2
+    p = 4 // layer.element_size()
+    o = torch.arange(b, device=slots.device)[:, None]
+    dim = torch.arange(d, device=slots.device)[None, :]
+    k_idx = (o // 16) * 16 * d + (dim // p) * 16 * p + (o % 16) * p + dim % p  # [B, D]
+    v_idx = b * d + (dim // 16) * 16 * b + (o // p) * 16 * p + o % p + (dim % 16) * p
+    s0, s1 = layer.stride(0), layer.stride(1)
+    blk, off = slots // b, slots % b
+    heads = torch.arange(h, device=slots.device)[None, :, None] * s1
+    base = blk[:, None, None] * s0 + heads  # [T, H, 1]
+    t = slots.numel()
+    k = (base + k_idx[off][:, None, :]).reshape(t, -1)
+    v = (base + v_idx[off][:, None, :]).reshape(t, -1)
+    return torch.stack((k, v))
+
+
 def _torch_rows(layer: torch.Tensor, layout: str, slots: torch.Tensor, b: int) -> torch.Tensor:
     """[num_kv, T, row] rows of ``slots`` by advanced indexing (a new tensor)."""
     t = slots.numel()
+    if layout == "vllm_cpu_amx":
+        return layer.view(-1)[_amx_flat_index(layer, slots, b)]
     if layout == "flash_attn":
         return layer.flatten(1, 2).flatten(2)[:, slots]
     if layout == "mla":
@@ -146,6 +169,9 @@ def _torch_put_rows(
 ) -> None:
     """Writes [num_kv, T, row] ``rows`` into ``slots`` by advanced indexing (index_put)."""
     t = slots.numel()
+    if layout == "vllm_cpu_amx":
+        layer.view(-1)[_amx_flat_index(layer, slots, b)] = rows
+        return
     if layout == "flash_attn":
         layer.flatten(1, 2).flatten(2)[:, slots] = rows
         return
@@ -356,7 +382,10 @@ def main(argv: list[str] | None = None) -> int:
     add_common_args(parser)
     parser.add_argument("--tokens", type=parse_int_list, default=None, help="e.g. 1024,8192,32k")
     parser.add_argument(
-        "--layouts", type=parse_str_list, default=None, help="default: flash_attn,vllm_cpu"
+        "--layouts",
+        type=parse_str_list,
+        default=None,
+        help="default: flash_attn,vllm_cpu (any of lmcache_native.ops.LAYOUTS, e.g. vllm_cpu_amx)",
     )
     parser.add_argument(
         "--directions",

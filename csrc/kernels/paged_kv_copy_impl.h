@@ -296,7 +296,9 @@ void copy_piece_scalar(Word* cache, int64_t ts, int64_t ds, Word* row, int64_t r
 // whether the side is moved as 32-bit words (PagedKVLayout::words_transposed).
 struct PackedTables {
   std::vector<int64_t> dim_off[2];
-  bool words[2] = {false, false};
+  bool words[2] = {false, false};  // words_transposed
+  bool pairs[2] = {false, false};  // token_pairs_interleaved
+  int64_t run[2] = {1, 1};         // dim_run
 };
 
 inline PackedTables packed_tables(const PagedKVLayout& l) {
@@ -306,8 +308,78 @@ inline PackedTables packed_tables(const PagedKVLayout& l) {
     t.dim_off[kv].resize(static_cast<size_t>(l.head_size));
     for (int64_t d = 0; d < l.head_size; ++d) t.dim_off[kv][d] = l.dim_part(kv, d);
     t.words[kv] = l.words_transposed(kv);
+    t.pairs[kv] = l.token_pairs_interleaved(kv);
+    t.run[kv] = l.dim_run(kv);
   }
   return t;
+}
+
+// One token's head vector of a packed kv side, element by element through the dim table.
+template <bool kGather, typename Word>
+LMC_INLINE void copy_token_packed(Word* tok, const int64_t* doff, Word* r, int64_t d_n) {
+  for (int64_t d = 0; d < d_n; ++d) {
+    if (kGather) {
+      r[d] = tok[doff[d]];
+    } else {
+      tok[doff[d]] = r[d];
+    }
+  }
+}
+
+// token_pairs_interleaved sides (vllm_cpu_amx's bf16/fp16 V): each pair of tokens (even offset,
+// odd offset) of a dim group is a run of 2-byte words interleaved token by token; 8 dims of
+// the pair (two 16-byte vectors) are split into the two rows by SSE2 shifts and packs, and
+// joined back by unpacks. A run's odd first or last token goes element by element.
+template <bool kGather>
+void copy_pairs_u16(const PagedKVLayout& l, int kv, const int64_t* doff, uint16_t* head,
+                    int64_t o0, int64_t n, uint16_t* row, int64_t row_elems) {
+  const int64_t d_n = l.head_size;
+  const int64_t group = l.dim_group[kv];
+  int64_t j = 0;
+  if (o0 % 2 != 0) {
+    copy_token_packed<kGather>(head + l.token_part(kv, o0), doff, row, d_n);
+    j = 1;
+  }
+  for (; j + 1 < n; j += 2) {
+    uint16_t* pair = head + l.token_part(kv, o0 + j);
+    uint16_t* r0 = row + j * row_elems;
+    uint16_t* r1 = r0 + row_elems;
+    for (int64_t g = 0; g < d_n; g += group) {
+      uint16_t* line = pair + l.dim_part(kv, g);
+      for (int64_t k = 0; k < group; k += 8) {
+#if defined(__SSE2__)
+        __m128i* lo = reinterpret_cast<__m128i*>(line + 2 * k);
+        __m128i* hi = reinterpret_cast<__m128i*>(line + 2 * k + 8);
+        __m128i* a = reinterpret_cast<__m128i*>(r0 + g + k);
+        __m128i* b = reinterpret_cast<__m128i*>(r1 + g + k);
+        if (kGather) {
+          const __m128i x0 = _mm_loadu_si128(lo), x1 = _mm_loadu_si128(hi);
+          // Sign-extended 16-bit halves pack back without saturation: the bits are kept.
+          const __m128i even = _mm_packs_epi32(_mm_srai_epi32(_mm_slli_epi32(x0, 16), 16),
+                                               _mm_srai_epi32(_mm_slli_epi32(x1, 16), 16));
+          const __m128i odd = _mm_packs_epi32(_mm_srai_epi32(x0, 16), _mm_srai_epi32(x1, 16));
+          _mm_storeu_si128(a, even);
+          _mm_storeu_si128(b, odd);
+        } else {
+          const __m128i x = _mm_loadu_si128(a), y = _mm_loadu_si128(b);
+          _mm_storeu_si128(lo, _mm_unpacklo_epi16(x, y));
+          _mm_storeu_si128(hi, _mm_unpackhi_epi16(x, y));
+        }
+#else
+        for (int64_t e = 0; e < 8; ++e) {
+          if (kGather) {
+            r0[g + k + e] = line[2 * (k + e)];
+            r1[g + k + e] = line[2 * (k + e) + 1];
+          } else {
+            line[2 * (k + e)] = r0[g + k + e];
+            line[2 * (k + e) + 1] = r1[g + k + e];
+          }
+        }
+#endif
+      }
+    }
+  }
+  if (j < n) copy_token_packed<kGather>(head + l.token_part(kv, o0 + j), doff, row + j * row_elems, d_n);
 }
 
 // One head's piece of a packed kv side for n tokens from block offset o0 (inside one block):
@@ -341,16 +413,32 @@ void copy_piece_packed(const PagedKVLayout& l, int kv, const PackedTables& t, Wo
     }
   }
   const int64_t* doff = t.dim_off[kv].data();
-  for (int64_t j = 0; j < n; ++j) {
-    Word* tok = head + l.token_part(kv, o0 + j);
-    Word* r = row + j * row_elems;
-    for (int64_t d = 0; d < d_n; ++d) {
-      if (kGather) {
-        r[d] = tok[doff[d]];
-      } else {
-        tok[doff[d]] = r[d];
+  if constexpr (sizeof(Word) == 2) {
+    if (t.pairs[kv]) {
+      copy_pairs_u16<kGather>(l, kv, doff, reinterpret_cast<uint16_t*>(head), o0, n,
+                              reinterpret_cast<uint16_t*>(row), row_elems);
+      return;
+    }
+  }
+  const int64_t run = t.run[kv];
+  if (run > 1) {
+    // Runs of `run` dims contiguous per token (vllm_cpu_amx's fp32 V: 64-byte pieces).
+    const int64_t run_bytes = run * static_cast<int64_t>(sizeof(Word));
+    for (int64_t j = 0; j < n; ++j) {
+      Word* tok = head + l.token_part(kv, o0 + j);
+      Word* r = row + j * row_elems;
+      for (int64_t d = 0; d < d_n; d += run) {
+        if (kGather) {
+          std::memcpy(r + d, tok + doff[d], static_cast<size_t>(run_bytes));
+        } else {
+          std::memcpy(tok + doff[d], r + d, static_cast<size_t>(run_bytes));
+        }
       }
     }
+    return;
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    copy_token_packed<kGather>(head + l.token_part(kv, o0 + j), doff, row + j * row_elems, d_n);
   }
 }
 

@@ -95,6 +95,20 @@ struct PagedKVLayout {
     return packed(kv) && token_group[kv] > 1 && p * elem_size == 4 && token_inner[kv] == p &&
            (p == 1 || dim_inner[kv] == 1) && dim_stride[kv] % p == 0 && head_size % p == 0;
   }
+  // True when a packed kv side holds one dim of 2 consecutive tokens (an even offset and the
+  // next) per 32-bit word of 2-byte elements, the words of consecutive dims adjacent inside a
+  // dim group of a multiple of 8 dims: a 64-byte row of 16 dims of a token pair interleaved
+  // (vllm_cpu_amx's V for bf16/fp16). Copies then (de)interleave token pairs.
+  LMC_HOST_DEVICE bool token_pairs_interleaved(int kv) const {
+    return packed(kv) && elem_size == 2 && token_group[kv] == 2 && token_inner[kv] == 1 &&
+           dim_group[kv] > 1 && dim_group[kv] % 8 == 0 && dim_inner[kv] == 2;
+  }
+  // Consecutive dims of one token that lie next to each other on a packed kv side (the dim
+  // group when dim_inner is 1: vllm_cpu_amx's V for fp32), else 1.
+  LMC_HOST_DEVICE int64_t dim_run(int kv) const {
+    return packed(kv) && dim_group[kv] > 1 && dim_inner[kv] == 1 ? dim_group[kv] : 1;
+  }
+
   // Words between word w and w + 1 of one token, for words_transposed sides.
   LMC_HOST_DEVICE int64_t word_stride(int kv) const { return dim_stride[kv] / dim_group[kv]; }
 
