@@ -179,7 +179,9 @@ def test_load_window_and_saves_of_one_request(side: Any) -> None:
     req.all_token_ids.extend([7, 7])
     meta = s.build_connector_meta(_output(cached=[("r", [17], 255, False)], scheduled={"r": 1}))
     (save,) = meta.saves
-    assert len(save.token_ids) == 256 and save.block_ids == blocks + [17]
+    # Only what is new: tokens 200..255 and block 17.
+    assert (save.start, len(save.token_ids), save.block_start) == (200, 56, 7)
+    assert save.block_ids == [17] and save.extras is None
     s.request_finished(req)
     assert (
         s.build_connector_meta(_output(cached=[("r", None, 256, False)], scheduled={"r": 1})).saves
@@ -198,15 +200,21 @@ def test_no_load_when_vllm_declines_and_chunked_prefill_saves(side: Any) -> None
     meta = s.build_connector_meta(_output(new=[("c", [1, 2, 3, 4], 0)], scheduled={"c": 100}))
     assert meta.loads == []
     assert [len(x.token_ids) for x in meta.saves] == [100]  # crossed the 64 boundary
+    assert meta.saves[0].token_ids == prompt[:100] and meta.saves[0].block_ids == [1, 2, 3, 4]
     meta = s.build_connector_meta(
         _output(cached=[("c", [5, 6, 7], 100, False)], scheduled={"c": 100})
     )
-    assert [len(x.token_ids) for x in meta.saves] == [200]
-    assert meta.saves[0].block_ids == [1, 2, 3, 4, 5, 6, 7]
+    # Each save sends only what is new since the last one.
+    ((start, tokens, block_start, block_ids),) = [
+        (x.start, x.token_ids, x.block_start, x.block_ids) for x in meta.saves
+    ]
+    assert (start, tokens, block_start, block_ids) == (100, prompt[100:200], 4, [5, 6, 7])
     meta = s.build_connector_meta(
         _output(cached=[("c", [8, 9, 10], 200, False)], scheduled={"c": 100})
     )
-    assert [len(x.token_ids) for x in meta.saves] == [300]  # the prompt's end
+    assert [(x.start, len(x.token_ids), x.block_ids) for x in meta.saves] == [
+        (200, 100, [8, 9, 10])  # the prompt's end
+    ]
 
 
 def test_preempted_request_resumes_with_its_new_blocks(side: Any) -> None:
@@ -226,6 +234,12 @@ def test_preempted_request_resumes_with_its_new_blocks(side: Any) -> None:
     )
     (load,) = meta.loads
     assert load.block_ids == [9, 8, 7, 6] and (load.start, load.end) == (0, 127)
+    # The next save resends every block (the workers' copy names the freed ones).
+    req.all_token_ids.extend([5] * 70)
+    meta = s.build_connector_meta(_output(cached=[("p", [5], 128, False)], scheduled={"p": 64}))
+    (save,) = meta.saves
+    assert (save.start, len(save.token_ids)) == (128, 64)
+    assert (save.block_start, save.block_ids) == (0, [9, 8, 7, 6, 5])
 
 
 def test_roles_producer_never_loads_consumer_never_saves(tmp_path: Path, monkeypatch: Any) -> None:

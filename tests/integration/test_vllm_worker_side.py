@@ -116,3 +116,71 @@ def test_roles_on_the_worker(tmp_path) -> None:  # noqa: ANN001
     assert worker.stats.loaded_tokens == 0
     assert worker.take_load_errors() == {8, 9, 10, 11}  # vLLM recomputes, never reads stale KV
     worker.close()
+
+
+def test_saves_hand_the_engine_only_what_is_new(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    worker, caches = _worker(tmp_path)
+    worker.engine.close()
+    config = LMCacheEngineConfig.from_defaults(chunk_size=CHUNK, max_local_cpu_size=0.05)
+    engine = CacheEngine(config, EngineMetadata(model_name="m"))
+    engine.register_kv_caches({"l0": caches[0], "l1": caches[1]}, "vllm_cpu")
+    worker.engine = engine
+    handed: list[int] = []
+    real_store = engine.store
+
+    def counting_store(tokens, slots, extras=None, **kw):  # noqa: ANN001, ANN202
+        handed.append(len(tokens))
+        return real_store(tokens, slots, extras, **kw)
+
+    monkeypatch.setattr(engine, "store", counting_store)
+    tokens = list(range(7000, 7000 + 480))  # 15 blocks, 7 full chunks + 32
+    blocks = list(range(1, 16))
+    step = 48  # a chunked prefill of 48 tokens per step: saves at each chunk boundary crossed
+    sent_t = sent_b = 0
+    for end in range(step, 481, step):
+        nb = (end + BLOCK - 1) // BLOCK
+        spec = SaveSpec(
+            "inc", tokens[sent_t:end], blocks[sent_b:nb], 480, start=sent_t, block_start=sent_b
+        )
+        worker.wait_for_save(LMCacheNativeConnectorMetadata(saves=[spec]))
+        sent_t, sent_b = end, nb
+    # Every token was handed over at most once more than its chunk's share.
+    assert sum(handed) <= 480 + CHUNK * len(handed)
+    assert max(handed) < 2 * CHUNK
+    assert worker.stats.stored_tokens == 448
+    # Same keys, same bytes as one store of the whole prompt.
+    assert engine.lookup(tokens) == 448
+    other = CacheEngine(config, EngineMetadata(model_name="m"))
+    other.register_kv_caches({"l0": caches[0], "l1": caches[1]}, "vllm_cpu")
+    other.store(tokens, torch.arange(32, 32 + 480))
+    assert other.chunk_keys(tokens) == engine.chunk_keys(tokens)
+    for key in engine.chunk_keys(tokens):
+        a, b = engine.storage.get(key)[0], other.storage.get(key)[0]
+        assert torch.equal(a.tensor.view(torch.int32), b.tensor.view(torch.int32))
+        a.unref()
+        b.unref()
+    other.close()
+    worker.finished({"inc"})
+    assert "inc" not in worker._saves
+    worker.close()
+
+
+def test_save_after_preemption_uses_the_new_blocks(tmp_path) -> None:  # noqa: ANN001
+    worker, caches = _worker(tmp_path)
+    tokens = list(range(9000, 9192))
+    worker.wait_for_save(
+        LMCacheNativeConnectorMetadata(saves=[SaveSpec("p", tokens[:64], [1, 2], 192)])
+    )
+    # Preempted; resumed in blocks 9..14; the next save resends every block.
+    spec = SaveSpec("p", tokens[64:192], [9, 10, 11, 12, 13, 14], 192, start=64, block_start=0)
+    worker.wait_for_save(LMCacheNativeConnectorMetadata(saves=[spec]))
+    assert worker.stats.stored_tokens == 192
+    dst_spec = LoadSpec("q", tokens, [3, 4, 5, 6, 7, 8], start=0, end=191)
+    worker.start_load_kv(LMCacheNativeConnectorMetadata(loads=[dst_spec]))
+    assert worker.take_load_errors() == set()
+    # Chunk 2 (tokens 128..190 loaded) came from blocks 13-14, where the resumed request was.
+    sums = worker.engine.kv_checksums
+    loaded = sums(torch.arange(7 * BLOCK, 7 * BLOCK + 63), 63, False)
+    assert loaded == sums(torch.arange(13 * BLOCK, 13 * BLOCK + 63), 63, False)
+    assert loaded != sums(torch.arange(3 * BLOCK, 3 * BLOCK + 63), 63, False)
+    worker.close()

@@ -361,6 +361,11 @@ class CacheEngine:
             tokens, self._chunk_size, save_unfull, extras, offset=offset, prev_hash=prev_hash
         )
 
+    @property
+    def chunk_size(self) -> int:
+        """Tokens per chunk (fixed for the engine's life)."""
+        return self._chunk_size
+
     def chunk_spans(
         self,
         tokens: Sequence[int] | torch.Tensor,

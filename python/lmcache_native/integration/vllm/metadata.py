@@ -14,6 +14,28 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorMetadat
 from lmcache_native.engine.keys import KeyExtras
 
 
+def slot_range(block_ids: list[int], block_size: int, start: int, end: int) -> torch.Tensor:
+    """Slots of a request's tokens ``[start, end)``: ``block_id * block_size + offset``.
+
+    Only the blocks covering the range are read, so the cost is that of the range.
+
+    Raises:
+        ValueError: the blocks cannot hold ``end`` tokens, or ``start > end``.
+    """
+    if start > end or start < 0:
+        raise ValueError(f"bad token range [{start}, {end})")
+    if end > len(block_ids) * block_size:
+        raise ValueError(f"{len(block_ids)} blocks of {block_size} tokens cannot hold {end} tokens")
+    if start == end:
+        return torch.empty(0, dtype=torch.int64)
+    first = start // block_size
+    last = (end - 1) // block_size
+    blocks = torch.tensor(block_ids[first : last + 1], dtype=torch.int64)
+    slots = blocks[:, None] * block_size + torch.arange(block_size, dtype=torch.int64)[None, :]
+    base = first * block_size
+    return slots.reshape(-1)[start - base : end - base].contiguous()
+
+
 def slot_mapping(block_ids: list[int], block_size: int, num_tokens: int) -> torch.Tensor:
     """Slots of a request's first ``num_tokens`` tokens: ``block_id * block_size + offset``.
 
@@ -61,14 +83,23 @@ class LoadSpec:
 
 @dataclass
 class SaveSpec:
-    """Store a request's computed prefix after this step's forward.
+    """Store a request's computed prefix after this step's forward: what is new since its last
+    SaveSpec.
+
+    The worker keeps each request's token ids and block ids; a SaveSpec replaces them from
+    ``start`` (tokens) and ``block_start`` (blocks) on. The first SaveSpec of a request has both
+    at 0 and carries its key extras.
 
     Attributes:
         req_id: vLLM's request id.
-        token_ids: every token whose KV is in the cache after this step (prompt, then decode).
-        block_ids: the request's blocks, in token order.
-        num_prompt_tokens: how many of ``token_ids`` are prompt tokens.
-        extras: the request's key extras (salt, LoRA adapter, multimodal items), if any.
+        token_ids: the request's tokens ``[start, start + len)`` whose KV is in the cache after
+            this step (prompt, then decode).
+        block_ids: the request's blocks from index ``block_start`` on, in token order.
+        num_prompt_tokens: how many of the request's tokens are prompt tokens.
+        extras: the request's key extras (salt, LoRA adapter, multimodal items), if any; sent
+            with the first SaveSpec only.
+        start: the request position of ``token_ids[0]``.
+        block_start: the index of ``block_ids[0]`` among the request's blocks.
     """
 
     req_id: str
@@ -76,6 +107,8 @@ class SaveSpec:
     block_ids: list[int]
     num_prompt_tokens: int
     extras: KeyExtras | None = None
+    start: int = 0
+    block_start: int = 0
 
 
 @dataclass

@@ -6,9 +6,11 @@ prompt's last token (vLLM must compute at least one token to sample from). After
 the blocks, the plan becomes a :class:`~.metadata.LoadSpec` in that step's metadata.
 
 Saves: each step, a request whose computed tokens crossed a chunk boundary, or whose prompt just
-finished, gets a :class:`~.metadata.SaveSpec` with every token computed so far; the worker
-decides (with its live config) how much of it to store, and the engine skips chunks it already
-holds.
+finished, gets a :class:`~.metadata.SaveSpec` with what is new since its last one: the token ids
+and block ids not sent before (all block ids again after a preemption replaced them). The worker
+keeps each request's tokens, blocks and chunk-hash chain, decides (with its live config) how much
+to store, and stores only from its last full chunk on, so a request's save work is linear in its
+length.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class _Tracker:
     request: Request
     extras: KeyExtras | None = None
     block_ids: list[int] = field(default_factory=list)
+    sent_blocks: int = 0  # leading block_ids the workers have (from SaveSpecs)
     saved_upto: int = 0  # tokens already handed to a SaveSpec
     prompt_done: bool = False  # the prompt's end was handed to a SaveSpec
     load: LoadSpec | None = None
@@ -208,7 +211,7 @@ class SchedulerSide:
             tracker = _Tracker(request=request, extras=request_extras(request))
             self._trackers[req_id] = tracker
         tracker.request = request
-        tracker.block_ids = list(blocks.get_block_ids()[0])
+        self._replace_blocks(tracker, list(blocks.get_block_ids()[0]))
         tracker.load = None
         if num_external_tokens <= 0 or plan is None:
             return
@@ -250,15 +253,33 @@ class SchedulerSide:
         prompt_end = not tracker.prompt_done and computed >= num_prompt
         if not crossed and not prompt_end:
             return None
-        tracker.saved_upto = max(tracker.saved_upto, computed)
+        sent = tracker.saved_upto
+        first = sent == 0 and tracker.sent_blocks == 0
+        tracker.saved_upto = max(sent, computed)
         tracker.prompt_done = tracker.prompt_done or prompt_end
-        return SaveSpec(
+        ids = tracker.block_ids
+        # NOTE: block ids only grow while a request runs; after a preemption the request got
+        # other blocks, so the workers' copy is checked and resent from the first difference.
+        block_start = tracker.sent_blocks
+        if block_start > len(ids):
+            block_start = 0
+        spec = SaveSpec(
             req_id=request.request_id,
-            token_ids=list(request.all_token_ids[:computed]),
-            block_ids=list(tracker.block_ids),
+            token_ids=list(request.all_token_ids[sent : tracker.saved_upto]),
+            block_ids=list(ids[block_start:]),
             num_prompt_tokens=num_prompt,
-            extras=tracker.extras,
+            extras=tracker.extras if first else None,
+            start=sent,
+            block_start=block_start,
         )
+        tracker.sent_blocks = len(ids)
+        return spec
+
+    @staticmethod
+    def _replace_blocks(tracker: _Tracker, block_ids: list[int]) -> None:
+        """The request's blocks were replaced (allocated anew): resend them all."""
+        tracker.block_ids = list(block_ids)
+        tracker.sent_blocks = 0
 
     def build_connector_meta(
         self, scheduler_output: SchedulerOutput
@@ -288,7 +309,7 @@ class SchedulerSide:
         for new_req in scheduler_output.scheduled_new_reqs:
             tracker = self._trackers.get(new_req.req_id)
             if tracker is not None:
-                tracker.block_ids = list(new_req.block_ids[0])
+                self._replace_blocks(tracker, list(new_req.block_ids[0]))
             visit(new_req.req_id, new_req.num_computed_tokens)
 
         cached = scheduler_output.scheduled_cached_reqs
@@ -299,7 +320,7 @@ class SchedulerSide:
             new_blocks = cached.new_block_ids[i]
             if req_id in cached.resumed_req_ids:
                 if new_blocks is not None:
-                    tracker.block_ids = list(new_blocks[0])
+                    self._replace_blocks(tracker, list(new_blocks[0]))
             elif new_blocks is not None:
                 tracker.block_ids.extend(new_blocks[0])
             visit(req_id, cached.num_computed_tokens[i])

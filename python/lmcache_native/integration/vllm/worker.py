@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -47,6 +47,7 @@ from lmcache_native.integration.vllm.metadata import (
     LoadSpec,
     SaveSpec,
     slot_mapping,
+    slot_range,
 )
 from lmcache_native.ops import describe
 from lmcache_native.stats.periodic import RunStats, ThreadLevel
@@ -247,6 +248,27 @@ def verified_prefix(
 
 
 @dataclass
+class _SaveState:
+    """What the worker keeps of a request between its saves.
+
+    Attributes:
+        extras: the request's key extras.
+        tokens: the request's token ids received so far.
+        block_ids: the request's blocks received so far.
+        stored_upto: tokens handed to the engine so far.
+        hashed_upto: tokens covered by full chunks already handed to the engine (chunk aligned).
+        prev_hash: the chain hash of the chunk ending at ``hashed_upto``.
+    """
+
+    extras: KeyExtras | None = None
+    tokens: list[int] = field(default_factory=list)
+    block_ids: list[int] = field(default_factory=list)
+    stored_upto: int = 0
+    hashed_upto: int = 0
+    prev_hash: str | None = None
+
+
+@dataclass
 class _Lease:
     """Chunks a lookup reported for one request, held until its load (or expiry)."""
 
@@ -303,7 +325,7 @@ class WorkerSide:
         self._last_lookup_time = 0.0
         self._bytes_per_token = 0
         self._device = torch.device("cpu")
-        self._stored_upto: dict[str, int] = {}
+        self._saves: dict[str, _SaveState] = {}
         self._load_errors: set[int] = set()
         self._failure_causes: set[tuple[str, str]] = set()
         self._leases: dict[str, _Lease] = {}
@@ -613,16 +635,52 @@ class WorkerSide:
                 self._failed("store", e)
 
     def _save(self, spec: SaveSpec, save_decode: bool) -> None:
-        assert self.engine is not None
-        n = len(spec.token_ids) if save_decode else min(len(spec.token_ids), spec.num_prompt_tokens)
-        if n <= self._stored_upto.get(spec.req_id, 0):
+        """Applies ``spec`` to the request's state and stores what is new.
+
+        Only the tokens from the request's last full stored chunk on are hashed (the chain is
+        continued from its hash) and handed to the engine, so a request's saves cost what they
+        add.
+        """
+        engine = self.engine
+        assert engine is not None
+        st = self._saves.get(spec.req_id)
+        if st is None or (spec.start == 0 and spec.block_start == 0):
+            if spec.start != 0 or spec.block_start != 0:
+                logger.debug("save of %s without its first part; skipped", spec.req_id)
+                return
+            st = _SaveState(extras=spec.extras, stored_upto=st.stored_upto if st else 0)
+            self._saves[spec.req_id] = st
+        if spec.start > len(st.tokens) or spec.block_start > len(st.block_ids):
+            logger.warning("save of %s does not follow its last one; dropped", spec.req_id)
+            self._saves.pop(spec.req_id, None)
             return
-        self._stored_upto[spec.req_id] = n
-        tokens = spec.token_ids[:n]
-        slots = slot_mapping(spec.block_ids, self.block_size, n)
+        del st.tokens[spec.start :]
+        st.tokens.extend(spec.token_ids)
+        del st.block_ids[spec.block_start :]
+        st.block_ids.extend(spec.block_ids)
+        if spec.start < st.hashed_upto:
+            st.hashed_upto, st.prev_hash = 0, None
+        total = len(st.tokens)
+        n = total if save_decode else min(total, spec.num_prompt_tokens)
+        if n <= st.stored_upto:
+            return
+        st.stored_upto = n
+        begin = st.hashed_upto
+        tokens = st.tokens[begin:n]
+        slots = slot_range(st.block_ids, self.block_size, begin, n)
+        chunk = engine.chunk_size
+        full_end = n // chunk * chunk
+        if full_end > begin:
+            spans = engine.chunk_spans(
+                st.tokens[begin:full_end], st.extras, offset=begin, prev_hash=st.prev_hash
+            )
+            next_hash: str | None = spans[-1].chunk_hash
+        else:
+            next_hash = st.prev_hash
         t0 = time.perf_counter()
-        result = self.engine.store(tokens, slots, spec.extras)
+        result = engine.store(tokens, slots, st.extras, offset=begin, prev_hash=st.prev_hash)
         dt = time.perf_counter() - t0
+        st.hashed_upto, st.prev_hash = max(begin, full_end), next_hash
         stored = int(result.num_stored_tokens)
         self.stats.store_requests += 1
         self.stats.stored_tokens += stored
@@ -644,7 +702,7 @@ class WorkerSide:
         """Forgets requests vLLM finished (and lets their held chunks go)."""
         self.release(list(finished_req_ids))
         for req_id in finished_req_ids:
-            self._stored_upto.pop(req_id, None)
+            self._saves.pop(req_id, None)
 
     def take_load_errors(self) -> set[int]:
         """Blocks that loads of this step could not fill (then forgotten)."""
