@@ -79,6 +79,32 @@ LMC_TARGET_AVX2 inline void transpose16x16_u16(const uint16_t* src, int64_t ss, 
   }
 }
 
+// dst[c * ds + r] = src[r * ss + c] for an 8x8 tile of 4-byte words.
+LMC_TARGET_AVX2 inline void transpose8x8_u32(const uint32_t* src, int64_t ss, uint32_t* dst,
+                                             int64_t ds) {
+  __m256i a[8], t[8], u[8];
+  for (int i = 0; i < 8; ++i) {
+    a[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i * ss));
+  }
+  for (int p = 0; p < 4; ++p) {
+    t[2 * p] = _mm256_unpacklo_epi32(a[2 * p], a[2 * p + 1]);
+    t[2 * p + 1] = _mm256_unpackhi_epi32(a[2 * p], a[2 * p + 1]);
+  }
+  // u[4h + m]: rows 4h..4h+3 of columns m (and m + 4 in the high lane), m = 0..3.
+  for (int h = 0; h < 2; ++h) {
+    u[4 * h + 0] = _mm256_unpacklo_epi64(t[4 * h], t[4 * h + 2]);
+    u[4 * h + 1] = _mm256_unpackhi_epi64(t[4 * h], t[4 * h + 2]);
+    u[4 * h + 2] = _mm256_unpacklo_epi64(t[4 * h + 1], t[4 * h + 3]);
+    u[4 * h + 3] = _mm256_unpackhi_epi64(t[4 * h + 1], t[4 * h + 3]);
+  }
+  for (int m = 0; m < 4; ++m) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + m * ds),
+                        _mm256_permute2x128_si256(u[m], u[4 + m], 0x20));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (m + 4) * ds),
+                        _mm256_permute2x128_si256(u[m], u[4 + m], 0x31));
+  }
+}
+
 #endif  // LMC_COPY_X86
 
 }  // namespace
@@ -136,7 +162,20 @@ LMC_TARGET_AVX2 bool scatter_transposed_u16_avx2(const uint16_t* rows, int64_t r
   }
   return true;
 }
+
+LMC_TARGET_AVX2 bool transpose_u32_avx2(const uint32_t* src, int64_t ss, uint32_t* dst,
+                                        int64_t ds, int64_t rows, int64_t cols) {
+  if (rows % 8 != 0 || cols % 8 != 0) return false;
+  for (int64_t r = 0; r < rows; r += 8) {
+    for (int64_t c = 0; c < cols; c += 8) transpose8x8_u32(src + r * ss + c, ss, dst + c * ds + r, ds);
+  }
+  return true;
+}
 #else
+bool transpose_u32_avx2(const uint32_t*, int64_t, uint32_t*, int64_t, int64_t, int64_t) {
+  return false;
+}
+
 bool scatter_transposed_u16_avx2(const uint16_t*, int64_t, uint16_t*, int64_t, int64_t, int64_t,
                                  int64_t, int64_t, uint16_t*) {
   return false;

@@ -65,6 +65,11 @@ bool scatter_transposed_u16_avx2(const uint16_t* rows, int64_t row_elems, uint16
                                  int64_t hs, int64_t ds, int64_t num_heads, int64_t d_n,
                                  int64_t n, uint16_t* stage);
 
+// dst[c * ds + r] = src[r * ss + c] for r < rows, c < cols of 4-byte words in 8x8 AVX2 tiles.
+// Returns false (nothing written) unless rows and cols are multiples of 8.
+bool transpose_u32_avx2(const uint32_t* src, int64_t ss, uint32_t* dst, int64_t ds, int64_t rows,
+                        int64_t cols);
+
 // Position of the first slot outside [-1, num_slots), or -1 when every slot is valid.
 template <typename SlotT>
 int64_t first_bad_slot(const SlotT* LMC_RESTRICT slots, int64_t num_tokens, int64_t num_slots) {
@@ -330,7 +335,8 @@ LMC_INLINE void copy_token_packed(Word* tok, const int64_t* doff, Word* r, int64
 // odd offset) of a dim group is a run of 2-byte words interleaved token by token; 8 dims of
 // the pair (two 16-byte vectors) are split into the two rows by SSE2 shifts and packs, and
 // joined back by unpacks. A run's odd first or last token goes element by element.
-template <bool kGather>
+// kStream (gather only): the rows are written with streaming stores (16-byte aligned rows).
+template <bool kGather, bool kStream = false>
 void copy_pairs_u16(const PagedKVLayout& l, int kv, const int64_t* doff, uint16_t* head,
                     int64_t o0, int64_t n, uint16_t* row, int64_t row_elems) {
   const int64_t d_n = l.head_size;
@@ -358,8 +364,13 @@ void copy_pairs_u16(const PagedKVLayout& l, int kv, const int64_t* doff, uint16_
           const __m128i even = _mm_packs_epi32(_mm_srai_epi32(_mm_slli_epi32(x0, 16), 16),
                                                _mm_srai_epi32(_mm_slli_epi32(x1, 16), 16));
           const __m128i odd = _mm_packs_epi32(_mm_srai_epi32(x0, 16), _mm_srai_epi32(x1, 16));
-          _mm_storeu_si128(a, even);
-          _mm_storeu_si128(b, odd);
+          if (kStream) {
+            _mm_stream_si128(a, even);
+            _mm_stream_si128(b, odd);
+          } else {
+            _mm_storeu_si128(a, even);
+            _mm_storeu_si128(b, odd);
+          }
         } else {
           const __m128i x = _mm_loadu_si128(a), y = _mm_loadu_si128(b);
           _mm_storeu_si128(lo, _mm_unpacklo_epi16(x, y));
@@ -386,7 +397,8 @@ void copy_pairs_u16(const PagedKVLayout& l, int kv, const int64_t* doff, uint16_
 // head points at (block, offset 0, head, dim 0), row at the first token's head vector.
 template <bool kGather, typename Word>
 void copy_piece_packed(const PagedKVLayout& l, int kv, const PackedTables& t, Word* head,
-                       int64_t o0, int64_t n, Word* row, int64_t row_elems) {
+                       int64_t o0, int64_t n, Word* row, int64_t row_elems,
+                       Word* stage = nullptr) {
   const int64_t d_n = l.head_size;
   if constexpr (sizeof(Word) <= 4) {
     if (t.words[kv]) {
@@ -402,9 +414,30 @@ void copy_piece_packed(const PagedKVLayout& l, int kv, const PackedTables& t, Wo
         // NOTE: rows are 4-byte aligned here (head_size and row_elems are multiples of p).
         auto* cache = reinterpret_cast<uint32_t*>(head + l.token_part(kv, o));
         auto* rows = reinterpret_cast<uint32_t*>(row + j * row_elems);
+        const bool avx2 = copy_avx2_enabled();
+        if (!kGather && take == group && stage != nullptr &&
+            group * words * 4 <= kStageBytes) {
+          // A whole token group is one contiguous [words, group] stretch of the cache: built in
+          // the L1 stage, then written out as whole lines (streaming stores).
+          auto* tile = reinterpret_cast<uint32_t*>(stage);
+          if (!avx2 || !transpose_u32_avx2(rows, row_words, tile, group, take, words)) {
+            transpose<uint32_t>(rows, row_words, tile, group, take, words);
+          }
+          if (ws == group) {
+            copy_bytes(reinterpret_cast<char*>(cache), reinterpret_cast<const char*>(tile),
+                       group * words * 4);
+          } else {
+            copy_rows(reinterpret_cast<char*>(cache), ws * 4, reinterpret_cast<const char*>(tile),
+                      group * 4, words, group * 4);
+          }
+          j += take;
+          continue;
+        }
         if (kGather) {
-          transpose<uint32_t>(cache, ws, rows, row_words, words, take);
-        } else {
+          if (!avx2 || !transpose_u32_avx2(cache, ws, rows, row_words, words, take)) {
+            transpose<uint32_t>(cache, ws, rows, row_words, words, take);
+          }
+        } else if (!avx2 || !transpose_u32_avx2(rows, row_words, cache, ws, take, words)) {
           transpose<uint32_t>(rows, row_words, cache, ws, take, words);
         }
         j += take;
@@ -414,6 +447,17 @@ void copy_piece_packed(const PagedKVLayout& l, int kv, const PackedTables& t, Wo
   }
   const int64_t* doff = t.dim_off[kv].data();
   if constexpr (sizeof(Word) == 2) {
+    if (!kGather && t.pairs[kv] && stage != nullptr && o0 == 0 && n == l.block_size &&
+        l.dim_stride[kv] == l.block_size * l.dim_group[kv] &&
+        l.token_stride[kv] == 2 * l.dim_group[kv] && n * d_n * 2 <= kStageBytes) {
+      // A whole block's side of one head is one contiguous stretch: interleaved in the L1
+      // stage, then written out as whole lines (streaming stores).
+      copy_pairs_u16<false>(l, kv, doff, reinterpret_cast<uint16_t*>(stage), 0, n,
+                            reinterpret_cast<uint16_t*>(row), row_elems);
+      copy_bytes(reinterpret_cast<char*>(head), reinterpret_cast<const char*>(stage),
+                 n * d_n * 2);
+      return;
+    }
     if (t.pairs[kv]) {
       copy_pairs_u16<kGather>(l, kv, doff, reinterpret_cast<uint16_t*>(head), o0, n,
                               reinterpret_cast<uint16_t*>(row), row_elems);
@@ -477,7 +521,26 @@ void gather_heads_item(char* const* cache, char* const* rows, const PagedKVLayou
           const int64_t block = s / l.block_size;
           Word* head = reinterpret_cast<Word*>(cache[kv]) + block * l.block_stride[kv] +
                        h * l.head_stride[kv];
-          copy_piece_packed<true>(l, kv, pt, head, s - block * l.block_size, n, row, row_elems);
+          const int64_t o0 = s - block * l.block_size;
+#if defined(__SSE2__)
+          if constexpr (sizeof(Word) == 2) {
+            if (pt.pairs[kv] && ((reinterpret_cast<uintptr_t>(row) | row_bytes) & 15) == 0) {
+              // Whole 16-byte pieces of the rows: streamed straight out, no staging pass.
+              copy_pairs_u16<true, true>(l, kv, pt.dim_off[kv].data(),
+                                         reinterpret_cast<uint16_t*>(head), o0, n,
+                                         reinterpret_cast<uint16_t*>(row), row_elems);
+              continue;
+            }
+          }
+#endif
+          if (n * head_bytes <= kStageBytes) {
+            // Through the L1 stage, so the chunk rows leave as whole lines (streaming stores).
+            copy_piece_packed<true>(l, kv, pt, head, o0, n, stage, d_n);
+            copy_rows(reinterpret_cast<char*>(row), row_bytes, reinterpret_cast<char*>(stage),
+                      head_bytes, n, head_bytes);
+          } else {
+            copy_piece_packed<true>(l, kv, pt, head, o0, n, row, row_elems);
+          }
           continue;
         }
         Word* src = reinterpret_cast<Word*>(cache[kv]) + token_offset(l, kv, s) +
@@ -534,7 +597,7 @@ void scatter_heads_item(char* const* cache, char* const* rows, const PagedKVLayo
         Word* blk = reinterpret_cast<Word*>(cache[kv]) + block * l.block_stride[kv];
         for (int64_t h = 0; h < l.num_heads; ++h) {
           copy_piece_packed<false>(l, kv, pt, blk + h * hs, s - block * l.block_size, n,
-                                   row + h * d_n, row_elems);
+                                   row + h * d_n, row_elems, stage);
         }
         continue;
       }
