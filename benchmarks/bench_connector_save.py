@@ -111,7 +111,7 @@ def incremental_path(
     vllm_config: Any = SimpleNamespace(cache_config=SimpleNamespace(block_size=args.block_size))
     worker = WorkerSide(vllm_config, None, config, "bench-save", rank=0, world_size=1)
     worker.engine = engine
-    request = SimpleNamespace(
+    request: Any = SimpleNamespace(
         request_id="r",
         prompt_token_ids=tokens,
         all_token_ids=tokens,
@@ -121,14 +121,15 @@ def incremental_path(
         cache_salt=None,
         prompt_embeds=None,
     )
-    sched.update_state_after_alloc(request, SimpleNamespace(get_block_ids=lambda: ([],)), 0)
+    no_blocks: Any = SimpleNamespace(get_block_ids=lambda: ([],))
+    sched.update_state_after_alloc(request, no_blocks, 0)
     times = StepTimes([], [], [])
     done_blocks = 0
     for computed in range(0, args.prompt_tokens, args.step):
         nb = (computed + args.step + args.block_size - 1) // args.block_size
         new_blocks = blocks[done_blocks:nb]
         first = computed == 0
-        output = SimpleNamespace(
+        output: Any = SimpleNamespace(
             scheduled_new_reqs=(
                 [SimpleNamespace(req_id="r", block_ids=(new_blocks,), num_computed_tokens=0)]
                 if first

@@ -608,7 +608,9 @@ class CacheEngine:
             )
             stored_tokens = stored_bytes = skipped = 0
             for span, key, buf in batch:
-                written = self._manager.put(key, buf, rewrite=bool(rewrite) and key in rewrite)
+                written = self._manager.put(
+                    key, buf, rewrite=rewrite is not None and key in rewrite
+                )
                 buf.unref()
                 released += 1
                 if not written:

@@ -78,7 +78,12 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
         role: KVConnectorRole,
         kv_cache_config: KVCacheConfig | None = None,
     ) -> None:
-        super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
+        # NOTE: vLLM passes None for kv_cache_config on some paths although its hint says not.
+        super().__init__(
+            vllm_config=vllm_config,
+            role=role,
+            kv_cache_config=kv_cache_config,  # type: ignore[arg-type]
+        )
         _setup_logging()
         self._failure_causes: set[tuple[str, str]] = set()
         ktc = self._kv_transfer_config

@@ -197,7 +197,7 @@ def cpu_attention_isa(vllm_config: VllmConfig, layer: Any, spec: Any) -> str | N
 
         return str(
             _get_attn_isa(
-                vllm_config.model_config.dtype,
+                vllm_config.model_config.dtype,  # type: ignore[arg-type]  # resolved by now
                 int(spec.block_size),
                 int(spec.head_size),
                 vllm_config.cache_config.cache_dtype,
