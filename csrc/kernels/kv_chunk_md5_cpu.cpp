@@ -19,6 +19,7 @@
 #include "common/check.h"
 #include "common/thread_pool.h"
 #include "kernels/md5.h"
+#include "kernels/paged_kv_copy_impl.h"
 
 namespace lmc {
 namespace {
@@ -112,7 +113,7 @@ struct MsgGeom {
   int64_t segs_per_row;  // 1 (whole rows contiguous) or num_heads
   bool strided[2];       // dims not contiguous (vllm_cpu K): read through tiles or by element
   bool packed[2];        // two-level layout (vllm_cpu_amx): read through tiles only
-  std::vector<int64_t> dim_off[2];  // packed sides: layout.dim_part(kv, d) for every dim
+  copy_detail::PackedTables tables;  // packed sides: the copy twin's tables (dim offsets, paths)
   int64_t kv_off[2], block_stride[2], token_stride[2], head_stride[2], dim_stride[2];
 
   explicit MsgGeom(const PagedKVLayout& l) : layout(l) {
@@ -129,12 +130,9 @@ struct MsgGeom {
       dim_stride[kv] = l.dim_stride[k] * elem;
       strided[kv] = !l.head_contiguous(k);
       packed[kv] = l.packed(k);
-      if (packed[kv]) {
-        dim_off[kv].resize(static_cast<size_t>(l.head_size));
-        for (int64_t d = 0; d < l.head_size; ++d) dim_off[kv][d] = l.dim_part(k, d);
-      }
       rows = rows && l.row_contiguous(k);
     }
+    if (l.any_packed()) tables = copy_detail::packed_tables(l);
     segs_per_row = rows ? 1 : l.num_heads;
     seg_len = rows ? l.row_bytes() : l.head_size * elem;
   }
@@ -181,48 +179,20 @@ void fill_tile_scalar(const MsgGeom& g, const uint8_t* src, int kv, int64_t num_
 }
 
 // Rows of tokens [o0, o0 + tokens) of one block of a packed kv side kv, copied into tile as
-// [tokens, num_heads, head_size]: 32-bit word transposes where the side allows
-// (words_transposed: vllm_cpu_amx's K), else element by element through the layout's
-// token_part/dim_part. blk: (block, offset 0, head 0, dim 0) of the side.
+// [tokens, num_heads, head_size] by the copy twin's gather of one head's piece
+// (copy_detail::copy_piece_packed: word transposes, token-pair splits, dim runs, else the
+// layout's token_part/dim_part). blk: (block, offset 0, head 0, dim 0) of the side.
 template <typename Word>
 void fill_tile_packed(const MsgGeom& g, const uint8_t* blk, int kv, int64_t o0, int64_t tokens,
-                      bool simd, uint8_t* tile) {
+                      uint8_t* tile) {
   const PagedKVLayout& l = g.layout;
-  const int64_t d_n = l.head_size;
-  const int64_t row = l.num_heads * d_n;
-  const Word* cache = reinterpret_cast<const Word*>(blk);
+  const int64_t row = l.num_heads * l.head_size;
+  // NOTE: gather only reads the cache; the shared piece function takes non-const pointers.
+  Word* cache = reinterpret_cast<Word*>(const_cast<uint8_t*>(blk));
   Word* out = reinterpret_cast<Word*>(tile);
-  if (l.words_transposed(kv) && o0 % l.token_group[kv] + tokens <= l.token_group[kv]) {
-    const int64_t p = l.dim_group[kv];
-    const int64_t words = d_n / p;
-    const int64_t ws = l.word_stride(kv);
-    for (int64_t h = 0; h < l.num_heads; ++h) {
-      const auto* src =
-          reinterpret_cast<const uint32_t*>(cache + l.token_part(kv, o0) + h * l.head_stride[kv]);
-      auto* dst = reinterpret_cast<uint32_t*>(out + h * d_n);
-#if defined(__x86_64__) || defined(__i386__)
-      if (simd && words % 8 == 0 && tokens % 8 == 0) {
-        md5_simd::transpose_u32_avx2(reinterpret_cast<const uint8_t*>(src), ws * 4, words, tokens,
-                                     reinterpret_cast<uint8_t*>(dst), row * sizeof(Word));
-        continue;
-      }
-#endif
-      const int64_t row_words = row / p;
-      for (int64_t w = 0; w < words; ++w) {
-        for (int64_t o = 0; o < tokens; ++o) dst[o * row_words + w] = src[w * ws + o];
-      }
-    }
-    return;
-  }
-  (void)simd;
-  const int64_t* doff = g.dim_off[kv].data();
-  for (int64_t o = 0; o < tokens; ++o) {
-    const Word* tok = cache + l.token_part(kv, o0 + o);
-    for (int64_t h = 0; h < l.num_heads; ++h) {
-      const Word* src = tok + h * l.head_stride[kv];
-      Word* dst = out + o * row + h * d_n;
-      for (int64_t d = 0; d < d_n; ++d) dst[d] = src[doff[d]];
-    }
+  for (int64_t h = 0; h < l.num_heads; ++h) {
+    copy_detail::copy_piece_packed<true, Word>(l, kv, g.tables, cache + h * l.head_stride[kv], o0,
+                                               tokens, out + h * l.head_size, row);
   }
 }
 
@@ -236,10 +206,10 @@ void fill_tile(const MsgGeom& g, const uint8_t* base, int kv, int64_t block, int
   const uint8_t* blk = base + g.kv_off[kv] + block * g.block_stride[kv];
   if (g.packed[kv]) {
     switch (e) {
-      case 1: fill_tile_packed<uint8_t>(g, blk, kv, o0, tokens, simd, tile); break;
-      case 2: fill_tile_packed<uint16_t>(g, blk, kv, o0, tokens, simd, tile); break;
-      case 4: fill_tile_packed<uint32_t>(g, blk, kv, o0, tokens, simd, tile); break;
-      default: fill_tile_packed<uint64_t>(g, blk, kv, o0, tokens, simd, tile); break;
+      case 1: fill_tile_packed<uint8_t>(g, blk, kv, o0, tokens, tile); break;
+      case 2: fill_tile_packed<uint16_t>(g, blk, kv, o0, tokens, tile); break;
+      case 4: fill_tile_packed<uint32_t>(g, blk, kv, o0, tokens, tile); break;
+      default: fill_tile_packed<uint64_t>(g, blk, kv, o0, tokens, tile); break;
     }
     return;
   }
