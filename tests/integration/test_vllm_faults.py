@@ -219,6 +219,8 @@ def faults(
             out["F_after"] = run("F")
             out["G_plain"] = store("G")  # the engine still works for a new prompt
             out["G_again"] = run("G")
+            out["worker_stats"] = worker.stats
+    vt.report(f"faults-{vt.DTYPE}", out)
     yield out
 
 

@@ -101,12 +101,14 @@ def pressure_baseline(model: str) -> dict[str, Any]:
     with vt.in_process_llm(model, None, **PRESSURE) as llm:
         preempted = _count_preemptions(llm)
         batch, _ = _generate_batch(llm, BATCH)
-        return {
+        out = {
             "batch": batch,
             "salted": vt.generate(llm, SALTED)[0],
             "solo": vt.generate(llm, SOLO)[0],
             "preemptions": preempted[0],
         }
+    vt.report(f"pressure-baseline-{vt.DTYPE}", out)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +141,8 @@ def pressure(model: str) -> dict[str, Any]:
         out["preemptions"] = preempted[0]
         out["leases_left"] = worker.leased_requests
         out["leases"] = stats.leases
+        out["worker_stats"] = stats
+    vt.report(f"pressure-{vt.DTYPE}", out)
     return out
 
 
@@ -192,6 +196,7 @@ def bf16(model: str) -> Iterator[dict[str, Any]]:
         out["second"] = vt.generate(llm, SOLO)
         out["loaded"] = worker.stats.loaded_tokens
         out["failed"] = worker.stats.load_failed_tokens
+    vt.report("bf16-block64", out)
     yield out
 
 
@@ -227,6 +232,7 @@ def roles(model: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any
         out["consumer_stats"] = worker.stats
         assert worker.engine.flush(timeout=30)
     out["files_after_consumer"] = sorted(p.name for p in disk.iterdir())
+    vt.report(f"roles-{vt.DTYPE}", out)
     return out
 
 

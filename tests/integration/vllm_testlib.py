@@ -147,6 +147,28 @@ def in_process_llm(
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = old
 
 
+def report(name: str, data: dict[str, Any]) -> None:
+    """Writes ``data`` (JSON-able parts) to ``$LMC_TEST_REPORT_DIR/<name>.json`` when that
+    variable is set, so a run's measured figures can be quoted; does nothing otherwise."""
+    directory = os.environ.get("LMC_TEST_REPORT_DIR")
+    if not directory:
+        return
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple, set)):
+            return [plain(x) for x in (sorted(v) if isinstance(v, set) else v)]
+        if isinstance(v, (int, float, str, bool)) or v is None:
+            return v
+        if hasattr(v, "__dataclass_fields__"):
+            return {k: plain(getattr(v, k)) for k in v.__dataclass_fields__}
+        return repr(v)
+
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    (Path(directory) / f"{name}.json").write_text(json.dumps(plain(data), indent=1))
+
+
 def generate(llm: Any, tokens: list[int], max_tokens: int = MAX_TOKENS) -> tuple[list[int], int]:
     """Greedy generation of one prompt: (generated token ids, ``num_cached_tokens``)."""
     from vllm import SamplingParams
