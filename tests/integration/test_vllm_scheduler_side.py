@@ -269,3 +269,18 @@ def test_roles_producer_never_loads_consumer_never_saves(tmp_path: Path, monkeyp
     finally:
         server.stop()
     assert store.asked == [200, 200]  # the producer never asked
+
+
+def test_a_claim_vllm_grew_is_reported_not_loaded(side: Any) -> None:
+    s, store = side
+    prompt = list(range(200))
+    req = _request("g", prompt)
+    store.hit = 128
+    assert s.get_num_new_matched_tokens(req, 0) == 128
+    blocks = list(range(1, 8))
+    s.update_state_after_alloc(req, _blocks(blocks), 160)  # more than was found
+    meta = s.build_connector_meta(_output(new=[("g", blocks, 160)], scheduled={"g": 40}))
+    (load,) = meta.loads
+    # A load of nothing over the whole window: the worker reports every block of it.
+    assert load.token_ids == [] and (load.start, load.end) == (0, 160)
+    assert meta.released == ["g"]

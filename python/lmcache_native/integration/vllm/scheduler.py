@@ -187,7 +187,7 @@ class SchedulerSide:
         if tracker is None:
             tracker = _Tracker(request=request)
             self._trackers[request.request_id] = tracker
-        tracker.block_ids = list(blocks.get_block_ids()[0])
+        self._replace_blocks(tracker, list(blocks.get_block_ids()[0]))
         tracker.load = LoadSpec(
             req_id=request.request_id,
             token_ids=[],
@@ -219,11 +219,14 @@ class SchedulerSide:
         end = start + num_external_tokens
         if end > plan.hit:  # vLLM never grows a claim; refuse to write what was not found
             logger.warning(
-                "request %s: vLLM asked to load %d tokens beyond a %d-token hit; not loading",
+                "request %s: vLLM asked to load %d tokens beyond a %d-token hit; reporting them "
+                "as not loaded",
                 req_id,
                 end,
                 plan.hit,
             )
+            # A load of nothing: the worker reports the window's blocks, vLLM recomputes them.
+            tracker.load = LoadSpec(req_id, [], tracker.block_ids, start, end)
             self._released.append(req_id)
             return
         chunk = self.chunk_size
