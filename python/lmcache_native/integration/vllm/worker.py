@@ -450,6 +450,8 @@ class WorkerSide:
         A chunk found only below the CPU tier (disk, remote) is read now, which verifies its
         checksum and promotes it into the CPU tier, so what the scheduler is told can be loaded
         is loadable: a corrupt chunk ends the prefix here instead of failing the load later.
+        The chunks reported are held for ``req_id`` (a lease) until its load, its end or the
+        lease's expiry.
         """
         engine = self.engine
         if engine is None or not self.loads:
@@ -461,7 +463,11 @@ class WorkerSide:
         min_retrieve = int(self.config.get("min_retrieve_tokens"))
         hit = int(engine.lookup(tokens, extras))
         held: list[ChunkBufferLike] = []
-        loadable = verified_prefix(engine, tokens[:hit], extras, held) if hit else 0
+        try:
+            loadable = verified_prefix(engine, tokens[:hit], extras, held) if hit else 0
+        except BaseException:
+            _unref_all(held)
+            raise
         if held and req_id:
             secs = float(self.config.extra("lookup_lease_secs", 30.0))
             with self._lease_lock:
