@@ -437,13 +437,14 @@ def test_cpu_flags_parse(tmp_path: Path) -> None:
     assert system.cpu_flags(str(tmp_path / "missing")) == set()
 
 
-def test_amx_cpu_disables_connector_for_bf16_only() -> None:
+def test_amx_cpu_reads_the_amx_packed_bf16_cache() -> None:
     flags = {"avx2", "avx512f", "amx_tile"}
     checks = system.check_cpu_layouts(128, flags, ask_vllm=False)
     status = {c.name: c for c in checks}
     bf16 = status["vllm_cpu_layout[bf16]"]
-    assert bf16.status == WARN
-    assert "connector disabled for bf16 on this CPU (AMX-packed cache)" in bf16.detail
+    assert bf16.status == OK
+    assert "connector reads layout vllm_cpu_amx" in bf16.detail
+    assert "ISA amx" in bf16.detail
     for label in ("fp16", "fp32"):
         assert status[f"vllm_cpu_layout[{label}]"].status == OK
         assert "vllm_cpu" in status[f"vllm_cpu_layout[{label}]"].detail

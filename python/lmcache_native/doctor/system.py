@@ -368,18 +368,11 @@ def check_cpu_layouts(block_size: int, flags: set[str], ask_vllm: bool = True) -
         try:
             layout = detect_layout({"layer": cache}, {"layer": geo}).layout
         except UnsupportedLayoutError:
-            if isa == "amx":
-                packed = "AMX-packed cache"
-                fix = (
-                    "serve the model with --dtype float16 (vLLM then uses vec, which the "
-                    "connector reads), or run bf16 without the connector on this CPU"
-                )
-            else:
-                packed = f"{isa} cache"
-                fix = (
-                    f"none on this CPU: the connector reads {', '.join(sorted(CPU_ISAS))} "
-                    "caches only; run this dtype without the connector"
-                )
+            packed = f"{isa} cache"
+            fix = (
+                f"none on this CPU: the connector reads {', '.join(sorted(CPU_ISAS))} "
+                "caches only; run this dtype without the connector"
+            )
             checks.append(
                 Check(
                     name,
