@@ -36,14 +36,14 @@ SALTED = vt.prompt(400, PROMPT_LEN)
 SOLO = vt.prompt(401, PROMPT_LEN)
 CHUNK_BYTES_FP32 = 2 * 2 * 2 * 32 * 4 * vt.CHUNK_SIZE  # layers x K/V x heads x head_dim x fp32
 
-PRESSURE = {
+PRESSURE: dict[str, Any] = {
     "max_num_batched_tokens": 64,
     "max_num_seqs": 8,
     "kv_cache_memory_bytes": 1 << 20,
     "max_model_len": 512,
     "enable_chunked_prefill": True,
 }
-BF16 = {"dtype": "bfloat16", "block_size": 64}
+BF16: dict[str, Any] = {"dtype": "bfloat16", "block_size": 64}
 # NOTE: 48 decode steps keep many requests running at once, so the 32 blocks run out and vLLM
 # preempts (with 8 steps the chunked prefill lets only 2-3 run together).
 BATCH_MAX_TOKENS = 48
@@ -69,8 +69,9 @@ def _generate_batch(
     inputs = []
     for i, p in enumerate(prompts):
         item = TokensPrompt(prompt_token_ids=p)
-        if salts is not None and salts[i] is not None:
-            item["cache_salt"] = salts[i]
+        salt = salts[i] if salts is not None else None
+        if salt is not None:
+            item["cache_salt"] = salt
         inputs.append(item)
     outs = llm.generate(inputs, params, use_tqdm=False)
     return [list(o.outputs[0].token_ids) for o in outs], [
@@ -291,7 +292,7 @@ def _write_adapter(directory: Path, base: str, seed: int) -> str:
     return str(directory)
 
 
-LORA = {"enable_lora": True, "max_lora_rank": 8, "max_loras": 2}
+LORA: dict[str, Any] = {"enable_lora": True, "max_lora_rank": 8, "max_loras": 2}
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,7 @@ def side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     server.stop()
 
 
-def _request(req_id: str, prompt: list[int], **kw: Any) -> SimpleNamespace:
+def _request(req_id: str, prompt: list[int] | None, **kw: Any) -> SimpleNamespace:
     fields = {
         "request_id": req_id,
         "prompt_token_ids": prompt,
