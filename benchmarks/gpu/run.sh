@@ -8,7 +8,7 @@
 # Environment: PYTHON (default: .venv/bin/python if it has torch with CUDA, else python3),
 # LMC_CUDA_ARCHS (default: this card's compute capability), RESULTS (default
 # benchmarks/out/gpu: one JSON per benchmark), DEADLINE_S (skip the benchmarks not yet started
-# once this many seconds have passed, so the table still prints inside a lease; default none).
+# once this many seconds have passed, so the table still prints within a time limit; default none).
 # Nothing is fetched from the network: the build runs with --no-build-isolation, so
 # scikit-build-core, pybind11 and cmake must be installed (or in pip's cache) beforehand; wheels
 # in .whl/ (benchmarks/gpu/wheels.sh) are installed offline into a scratch folder first.

@@ -206,7 +206,7 @@ def make_row(
         names: what ours, the baseline and the limit are.
         tokens, block, payload_mb, ours_ms: the case's size and our time.
         goal: the issue's target as text and a test of the row, or ``None``.
-        in_scope: whether the goal applies to this case (issue 6 states each goal for given
+        in_scope: whether the goal applies to this case (each goal is stated for given
             sizes, e.g. copies of ``llama3-8b`` at 1K-32K tokens); out of scope, ``met`` is
             ``"-"`` (a ``--quick`` run judges nothing).
         **extra: more JSON fields.
@@ -240,7 +240,7 @@ def make_row(
 
 
 def goal_scope(bench: str, preset: str | None, tokens: int | None) -> bool:
-    """Whether issue 6's goal for ``bench`` covers a case of ``preset`` and ``tokens``.
+    """Whether the goal for ``bench`` covers a case of ``preset`` and ``tokens``.
 
     Copies: ``llama3-8b`` at 1K-32K tokens; MD5: any real model preset; slot strings: 1M slots
     or more; engine: ``llama3-8b`` at 8K tokens.
