@@ -78,11 +78,24 @@ def _operations() -> list[tuple[str, str]]:
     return [(m.upper(), p) for p, ops in sorted(doc["paths"].items()) for m in sorted(ops)]
 
 
+def _any_string_path_param(param: dict[str, Any]) -> bool:
+    """A path parameter that takes any string: no request can violate it (it cannot be left
+    out, and every string is valid)."""
+    schema = param.get("schema", {})
+    constraints = {"enum", "const", "pattern", "minLength", "maxLength", "format"}
+    return (
+        param.get("in") == "path"
+        and schema.get("type") == "string"
+        and not constraints & set(schema)
+    )
+
+
 def _can_be_invalid(method: str, path: str) -> bool:
     """Whether a request can violate the operation's schema (it has parameters or a body
     with declared fields); schemathesis cannot generate negative cases for the others."""
     op = openapi_document()["paths"][path][method.lower()]
-    if op.get("parameters"):
+    params = op.get("parameters") or []
+    if any(not _any_string_path_param(p) for p in params):
         return True
     body = op.get("requestBody", {}).get("content", {}).get("application/json", {})
     schema_ref = body.get("schema", {})
