@@ -12,7 +12,7 @@
 # Nothing is fetched from the network: the build runs with --no-build-isolation, so
 # scikit-build-core, pybind11 and cmake must be installed (or in pip's cache) beforehand; wheels
 # in .whl/ (benchmarks/gpu/wheels.sh) are installed offline into a scratch folder first.
-# When OUT names a folder (the device tool's return folder), the results, the summary table and
+# When OUT names a folder (where results are collected), the results, the summary table and
 # the CUDA test log are packed into it: $OUT/gpu_results.tgz and $OUT/summary.txt.
 # Exit status: non-zero when the build, a CUDA test or a benchmark failed (the table still prints).
 set -euo pipefail
@@ -175,7 +175,7 @@ step "summary"
 [ -z "${SKIPPED:-}" ] || echo "run.sh: skipped for DEADLINE_S: ${SKIPPED}" | tee -a "$RESULTS/summary.txt" >&2
 printf '\nresults: %s (JSON per benchmark); total %ss\n' "$RESULTS" "$(($(date +%s) - START))"
 if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
-  # The device tool brings back a few files from $OUT: one archive and the table.
+  # Results are collected from $OUT as few files: one archive and the table.
   tar -czf "$OUT/gpu_results.tgz" -C "$(dirname "$RESULTS")" "$(basename "$RESULTS")"
   cp "$RESULTS/summary.txt" "$OUT/summary.txt"
   echo "packed into $OUT: gpu_results.tgz, summary.txt"
