@@ -333,11 +333,13 @@ def test_overwritten_payloads_change_the_output(
 def test_broken_checksum_is_a_miss_and_output_is_unchanged(
     run3: dict[str, Any], baseline: dict[str, list[int]]
 ) -> None:
-    tokens, cached = run3["R2"]
-    # Chunk 0 is intact and loads; chunk 1 fails its checksum, so the prefix ends there.
-    assert cached == vt.CHUNK_SIZE and run3["R2_loaded"] == vt.CHUNK_SIZE
+    tokens, _ = run3["R2"]
+    # The lookup answers from the disk index (no payload read), so the whole prompt is claimed;
+    # chunk 0 is intact and loads, chunk 1 fails its checksum in the load, so the load ends
+    # there and reports the rest's blocks, which vLLM recomputes.
+    assert run3["R2_loaded"] == vt.CHUNK_SIZE
     assert tokens == baseline["R2"]
-    assert run3["worker_stats"].load_failed_tokens == 0  # never claimed what it could not load
+    assert run3["worker_stats"].load_failed_tokens > 0
     # The corrupt file was counted and deleted; vLLM recomputed chunks 1 and 2 and the
     # connector stored both again (chunk 2's disk copy is rewritten too: it was not loaded from
     # there, so it may be damaged as well), so the disk tier holds a valid file once more.

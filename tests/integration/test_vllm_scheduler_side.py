@@ -46,7 +46,11 @@ def side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("LMCACHE_NATIVE_LOOKUP_DIR", str(tmp_path))
     store = _Store()
     server = LookupServer.start("sched-test", 0, store)
-    config = LMCacheEngineConfig.from_defaults(chunk_size=CHUNK)
+    # NOTE: these tests change what the worker holds between lookups of one request, so the
+    # scheduler's lookup cache is off here (it is tested in test_vllm_lookup_path.py).
+    config = LMCacheEngineConfig.from_defaults(
+        chunk_size=CHUNK, extra_config={"lookup_cache_secs": 0}
+    )
     s = SchedulerSide(config, "sched-test", world_size=1, block_size=BLOCK)
     yield s, store
     s.close()

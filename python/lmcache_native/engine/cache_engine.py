@@ -666,6 +666,64 @@ class CacheEngine:
         self.metrics.lookup_hit_tokens.inc(hit_tokens)
         return hit_tokens
 
+    def lookup_held(
+        self,
+        tokens: Sequence[int] | torch.Tensor | np.ndarray,
+        extras: KeyExtras | None = None,
+        held: list[ChunkBufferLike] | None = None,
+    ) -> int:
+        """Like :meth:`lookup`, answered from the tiers' indexes only, holding what it found.
+
+        No payload is read or verified: the CPU tier's index is asked first, then every lower
+        tier once for the remaining keys (one batched existence query each: the disk index, one
+        Redis pipeline, one listing of an ``fs://`` directory). A chunk listed below the CPU
+        tier is fetched (verified, promoted) by the later retrieve, which reports it when that
+        fails. With ``held``, the CPU-tier buffer of each chunk of the reported prefix that the
+        CPU tier holds is appended with one reference (eviction skips it until the caller
+        drops it).
+        """
+        t0 = time.perf_counter()
+        self.metrics.requests.labels(op="lookup").inc()
+        arr = tokens_to_array(tokens)
+        spans = self._spans(arr, bool(self._config.get("save_unfull_chunk")), extras)
+        keys = self._keys(spans, self._key_dtype(self._kv))
+        manager = self._manager
+        cpu = manager.cpu
+        cpu_active = cpu is not None and not manager.is_bypassed(cpu.name)
+        bufs: list[ChunkBufferLike] = []
+        try:
+            n_cpu = 0
+            if cpu is not None and cpu_active:
+                for key in keys:
+                    buf = cpu.get(key)
+                    if buf is None:
+                        break
+                    bufs.append(buf)
+                    n_cpu += 1
+            hit = n_cpu
+            if n_cpu < len(keys):
+                hit = n_cpu + manager.lookup_prefix(keys[n_cpu:])
+                if cpu is not None and cpu_active and held is not None:
+                    # A chunk the CPU tier got back between the two queries is held as well.
+                    for key in keys[n_cpu:hit]:
+                        buf = cpu.get(key)
+                        if buf is not None:
+                            bufs.append(buf)
+        except BaseException:
+            for b in bufs:
+                b.unref()
+            raise
+        if held is not None:
+            held.extend(bufs)
+        else:
+            for b in bufs:
+                b.unref()
+        hit_tokens = spans[hit - 1].end if hit else 0
+        self.metrics.lookup_tokens.inc(int(arr.shape[0]))
+        self.metrics.lookup_hit_tokens.inc(hit_tokens)
+        self.metrics.observe_op("lookup", time.perf_counter() - t0, hit_tokens)
+        return hit_tokens
+
     def retrieve(
         self,
         tokens: Sequence[int] | torch.Tensor,

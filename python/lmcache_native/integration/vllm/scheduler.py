@@ -16,6 +16,8 @@ length.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
     from vllm.v1.request import Request
 
 logger = logging.getLogger("lmcache_native.integration.vllm")
+
+_LOOKUP_CACHE_MAX = 4096  # entries before the expired ones are swept
 
 
 def request_extras(request: Request) -> KeyExtras | None:
@@ -90,13 +94,15 @@ class SchedulerStats:
     """Counters of the scheduler side (read by tests and logs).
 
     Attributes:
-        lookups: lookups made.
+        lookups: lookups made (asked of the workers).
+        cached_lookups: lookups answered from the lookup cache.
         lookup_hit_tokens: tokens the workers reported as stored, summed over lookups.
         claimed_tokens: tokens claimed for loading (handed to vLLM as external hits).
         load_requests: requests given a load.
     """
 
     lookups: int = 0
+    cached_lookups: int = 0
     lookup_hit_tokens: int = 0
     claimed_tokens: int = 0
     load_requests: int = 0
@@ -136,6 +142,9 @@ class SchedulerSide:
         self._building: LMCacheNativeConnectorMetadata | None = None
         self._released: list[str] = []  # leases the workers may let go, sent with the next step
         self._failed_logged: set[str] = set()
+        # req_id -> (prompt length, hit, min_retrieve, expiry on ``clock``)
+        self._lookup_cache: dict[str, tuple[int, int, int, float]] = {}
+        self.clock = time.monotonic
 
     # -- admission ---------------------------------------------------------------------------
 
@@ -155,20 +164,47 @@ class SchedulerSide:
             return 0
         prompt = request.prompt_token_ids
         assert prompt is not None
-        hit, min_retrieve = self.client.lookup(prompt, request.request_id, request_extras(request))
-        self.stats.lookups += 1
-        self.stats.lookup_hit_tokens += hit
+        hit, min_retrieve = self._cached_lookup(request, prompt)
         # NOTE: vLLM must compute at least the last prompt token to sample the next one.
         claimable = min(hit, len(prompt) - 1)
         claimed = max(0, claimable - num_computed_tokens)
         if claimed == 0 or claimed < min_retrieve:
             if hit:
-                self._released.append(request.request_id)
+                self._release(request.request_id)
             return 0
         self._plans[request.request_id] = _LoadPlan(
             hit=hit, local=num_computed_tokens, claimed=claimed
         )
         return claimed
+
+    def _cached_lookup(self, request: Request, prompt: Sequence[int]) -> tuple[int, int]:
+        """The workers' answer for ``request``, from the lookup cache while it is fresh.
+
+        vLLM asks again for a request it could not admit yet (no free blocks) every step; the
+        answer of the first lookup is reused for ``lookup_cache_secs`` (extra config, default
+        2 s; 0 turns the cache off), keyed by request id and prompt length, while the workers
+        hold that lookup's lease. Releasing the request's lease or its end drops the entry.
+        """
+        req_id = request.request_id
+        now = self.clock()
+        cached = self._lookup_cache.get(req_id)
+        if cached is not None and cached[0] == len(prompt) and cached[3] > now:
+            self.stats.cached_lookups += 1
+            return cached[1], cached[2]
+        hit, min_retrieve = self.client.lookup(prompt, req_id, request_extras(request))
+        self.stats.lookups += 1
+        self.stats.lookup_hit_tokens += hit
+        ttl = float(self.config.extra("lookup_cache_secs", 2.0))
+        if ttl > 0 and req_id:
+            if len(self._lookup_cache) >= _LOOKUP_CACHE_MAX:
+                self._lookup_cache = {r: e for r, e in self._lookup_cache.items() if e[3] > now}
+            self._lookup_cache[req_id] = (len(prompt), hit, min_retrieve, now + ttl)
+        return hit, min_retrieve
+
+    def _release(self, req_id: str) -> None:
+        """Lets the workers drop what they hold for ``req_id``; forgets its cached lookup."""
+        self._released.append(req_id)
+        self._lookup_cache.pop(req_id, None)
 
     def forget_plan(self, request: Request) -> None:
         """Drops the load plan of ``request`` (its lookup failed)."""
@@ -203,7 +239,8 @@ class SchedulerSide:
         req_id = request.request_id
         plan = self._plans.pop(req_id, None)
         if plan is not None and num_external_tokens <= 0:
-            self._released.append(req_id)  # vLLM did not take the hit: nothing to hold
+            self._release(req_id)  # vLLM did not take the hit: nothing to hold
+        self._lookup_cache.pop(req_id, None)  # admitted: its next lookup is a new question
         if not self._cacheable(request):
             return
         tracker = self._trackers.get(req_id)
@@ -227,7 +264,7 @@ class SchedulerSide:
             )
             # A load of nothing: the worker reports the window's blocks, vLLM recomputes them.
             tracker.load = LoadSpec(req_id, [], tracker.block_ids, start, end)
-            self._released.append(req_id)
+            self._release(req_id)
             return
         chunk = self.chunk_size
         fetch = min(plan.hit, (end + chunk - 1) // chunk * chunk)
@@ -355,7 +392,7 @@ class SchedulerSide:
         workers let go of what they held for it."""
         self._trackers.pop(request.request_id, None)
         self._plans.pop(request.request_id, None)
-        self._released.append(request.request_id)
+        self._release(request.request_id)
 
     def close(self) -> None:
         """Closes the lookup connections."""

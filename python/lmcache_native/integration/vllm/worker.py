@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from prometheus_client import CollectorRegistry, Counter
 
@@ -102,7 +103,7 @@ class ConnectorMetrics:
         )
         self.lookup_tokens = Counter(
             "lmcache_vllm_lookup_loadable_tokens",
-            "Tokens lookups reported loadable (verified, promoted to the CPU tier)",
+            "Tokens lookups reported loadable (listed in a tier's index)",
             registry=registry,
         )
         self.loaded_tokens = Counter(
@@ -216,7 +217,9 @@ def verified_prefix(
 ) -> int:
     """How many leading tokens of ``tokens`` (a stored prefix) the engine can really load.
 
-    Chunks in the CPU tier count as they are; any other chunk is fetched through the storage
+    Reads every chunk not in the CPU tier (the connector's lookup did so before it answered
+    from the indexes; kept for comparison in ``benchmarks/bench_connector_lookup.py``). Chunks
+    in the CPU tier count as they are; any other chunk is fetched through the storage
     manager, which verifies it and promotes it into the CPU tier. With ``held``, the CPU-tier
     buffer of each counted chunk is appended to it with one reference (eviction skips a
     referenced buffer); the caller drops those references.
@@ -443,15 +446,15 @@ class WorkerSide:
     # -- lookups (called from the lookup server's threads) -----------------------------------
 
     def lookup(
-        self, req_id: str, tokens: Sequence[int], extras: KeyExtras | None = None
+        self, req_id: str, tokens: Sequence[int] | np.ndarray, extras: KeyExtras | None = None
     ) -> tuple[int, int]:
-        """(loadable prefix length in tokens, current ``min_retrieve_tokens``).
+        """(stored prefix length in tokens, current ``min_retrieve_tokens``).
 
-        A chunk found only below the CPU tier (disk, remote) is read now, which verifies its
-        checksum and promotes it into the CPU tier, so what the scheduler is told can be loaded
-        is loadable: a corrupt chunk ends the prefix here instead of failing the load later.
-        The chunks reported are held for ``req_id`` (a lease) until its load, its end or the
-        lease's expiry.
+        Answered from the tiers' indexes (:meth:`CacheEngine.lookup_held`): no payload is read
+        on the scheduler's path. The CPU-tier chunks reported are held for ``req_id`` (a lease)
+        until its load, its end or the lease's expiry; a chunk listed only below the CPU tier
+        is fetched and verified by the load, which reports its blocks to vLLM
+        (``get_block_ids_with_load_errors``) when that fails, so vLLM recomputes them.
         """
         engine = self.engine
         if engine is None or not self.loads:
@@ -461,13 +464,8 @@ class WorkerSide:
         self.stats.lookups += 1
         self._last_lookup_time = time.time()
         min_retrieve = int(self.config.get("min_retrieve_tokens"))
-        hit = int(engine.lookup(tokens, extras))
         held: list[ChunkBufferLike] = []
-        try:
-            loadable = verified_prefix(engine, tokens[:hit], extras, held) if hit else 0
-        except BaseException:
-            _unref_all(held)
-            raise
+        loadable = int(engine.lookup_held(tokens, extras, held))
         if held and req_id:
             secs = float(self.config.extra("lookup_lease_secs", 30.0))
             with self._lease_lock:

@@ -1,0 +1,224 @@
+"""The scheduler's lookup answers from the tiers' indexes, and repeats come from a short cache.
+
+The worker side runs on a real engine (CPU tier over a disk tier, or over a real redis-server).
+A lookup of chunks that only a lower tier holds reads no payload: no tier hit is counted, the
+CPU tier is not filled, Redis serves no GET; the load fetches them afterwards, and a chunk that
+then fails (a corrupted file) is reported to vLLM as blocks to recompute. The scheduler side
+reuses a waiting request's answer (same request id and prompt length) until its TTL, its
+release or its end.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import redis
+import torch
+
+pytest.importorskip("vllm")
+
+from lmcache_native.config import LMCacheEngineConfig  # noqa: E402
+from lmcache_native.engine import CacheEngine, EngineMetadata  # noqa: E402
+from lmcache_native.integration.vllm.lookup import LookupServer  # noqa: E402
+from lmcache_native.integration.vllm.metadata import (  # noqa: E402
+    LMCacheNativeConnectorMetadata,
+    LoadSpec,
+    SaveSpec,
+)
+from lmcache_native.integration.vllm.scheduler import SchedulerSide  # noqa: E402
+from lmcache_native.integration.vllm.worker import WorkerSide  # noqa: E402
+from lmcache_native.storage.serde import chunk_filename  # noqa: E402
+
+pytestmark = pytest.mark.vllm
+
+NUM_BLOCKS, HEADS, BLOCK, HEAD, CHUNK = 40, 2, 32, 16, 64
+PROMPT = list(range(7000, 7128))  # 2 chunks
+BLOCKS = [1, 2, 3, 4]
+CPU = "LocalCPUBackend"
+
+
+def _worker(**cfg: Any) -> WorkerSide:
+    config = LMCacheEngineConfig.from_defaults(chunk_size=CHUNK, **cfg)
+    gen = torch.Generator().manual_seed(5)
+    caches = [torch.randn(NUM_BLOCKS, HEADS, BLOCK, 2 * HEAD, generator=gen) for _ in range(2)]
+    vllm_config = SimpleNamespace(cache_config=SimpleNamespace(block_size=BLOCK))
+    worker = WorkerSide(vllm_config, None, config, "lookup-path", rank=0, world_size=1)  # type: ignore[arg-type]
+    engine = CacheEngine(config, EngineMetadata(model_name="m"))
+    engine.register_kv_caches({"l0": caches[0], "l1": caches[1]}, "vllm_cpu")
+    worker.engine = engine
+    return worker
+
+
+def _store_then_drop_cpu(worker: WorkerSide) -> CacheEngine:
+    engine = worker.engine
+    assert engine is not None
+    save = SaveSpec("s", PROMPT, BLOCKS, num_prompt_tokens=len(PROMPT))
+    worker.wait_for_save(LMCacheNativeConnectorMetadata(saves=[save]))
+    assert engine.flush(timeout=30)
+    engine.clear([CPU])
+    assert engine.storage.stats()[CPU]["num_chunks"] == 0
+    return engine
+
+
+def _load(worker: WorkerSide, req_id: str) -> tuple[int, set[int]]:
+    before = worker.stats.loaded_tokens
+    spec = LoadSpec(req_id, PROMPT, [10, 11, 12, 13], start=0, end=127)
+    worker.start_load_kv(LMCacheNativeConnectorMetadata(loads=[spec]))
+    return worker.stats.loaded_tokens - before, worker.take_load_errors()
+
+
+def _tier_hits(engine: CacheEngine, tier: str) -> int:
+    return int(engine.storage.stats()[tier]["hits"])
+
+
+def test_disk_only_chunks_are_reported_without_reading_them(tmp_path: Path) -> None:
+    worker = _worker(local_disk=str(tmp_path / "disk"))
+    engine = _store_then_drop_cpu(worker)
+    disk_hits = _tier_hits(engine, "LocalDiskBackend")
+    assert worker.lookup("r1", PROMPT) == (128, 0)
+    assert _tier_hits(engine, "LocalDiskBackend") == disk_hits  # no payload read
+    assert engine.storage.stats()[CPU]["num_chunks"] == 0  # nothing promoted
+    assert _load(worker, "r1") == (127, set())  # the load fetched them
+    assert _tier_hits(engine, "LocalDiskBackend") == disk_hits + 2
+    assert engine.storage.stats()[CPU]["num_chunks"] == 2
+    worker.close()
+
+
+def test_a_listed_chunk_that_fails_to_load_is_reported_to_vllm(tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    worker = _worker(local_disk=str(disk))
+    engine = _store_then_drop_cpu(worker)
+    second = engine.chunk_keys(PROMPT)[1]
+    path = next(disk.rglob(chunk_filename(second)))
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # a payload byte flipped: the checksum fails on read
+    path.write_bytes(bytes(data))
+    assert worker.lookup("r1", PROMPT) == (128, 0)  # the index lists it
+    loaded, errors = _load(worker, "r1")
+    assert loaded == 64  # the first chunk
+    assert errors == {12, 13}  # the second chunk's blocks: vLLM recomputes them
+    worker.close()
+
+
+def test_cpu_tier_chunks_are_held_by_the_lookup(tmp_path: Path) -> None:
+    worker = _worker(local_disk=str(tmp_path / "disk"))
+    engine = worker.engine
+    assert engine is not None
+    save = SaveSpec("s", PROMPT, BLOCKS, num_prompt_tokens=len(PROMPT))
+    worker.wait_for_save(LMCacheNativeConnectorMetadata(saves=[save]))
+    assert engine.flush(timeout=30)  # the disk writer let its references go
+    cpu = engine.storage.cpu
+    assert cpu is not None
+    assert worker.lookup("r1", PROMPT) == (128, 0)
+    for key in engine.chunk_keys(PROMPT):
+        buf = cpu.get(key)
+        assert buf is not None and buf.refcount == 3  # the tier, the lease, this read
+        buf.unref()
+    worker.finished({"r1"})
+    assert worker.leased_requests == []
+    worker.close()
+
+
+def test_redis_only_chunks_answered_by_existence_queries(redis_url: str) -> None:
+    worker = _worker(remote_url=redis_url)
+    _store_then_drop_cpu(worker)
+    client = redis.Redis.from_url(redis_url)
+
+    def calls(cmd: str) -> int:
+        stats = client.info("commandstats").get(f"cmdstat_{cmd}")
+        return int(stats["calls"]) if stats else 0
+
+    gets, exists = calls("get"), calls("exists")
+    assert worker.lookup("r1", PROMPT) == (128, 0)
+    assert calls("get") == gets  # no payload read
+    assert calls("exists") > exists
+    assert _load(worker, "r1") == (127, set())
+    assert calls("get") > gets
+    client.close()
+    worker.close()
+
+
+class _Store:
+    def __init__(self) -> None:
+        self.hit = 0
+        self.asked = 0
+
+    def __call__(self, req_id: str, tokens: list[int], extras: Any) -> tuple[int, int]:
+        self.asked += 1
+        return min(self.hit, len(tokens)), 0
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("LMCACHE_NATIVE_LOOKUP_DIR", str(tmp_path))
+    store = _Store()
+    server = LookupServer.start("lookup-cache", 0, store)
+    config = LMCacheEngineConfig.from_defaults(
+        chunk_size=CHUNK, extra_config={"lookup_cache_secs": 2}
+    )
+    s = SchedulerSide(config, "lookup-cache", world_size=1, block_size=BLOCK)
+    clock = _Clock()
+    s.clock = clock
+    yield s, store, clock
+    s.close()
+    server.stop()
+
+
+def _request(req_id: str, prompt: list[int]) -> SimpleNamespace:
+    return SimpleNamespace(
+        request_id=req_id,
+        prompt_token_ids=prompt,
+        all_token_ids=list(prompt),
+        num_prompt_tokens=len(prompt),
+        mm_features=[],
+        lora_request=None,
+        cache_salt=None,
+        prompt_embeds=None,
+    )
+
+
+def test_a_waiting_request_is_answered_from_the_cache(side: Any) -> None:
+    s, store, clock = side
+    store.hit = 192
+    req = _request("a", list(range(200)))
+    for _ in range(3):  # vLLM asks every step while the request waits for blocks
+        assert s.get_num_new_matched_tokens(req, 0) == 192
+    assert store.asked == 1 and s.stats.cached_lookups == 2
+    store.hit = 64  # what the workers hold changed: the cache still answers until its TTL
+    assert s.get_num_new_matched_tokens(req, 0) == 192
+    clock.now += 2.5
+    assert s.get_num_new_matched_tokens(req, 0) == 64
+    assert store.asked == 2
+
+
+def test_the_cache_is_keyed_by_request_and_length_and_dropped_at_the_end(side: Any) -> None:
+    s, store, _ = side
+    store.hit = 192
+    assert s.get_num_new_matched_tokens(_request("a", list(range(200))), 0) == 192
+    assert s.get_num_new_matched_tokens(_request("b", list(range(200))), 0) == 192
+    assert store.asked == 2  # another request asks again
+    assert s.get_num_new_matched_tokens(_request("a", list(range(150))), 0) == 149
+    assert store.asked == 3  # another length asks again
+    s.request_finished(_request("a", list(range(150))))
+    assert s.get_num_new_matched_tokens(_request("a", list(range(150))), 0) == 149
+    assert store.asked == 4  # finished: forgotten
+
+
+def test_a_lookup_whose_lease_is_released_is_not_reused(side: Any) -> None:
+    s, store, _ = side
+    store.hit = 64
+    req = _request("a", list(range(200)))
+    assert s.get_num_new_matched_tokens(req, 64) == 0  # vLLM holds it all: the lease goes
+    assert s.get_num_new_matched_tokens(req, 64) == 0
+    assert store.asked == 2
