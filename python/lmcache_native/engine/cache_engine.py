@@ -404,6 +404,10 @@ class CacheEngine:
         )
         return self._keys(spans, self._key_dtype(self._kv))
 
+    def span_keys(self, spans: Sequence[ChunkSpan]) -> list[str]:
+        """The keys of chunks given by :meth:`chunk_spans` (no hashing again)."""
+        return self._keys(spans, self._key_dtype(self._kv))
+
     # -- slots ---------------------------------------------------------------------------------
 
     @staticmethod

@@ -28,15 +28,28 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 from lmcache_native.integration.vllm.config import load_config
 from lmcache_native.integration.vllm.metadata import LMCacheNativeConnectorMetadata
 from lmcache_native.integration.vllm.scheduler import SchedulerSide
+from lmcache_native.integration.vllm.stats import (
+    LMCacheNativeKVEvents,
+    LMCacheNativePromMetrics,
+    LMCacheNativeStats,
+)
 from lmcache_native.integration.vllm.worker import WorkerSide, parallel_rank
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from vllm.config import VllmConfig
+    from vllm.distributed.kv_events import KVCacheEvent
+    from vllm.distributed.kv_transfer.kv_connector.v1.metrics import (
+        KVConnectorPromMetrics,
+        KVConnectorStats,
+    )
     from vllm.forward_context import ForwardContext
     from vllm.v1.attention.backend import AttentionMetadata
     from vllm.v1.core.kv_cache_manager import KVCacheBlocks
     from vllm.v1.core.sched.output import SchedulerOutput
     from vllm.v1.kv_cache_interface import KVCacheConfig
+    from vllm.v1.outputs import KVConnectorOutput
     from vllm.v1.request import Request
 
 logger = logging.getLogger("lmcache_native.integration.vllm")
@@ -97,6 +110,7 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
         pc = vllm_config.parallel_config
         self.scheduler_side: SchedulerSide | None = None
         self.worker_side: WorkerSide | None = None
+        self._kv_events: list[LMCacheNativeKVEvents] = []  # scheduler side: to publish
         if role == KVConnectorRole.SCHEDULER:
             if getattr(ktc, "kv_load_failure_policy", "recompute") != "recompute":
                 # NOTE: a cache miss must never fail a request: what a load cannot deliver is
@@ -241,6 +255,65 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
         except Exception as e:  # noqa: BLE001
             self._contain("get_block_ids_with_load_errors", e)
             return set()
+
+    # ==============================
+    # vLLM's stats and KV events (see :mod:`.stats`)
+    # ==============================
+
+    def get_kv_connector_stats(self) -> KVConnectorStats | None:
+        """This side's counters since the last call (vLLM sums the workers' and the
+        scheduler's); ``None`` when nothing happened."""
+        try:
+            if self.worker_side is not None:
+                return self.worker_side.take_vllm_stats()
+            if self.scheduler_side is not None:
+                return self.scheduler_side.vllm_stats.take()
+        except Exception as e:  # noqa: BLE001 - stats never fail a step
+            self._contain("get_kv_connector_stats", e)
+        return None
+
+    @classmethod
+    def build_kv_connector_stats(
+        cls, data: dict[str, Any] | None = None
+    ) -> KVConnectorStats | None:
+        """The stats object for ``data`` (what :meth:`get_kv_connector_stats` reported)."""
+        return LMCacheNativeStats(data=dict(data or {}))
+
+    @classmethod
+    def build_prom_metrics(
+        cls,
+        vllm_config: VllmConfig,
+        metric_types: dict[type[Any], type[Any]],
+        labelnames: list[str],
+        per_engine_labelvalues: dict[int, list[object]],
+    ) -> KVConnectorPromMetrics | None:
+        """The ``vllm:lmcache_native_*`` counters on vLLM's ``/metrics``."""
+        return LMCacheNativePromMetrics(
+            vllm_config, metric_types, labelnames, per_engine_labelvalues
+        )
+
+    def get_kv_connector_kv_cache_events(self) -> LMCacheNativeKVEvents | None:
+        """Worker side: the ``BlockStored``/``BlockRemoved`` events since the last call."""
+        if self.worker_side is None:
+            return None
+        try:
+            return self.worker_side.take_events()
+        except Exception as e:  # noqa: BLE001 - events never fail a step
+            self._contain("get_kv_connector_kv_cache_events", e)
+            return None
+
+    def update_connector_output(self, connector_output: KVConnectorOutput) -> None:
+        """Scheduler side: keeps the workers' KV events for :meth:`take_events`."""
+        events = getattr(connector_output, "kv_cache_events", None)
+        if not isinstance(events, LMCacheNativeKVEvents):
+            return
+        self._kv_events.append(events)  # one step's, merged over the workers by vLLM
+
+    def take_events(self) -> Iterable[KVCacheEvent]:
+        """Scheduler side: the workers' KV events (each once every worker reported it), for
+        vLLM's KV event publisher."""
+        steps, self._kv_events = self._kv_events, []
+        return [e for step in steps for e in step.aggregate().get_all_events()]
 
     def shutdown(self) -> None:
         """Stops the admin API and lookup server and closes the engine (or lookup client)."""

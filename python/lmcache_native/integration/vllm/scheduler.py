@@ -29,6 +29,7 @@ from lmcache_native.integration.vllm.metadata import (
     LoadSpec,
     SaveSpec,
 )
+from lmcache_native.integration.vllm.stats import LMCacheNativeStats
 
 if TYPE_CHECKING:
     from vllm.v1.core.kv_cache_manager import KVCacheBlocks
@@ -136,6 +137,7 @@ class SchedulerSide:
         self.block_size = block_size
         self.client = LookupClient(engine_id, world_size)
         self.stats = SchedulerStats()
+        self.vllm_stats = LMCacheNativeStats()  # what vLLM's stats get (see :mod:`.stats`)
         self._plans: dict[str, _LoadPlan] = {}
         self._trackers: dict[str, _Tracker] = {}
         self._skip_reason_logged: set[str] = set()
@@ -190,10 +192,13 @@ class SchedulerSide:
         cached = self._lookup_cache.get(req_id)
         if cached is not None and cached[0] == len(prompt) and cached[3] > now:
             self.stats.cached_lookups += 1
+            self.vllm_stats.add("lookup_cache_hits")
             return cached[1], cached[2]
         hit, min_retrieve = self.client.lookup(prompt, req_id, request_extras(request))
         self.stats.lookups += 1
         self.stats.lookup_hit_tokens += hit
+        self.vllm_stats.add("lookups")
+        self.vllm_stats.add("lookup_hit_tokens", hit)
         ttl = float(self.config.extra("lookup_cache_secs", 2.0))
         if ttl > 0 and req_id:
             if len(self._lookup_cache) >= _LOOKUP_CACHE_MAX:

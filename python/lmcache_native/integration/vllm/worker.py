@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -32,10 +33,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from prometheus_client import CollectorRegistry, Counter
+from vllm.distributed.kv_events import BlockRemoved, BlockStored
 
 from lmcache_native.config import LMCacheEngineConfig
 from lmcache_native.engine import CacheEngine, EngineMetadata
-from lmcache_native.engine.keys import KeyExtras
+from lmcache_native.engine.keys import ChunkSpan, KeyExtras
 from lmcache_native.integration.vllm.layout import (
     CPU_BACKENDS,
     LayerGeometry,
@@ -50,12 +52,18 @@ from lmcache_native.integration.vllm.metadata import (
     slot_mapping,
     slot_range,
 )
+from lmcache_native.integration.vllm.stats import (
+    MEDIUMS,
+    LMCacheNativeKVEvents,
+    LMCacheNativeStats,
+)
 from lmcache_native.ops import describe
 from lmcache_native.stats.periodic import RunStats, ThreadLevel
 from lmcache_native.storage.base import ChunkBufferLike
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
+    from vllm.distributed.kv_events import KVCacheEvent
     from vllm.v1.kv_cache_interface import KVCacheConfig
 
 logger = logging.getLogger("lmcache_native.integration.vllm")
@@ -331,9 +339,18 @@ class WorkerSide:
         self._saves: dict[str, _SaveState] = {}
         self._load_errors: set[int] = set()
         self._failure_causes: set[tuple[str, str]] = set()
+        self._load_raised = False
         self._leases: dict[str, _Lease] = {}
         self._lease_lock = threading.Lock()
         self.clock = time.monotonic
+        # What vLLM's stats and KV events get (see :mod:`.stats`).
+        self.vllm_stats = LMCacheNativeStats()
+        kec = getattr(vllm_config, "kv_events_config", None)
+        self.events_enabled = bool(getattr(kec, "enable_kv_cache_events", False))
+        self._events: list[KVCacheEvent] = []
+        # key -> (chunk hash bytes, tier name) of chunks stored and reported, newest last
+        self._reported: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
+        self._tier_marks: dict[str, tuple[int, int]] = {}
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -498,6 +515,7 @@ class WorkerSide:
 
     def _failed(self, op: str, exc: BaseException) -> None:
         """Counts a load/store that raised; logs it once per cause with its traceback."""
+        self.vllm_stats.add("failed_loads" if op == "load" else "failed_stores")
         if op == "load":
             self.stats.load_failures += 1
             if self.metrics is not None:
@@ -568,7 +586,11 @@ class WorkerSide:
                 self._load(spec)
             except Exception as e:  # noqa: BLE001 - reported to vLLM, which recomputes
                 self._failed("load", e)
-                self._fail_load(spec, spec.start)
+                self._load_raised = True
+                try:
+                    self._fail_load(spec, spec.start)
+                finally:
+                    self._load_raised = False
             finally:
                 self.release([spec.req_id])
 
@@ -579,6 +601,10 @@ class WorkerSide:
         last_block = (spec.end - 1) // self.block_size
         self._load_errors.update(spec.block_ids[first_block : last_block + 1])
         self.stats.load_failed_tokens += spec.end - first_missing
+        if first_missing > spec.start or not self._load_raised:
+            self.vllm_stats.add("failed_loads")  # a raised load was counted by ``_failed``
+        if self.rank == 0:
+            self.vllm_stats.add("failed_load_tokens", spec.end - first_missing)
         if self.metrics is not None:
             self.metrics.load_failed_tokens.inc(spec.end - first_missing)
         logger.warning(
@@ -612,6 +638,12 @@ class WorkerSide:
         loaded = first_missing - spec.start
         self.stats.load_requests += 1
         self.stats.loaded_tokens += loaded
+        vs = self.vllm_stats
+        vs.add("load_requests")
+        vs.add("loaded_bytes", loaded * self._bytes_per_token)
+        vs.add("load_seconds", dt)
+        if self.rank == 0:
+            vs.add("loaded_tokens", loaded)
         if self.metrics is not None:
             self.metrics.loaded_tokens.inc(loaded)
         self._fail_load(spec, first_missing)
@@ -681,6 +713,7 @@ class WorkerSide:
             next_hash: str | None = spans[-1].chunk_hash
         else:
             next_hash = st.prev_hash
+        watch = self._watch_store(st, begin, n) if self.events_enabled else None
         t0 = time.perf_counter()
         result = engine.store(tokens, slots, st.extras, offset=begin, prev_hash=st.prev_hash)
         dt = time.perf_counter() - t0
@@ -688,6 +721,14 @@ class WorkerSide:
         stored = int(result.num_stored_tokens)
         self.stats.store_requests += 1
         self.stats.stored_tokens += stored
+        vs = self.vllm_stats
+        vs.add("store_requests")
+        vs.add("stored_bytes", stored * self._bytes_per_token)
+        vs.add("save_seconds", dt)
+        if self.rank == 0:
+            vs.add("stored_tokens", stored)
+        if watch is not None:
+            self._stored_events(st, watch, stored)
         if self.metrics is not None:
             self.metrics.stored_tokens.inc(stored)
         nbytes = stored * self._bytes_per_token
@@ -701,6 +742,111 @@ class WorkerSide:
             nbytes / dt / 1e9 if dt > 0 else 0.0,
             f" ({result.reason})" if result.reason else "",
         )
+
+    # -- vLLM's stats and KV events ------------------------------------------------------------
+
+    def take_vllm_stats(self) -> LMCacheNativeStats | None:
+        """The counters since the last call (``None`` when nothing happened)."""
+        return self.vllm_stats.take()
+
+    def _event_tier(self) -> Any:
+        """The tier a store writes first (whose events are reported), or ``None``."""
+        engine = self.engine
+        if engine is None:
+            return None
+        storage = engine.storage
+        for name in engine.all_backends():
+            if storage.is_bypassed(name):
+                continue
+            tier = storage.backend(name)
+            if tier is storage.cpu and not getattr(tier, "hot_cache_enabled", True):
+                continue
+            return tier
+        return None
+
+    def _watch_store(self, st: _SaveState, begin: int, n: int) -> _StoreWatch:
+        """Before a store: the tier, the chunks of ``st.tokens[begin:n]``, which it holds."""
+        engine = self.engine
+        assert engine is not None
+        tier = self._event_tier()
+        parent = bytes.fromhex(st.prev_hash) if st.prev_hash else None
+        spans = engine.chunk_spans(
+            st.tokens[begin:n], st.extras, offset=begin, prev_hash=st.prev_hash
+        )
+        if tier is None or not spans:
+            return _StoreWatch(tier, parent, [], [], [])
+        keys = engine.span_keys(spans)
+        return _StoreWatch(tier, parent, spans, keys, tier.batched_contains(keys))
+
+    def _stored_events(self, st: _SaveState, watch: _StoreWatch, stored: int) -> None:
+        """``BlockStored`` for the chunks the store just wrote (those the tier lacked, in order,
+        as far as the stored token count reaches)."""
+        tier = watch.tier
+        if tier is None or stored <= 0:
+            return
+        medium = MEDIUMS.get(tier.name, tier.name)
+        lora = st.extras
+        parent = watch.parent
+        left = stored
+        for span, key, present in zip(watch.spans, watch.keys, watch.had, strict=True):
+            h = bytes.fromhex(span.chunk_hash)
+            if not present and left >= span.num_tokens:
+                left -= span.num_tokens
+                self._events.append(
+                    BlockStored(
+                        block_hashes=[h],
+                        parent_block_hash=parent,
+                        token_ids=[int(t) for t in st.tokens[span.start : span.end]],
+                        block_size=span.num_tokens,
+                        lora_id=lora.lora_id if lora is not None else None,
+                        medium=medium,
+                        lora_name=lora.lora_name if lora is not None else None,
+                    )
+                )
+                self._reported[key] = (h, tier.name)
+                self._reported.move_to_end(key)
+                if len(self._reported) > _REPORTED_MAX:
+                    self._reported.popitem(last=False)
+            parent = h
+
+    def _removed_events(self) -> None:
+        """``BlockRemoved`` for reported chunks their tier no longer holds (asked only when a
+        tier's evictions or size went down since the last check)."""
+        engine = self.engine
+        if engine is None or not self._reported:
+            return
+        storage = engine.storage
+        by_tier: dict[str, list[str]] = {}
+        for key, (_, name) in self._reported.items():
+            by_tier.setdefault(name, []).append(key)
+        for name, keys in by_tier.items():
+            try:
+                tier = storage.backend(name)
+            except Exception:  # noqa: BLE001 - a tier that went away
+                continue
+            st = tier.stats()
+            mark = (int(st.get("evictions", 0)), int(st.get("num_chunks", 0)))
+            old = self._tier_marks.get(name)
+            self._tier_marks[name] = mark
+            if old is not None and mark[0] == old[0] and mark[1] >= old[1]:
+                continue
+            gone = [
+                k for k, held in zip(keys, tier.batched_contains(keys), strict=True) if not held
+            ]
+            if not gone:
+                continue
+            hashes: list[bytes | int] = [self._reported.pop(k)[0] for k in gone]
+            self._events.append(BlockRemoved(block_hashes=hashes, medium=MEDIUMS.get(name, name)))
+
+    def take_events(self) -> LMCacheNativeKVEvents | None:
+        """This worker's KV events since the last call (``None`` when there are none)."""
+        if not self.events_enabled:
+            return None
+        self._removed_events()
+        if not self._events:
+            return None
+        events, self._events = self._events, []
+        return LMCacheNativeKVEvents(num_workers=1, events=events)
 
     def finished(self, finished_req_ids: set[str]) -> None:
         """Forgets requests vLLM finished (and lets their held chunks go)."""
@@ -725,6 +871,20 @@ class WorkerSide:
         if self.engine is not None:
             self.engine.close()
             self.engine = None
+
+
+_REPORTED_MAX = 65536  # stored chunks followed for BlockRemoved events
+
+
+@dataclass
+class _StoreWatch:
+    """A tier's index before a store: which of the store's chunks it already held."""
+
+    tier: Any
+    parent: bytes | None  # the chain hash before the first chunk
+    spans: list[ChunkSpan]
+    keys: list[str]
+    had: list[bool]
 
 
 def _unref_all(bufs: Sequence[ChunkBufferLike]) -> None:
