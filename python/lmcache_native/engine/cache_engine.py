@@ -14,6 +14,7 @@ snapshot of it and copies outside the lock. Buffers are reference-counted, so a 
 
 from __future__ import annotations
 
+import array
 import contextlib
 import errno
 import logging
@@ -688,7 +689,7 @@ class CacheEngine:
         """
         t0 = time.perf_counter()
         self.metrics.requests.labels(op="lookup").inc()
-        arr = tokens_to_array(tokens)
+        arr = tokens_to_array(_list_to_array(tokens))
         spans = self._spans(arr, bool(self._config.get("save_unfull_chunk")), extras)
         keys = self._keys(spans, self._key_dtype(self._kv))
         manager = self._manager
@@ -1184,6 +1185,18 @@ class CacheEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _list_to_array(tokens: Any) -> Any:
+    """A list of ints as an int64 array through ``array.array`` (half the time numpy takes to
+    infer a dtype for a 32K-token prompt); anything else, or a list that is not all ints
+    within int64, unchanged."""
+    if isinstance(tokens, list):
+        try:
+            return np.frombuffer(array.array("q", tokens), dtype=np.int64)
+        except (TypeError, OverflowError):
+            return tokens
+    return tokens
 
 
 def _padding_counts(slots: torch.Tensor) -> list[int]:
