@@ -40,18 +40,61 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from types import SimpleNamespace
 from typing import Any
 
 import torch
 from lmcache_native.config import LMCacheEngineConfig
 from lmcache_native.engine import CacheEngine, EngineMetadata
-from lmcache_native.engine.keys import CacheKey
+from lmcache_native.engine.keys import CacheKey, KeyExtras
 from lmcache_native.integration.vllm.lookup import LookupClient, LookupServer
 from lmcache_native.integration.vllm.scheduler import SchedulerSide
-from lmcache_native.integration.vllm.worker import WorkerSide, verified_prefix
+from lmcache_native.integration.vllm.worker import WorkerSide
+from lmcache_native.storage.base import ChunkBufferLike
 from lmcache_native.storage.local_disk import _Entry
+
+
+def verified_prefix(
+    engine: CacheEngine,
+    tokens: Sequence[int],
+    extras: KeyExtras | None = None,
+    held: list[ChunkBufferLike] | None = None,
+) -> int:
+    """How many leading tokens of ``tokens`` (a stored prefix) the engine can really load.
+
+    The connector's previous lookup, this benchmark's baseline: it reads every chunk not in the
+    CPU tier (the connector now answers from the tiers' indexes). Chunks
+    in the CPU tier count as they are; any other chunk is fetched through the storage
+    manager, which verifies it and promotes it into the CPU tier. With ``held``, the CPU-tier
+    buffer of each counted chunk is appended to it with one reference (eviction skips a
+    referenced buffer); the caller drops those references.
+    """
+    storage = engine.storage
+    cpu = storage.cpu
+    cpu_active = cpu is not None and not storage.is_bypassed(cpu.name)
+    chunk = int(engine.config.get("chunk_size"))
+    verified = 0
+    keys = engine.chunk_keys(tokens, extras)
+    for i, key in enumerate(keys):
+        buf = cpu.get(key) if cpu is not None and cpu_active else None
+        if buf is None:
+            got = storage.get(key)
+            if got is None:
+                storage.mark_suspect(keys[i:])  # the next store rewrites the rest of the prefix
+                break
+            buf = got[0]
+            if not (cpu is not None and cpu_active and cpu.contains(key)):
+                buf.unref()  # not kept by the CPU tier: the load reads the lower tier again
+                buf = None
+        if buf is not None:
+            if held is not None:
+                held.append(buf)
+            else:
+                buf.unref()
+        verified = min((i + 1) * chunk, len(tokens))
+    return verified
+
 
 BUDGET_MS = 2.0
 BLOCK, HEADS, HEAD = 16, 1, 8

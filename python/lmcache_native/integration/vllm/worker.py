@@ -217,47 +217,6 @@ def cpu_attention_isa(vllm_config: VllmConfig, layer: Any, spec: Any) -> str | N
         return None
 
 
-def verified_prefix(
-    engine: CacheEngine,
-    tokens: Sequence[int],
-    extras: KeyExtras | None = None,
-    held: list[ChunkBufferLike] | None = None,
-) -> int:
-    """How many leading tokens of ``tokens`` (a stored prefix) the engine can really load.
-
-    Reads every chunk not in the CPU tier (the connector's lookup did so before it answered
-    from the indexes; kept for comparison in ``benchmarks/bench_connector_lookup.py``). Chunks
-    in the CPU tier count as they are; any other chunk is fetched through the storage
-    manager, which verifies it and promotes it into the CPU tier. With ``held``, the CPU-tier
-    buffer of each counted chunk is appended to it with one reference (eviction skips a
-    referenced buffer); the caller drops those references.
-    """
-    storage = engine.storage
-    cpu = storage.cpu
-    cpu_active = cpu is not None and not storage.is_bypassed(cpu.name)
-    chunk = int(engine.config.get("chunk_size"))
-    verified = 0
-    keys = engine.chunk_keys(tokens, extras)
-    for i, key in enumerate(keys):
-        buf = cpu.get(key) if cpu is not None and cpu_active else None
-        if buf is None:
-            got = storage.get(key)
-            if got is None:
-                storage.mark_suspect(keys[i:])  # the next store rewrites the rest of the prefix
-                break
-            buf = got[0]
-            if not (cpu is not None and cpu_active and cpu.contains(key)):
-                buf.unref()  # not kept by the CPU tier: the load reads the lower tier again
-                buf = None
-        if buf is not None:
-            if held is not None:
-                held.append(buf)
-            else:
-                buf.unref()
-        verified = min((i + 1) * chunk, len(tokens))
-    return verified
-
-
 @dataclass
 class _SaveState:
     """What the worker keeps of a request between its saves.
