@@ -12,9 +12,13 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 REDIS_SERVER_BIN = "/usr/bin/redis-server"
 REDIS_CLI_BIN = "/usr/bin/redis-cli"
@@ -120,7 +124,29 @@ def _persistence_off(workdir: Path) -> list[str]:
     return ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)]
 
 
-class RedisClusterServers:
+class _Topology:
+    """``with topology:`` starts every process and stops them all on exit, also when the start
+    itself fails half way (what was started is stopped)."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class RedisClusterServers(_Topology):
     """A Redis Cluster of ``n`` masters and no replicas, created with ``redis-cli --cluster``.
 
     ``cluster-require-full-coverage no``: when a master is down, the others keep serving
@@ -221,7 +247,7 @@ class RedisClusterServers:
             node.stop()
 
 
-class SentinelServers:
+class SentinelServers(_Topology):
     """A master, one replica (``--replicaof``) and three Sentinels monitoring the master.
 
     Sentinel settings: quorum 2, ``down-after-milliseconds 1000``, ``failover-timeout 3000``.

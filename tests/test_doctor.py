@@ -486,12 +486,8 @@ def test_report_exit_code_and_render() -> None:
 def own_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
     """A 3-master Redis Cluster of this module's own (its test kills a node)."""
     require_binaries()
-    cluster = RedisClusterServers(tmp_path_factory.mktemp("doctor-cluster"))
-    try:
-        cluster.start()
+    with RedisClusterServers(tmp_path_factory.mktemp("doctor-cluster")) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.mark.redis

@@ -115,12 +115,8 @@ def tier(
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
     """A session-wide 3-master Redis Cluster; a test that kills a node must ``restart()`` it."""
     require_binaries()
-    cluster = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster"))
-    try:
-        cluster.start()
+    with RedisClusterServers(tmp_path_factory.mktemp("redis-cluster")) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture
@@ -134,12 +130,8 @@ def redis_cluster_url(redis_cluster: RedisClusterServers) -> str:
 def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelServers]:
     """A session-wide master + replica + 3 Sentinels (never failed over; see the failover test)."""
     require_binaries()
-    servers = SentinelServers(tmp_path_factory.mktemp("redis-sentinel"))
-    try:
-        servers.start()
+    with SentinelServers(tmp_path_factory.mktemp("redis-sentinel")) as servers:
         yield servers
-    finally:
-        servers.stop()
 
 
 @pytest.fixture
