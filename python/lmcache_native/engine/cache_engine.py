@@ -14,7 +14,6 @@ snapshot of it and copies outside the lock. Buffers are reference-counted, so a 
 
 from __future__ import annotations
 
-import array
 import contextlib
 import errno
 import logging
@@ -44,11 +43,16 @@ from lmcache_native.engine.keys import (
 )
 from lmcache_native.engine.memory import ChunkBuffer, ChunkBufferPool
 from lmcache_native.engine.metadata import EngineMetadata, RetrieveResult, StoreResult
+from lmcache_native.engine.slots import (
+    batch_slots,
+    check_slot_mapping,
+    list_to_array,
+    padding_counts,
+)
 from lmcache_native.errors import (
     ConfigError,
     CorruptChunkError,
     FSChunkLoadError,
-    InvalidSlotsError,
     NoKVCacheError,
 )
 from lmcache_native.stats.chunk_statistics import ChunkStatistics
@@ -411,28 +415,6 @@ class CacheEngine:
 
     # -- slots ---------------------------------------------------------------------------------
 
-    @staticmethod
-    def _check_slots(slot_mapping: torch.Tensor, num_tokens: int, num_slots: int) -> torch.Tensor:
-        """Validates ``slot_mapping`` and returns a CPU int64 copy."""
-        if not isinstance(slot_mapping, torch.Tensor):
-            slot_mapping = torch.as_tensor(slot_mapping, dtype=torch.int64)
-        if slot_mapping.dim() != 1:
-            raise ValueError(f"slot_mapping must be 1-D, got shape {tuple(slot_mapping.shape)}")
-        if slot_mapping.dtype.is_floating_point or slot_mapping.dtype == torch.bool:
-            raise TypeError(f"slot_mapping must be integers, got {slot_mapping.dtype}")
-        if slot_mapping.numel() != num_tokens:
-            raise ValueError(
-                f"slot_mapping has {slot_mapping.numel()} slots for {num_tokens} tokens"
-            )
-        cpu = slot_mapping.to(device="cpu", dtype=torch.int64)
-        if cpu.numel():
-            lo, hi = int(cpu.min()), int(cpu.max())
-            if lo < -1 or hi >= num_slots:
-                raise InvalidSlotsError(
-                    f"slot_mapping holds slots outside [-1, {num_slots}): min {lo}, max {hi}"
-                )
-        return cpu
-
     def _log_slots(self, op: str, slots: torch.Tensor) -> None:
         if self._record_slot:
             logger.info(
@@ -458,7 +440,7 @@ class CacheEngine:
         self.metrics.requests.labels(op=op).inc()
         kv = self._require_kv()
         arr = tokens_to_array(tokens)
-        slots = self._check_slots(slot_mapping, int(arr.shape[0]), kv.paged.num_slots)
+        slots = check_slot_mapping(slot_mapping, int(arr.shape[0]), kv.paged.num_slots)
         self._log_slots(op, slots)
         return kv, arr, slots
 
@@ -534,7 +516,7 @@ class CacheEngine:
         skipped = 0
         reason: str | None = None
         slot_mapping_dev = slot_mapping if isinstance(slot_mapping, torch.Tensor) else slots
-        pads = _padding_counts(slots)
+        pads = padding_counts(slots)
         # Chunks to copy are collected (a pooled buffer each) and gathered in one native call.
         batch: list[tuple[ChunkSpan, str, ChunkBuffer]] = []
         stop: tuple[str, int] | None = None  # (reason, chunks left) when the store ends early
@@ -603,7 +585,7 @@ class CacheEngine:
             t0 = time.perf_counter()
             ops.paged_kv_gather_chunks(
                 kv.caches,
-                _batch_slots(slot_mapping, [span for span, _, _ in batch]),
+                batch_slots(slot_mapping, [span for span, _, _ in batch]),
                 [buf.tensor for _, _, buf in batch],
                 kv.layout,
             )
@@ -689,7 +671,7 @@ class CacheEngine:
         """
         t0 = time.perf_counter()
         self.metrics.requests.labels(op="lookup").inc()
-        arr = tokens_to_array(_list_to_array(tokens))
+        arr = tokens_to_array(list_to_array(tokens))
         spans = self._spans(arr, bool(self._config.get("save_unfull_chunk")), extras)
         keys = self._keys(spans, self._key_dtype(self._kv))
         manager = self._manager
@@ -784,7 +766,7 @@ class CacheEngine:
                 return RetrieveResult(n, 0, mask, "below min_retrieve_tokens")
             spans, keys = spans[:hit], keys[:hit]
         slot_mapping_dev = slot_mapping if isinstance(slot_mapping, torch.Tensor) else slots
-        pads = _padding_counts(slots)
+        pads = padding_counts(slots)
         loaded = 0
         # Chunks found are collected (one reference each) and scattered in one native call.
         batch: list[tuple[ChunkSpan, ChunkBufferLike, str]] = []
@@ -851,7 +833,7 @@ class CacheEngine:
             ops.paged_kv_scatter_chunks(
                 [buf.tensor for _, buf, _ in batch],
                 kv.caches,
-                _batch_slots(slot_mapping, [span for span, _, _ in batch]),
+                batch_slots(slot_mapping, [span for span, _, _ in batch]),
                 kv.layout,
             )
             self.metrics.copy_seconds.labels(direction="scatter").observe(time.perf_counter() - t0)
@@ -929,6 +911,28 @@ class CacheEngine:
         """All tier names, in tier order."""
         return self._manager.backend_names()
 
+    def backend(self, name: str) -> StorageBackend:
+        """The tier called ``name``.
+
+        Raises:
+            UnknownBackendError: no such tier.
+        """
+        return self._manager.backend(name)
+
+    def store_tier(self) -> StorageBackend | None:
+        """The first tier a store writes, or ``None`` when no tier would take a chunk.
+
+        Bypassed tiers are skipped, and so is the CPU tier while its hot cache is off.
+        """
+        manager = self._manager
+        for tier in manager.backends:
+            if manager.is_bypassed(tier.name):
+                continue
+            if tier is manager.cpu and not manager.cpu.hot_cache_enabled:
+                continue
+            return tier
+        return None
+
     def set_record_slot(self, enabled: bool) -> None:
         """While on, store and retrieve log their compressed slot mapping."""
         with self._lock:
@@ -966,9 +970,7 @@ class CacheEngine:
         kv = self._require_kv()
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        slots = self._check_slots(slot_mapping, int(slot_mapping.numel()), kv.paged.num_slots)
-        if slots.numel() and int(slots.min()) < 0:
-            raise InvalidSlotsError("slot_mapping must not hold -1 for checksums")
+        slots = check_slot_mapping(slot_mapping, None, kv.paged.num_slots, allow_padding=False)
         t0 = time.perf_counter()
         per_layer, combined = ops.kv_chunk_md5(kv.caches, slots, int(chunk_size), kv.layout)
         self.metrics.checksum_seconds.observe(time.perf_counter() - t0)
@@ -1185,32 +1187,6 @@ class CacheEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _list_to_array(tokens: Any) -> Any:
-    """A list of ints as an int64 array through ``array.array`` (half the time numpy takes to
-    infer a dtype for a 32K-token prompt); anything else, or a list that is not all ints
-    within int64, unchanged."""
-    if isinstance(tokens, list):
-        try:
-            return np.frombuffer(array.array("q", tokens), dtype=np.int64)
-        except (TypeError, OverflowError):
-            return tokens
-    return tokens
-
-
-def _padding_counts(slots: torch.Tensor) -> list[int]:
-    """``out[i]`` = padding slots (-1) among the first ``i`` slots (prefix sums, length n+1)."""
-    pad = (slots < 0).numpy()
-    return [0, *np.cumsum(pad, dtype=np.int64).tolist()]
-
-
-def _batch_slots(slot_mapping: torch.Tensor, spans: Sequence[ChunkSpan]) -> torch.Tensor:
-    """The slots of ``spans``' tokens, in order: a view when the spans follow each other (the
-    usual case), else a concatenation."""
-    if all(a.end == b.start for a, b in zip(spans, spans[1:], strict=False)):
-        return slot_mapping[spans[0].start : spans[-1].end]
-    return torch.cat([slot_mapping[s.start : s.end] for s in spans])
 
 
 def _read_config_file_safely(config_path: str) -> dict[str, Any]:
