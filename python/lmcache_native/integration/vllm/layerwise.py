@@ -1,0 +1,285 @@
+"""Layer-wise saves of the vLLM connector (``use_layerwise: true``, LMCache's key).
+
+vLLM calls ``save_kv_layer`` right after each attention layer of the forward has written its
+KV. With ``use_layerwise`` on, the connector plans the step's stores at the first such call
+(chunk hashes and keys, which chunks the hot tier already holds) and then copies every layer's
+rows of the chunks to store out of vLLM's cache as soon as that layer is written: one native
+gather per layer (``ops.paged_kv_gather`` on that layer alone) into a layer-major staging
+tensor. ``wait_for_save`` commits: each chunk buffer is filled from the staging tensor and put
+into the tiers, exactly as the whole-forward path would have put it. Chunk keys, chunk buffers
+(``[num_kv, num_layers, num_tokens, row]``) and checksums are the same in both modes, so a
+prefix stored layer-wise loads with ``use_layerwise`` off and the reverse.
+
+Layer-wise loads are in :mod:`.layerwise_load`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from lmcache_native import ops
+from lmcache_native.engine import CacheEngine
+from lmcache_native.engine.keys import ChunkSpan, KeyExtras
+from lmcache_native.engine.metadata import StoreResult
+
+logger = logging.getLogger("lmcache_native.integration.vllm")
+
+
+@dataclass(frozen=True)
+class LayerCaches:
+    """vLLM's per-layer caches as the engine registered them, addressable one layer at a time.
+
+    Attributes:
+        names: layer names in layer order.
+        caches: each layer's paged cache (same order).
+        layout: the caches' layout (one of ``ops.LAYOUTS``).
+        paged: their description (geometry, dtype, device).
+        index: layer name -> position in ``names``.
+    """
+
+    names: list[str]
+    caches: list[torch.Tensor]
+    layout: str
+    paged: ops.PagedKV
+    index: dict[str, int]
+
+    @classmethod
+    def of(cls, kv_caches: Mapping[str, torch.Tensor], layout: str) -> LayerCaches:
+        """Describes ``kv_caches`` (layer name -> paged cache, in layer order) in ``layout``.
+
+        Raises:
+            ValueError / TypeError: the caches do not fit ``layout`` (from ``ops.describe``).
+        """
+        names = [str(n) for n in kv_caches]
+        caches = list(kv_caches.values())
+        return cls(
+            names, caches, layout, ops.describe(caches, layout), {n: i for i, n in enumerate(names)}
+        )
+
+    @property
+    def num_layers(self) -> int:
+        """Layers registered."""
+        return len(self.names)
+
+    def staging(self, num_tokens: int) -> torch.Tensor:
+        """A layer-major tensor for ``num_tokens`` rows of every layer.
+
+        Returns:
+            ``[num_layers, num_kv, num_tokens, row]`` in the caches' dtype, on the CPU (pinned
+            for a CUDA cache, which the native copies accept as chunk memory); ``t[i]`` viewed
+            as ``[num_kv, 1, num_tokens, row]`` is a contiguous one-layer chunk.
+        """
+        p = self.paged
+        return torch.empty(
+            (p.num_layers, p.num_kv, num_tokens, p.row_elems),
+            dtype=p.dtype,
+            pin_memory=p.device.type == "cuda",
+        )
+
+
+@dataclass
+class StoreJob:
+    """One store the worker hands over: the arguments it would give ``CacheEngine.store``.
+
+    Attributes:
+        tokens: token ids from request position ``offset`` on.
+        slots: ``[len(tokens)]`` int64 CPU slots of those tokens in vLLM's cache (-1: padding).
+        extras: the request's key extras.
+        offset: request position of ``tokens[0]`` (a chunk boundary).
+        prev_hash: chain hash of the chunk ending at ``offset`` (``None`` at 0).
+    """
+
+    tokens: Sequence[int]
+    slots: torch.Tensor
+    extras: KeyExtras | None = None
+    offset: int = 0
+    prev_hash: str | None = None
+
+
+@dataclass
+class _Planned:
+    """A job's chunks, decided before the forward writes them."""
+
+    num_spans: int
+    reason: str | None  # why nothing at all is stored (frozen, short), else None
+    todo: list[tuple[ChunkSpan, str, bool, int]] = field(default_factory=list)
+    # (span, key, rewrite, first staging row) of each chunk to copy out and put
+    skipped: int = 0  # chunks the hot tier holds
+    stop: str | None = None  # why the chunks after ``todo`` are not stored
+    stopped: int = 0  # chunks not stored for ``stop``
+
+
+class LayerwiseSaver:
+    """Copies a step's chunks to store out of vLLM's cache layer by layer, commits them after.
+
+    One saver per worker; one step at a time: :meth:`begin` (before the first layer is saved),
+    :meth:`save_layer` per layer, :meth:`store` per job (after the forward), :meth:`end`.
+
+    Args:
+        engine: the worker's engine (keys, tiers, metrics).
+        caches: the caches the engine registered.
+    """
+
+    def __init__(self, engine: CacheEngine, caches: LayerCaches) -> None:
+        """A saver with no step begun."""
+        self.engine = engine
+        self.caches = caches
+        self._plans: dict[int, _Planned] = {}  # id(job) -> plan
+        self._jobs: list[StoreJob] = []  # keeps the ids above valid
+        self._slots = torch.empty(0, dtype=torch.int64)
+        self._staging: torch.Tensor | None = None
+        self._captured: list[bool] = []
+        self.layers_saved = 0  # layers copied out (tests, logs)
+
+    @property
+    def active(self) -> bool:
+        """Whether a step was begun and not ended."""
+        return bool(self._captured)
+
+    @property
+    def complete(self) -> bool:
+        """Whether every layer of the step was copied out."""
+        return bool(self._captured) and all(self._captured)
+
+    def begin(self, jobs: Sequence[StoreJob]) -> None:
+        """Plans ``jobs``: which chunks each stores (hot-tier hits and padding are left out).
+
+        Nothing is copied yet; :meth:`save_layer` copies each layer of the planned chunks.
+        """
+        self.end()
+        rows: list[torch.Tensor] = []
+        total = 0
+        for job in jobs:
+            plan = self._plan(job, total)
+            for span, _, _, _ in plan.todo:
+                rows.append(job.slots[span.start : span.end])
+                total += span.num_tokens
+            self._plans[id(job)] = plan
+        self._jobs = list(jobs)
+        self._slots = torch.cat(rows) if rows else torch.empty(0, dtype=torch.int64)
+        self._staging = self.caches.staging(total) if total else None
+        self._captured = [False] * self.caches.num_layers
+
+    def _plan(self, job: StoreJob, first_row: int) -> _Planned:
+        eng = self.engine
+        n = len(job.tokens)
+        spans = eng.chunk_spans(job.tokens, job.extras, job.offset, job.prev_hash)
+        eng.statistics.record(s.chunk_hash for s in spans)
+        if not spans:
+            return _Planned(0, "shorter than chunk_size" if n else None)
+        storage = eng.storage
+        if storage.frozen:
+            return _Planned(len(spans), "frozen")
+        keys = eng.span_keys(spans)
+        skip, rewrite = storage.store_plan(keys)
+        plan = _Planned(len(spans), None)
+        pad = (job.slots < 0).tolist()
+        row = first_row
+        for i, (span, key) in enumerate(zip(spans, keys, strict=True)):
+            if skip[i]:
+                plan.skipped += 1
+                continue
+            if any(pad[span.start : span.end]):  # its KV is not in the cache
+                plan.stop, plan.stopped = "padding slots", len(spans) - i
+                break
+            plan.todo.append((span, key, rewrite[i], row))
+            row += span.num_tokens
+        return plan
+
+    def save_layer(self, layer_name: str) -> bool:
+        """Copies ``layer_name``'s rows of the planned chunks out of vLLM's cache.
+
+        Returns:
+            Whether the layer belongs to the step (an unknown layer, or no step begun: no-op).
+        """
+        i = self.caches.index.get(layer_name)
+        if i is None or not self._captured:
+            return False
+        staging = self._staging
+        if staging is not None:
+            c = self.caches
+            ops.paged_kv_gather([c.caches[i]], self._slots, staging[i].unsqueeze(1), c.layout)
+        self._captured[i] = True
+        self.layers_saved += 1
+        return True
+
+    def store(self, job: StoreJob) -> StoreResult:
+        """Stores ``job`` like ``CacheEngine.store`` would, from the copied-out layers.
+
+        A job that was not planned by :meth:`begin`, or a step whose forward did not save every
+        layer, is stored by ``CacheEngine.store`` from vLLM's cache (the same chunks).
+        """
+        eng = self.engine
+        plan = self._plans.pop(id(job), None)
+        if plan is None or not self.complete:
+            return eng.store(
+                job.tokens, job.slots, job.extras, offset=job.offset, prev_hash=job.prev_hash
+            )
+        t0 = time.perf_counter()
+        eng.metrics.requests.labels(op="store").inc()
+        result = self._commit(job, plan)
+        eng.metrics.observe_op("store", time.perf_counter() - t0, result.num_stored_tokens)
+        return result
+
+    def _commit(self, job: StoreJob, plan: _Planned) -> StoreResult:
+        eng = self.engine
+        n = len(job.tokens)
+        m = eng.metrics
+        if plan.reason is not None:
+            if plan.num_spans:
+                m.skipped_stores.labels(reason=plan.reason).inc(plan.num_spans)
+            return StoreResult(n, 0, plan.num_spans, plan.reason)
+        storage = eng.storage
+        paged = self.caches.paged
+        staging = self._staging
+        stored = nbytes = 0
+        skipped = plan.skipped + plan.stopped
+        reason: str | None = None
+        left = len(plan.todo)
+        for span, key, rewrite, row in plan.todo:
+            left -= 1
+            assert staging is not None  # planned chunks have rows
+            buf = storage.allocate(paged.chunk_shape(span.num_tokens), paged.dtype)
+            if buf is None:
+                reason = reason or "out of memory"
+                skipped += left + 1
+                m.skipped_stores.labels(reason="out of memory").inc(left + 1)
+                break
+            try:
+                buf.tensor.copy_(staging[:, :, row : row + span.num_tokens].transpose(0, 1))
+                written = storage.put(key, buf, rewrite=rewrite)
+            finally:
+                buf.unref()
+            if not written:
+                reason = reason or "storage full"
+                skipped += 1
+                m.skipped_stores.labels(reason="storage full").inc()
+                continue
+            stored += span.num_tokens
+            nbytes += buf.nbytes
+        if stored:
+            m.stored_tokens.inc(stored)
+            m.stored_bytes.inc(nbytes)
+            m.copy_bytes.labels(direction="gather").inc(nbytes)
+        if plan.stop is not None:
+            reason = reason or plan.stop
+            m.skipped_stores.labels(reason=plan.stop).inc(plan.stopped)
+        if plan.skipped and reason is None and stored == 0:
+            reason = "already stored"
+            m.skipped_stores.labels(reason=reason).inc(plan.skipped)
+        if reason is None and not eng.config.get("save_unfull_chunk") and n % eng.chunk_size:
+            reason = "unfull chunk not saved"
+        return StoreResult(n, stored, skipped, reason)
+
+    def end(self) -> None:
+        """Forgets the step (plans and staging)."""
+        self._plans.clear()
+        self._jobs = []
+        self._slots = torch.empty(0, dtype=torch.int64)
+        self._staging = None
+        self._captured = []
