@@ -15,16 +15,16 @@ import torch
 
 pytest.importorskip("vllm")
 
-from lmcache_native import ops  # noqa: E402
-from lmcache_native.config import LMCacheEngineConfig  # noqa: E402
-from lmcache_native.engine import CacheEngine, EngineMetadata  # noqa: E402
-from lmcache_native.integration.vllm.layerwise import (  # noqa: E402
+from lmcache_native import ops
+from lmcache_native.config import LMCacheEngineConfig
+from lmcache_native.engine import CacheEngine, EngineMetadata
+from lmcache_native.integration.vllm.layerwise import (
     LayerCaches,
     LayerwiseSaver,
     StoreJob,
 )
-from lmcache_native.integration.vllm.layerwise_load import LayerwiseLoad, LoadJob  # noqa: E402
-from lmcache_native.integration.vllm.metadata import slot_mapping  # noqa: E402
+from lmcache_native.integration.vllm.layerwise_load import LayerwiseLoad, LoadJob
+from lmcache_native.integration.vllm.metadata import slot_mapping
 
 pytestmark = pytest.mark.vllm
 
@@ -108,7 +108,8 @@ def test_layerwise_store_writes_the_chunks_the_engine_store_writes(
         assert other.store(TOKENS, slots).num_stored_tokens == 192
         for key in keys:
             a, b = engine.storage.get(key), other.storage.get(key)
-            assert a is not None and b is not None
+            assert a is not None
+            assert b is not None
             assert _same(a[0].tensor, b[0].tensor)
             a[0].unref()
             b[0].unref()
@@ -207,7 +208,8 @@ def test_wait_for_layer_k_returns_once_k_is_in(engine: CacheEngine) -> None:
     load.start()
     load.wait_layer(LAYERS[0])
     # Layer 0 is in while layer 1 is still held back (and layer 2 behind it).
-    assert not load.layer_done(LAYERS[1]) and not load.layer_done(LAYERS[2])
+    assert not load.layer_done(LAYERS[1])
+    assert not load.layer_done(LAYERS[2])
     layer0 = {LAYERS[0]: caches[LAYERS[0]]}
     assert _same(_rows(layer0, dst), expected[:, :1].contiguous())
     gate.set()
@@ -233,7 +235,8 @@ def test_a_failed_copy_fails_every_load_and_releases_every_layer(engine: CacheEn
         load.wait_layer(name)  # released although nothing was written
     results = load.wait()
     assert [r.num_retrieved for r in results] == [0, 0]
-    assert len(load.errors) == 1 and isinstance(load.errors[0], IndexError)
+    assert len(load.errors) == 1
+    assert isinstance(load.errors[0], IndexError)
     for n, c in caches.items():
         assert torch.equal(c, before[n])
 
@@ -253,5 +256,6 @@ def test_a_missing_chunk_shortens_only_its_load(engine: CacheEngine) -> None:
     load.start()
     results = load.wait()
     assert [r.num_retrieved for r in results] == [64, 0]
-    assert results[0].mask[:64].all() and not results[0].mask[64:].any()
+    assert results[0].mask[:64].all()
+    assert not results[0].mask[64:].any()
     assert _same(_rows(caches, dst[:64]), _rows(caches, src[:64]))
