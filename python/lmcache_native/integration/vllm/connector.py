@@ -19,6 +19,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 import torch
+from typing_extensions import override
 from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorBase_V1,
     KVConnectorMetadata,
@@ -26,6 +27,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 )
 
 from lmcache_native.integration.vllm.config import load_config
+from lmcache_native.integration.vllm.geometry import parallel_rank
 from lmcache_native.integration.vllm.metadata import LMCacheNativeConnectorMetadata
 from lmcache_native.integration.vllm.scheduler import SchedulerSide
 from lmcache_native.integration.vllm.stats import (
@@ -33,7 +35,7 @@ from lmcache_native.integration.vllm.stats import (
     LMCacheNativePromMetrics,
     LMCacheNativeStats,
 )
-from lmcache_native.integration.vllm.worker import WorkerSide, parallel_rank
+from lmcache_native.integration.vllm.worker import WorkerSide
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -91,6 +93,7 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
         role: KVConnectorRole,
         kv_cache_config: KVCacheConfig | None = None,
     ) -> None:
+        """Builds the side of the connector that ``role`` names."""
         # NOTE: vLLM passes None for kv_cache_config on some paths although its hint says not.
         super().__init__(
             vllm_config=vllm_config,
@@ -158,13 +161,16 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
         )
 
     @property
+    @override
     def requires_kv_delivery(self) -> bool:
         """A cache, not a hand-off: a dropped save is only a later miss."""
         return False
 
     def _contain(self, where: str, exc: BaseException) -> None:
-        """Logs a failure that was kept from vLLM: once per (method, cause) with its traceback,
-        then at debug level."""
+        """Logs a failure that was kept from vLLM.
+
+        Once per (method, cause) with its traceback, then at debug level.
+        """
         cause = (where, type(exc).__qualname__)
         if cause not in self._failure_causes:
             self._failure_causes.add(cause)
@@ -183,16 +189,18 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
     # Worker side
     # ==============================
 
+    @override
     def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
         """Builds the worker's engine on vLLM's per-layer caches (a failure disables it)."""
         if self.worker_side is None:
             return
         try:
             self.worker_side.register_kv_caches(kv_caches)
-        except Exception as e:  # noqa: BLE001 - vLLM runs on without the connector
+        except Exception as e:  # vLLM runs on without the connector
             self._contain("register_kv_caches", e)
             self.worker_side.disable(f"setup failed: {type(e).__name__}: {e}")
 
+    @override
     def start_load_kv(self, forward_context: ForwardContext, **kwargs: Any) -> None:
         """Loads this step's planned requests into vLLM's cache (synchronously, before use).
 
@@ -207,14 +215,16 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
             return
         try:
             self.worker_side.start_load_kv(meta)
-        except Exception as e:  # noqa: BLE001 - the loads' blocks are recomputed instead
+        except Exception as e:  # the loads' blocks are recomputed instead
             self._contain("start_load_kv", e)
             self.worker_side.fail_loads(meta.loads)
 
+    @override
     def wait_for_layer_load(self, layer_name: str) -> None:
         """No-op: ``start_load_kv`` loads every layer before the forward."""
         return
 
+    @override
     def save_kv_layer(
         self,
         layer_name: str,
@@ -225,6 +235,7 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
         """No-op: ``wait_for_save`` stores every layer once the forward wrote them."""
         return
 
+    @override
     def wait_for_save(self) -> None:
         """Stores what this step computed (a failed store is counted and logged, never raised)."""
         if self.worker_side is None or not self.has_connector_metadata():
@@ -234,25 +245,27 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
             return
         try:
             self.worker_side.wait_for_save(meta)
-        except Exception as e:  # noqa: BLE001 - a lost store is only a later miss
+        except Exception as e:  # a lost store is only a later miss
             self._contain("wait_for_save", e)
 
+    @override
     def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
         """Loads and saves are synchronous: nothing is ever pending."""
         if self.worker_side is not None:
             try:
                 self.worker_side.finished(finished_req_ids)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 self._contain("get_finished", e)
         return None, None
 
+    @override
     def get_block_ids_with_load_errors(self) -> set[int]:
         """Blocks this step's loads could not fill; vLLM recomputes them."""
         if self.worker_side is None:
             return set()
         try:
             return self.worker_side.take_load_errors()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             self._contain("get_block_ids_with_load_errors", e)
             return set()
 
@@ -260,19 +273,23 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
     # vLLM's stats and KV events (see :mod:`.stats`)
     # ==============================
 
+    @override
     def get_kv_connector_stats(self) -> KVConnectorStats | None:
-        """This side's counters since the last call (vLLM sums the workers' and the
-        scheduler's); ``None`` when nothing happened."""
+        """This side's counters since the last call; ``None`` when nothing happened.
+
+        vLLM sums the workers' and the scheduler's.
+        """
         try:
             if self.worker_side is not None:
                 return self.worker_side.take_vllm_stats()
             if self.scheduler_side is not None:
                 return self.scheduler_side.vllm_stats.take()
-        except Exception as e:  # noqa: BLE001 - stats never fail a step
+        except Exception as e:  # stats never fail a step
             self._contain("get_kv_connector_stats", e)
         return None
 
     @classmethod
+    @override
     def build_kv_connector_stats(
         cls, data: dict[str, Any] | None = None
     ) -> KVConnectorStats | None:
@@ -280,6 +297,7 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
         return LMCacheNativeStats(data=dict(data or {}))
 
     @classmethod
+    @override
     def build_prom_metrics(
         cls,
         vllm_config: VllmConfig,
@@ -292,16 +310,18 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
             vllm_config, metric_types, labelnames, per_engine_labelvalues
         )
 
+    @override
     def get_kv_connector_kv_cache_events(self) -> LMCacheNativeKVEvents | None:
         """Worker side: the ``BlockStored``/``BlockRemoved`` events since the last call."""
         if self.worker_side is None:
             return None
         try:
             return self.worker_side.take_events()
-        except Exception as e:  # noqa: BLE001 - events never fail a step
+        except Exception as e:  # events never fail a step
             self._contain("get_kv_connector_kv_cache_events", e)
             return None
 
+    @override
     def update_connector_output(self, connector_output: KVConnectorOutput) -> None:
         """Scheduler side: keeps the workers' KV events for :meth:`take_events`."""
         events = getattr(connector_output, "kv_cache_events", None)
@@ -309,12 +329,16 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
             return
         self._kv_events.append(events)  # one step's, merged over the workers by vLLM
 
+    @override
     def take_events(self) -> Iterable[KVCacheEvent]:
-        """Scheduler side: the workers' KV events (each once every worker reported it), for
-        vLLM's KV event publisher."""
+        """Scheduler side: the workers' KV events, for vLLM's KV event publisher.
+
+        Each event is given once every worker reported it.
+        """
         steps, self._kv_events = self._kv_events, []
         return [e for step in steps for e in step.aggregate().get_all_events()]
 
+    @override
     def shutdown(self) -> None:
         """Stops the admin API and lookup server and closes the engine (or lookup client)."""
         try:
@@ -322,13 +346,14 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
                 self.worker_side.close()
             if self.scheduler_side is not None:
                 self.scheduler_side.close()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             self._contain("shutdown", e)
 
     # ==============================
     # Scheduler side
     # ==============================
 
+    @override
     def get_num_new_matched_tokens(
         self, request: Request, num_computed_tokens: int
     ) -> tuple[int | None, bool]:
@@ -337,12 +362,13 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
             return 0, False
         try:
             n = self.scheduler_side.get_num_new_matched_tokens(request, num_computed_tokens)
-        except Exception as e:  # noqa: BLE001 - a failed lookup is a miss
+        except Exception as e:  # a failed lookup is a miss
             self._contain("get_num_new_matched_tokens", e)
             self.scheduler_side.forget_plan(request)
             return 0, False
         return n, False
 
+    @override
     def update_state_after_alloc(
         self, request: Request, blocks: KVCacheBlocks, num_external_tokens: int
     ) -> None:
@@ -351,20 +377,22 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
             return
         try:
             self.scheduler_side.update_state_after_alloc(request, blocks, num_external_tokens)
-        except Exception as e:  # noqa: BLE001 - the accepted tokens are reported, then recomputed
+        except Exception as e:  # the accepted tokens are reported, then recomputed
             self._contain("update_state_after_alloc", e)
             self.scheduler_side.plan_failed_load(request, blocks, num_external_tokens)
 
+    @override
     def build_connector_meta(self, scheduler_output: SchedulerOutput) -> KVConnectorMetadata:
         """This step's loads and saves."""
         if self.scheduler_side is None:
             return LMCacheNativeConnectorMetadata()
         try:
             return self.scheduler_side.build_connector_meta(scheduler_output)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             self._contain("build_connector_meta", e)
             return self.scheduler_side.salvage_meta()
 
+    @override
     def request_finished(
         self, request: Request, block_ids: list[int]
     ) -> tuple[bool, dict[str, Any] | None]:
@@ -372,6 +400,6 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
         if self.scheduler_side is not None:
             try:
                 self.scheduler_side.request_finished(request)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 self._contain("request_finished", e)
         return False, None
