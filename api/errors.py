@@ -82,9 +82,6 @@ def _api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[dict[str, A
     return _body(exc.status_code, exc.error, exc.message, exc.extra)
 
 
-_MISSING = {"backend_name": ("Missing parameter", "backend_name is required")}
-
-
 _MISSING_TITLES = {"backend_name": ("Missing parameter", "backend_name is required")}
 _MISSING_RE = re.compile(r"Missing required (?:\w+ )?parameter '([^']+)'")
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from litestar import Controller, get
 from lmcache_native.api.deps import EngineDep
-from lmcache_native.api.errors import error_responses
+from lmcache_native.api.routes import route
 from lmcache_native.api.schemas import BackendInfo
 
 
@@ -52,13 +52,7 @@ class BackendsController(Controller):
 
     tags = ["backends"]
 
-    @get(
-        "/backends",
-        summary="List Storage Backends",
-        sync_to_thread=True,
-        responses=error_responses(503),
-        opt={"error_title": "Failed to list backends"},
-    )
+    @route(get, "/backends", "List Storage Backends", 503, error_title="Failed to list backends")
     def list_backends(self, engine: EngineDep) -> dict[str, BackendInfo]:
         """Every storage tier, in lookup order, by name: its class (``type``, LMCache's value),
         capacity and bytes used (0 capacity: unbounded or unknown), entries, health, whether

@@ -7,7 +7,8 @@ from typing import Annotated
 from litestar import Controller, get, put
 from litestar.params import Parameter
 from lmcache_native.api.deps import EngineDep
-from lmcache_native.api.errors import bad_request, error_responses
+from lmcache_native.api.errors import bad_request
+from lmcache_native.api.routes import route
 from lmcache_native.api.schemas import BypassAddResult, BypassList, BypassRemoveResult
 
 BackendName = Annotated[
@@ -27,12 +28,8 @@ class BypassController(Controller):
     path = "/bypass"
     tags = ["bypass"]
 
-    @get(
-        "/list",
-        summary="List Bypassed Backends",
-        sync_to_thread=True,
-        responses=error_responses(503),
-        opt={"error_title": "Failed to list bypassed backends"},
+    @route(
+        get, "/list", "List Bypassed Backends", 503, error_title="Failed to list bypassed backends"
     )
     def list_backends(self, engine: EngineDep) -> BypassList:
         """Bypassed backends and every backend name."""
@@ -42,42 +39,32 @@ class BypassController(Controller):
             all_backends=list(engine.all_backends()),
         )
 
-    @put(
+    @route(
+        put,
         "/add",
-        summary="Add a Backend to Bypass List",
-        status_code=200,
-        sync_to_thread=True,
-        responses=error_responses(400, 503),
-        opt={"error_title": "Failed to add bypass backend"},
+        "Add a Backend to Bypass List",
+        400,
+        503,
+        error_title="Failed to add bypass backend",
     )
     def add(self, engine: EngineDep, backend_name: BackendName) -> BypassAddResult:
         """Bypasses a backend."""
         name = _require_name(backend_name)
-        was = engine.bypass_add(name)
-        return BypassAddResult(
-            status="success",
-            backend_name=name,
-            bypassed=True,
-            was_already_bypassed=bool(was),
-            bypassed_backends=list(engine.bypassed_backends()),
-        )
+        was = bool(engine.bypass_add(name))
+        after = list(engine.bypassed_backends())
+        return BypassAddResult("success", name, True, was, after)
 
-    @put(
+    @route(
+        put,
         "/remove",
-        summary="Remove a Backend from Bypass List",
-        status_code=200,
-        sync_to_thread=True,
-        responses=error_responses(400, 503),
-        opt={"error_title": "Failed to remove bypass backend"},
+        "Remove a Backend from Bypass List",
+        400,
+        503,
+        error_title="Failed to remove bypass backend",
     )
     def remove(self, engine: EngineDep, backend_name: BackendName) -> BypassRemoveResult:
         """Restores a bypassed backend."""
         name = _require_name(backend_name)
-        was = engine.bypass_remove(name)
-        return BypassRemoveResult(
-            status="success",
-            backend_name=name,
-            bypassed=False,
-            was_bypassed=bool(was),
-            bypassed_backends=list(engine.bypassed_backends()),
-        )
+        was = bool(engine.bypass_remove(name))
+        after = list(engine.bypassed_backends())
+        return BypassRemoveResult("success", name, False, was, after)

@@ -16,6 +16,7 @@ from litestar.params import JSONBody, Parameter
 from lmcache_native import ops
 from lmcache_native.api.deps import EngineDep
 from lmcache_native.api.errors import ApiError, bad_request, error_responses
+from lmcache_native.api.routes import route
 from lmcache_native.api.schemas import (
     ClearResult,
     FsChunksErrorBody,
@@ -148,14 +149,7 @@ class CacheController(Controller):
     path = "/cache"
     tags = ["cache"]
 
-    @delete(
-        "/clear",
-        summary="Clear Cache",
-        status_code=200,
-        sync_to_thread=True,
-        responses=error_responses(400, 503),
-        opt={"error_title": "Failed to clear cache"},
-    )
+    @route(delete, "/clear", "Clear Cache", 400, 503, error_title="Failed to clear cache")
     def clear(
         self,
         engine: EngineDep,
@@ -181,14 +175,7 @@ class CacheController(Controller):
             unknown_locations=unknown,
         )
 
-    @post(
-        "/store",
-        summary="Store KV Cache",
-        status_code=200,
-        sync_to_thread=True,
-        responses=error_responses(400, 503),
-        opt={"error_title": "Failed to store cache"},
-    )
+    @route(post, "/store", "Store KV Cache", 400, 503, error_title="Failed to store cache")
     def store(
         self,
         kv_engine: EngineDep,
@@ -207,14 +194,7 @@ class CacheController(Controller):
             reason=result.reason,
         )
 
-    @post(
-        "/retrieve",
-        summary="Retrieve KV Cache",
-        status_code=200,
-        sync_to_thread=True,
-        responses=error_responses(400, 503),
-        opt={"error_title": "Failed to retrieve cache"},
-    )
+    @route(post, "/retrieve", "Retrieve KV Cache", 400, 503, error_title="Failed to retrieve cache")
     def retrieve(
         self,
         kv_engine: EngineDep,
@@ -231,12 +211,14 @@ class CacheController(Controller):
             num_retrieved=int(result.num_retrieved),
         )
 
-    @get(
+    @route(
+        get,
         "/kvcache/check",
-        summary="KVCache Checksum",
-        sync_to_thread=True,
-        responses=error_responses(400, 414, 503),
-        opt={"error_title": "Failed to compute checksums"},
+        "KVCache Checksum",
+        400,
+        414,
+        503,
+        error_title="Failed to compute checksums",
     )
     def kvcache_check(
         self,
@@ -300,13 +282,13 @@ class CacheController(Controller):
             layerwise=bool(layerwise),
         )
 
-    @post(
+    @route(
+        post,
         "/kvcache/record_slot",
-        summary="Toggle Slot Logging",
-        status_code=200,
-        sync_to_thread=True,
-        responses=error_responses(400, 503),
-        opt={"error_title": "Failed to set record slot status"},
+        "Toggle Slot Logging",
+        400,
+        503,
+        error_title="Failed to set record slot status",
     )
     def kvcache_record_slot(
         self,
@@ -325,12 +307,8 @@ class CacheController(Controller):
             status="success", kvcache_check_log_enabled=bool(engine.record_slot_enabled)
         )
 
-    @get(
-        "/kvcache/info",
-        summary="KVCache Information",
-        sync_to_thread=True,
-        responses=error_responses(503),
-        opt={"error_title": "Failed to get kvcache info"},
+    @route(
+        get, "/kvcache/info", "KVCache Information", 503, error_title="Failed to get kvcache info"
     )
     def kvcache_info(self, kv_engine: EngineDep) -> KVCacheInfo:
         """Layers of the registered KV cache: shape, dtype, device."""
@@ -345,11 +323,11 @@ class CacheController(Controller):
         }
         return KVCacheInfo(status="success", num_layers=int(info["num_layers"]), layers=layers)
 
-    @post(
+    @route(
+        post,
         "/load-fs-chunks",
-        summary="Load FS Chunks",
-        status_code=200,
-        sync_to_thread=True,
+        "Load FS Chunks",
+        error_title="Failed to load chunks from FSConnector",
         tags=["cache-management"],
         responses=error_responses(
             413,
@@ -361,7 +339,6 @@ class CacheController(Controller):
                 generate_examples=False,
             ),
         ),
-        opt={"error_title": "Failed to load chunks from FSConnector"},
     )
     def load_fs_chunks(
         self, engine: EngineDep, data: JSONBody[LoadFsChunksRequest]

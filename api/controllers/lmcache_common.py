@@ -19,7 +19,8 @@ import msgspec
 from litestar import Controller, MediaType, Request, get, post
 from litestar.params import Parameter, PathParameter
 from lmcache_native.api.deps import EngineDep
-from lmcache_native.api.errors import ApiError, bad_request, error_responses
+from lmcache_native.api.errors import ApiError, bad_request
+from lmcache_native.api.routes import route
 from lmcache_native.stats.periodic import ThreadLevel
 from lmcache_native.stats.redact import redact_value
 
@@ -154,12 +155,7 @@ class LMCacheCommonController(Controller):
 
     tags = ["lmcache-common"]
 
-    @get(
-        "/loglevel",
-        summary="Get or Set Log Level",
-        media_type=MediaType.TEXT,
-        responses=error_responses(400, 404),
-    )
+    @route(get, "/loglevel", "Get or Set Log Level", 400, 404, media_type=MediaType.TEXT)
     async def get_loglevel(
         self,
         logger_name: str | None = _LOGGER_NAME,
@@ -170,13 +166,7 @@ class LMCacheCommonController(Controller):
         GET changes state, as LMCache's does; ``POST /loglevel`` does the same)."""
         return _loglevel_answer(logger_name, level)
 
-    @post(
-        "/loglevel",
-        summary="Set Log Level",
-        media_type=MediaType.TEXT,
-        status_code=200,
-        responses=error_responses(400, 404, 415),
-    )
+    @route(post, "/loglevel", "Set Log Level", 400, 404, 415, media_type=MediaType.TEXT)
     async def post_loglevel(
         self,
         request: Request[Any, Any, Any],
@@ -197,12 +187,7 @@ class LMCacheCommonController(Controller):
             raise bad_request("Missing parameters", "level parameter is required")
         return _loglevel_answer(logger_name, level)
 
-    @get(
-        "/threads",
-        summary="Threads",
-        media_type=MediaType.TEXT,
-        responses=error_responses(400),
-    )
+    @route(get, "/threads", "Threads", 400, media_type=MediaType.TEXT)
     async def threads(
         self,
         name: str | None = Parameter(
@@ -216,12 +201,7 @@ class LMCacheCommonController(Controller):
         insensitive substring) and/or thread id, then a ``Total threads`` summary."""
         return format_threads(name, thread_id)
 
-    @get(
-        "/periodic-threads",
-        summary="Periodic Threads",
-        sync_to_thread=True,
-        responses=error_responses(400, 503),
-    )
+    @route(get, "/periodic-threads", "Periodic Threads", 400, 503)
     def periodic_threads(
         self,
         engine: EngineDep,
@@ -253,12 +233,7 @@ class LMCacheCommonController(Controller):
             statuses = [s for s in statuses if s["is_active"]]
         return {"summary": registry.summary(), "threads": statuses}
 
-    @get(
-        "/periodic-threads/{thread_name:str}",
-        summary="Periodic Thread",
-        sync_to_thread=True,
-        responses=error_responses(400, 404, 503),
-    )
+    @route(get, "/periodic-threads/{thread_name:str}", "Periodic Thread", 400, 404, 503)
     def periodic_thread(
         self,
         engine: EngineDep,
@@ -273,12 +248,7 @@ class LMCacheCommonController(Controller):
             )
         return status
 
-    @get(
-        "/periodic-threads-health",
-        summary="Periodic Threads Health",
-        sync_to_thread=True,
-        responses=error_responses(503),
-    )
+    @route(get, "/periodic-threads-health", "Periodic Threads Health", 503)
     def periodic_threads_health(self, engine: EngineDep) -> dict[str, Any]:
         """``healthy`` is false when a critical or high thread is running but idle for more
         than three intervals, or died without being stopped; those are listed."""
@@ -289,7 +259,7 @@ class LMCacheCommonController(Controller):
             "unhealthy_threads": unhealthy,
         }
 
-    @get("/env", summary="Environment", responses=error_responses())
+    @route(get, "/env", "Environment")
     async def env(self) -> dict[str, str]:
         """Allow-listed environment variables (``LMCACHE_*``, ``VLLM_*``, ``CUDA_*``, ``NCCL_*``,
         ``TORCH_*``, ``HF_*``, ``CUDA_VISIBLE_DEVICES``, ``PYTHONHASHSEED``, ...), sorted by
