@@ -124,7 +124,7 @@ class CacheEngine:
         self._manager = StorageManager(
             tiers,
             self._pool,
-            writer_queue_size=int(config.extra("writer_queue_size", 256)),
+            writer_queue_size=int(config.get("writer_queue_size")),
         )
         self.metrics.bind_storage(self._manager.stats, self._extra_gauges)
         self.statistics = ChunkStatistics(config)
@@ -172,7 +172,7 @@ class CacheEngine:
                     int(float(cfg.get("max_local_disk_size")) * GB),
                     self._allocate,
                     policy,
-                    fsync=bool(cfg.extra("local_disk_fsync", False)),
+                    fsync=bool(cfg.get("local_disk_fsync")),
                 )
             )
         url = cfg.get("remote_url")
@@ -183,7 +183,7 @@ class CacheEngine:
                     self._allocate,
                     timeout_secs=float(cfg.get("blocking_timeout_secs")),
                     namespace=self._namespace,
-                    retry_interval_secs=float(cfg.extra("remote_retry_interval_secs", 1.0)),
+                    retry_interval_secs=float(cfg.get("remote_retry_interval_secs")),
                     extra_config=cfg.get("extra_config"),
                 )
             )
@@ -212,7 +212,7 @@ class CacheEngine:
             )
         self._stats_thread: PeriodicThread | None = None
         if self.statistics.available:
-            interval = float(self._config.extra("chunk_statistics_auto_exit_check_secs", 10.0))
+            interval = float(self._config.get("chunk_statistics_auto_exit_check_secs"))
             stats = self.statistics
 
             def check_auto_exit() -> str:
