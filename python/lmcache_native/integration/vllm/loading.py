@@ -4,15 +4,23 @@
 caller's current stream (vLLM's), so the copies are ordered with the forward's kernels. A load
 that comes back shorter than planned, or fails, reports the blocks it could not fill
 (:meth:`LoadPath.take_load_errors`), so vLLM recomputes them instead of reading stale KV.
+
+A load planned ``async_load`` (see :mod:`.modes`) runs on a background thread instead: the disk
+reads or Redis GETs, their verification and the copy into the request's blocks (which vLLM does
+not touch while the request waits for them). :meth:`LoadPath.finished_loads`, called from
+``get_finished`` on the forward thread, collects the loads that are done, counts them, reports
+what they could not fill and names their requests for vLLM's ``finished_recving``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from lmcache_native.engine.metadata import RetrieveResult
 from lmcache_native.integration.vllm.metadata import (
     LMCacheNativeConnectorMetadata,
     LoadSpec,
@@ -28,12 +36,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.current_stream(device).synchronize()
 
 
+_LOAD_THREADS = 4  # background loads at once (disk reads and Redis GETs overlap)
+
+
 class LoadPath(WorkerState):
     """Loads of the worker side (a part of :class:`~.worker.WorkerSide`)."""
 
     def fail_loads(self, loads: list[LoadSpec]) -> None:
-        """Reports every block of ``loads``' windows as not loaded."""
+        """Reports every block of ``loads``' windows as not loaded.
+
+        A background load already started is left to finish and report itself; one that was not
+        is reported finished by the next :meth:`finished_loads`.
+        """
         for spec in loads:
+            if spec.async_load:
+                if spec.req_id in self._async_loads:
+                    continue
+                self._async_loads[spec.req_id] = (spec, None)
             self._fail_load(spec, spec.start)
 
     def start_load_kv(self, meta: LMCacheNativeConnectorMetadata) -> None:
@@ -46,18 +65,17 @@ class LoadPath(WorkerState):
         self.expire_leases()
         if self.engine is None or not self.loads:
             self.fail_loads(meta.loads)
-            self.release([s.req_id for s in meta.loads])
+            self.release([s.req_id for s in meta.loads if not s.async_load])
             return
         for spec in meta.loads:
+            if spec.async_load:
+                self._start_async(spec)
+                continue
             try:
                 self._load(spec)
             except Exception as e:  # reported to vLLM, which recomputes
                 self._failed("load", e)
-                self._load_raised = True
-                try:
-                    self._fail_load(spec, spec.start)
-                finally:
-                    self._load_raised = False
+                self._fail_load_raised(spec)
             finally:
                 self.release([spec.req_id])
 
@@ -83,25 +101,104 @@ class LoadPath(WorkerState):
             spec.block_ids[first_block : last_block + 1],
         )
 
+    def _start_async(self, spec: LoadSpec) -> None:
+        """Starts ``spec``'s load on a background thread."""
+        if spec.req_id in self._async_loads:
+            return  # already running: reported once, when it is done
+        if self._load_pool is None:
+            self._load_pool = ThreadPoolExecutor(_LOAD_THREADS, thread_name_prefix="lmcn-load")
+        try:
+            future = self._load_pool.submit(self._retrieve, spec)
+        except Exception as e:  # reported to vLLM, which recomputes
+            self._failed("load", e)
+            self._async_loads[spec.req_id] = (spec, None)
+            self._fail_load_raised(spec)
+            return
+        self._async_loads[spec.req_id] = (spec, future)
+
+    def finished_loads(self) -> set[str]:
+        """Requests whose background loads are done (each named once), for ``finished_recving``.
+
+        Their counts are taken and the blocks they could not fill reported here, on the
+        forward thread, before vLLM asks for load errors.
+        """
+        done: set[str] = set()
+        for req_id, (spec, future) in list(self._async_loads.items()):
+            if future is not None and not future.done():
+                continue
+            del self._async_loads[req_id]
+            done.add(req_id)
+            try:
+                if future is not None:
+                    exc = future.exception()
+                    if exc is not None:
+                        self._failed("load", exc)
+                        self._fail_load_raised(spec)
+                    else:
+                        self._account_load(spec, future.result())
+            finally:
+                self.release([req_id])
+        return done
+
+    def drain_loads(self) -> None:
+        """Waits for every background load (before the engine closes)."""
+        if self._load_pool is not None:
+            self._load_pool.shutdown(wait=True)
+            self._load_pool = None
+
+    def _fail_load_raised(self, spec: LoadSpec) -> None:
+        self._load_raised = True
+        try:
+            self._fail_load(spec, spec.start)
+        finally:
+            self._load_raised = False
+
     def _load(self, spec: LoadSpec) -> None:
+        self._account_load(spec, self._retrieve(spec))
+
+    def _retrieve(self, spec: LoadSpec) -> tuple[int, float] | None:
+        """Loads ``spec``'s window; (first token not loaded, seconds), ``None`` when the plan
+        had nothing to load. Touches nothing but the engine and the request's blocks, so it may
+        run on a background thread.
+        """
         assert self.engine is not None
         n = len(spec.token_ids)
         if n < spec.end:  # the plan failed on the scheduler side: nothing to load
-            self._fail_load(spec, spec.start)
-            return
+            return None
+        slots = self._load_slots(spec)
+        t0 = time.perf_counter()
+        result = self.engine.retrieve(spec.token_ids, slots, spec.extras)
+        _sync(self._device)
+        return self._first_missing(spec, result), time.perf_counter() - t0
+
+    def _load_slots(self, spec: LoadSpec) -> torch.Tensor:
+        """``[len(spec.token_ids)]`` int64 slots to load ``spec`` into; -1 outside its window."""
+        n = len(spec.token_ids)
         held = min(n, len(spec.block_ids) * self.block_size)
         slots = torch.full((n,), -1, dtype=torch.int64)
         slots[:held] = slot_mapping(spec.block_ids, self.block_size, held)
         # Positions vLLM already holds, and past what it asked for, are left alone.
         slots[: spec.start] = -1
         slots[spec.end :] = -1
-        t0 = time.perf_counter()
-        result = self.engine.retrieve(spec.token_ids, slots, spec.extras)
-        _sync(self._device)
-        dt = time.perf_counter() - t0
+        return slots
+
+    def _loaded(self, spec: LoadSpec, result: RetrieveResult, dt: float) -> None:
+        """Counts what a load of ``spec`` wrote and reports the blocks it could not fill."""
+        self._account_load(spec, (self._first_missing(spec, result), dt))
+
+    @staticmethod
+    def _first_missing(spec: LoadSpec, result: RetrieveResult) -> int:
+        """The first position of ``spec``'s window that ``result`` did not load."""
         window = result.mask[spec.start : spec.end].to(torch.bool)
         missing = (~window).nonzero()
-        first_missing = spec.end if missing.numel() == 0 else spec.start + int(missing[0, 0])
+        return spec.end if missing.numel() == 0 else spec.start + int(missing[0, 0])
+
+    def _account_load(self, spec: LoadSpec, outcome: tuple[int, float] | None) -> None:
+        """Counts a load and reports the blocks it could not fill (on the forward thread)."""
+        if outcome is None:
+            self._fail_load(spec, spec.start)
+            return
+        first_missing, dt = outcome
         loaded = first_missing - spec.start
         self.stats.load_requests += 1
         self.stats.loaded_tokens += loaded
