@@ -359,6 +359,22 @@ _DEFS: list[ConfigDef] = [
         minimum=0.0,
         maximum=MAX_TIMEOUT_SECS,
     ),
+    _def(
+        "enable_async_loading",
+        bool,
+        False,
+        False,
+        "vLLM connector: load a hit with chunks below the CPU tier in the background (vLLM "
+        "holds the request until it is loaded).",
+    ),
+    _def(
+        "enable_async_saving",
+        bool,
+        False,
+        False,
+        "vLLM connector: store a step's KV in the background (a finished request's blocks are "
+        "freed once its stores are done).",
+    ),
 ]
 
 #: The one table of configuration keys, in a stable order.
