@@ -160,7 +160,7 @@ def test_scheduler_methods_never_raise(tmp_path: Path, monkeypatch: pytest.Monke
         req = _request("a", list(range(200)))
         # A lookup that raises is a miss.
         with monkeypatch.context() as m:
-            m.setattr(sched.client, "lookup", _boom)
+            m.setattr(sched.client, "lookup_tiers", _boom)
             assert conn.get_num_new_matched_tokens(req, 0) == (0, False)
         # vLLM accepted 192 tokens, then planning the load raised: the load still reaches the
         # worker, as a load of nothing, so every accepted block is reported and recomputed.

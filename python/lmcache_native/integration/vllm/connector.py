@@ -202,9 +202,11 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
 
     @override
     def start_load_kv(self, forward_context: ForwardContext, **kwargs: Any) -> None:
-        """Loads this step's planned requests into vLLM's cache (synchronously, before use).
+        """Loads this step's planned requests into vLLM's cache.
 
-        What cannot be loaded is reported by :meth:`get_block_ids_with_load_errors`.
+        A synchronous load is done before this returns (vLLM calls it before the forward); a
+        background one (``async_load``) is started and reported by :meth:`get_finished`. What
+        cannot be loaded is reported by :meth:`get_block_ids_with_load_errors`.
         """
         if self.worker_side is None or not self.has_connector_metadata():
             return
@@ -250,13 +252,31 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
 
     @override
     def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
-        """Loads and saves are synchronous: nothing is ever pending."""
-        if self.worker_side is not None:
-            try:
-                self.worker_side.finished(finished_req_ids)
-            except Exception as e:
-                self._contain("get_finished", e)
-        return None, None
+        """(finished requests whose blocks vLLM held for background stores and may free now,
+        requests whose background loads are done); ``None`` for an empty set."""
+        if self.worker_side is None:
+            return None, None
+        try:
+            sending, recving = self.worker_side.get_finished(finished_req_ids)
+        except Exception as e:
+            self._contain("get_finished", e)
+            return None, None
+        return sending or None, recving or None
+
+    @override
+    def handle_preemptions(self, kv_connector_metadata: KVConnectorMetadata) -> None:
+        """Before the forward: finishes the background stores of requests vLLM preempted (their
+        blocks may be given to others in this step)."""
+        if self.worker_side is None or not isinstance(
+            kv_connector_metadata, LMCacheNativeConnectorMetadata
+        ):
+            return
+        if not kv_connector_metadata.preempted:
+            return
+        try:
+            self.worker_side.wait_saves(kv_connector_metadata.preempted)
+        except Exception as e:
+            self._contain("handle_preemptions", e)
 
     @override
     def get_block_ids_with_load_errors(self) -> set[int]:
@@ -325,6 +345,8 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
     def update_connector_output(self, connector_output: KVConnectorOutput) -> None:
         """Scheduler side: keeps the workers' KV events for :meth:`take_events`."""
         events = getattr(connector_output, "kv_cache_events", None)
+        if self.scheduler_side is not None:
+            self.scheduler_side.loads_finished(connector_output.finished_recving or ())
         if not isinstance(events, LMCacheNativeKVEvents):
             return
         self._kv_events.append(events)  # one step's, merged over the workers by vLLM
@@ -357,7 +379,8 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
     def get_num_new_matched_tokens(
         self, request: Request, num_computed_tokens: int
     ) -> tuple[int | None, bool]:
-        """Tokens beyond ``num_computed_tokens`` the workers can load; never async."""
+        """Tokens beyond ``num_computed_tokens`` the workers can load, and whether they load in
+        the background (``enable_async_loading`` and a chunk below the CPU tier)."""
         if self.scheduler_side is None:
             return 0, False
         try:
@@ -366,7 +389,7 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
             self._contain("get_num_new_matched_tokens", e)
             self.scheduler_side.forget_plan(request)
             return 0, False
-        return n, False
+        return n, bool(n) and self.scheduler_side.load_is_async(request)
 
     @override
     def update_state_after_alloc(
@@ -396,10 +419,11 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
     def request_finished(
         self, request: Request, block_ids: list[int]
     ) -> tuple[bool, dict[str, Any] | None]:
-        """Saves are done by the time a request finishes, so its blocks can be freed now."""
+        """Whether vLLM must keep the request's blocks until the workers report its background
+        stores done (``enable_async_saving``); synchronous stores are done already."""
         if self.scheduler_side is not None:
             try:
-                self.scheduler_side.request_finished(request)
+                return self.scheduler_side.request_finished(request), None
             except Exception as e:
                 self._contain("request_finished", e)
         return False, None

@@ -87,13 +87,15 @@ class KVEventLog:
     def stored(
         self,
         watch: StoreWatch,
-        all_tokens: Sequence[int],
+        tokens: Sequence[int],
         extras: KeyExtras | None,
         stored: int,
+        offset: int = 0,
     ) -> None:
         """``BlockStored`` for the chunks the store just wrote.
 
-        Those the tier lacked, in order, as far as the stored token count reaches.
+        Those the tier lacked, in order, as far as the stored token count reaches. ``tokens``
+        start at request position ``offset``.
         """
         tier = watch.tier
         if tier is None or stored <= 0:
@@ -109,7 +111,7 @@ class KVEventLog:
                     BlockStored(
                         block_hashes=[h],
                         parent_block_hash=parent,
-                        token_ids=[int(t) for t in all_tokens[span.start : span.end]],
+                        token_ids=[int(t) for t in tokens[span.start - offset : span.end - offset]],
                         block_size=span.num_tokens,
                         lora_id=extras.lora_id if extras is not None else None,
                         medium=medium,

@@ -145,6 +145,7 @@ class LoadPath(WorkerState):
         if self._load_pool is not None:
             self._load_pool.shutdown(wait=True)
             self._load_pool = None
+        self.finished_loads()  # counted, and their leases let go
 
     def _fail_load_raised(self, spec: LoadSpec) -> None:
         self._load_raised = True

@@ -4,18 +4,30 @@
 chunk-hash chain (:class:`SaveState`) and hands the engine only what is new since the request's
 last full stored chunk, so a request's saves cost what they add. A failed store is counted
 (``lmcache_vllm_store_failures_total``) and logged once per cause, never raised.
+
+With ``enable_async_saving`` (see :mod:`.modes`), ``wait_for_save`` only plans each store (the
+request's state, its slots, the chain hash of its new chunks) and hands it to one background
+thread, in order: the copy out of vLLM's blocks, the chunk keys, checksums, the CPU tier and the
+disk and Redis writes run there. The blocks stay valid meanwhile: a finished request's are held
+by vLLM until :meth:`SavePath.finished_sending` names it (delayed free), a preempted request's
+stores are waited for by :meth:`SavePath.wait_saves` before the forward that may reuse them, and
+a running request's stored positions are never rewritten. Counts, logs and KV events of a
+background store are taken on the forward thread once it is done; ``close`` waits for all.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 
 import torch
 
 from lmcache_native.engine.metadata import StoreResult
+from lmcache_native.integration.vllm.events import StoreWatch
 from lmcache_native.integration.vllm.metadata import (
     LMCacheNativeConnectorMetadata,
     SaveSpec,
@@ -42,6 +54,7 @@ class PlannedSave:
         slots: ``[n - begin]`` int64 CPU slots of those tokens.
         full_end: end of the last full chunk (``n`` rounded down to ``chunk_size``).
         next_hash: the chain hash at ``full_end`` once stored.
+        prev_hash: the chain hash at ``begin`` (``None`` at 0).
     """
 
     req_id: str
@@ -52,13 +65,25 @@ class PlannedSave:
     slots: torch.Tensor
     full_end: int
     next_hash: str | None
+    prev_hash: str | None = None
+
+
+@dataclass
+class _StoreDone:
+    """A store that ran: what it planned, what the engine answered, its seconds, its watch."""
+
+    planned: PlannedSave
+    result: StoreResult
+    seconds: float
+    watch: StoreWatch | None
 
 
 class SavePath(WorkerState):
     """Saves of the worker side (a part of :class:`~.worker.WorkerSide`)."""
 
     def wait_for_save(self, meta: LMCacheNativeConnectorMetadata) -> None:
-        """Stores what this step computed (after the forward)."""
+        """Stores what this step computed (after the forward), or hands it to the background."""
+        self._sending.update(meta.delayed_free)
         self.release(meta.released)
         if self.engine is None or not self.saves:
             return
@@ -77,8 +102,19 @@ class SavePath(WorkerState):
         add.
         """
         planned = self._plan_save(spec, save_decode)
-        if planned is not None:
+        if planned is None:
+            return
+        if not self.async_saving:
             self._store_planned(planned)
+            return
+        # The chain moves on now: the next step's plan continues from it (a store that fails
+        # later leaves a gap, a later miss, never a wrong key).
+        st = planned.state
+        st.hashed_upto, st.prev_hash = max(planned.begin, planned.full_end), planned.next_hash
+        if self._save_pool is None:
+            self._save_pool = ThreadPoolExecutor(1, thread_name_prefix="lmcn-save")
+        ready = _step_done(self._device)
+        self._save_jobs.append((planned, self._save_pool.submit(self._run_store, planned, ready)))
 
     def _plan_save(self, spec: SaveSpec, save_decode: bool) -> PlannedSave | None:
         """Applies ``spec`` to the request's state; what to store now (``None``: nothing)."""
@@ -118,25 +154,39 @@ class SavePath(WorkerState):
             next_hash: str | None = spans[-1].chunk_hash
         else:
             next_hash = st.prev_hash
-        return PlannedSave(spec.req_id, st, begin, n, tokens, slots, full_end, next_hash)
+        return PlannedSave(
+            spec.req_id, st, begin, n, tokens, slots, full_end, next_hash, st.prev_hash
+        )
 
     def _store_planned(self, p: PlannedSave, store: StoreFn | None = None) -> None:
         """Stores what :meth:`_plan_save` planned (through ``store``, default the engine's)."""
+        done = self._run_store(p, None, store)
+        p.state.hashed_upto, p.state.prev_hash = max(p.begin, p.full_end), p.next_hash
+        self._account_store(done)
+
+    def _run_store(
+        self, p: PlannedSave, ready: torch.cuda.Event | None = None, store: StoreFn | None = None
+    ) -> _StoreDone:
+        """Runs ``p``'s store (on the forward thread, or the background one after ``ready``)."""
         engine = self.engine
         assert engine is not None
-        st, begin, n, tokens, slots = p.state, p.begin, p.n, p.tokens, p.slots
-        full_end, next_hash = p.full_end, p.next_hash
+        if ready is not None:
+            ready.synchronize()  # the forward that wrote these blocks is done
+        extras = p.state.extras
         watch = (
-            self.kv_events.watch(engine, tokens, st.extras, begin, st.prev_hash)
+            self.kv_events.watch(engine, p.tokens, extras, p.begin, p.prev_hash)
             if self.events_enabled
             else None
         )
         t0 = time.perf_counter()
         result = (store or engine.store)(
-            tokens, slots, st.extras, offset=begin, prev_hash=st.prev_hash
+            p.tokens, p.slots, extras, offset=p.begin, prev_hash=p.prev_hash
         )
-        dt = time.perf_counter() - t0
-        st.hashed_upto, st.prev_hash = max(begin, full_end), next_hash
+        return _StoreDone(p, result, time.perf_counter() - t0, watch)
+
+    def _account_store(self, done: _StoreDone) -> None:
+        """Counts, reports and logs a store that ran (on the forward thread)."""
+        p, result, dt = done.planned, done.result, done.seconds
         stored = int(result.num_stored_tokens)
         self.stats.store_requests += 1
         self.stats.stored_tokens += stored
@@ -146,8 +196,8 @@ class SavePath(WorkerState):
         vs.add("save_seconds", dt)
         if self.rank == 0:
             vs.add("stored_tokens", stored)
-        if watch is not None:
-            self.kv_events.stored(watch, st.tokens, st.extras, stored)
+        if done.watch is not None:
+            self.kv_events.stored(done.watch, p.tokens, p.state.extras, stored, offset=p.begin)
         if self.metrics is not None:
             self.metrics.stored_tokens.inc(stored)
         nbytes = stored * self._bytes_per_token
@@ -155,9 +205,62 @@ class SavePath(WorkerState):
             "LMCacheNativeConnector store %s: %d/%d tokens, %d bytes, %.3f ms, %.2f GB/s%s",
             p.req_id,
             stored,
-            n,
+            p.n,
             nbytes,
             dt * 1e3,
             nbytes / dt / 1e9 if dt > 0 else 0.0,
             f" ({result.reason})" if result.reason else "",
         )
+
+    # -- background stores -------------------------------------------------------------------
+
+    def finished_saves(self) -> None:
+        """Counts the background stores that are done (a failed one as a failed store)."""
+        if not self._save_jobs:
+            return
+        pending = []
+        for planned, future in self._save_jobs:
+            if not future.done():
+                pending.append((planned, future))
+                continue
+            exc = future.exception()
+            if exc is not None:
+                self._failed("store", exc)
+            else:
+                self._account_store(future.result())
+        self._save_jobs = pending
+
+    def finished_sending(self) -> set[str]:
+        """Requests whose blocks vLLM held for their stores and whose stores are all done
+        (each named once), for ``get_finished``'s first set."""
+        self.finished_saves()
+        if not self._sending:
+            return set()
+        busy = {planned.req_id for planned, _ in self._save_jobs}
+        done = self._sending - busy
+        self._sending -= done
+        return done
+
+    def wait_saves(self, req_ids: Iterable[str] | None = None) -> None:
+        """Waits for the background stores of ``req_ids`` (all when ``None``)."""
+        wanted = None if req_ids is None else set(req_ids)
+        futures = [f for p, f in self._save_jobs if wanted is None or p.req_id in wanted]
+        if futures:
+            wait_futures(futures)
+        self.finished_saves()
+
+    def drain_saves(self) -> None:
+        """Waits for every background store and stops the thread (before the engine closes)."""
+        self.wait_saves()
+        if self._save_pool is not None:
+            self._save_pool.shutdown(wait=True)
+            self._save_pool = None
+
+
+def _step_done(device: torch.device) -> torch.cuda.Event | None:
+    """On CUDA, an event after the work queued so far on the current stream (the forward)."""
+    if device.type != "cuda":
+        return None
+    event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+    event.record(torch.cuda.current_stream(device))
+    return event

@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,8 @@ from lmcache_native.engine import CacheEngine
 from lmcache_native.engine.keys import KeyExtras
 from lmcache_native.integration.vllm.counters import ConnectorMetrics, WorkerStats
 from lmcache_native.integration.vllm.events import KVEventLog
+from lmcache_native.integration.vllm.metadata import LoadSpec
+from lmcache_native.integration.vllm.modes import ASYNC_SAVING, enabled
 from lmcache_native.integration.vllm.stats import LMCacheNativeStats
 from lmcache_native.storage.base import ChunkBufferLike
 
@@ -110,6 +113,16 @@ class WorkerState:
         self._device = torch.device("cpu")
         self._saves: dict[str, SaveState] = {}
         self._load_errors: set[int] = set()
+        # Background loads by request: (spec, future; ``None`` when it never started).
+        self._async_loads: dict[str, tuple[LoadSpec, Future[tuple[int, float] | None] | None]]
+        self._async_loads = {}
+        self._load_pool: ThreadPoolExecutor | None = None
+        # Background stores (see :mod:`.saving`), in order, and the finished requests whose
+        # blocks vLLM holds until their stores are done.
+        self.async_saving = saves and enabled(config, ASYNC_SAVING)
+        self._save_pool: ThreadPoolExecutor | None = None
+        self._save_jobs: list[tuple[Any, Future[Any]]] = []
+        self._sending: set[str] = set()
         self._failure_causes: set[tuple[str, str]] = set()
         self._load_raised = False
         self._leases: dict[str, _Lease] = {}

@@ -101,7 +101,7 @@ class WorkerSide(LoadPath, SavePath):
         self.engine = engine
         self.layout = detected.layout
         logger.info("LMCacheNativeConnector worker %d: %s", self.rank, detected.description)
-        self._lookup = LookupServer.start(self.engine_id, self.rank, self.lookup)
+        self._lookup = LookupServer.start(self.engine_id, self.rank, self.lookup_tiers)
         self._register_lookup_thread(engine)
         if self.config.get("internal_api_server_enabled"):
             self._start_api()
@@ -170,7 +170,16 @@ class WorkerSide(LoadPath, SavePath):
     def lookup(
         self, req_id: str, tokens: Sequence[int] | np.ndarray, extras: KeyExtras | None = None
     ) -> tuple[int, int]:
-        """(stored prefix length in tokens, current ``min_retrieve_tokens``).
+        """(stored prefix length in tokens, current ``min_retrieve_tokens``); see
+        :meth:`lookup_tiers`."""
+        hit, min_retrieve, _ = self.lookup_tiers(req_id, tokens, extras)
+        return hit, min_retrieve
+
+    def lookup_tiers(
+        self, req_id: str, tokens: Sequence[int] | np.ndarray, extras: KeyExtras | None = None
+    ) -> tuple[int, int, bool]:
+        """(stored prefix length in tokens, current ``min_retrieve_tokens``, whether a chunk of
+        the prefix is listed only below the CPU tier, so that its load reads storage).
 
         Answered from the tiers' indexes (:meth:`CacheEngine.lookup_held`): no payload is read
         on the scheduler's path. The CPU-tier chunks reported are held for ``req_id`` (a lease)
@@ -180,7 +189,7 @@ class WorkerSide(LoadPath, SavePath):
         """
         engine = self.engine
         if engine is None or not self.loads:
-            return 0, 0
+            return 0, 0, False
         self.release([req_id])
         self.expire_leases()
         self.stats.lookups += 1
@@ -188,6 +197,8 @@ class WorkerSide(LoadPath, SavePath):
         min_retrieve = int(self.config.get("min_retrieve_tokens"))
         held: list[ChunkBufferLike] = []
         loadable = int(engine.lookup_held(tokens, extras, held))
+        chunk = engine.chunk_size
+        below_cpu = len(held) < (loadable + chunk - 1) // chunk
         if held and req_id:
             self.hold(req_id, held)
         else:
@@ -195,13 +206,14 @@ class WorkerSide(LoadPath, SavePath):
         if self.metrics is not None:
             self.metrics.lookups.inc()
             self.metrics.lookup_tokens.inc(loadable)
-        return loadable, min_retrieve
+        return loadable, min_retrieve, below_cpu
 
     # -- per step ----------------------------------------------------------------------------
 
     def disable(self, reason: str) -> None:
         """Turns the connector off in this worker (loads are reported failed, stores skipped)."""
         self.disabled_reason = reason
+        self._drain()
         engine, self.engine = self.engine, None
         if self._lookup is not None:
             self._lookup.stop()
@@ -228,13 +240,21 @@ class WorkerSide(LoadPath, SavePath):
         for req_id in finished_req_ids:
             self._saves.pop(req_id, None)
 
-    def take_load_errors(self) -> set[int]:
-        """Blocks that loads of this step could not fill (then forgotten)."""
-        errors, self._load_errors = self._load_errors, set()
-        return errors
+    def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str], set[str]]:
+        """Forgets finished requests; (requests whose held blocks vLLM may free now, requests
+        whose background loads are done), each named once."""
+        self.finished(finished_req_ids)
+        return self.finished_sending(), self.finished_loads()
+
+    def _drain(self) -> None:
+        """Waits for every background store and load (nothing stored is lost)."""
+        self.drain_saves()
+        self.drain_loads()
 
     def close(self) -> None:
-        """Stops the admin API and the lookup server, lets every lease go, closes the engine."""
+        """Finishes the background stores and loads, stops the admin API and the lookup server,
+        lets every lease go, closes the engine."""
+        self._drain()
         self.release(self.leased_requests)
         if self.api_handle is not None:
             self.api_handle.stop()
