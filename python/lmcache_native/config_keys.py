@@ -188,6 +188,14 @@ _DEFS: list[ConfigDef] = [
         "Store KV produced during decode (read by the vLLM connector).",
     ),
     _def(
+        "use_layerwise",
+        bool,
+        False,
+        False,
+        "vLLM connector: copy each layer's KV out as the forward writes it and load layers "
+        "ahead of the forward, layer by layer (same chunks and keys as off).",
+    ),
+    _def(
         "min_retrieve_tokens",
         int,
         0,

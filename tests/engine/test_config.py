@@ -111,11 +111,11 @@ def test_env_alone(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_unknown_file_keys_warn_by_name(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    f = write_yaml(tmp_path / "c.yaml", "chunk_size: 32\nuse_layerwise: true\nfoo_bar: 1\n")
+    f = write_yaml(tmp_path / "c.yaml", "chunk_size: 32\nenable_p2p: true\nfoo_bar: 1\n")
     with caplog.at_level(logging.WARNING):
         cfg = LMCacheEngineConfig.from_file(f)
     assert cfg.get("chunk_size") == 32
-    assert "foo_bar" in caplog.text and "use_layerwise" in caplog.text
+    assert "foo_bar" in caplog.text and "enable_p2p" in caplog.text
 
 
 @pytest.mark.parametrize(
