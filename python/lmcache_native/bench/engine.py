@@ -43,18 +43,7 @@ from typing import Any
 import torch
 
 from lmcache_native import ops
-from lmcache_native.bench._util import (
-    ModelPreset,
-    add_common_args,
-    apply_threads,
-    check_device,
-    gbps,
-    get_preset,
-    parse_str_list,
-    ratio,
-    time_interleaved,
-    write_json,
-)
+from lmcache_native.bench import _util as bu
 from lmcache_native.bench.report import print_table
 from lmcache_native.bench.rows import at_least, goal_scope, make_row, number
 from lmcache_native.config import LMCacheEngineConfig
@@ -64,7 +53,7 @@ TIERS = ("cpu", "disk", "fs", "redis")
 
 
 def make_caches(
-    preset: ModelPreset, num_tokens: int, device: torch.device, seed: int
+    preset: bu.ModelPreset, num_tokens: int, device: torch.device, seed: int
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Flash-attn caches just big enough for the request, and its slots.
 
@@ -105,11 +94,11 @@ def tier_config(tier: str, redis_url: str | None, scratch: Path) -> dict[str, An
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark's options (``add_common_args`` included)."""
-    add_common_args(parser)
+    bu.add_common_args(parser)
     parser.add_argument("--tokens", type=int, default=8192, help="tokens in the request")
     parser.add_argument("--chunk-size", type=int, default=256, help="engine chunk_size")
     parser.add_argument(
-        "--tiers", type=parse_str_list, default=["cpu"], help=f"comma list of {', '.join(TIERS)}"
+        "--tiers", type=bu.parse_str_list, default=["cpu"], help=f"comma list of {', '.join(TIERS)}"
     )
     parser.add_argument("--disk-dir", type=Path, default=None, help="scratch dir (disk, fs)")
     parser.add_argument("--redis-url", default=None, help="redis://host:port/db for --tiers redis")
@@ -117,25 +106,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _row(
-    tier: str, op: str, t: dict[str, float], moved: int, limit_moved: int, preset: ModelPreset
+    tier: str, op: str, t: dict[str, float], moved: int, limit_moved: int, preset: bu.ModelPreset
 ) -> dict[str, object]:
     return {
         "tier": tier,
         "op": op,
         "engine_ms": t["engine"] * 1e3,
         "raw_ms": t["raw"] * 1e3,
-        "engine_GB/s": gbps(moved, t["engine"]),
-        "raw_GB/s": gbps(moved, t["raw"]),
-        "limit_GB/s": gbps(limit_moved, t["limit"]),
-        "engine/raw": ratio(t["raw"], t["engine"]),
-        "engine/limit": ratio(gbps(moved, t["engine"]), gbps(limit_moved, t["limit"])),
+        "engine_GB/s": bu.gbps(moved, t["engine"]),
+        "raw_GB/s": bu.gbps(moved, t["raw"]),
+        "limit_GB/s": bu.gbps(limit_moved, t["limit"]),
+        "engine/raw": bu.ratio(t["raw"], t["engine"]),
+        "engine/limit": bu.ratio(bu.gbps(moved, t["engine"]), bu.gbps(limit_moved, t["limit"])),
         "preset": preset.as_dict(),
     }
 
 
 def run(args: argparse.Namespace, device: torch.device) -> list[dict[str, object]]:
     """The rows of ``args``: store and retrieve per tier, then check (first tier)."""
-    preset = get_preset(args.preset)
+    preset = bu.get_preset(args.preset)
     layout = "mla" if preset.mla else "flash_attn"
     n = args.tokens
     if n % args.chunk_size:
@@ -162,7 +151,7 @@ def run(args: argparse.Namespace, device: torch.device) -> list[dict[str, object
     def timed(
         fns: dict[str, Callable[[], object]], before: dict[str, Callable[[], object]] | None = None
     ) -> dict[str, float]:
-        t = time_interleaved(
+        t = bu.time_interleaved(
             {**fns, "limit": limit},
             device=device,
             warmup=args.warmup,
@@ -245,9 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
-    apply_threads(args.threads)
-    device = check_device(args.device)
-    preset = get_preset(args.preset)
+    bu.apply_threads(args.threads)
+    device = bu.check_device(args.device)
+    preset = bu.get_preset(args.preset)
     mib = args.tokens * preset.bytes_per_token() / 2**20
     print(
         f"{preset.describe()}; {args.tokens} tokens, chunk_size {args.chunk_size}, {mib:.0f} MiB KV"
@@ -262,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     cols = ["tier", "op", "engine_ms", "raw_ms", "engine_GB/s", "raw_GB/s", "limit_GB/s"]
     cols += ["engine/raw", "engine/limit"]
     print_table(rows, cols, title=f"CacheEngine vs raw kernels ({device.type})")
-    write_json(args.json, benchmark="bench_engine", args=args, rows=rows, device=device)
+    bu.write_json(args.json, benchmark="bench_engine", args=args, rows=rows, device=device)
     return 0
 
 

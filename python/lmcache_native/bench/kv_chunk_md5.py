@@ -38,19 +38,7 @@ import torch
 import xxhash
 
 from lmcache_native import _native
-from lmcache_native.bench._util import (
-    ModelPreset,
-    add_common_args,
-    apply_threads,
-    check_device,
-    gbps,
-    get_preset,
-    parse_int_list,
-    parse_str_list,
-    ratio,
-    time_interleaved,
-    write_json,
-)
+from lmcache_native.bench import _util as bu
 from lmcache_native.bench.report import print_table
 from lmcache_native.bench.rows import at_least, goal_scope, make_row, number
 from lmcache_native.ops import LAYOUTS, kv_cache_shape, kv_chunk_md5
@@ -69,7 +57,7 @@ class Setup:
     payload: int  # bytes hashed per call
 
 
-def make_setup(preset: ModelPreset, layout: str, num_tokens: int, device: torch.device) -> Setup:
+def make_setup(preset: bu.ModelPreset, layout: str, num_tokens: int, device: torch.device) -> Setup:
     """A cache of exactly ``num_tokens`` slots (whole blocks) and a slot mapping over all of it."""
     if (layout == "mla") != preset.mla:
         raise ValueError(f"layout {layout!r} does not fit preset {preset.name!r}")
@@ -104,7 +92,7 @@ def _host_layers(s: Setup) -> list[memoryview]:
 def measure(args: argparse.Namespace, s: Setup, isas: list[str]) -> dict[str, float]:
     """Seconds per call of ours (per ISA), hashlib, xxh3 and the contiguous copy.
 
-    All are sampled round-robin (``time_interleaved``), so a drift of a shared machine slows
+    All are sampled round-robin (``bu.time_interleaved``), so a drift of a shared machine slows
     them alike and the ratios stay meaningful.
     """
     layers = _host_layers(s)
@@ -133,7 +121,7 @@ def measure(args: argparse.Namespace, s: Setup, isas: list[str]) -> dict[str, fl
 
     fns: dict[str, Callable[[], object]] = {f"ours:{isa}": ours(isa) for isa in isas}
     fns.update({"hashlib": run_hashlib, "xxh3": run_xxh3, "copy": run_copy})
-    timings = time_interleaved(
+    timings = bu.time_interleaved(
         fns, device=dev, warmup=args.warmup, repeat=args.repeat, min_time=args.min_time
     )
     return {name: t.median for name, t in timings.items()}
@@ -141,20 +129,20 @@ def measure(args: argparse.Namespace, s: Setup, isas: list[str]) -> dict[str, fl
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark's options (``add_common_args`` included)."""
-    add_common_args(parser)
+    bu.add_common_args(parser)
     parser.add_argument(
         "--tokens",
-        type=parse_int_list,
+        type=bu.parse_int_list,
         default=None,
         help="e.g. 1024,8k,32k (default: 8k on the CPU, 8k,32k on CUDA)",
     )
     parser.add_argument("--chunk-size", type=int, default=256, help="tokens per chunk")
     parser.add_argument(
-        "--layouts", type=parse_str_list, default=None, help="default: flash_attn (mla for MLA)"
+        "--layouts", type=bu.parse_str_list, default=None, help="default: flash_attn (mla for MLA)"
     )
     parser.add_argument(
         "--isa",
-        type=parse_str_list,
+        type=bu.parse_str_list,
         default=None,
         help="CPU MD5 paths to time: scalar,avx2,avx512 or all (default: the auto-selected one)",
     )
@@ -162,7 +150,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_case(
     args: argparse.Namespace,
-    preset: ModelPreset,
+    preset: bu.ModelPreset,
     layout: str,
     tokens: int,
     dev: torch.device,
@@ -172,14 +160,14 @@ def run_case(
     s = make_setup(preset, layout, tokens, dev)
     t = measure(args, s, isas)
     base = {
-        "hashlib_GBps": gbps(s.payload, t["hashlib"]),
-        "xxh3_GBps": gbps(s.payload, t["xxh3"]),
-        "limit_GBps": gbps(2 * s.payload, t["copy"]),
+        "hashlib_GBps": bu.gbps(s.payload, t["hashlib"]),
+        "xxh3_GBps": bu.gbps(s.payload, t["xxh3"]),
+        "limit_GBps": bu.gbps(2 * s.payload, t["copy"]),
     }
     rows: list[dict[str, object]] = []
     for isa in isas:
         ours = t[f"ours:{isa}"]
-        ours_gbps = gbps(s.payload, ours)
+        ours_gbps = bu.gbps(s.payload, ours)
         row: dict[str, object] = {
             "layout": layout,
             "tokens": s.num_tokens,
@@ -189,9 +177,9 @@ def run_case(
             "ours_GBps": ours_gbps,
             **base,
             "ours_ms": ours * 1e3,
-            "ours/hashlib": ratio(t["hashlib"], ours),
-            "ours/xxh3": ratio(t["xxh3"], ours),
-            "ours/limit": ratio(ours_gbps, base["limit_GBps"]),
+            "ours/hashlib": bu.ratio(t["hashlib"], ours),
+            "ours/xxh3": bu.ratio(t["xxh3"], ours),
+            "ours/limit": bu.ratio(ours_gbps, base["limit_GBps"]),
             "preset": preset.as_dict(),
         }
         rows.append(row)
@@ -224,9 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.set_defaults(repeat=5, warmup=1)
     args = parser.parse_args(argv)
 
-    dev = check_device(args.device)
-    apply_threads(args.threads)
-    preset = get_preset(args.preset)
+    dev = bu.check_device(args.device)
+    bu.apply_threads(args.threads)
+    preset = bu.get_preset(args.preset)
     tokens = args.tokens or ([8192, 32768] if dev.type == "cuda" else [8192])
     layouts = args.layouts or (["mla"] if preset.mla else ["flash_attn"])
     for name in layouts:
@@ -259,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         "GB/s = (read + written) / s"
     )
     print_table(rows, cols, title)
-    write_json(args.json, benchmark="kv_chunk_md5", args=args, rows=rows, device=dev)
+    bu.write_json(args.json, benchmark="kv_chunk_md5", args=args, rows=rows, device=dev)
     return 0
 
 
