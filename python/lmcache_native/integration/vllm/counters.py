@@ -22,6 +22,10 @@ class WorkerStats:
         store_failures: stores that raised.
         leases: leases taken by lookups (chunks held for a request until its load).
         leases_expired: leases that expired before their request loaded or finished.
+        async_loads: background loads reported done to vLLM (``finished_recving``).
+        async_saves: background stores done.
+        delayed_frees: finished requests whose held blocks were handed back to vLLM
+            (``finished_sending``).
     """
 
     load_requests: int = 0
@@ -34,6 +38,9 @@ class WorkerStats:
     store_failures: int = 0
     leases: int = 0
     leases_expired: int = 0
+    async_loads: int = 0
+    async_saves: int = 0
+    delayed_frees: int = 0
 
 
 class ConnectorMetrics:

@@ -128,6 +128,7 @@ class LoadPath(WorkerState):
                 continue
             del self._async_loads[req_id]
             done.add(req_id)
+            self.stats.async_loads += 1
             try:
                 if future is not None:
                     exc = future.exception()

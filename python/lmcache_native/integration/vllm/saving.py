@@ -223,6 +223,7 @@ class SavePath(WorkerState):
             if not future.done():
                 pending.append((planned, future))
                 continue
+            self.stats.async_saves += 1
             exc = future.exception()
             if exc is not None:
                 self._failed("store", exc)
@@ -239,6 +240,7 @@ class SavePath(WorkerState):
         busy = {planned.req_id for planned, _ in self._save_jobs}
         done = self._sending - busy
         self._sending -= done
+        self.stats.delayed_frees += len(done)
         return done
 
     def wait_saves(self, req_ids: Iterable[str] | None = None) -> None:
