@@ -11,12 +11,12 @@ from typing import Annotated
 
 import torch
 from litestar import Controller, delete, get, post
+from litestar.di import NamedDependency, Provide
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, Parameter
 from lmcache_native import ops
 from lmcache_native.api.deps import EngineDep
 from lmcache_native.api.errors import ApiError, bad_request, error_responses
-from lmcache_native.api.routes import route
 from lmcache_native.api.schemas import (
     ClearResult,
     FsChunksErrorBody,
@@ -30,6 +30,8 @@ from lmcache_native.api.schemas import (
     StoreResult,
 )
 from lmcache_native.errors import LMCacheError
+
+from ..routes import route
 
 # NOTE: at most 40 digits (int64 needs 19): int() of a longer digit string is refused by
 # Python's int_max_str_digits (ValueError) or costs quadratic time.
@@ -143,11 +145,30 @@ def parse_enabled(enabled: str) -> bool:
     raise bad_request("Invalid parameter", "enabled must be 'true' or 'false'")
 
 
+def _provide_tokens(
+    kv_engine: EngineDep,
+    tokens_mock: str | None = _TOKENS_MOCK,
+    tokens_input: str | None = _TOKENS_INPUT,
+) -> torch.Tensor:
+    """The ``tokens`` of ``/cache/store`` and ``/cache/retrieve``, from their query."""
+    return parse_tokens(tokens_mock, tokens_input, kv_engine.num_slots)
+
+
+def _first_slots(tokens: torch.Tensor) -> torch.Tensor:
+    """Slots ``0..n-1`` for ``n`` tokens: where the mock store/retrieve put them."""
+    return torch.arange(tokens.numel(), dtype=torch.int64)
+
+
+MockTokensDep = NamedDependency[torch.Tensor]
+_DEPENDENCIES = {"tokens": Provide(_provide_tokens, sync_to_thread=False)}
+
+
 class CacheController(Controller):
     """Operations on the cached KV data and on the registered KV cache."""
 
     path = "/cache"
-    tags = ["cache"]
+    tags = ("cache",)
+    dependencies = _DEPENDENCIES
 
     @route(delete, "/clear", "Clear Cache", 400, 503, error_title="Failed to clear cache")
     def clear(
@@ -158,7 +179,8 @@ class CacheController(Controller):
         """Removes cached chunks from the named tiers (all tiers when none is named).
 
         Names that are not tiers of this engine are skipped, as LMCache skips them, and listed
-        in ``unknown_locations``."""
+        in ``unknown_locations``.
+        """
         unknown: list[str] = []
         targets: list[str] | None = None
         if locations:
@@ -176,16 +198,9 @@ class CacheController(Controller):
         )
 
     @route(post, "/store", "Store KV Cache", 400, 503, error_title="Failed to store cache")
-    def store(
-        self,
-        kv_engine: EngineDep,
-        tokens_mock: str | None = _TOKENS_MOCK,
-        tokens_input: str | None = _TOKENS_INPUT,
-    ) -> StoreResult:
+    def store(self, kv_engine: EngineDep, tokens: MockTokensDep) -> StoreResult:
         """Stores the KV of slots 0..n-1 of the registered cache under the given tokens."""
-        tokens = parse_tokens(tokens_mock, tokens_input, kv_engine.num_slots)
-        slots = torch.arange(tokens.numel(), dtype=torch.int64)
-        result = kv_engine.store(tokens, slots)
+        result = kv_engine.store(tokens, _first_slots(tokens))
         return StoreResult(
             status="success",
             num_tokens=int(tokens.numel()),
@@ -195,16 +210,9 @@ class CacheController(Controller):
         )
 
     @route(post, "/retrieve", "Retrieve KV Cache", 400, 503, error_title="Failed to retrieve cache")
-    def retrieve(
-        self,
-        kv_engine: EngineDep,
-        tokens_mock: str | None = _TOKENS_MOCK,
-        tokens_input: str | None = _TOKENS_INPUT,
-    ) -> RetrieveResult:
+    def retrieve(self, kv_engine: EngineDep, tokens: MockTokensDep) -> RetrieveResult:
         """Loads the cached KV of the given tokens into slots 0..n-1 of the registered cache."""
-        tokens = parse_tokens(tokens_mock, tokens_input, kv_engine.num_slots)
-        slots = torch.arange(tokens.numel(), dtype=torch.int64)
-        result = kv_engine.retrieve(tokens, slots)
+        result = kv_engine.retrieve(tokens, _first_slots(tokens))
         return RetrieveResult(
             status="success",
             num_tokens=int(tokens.numel()),

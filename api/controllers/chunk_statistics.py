@@ -8,8 +8,9 @@ import msgspec
 from litestar import Controller, get, post
 from lmcache_native.api.deps import EngineDep
 from lmcache_native.api.errors import bad_request
-from lmcache_native.api.routes import route
 from lmcache_native.api.schemas import ChunkStatisticsStatus, StatusMessage
+
+from ..routes import route
 
 
 def _statistics(engine: EngineDep) -> Any:
@@ -29,7 +30,7 @@ class ChunkStatisticsController(Controller):
     """Counts of total / unique chunks seen by lookups (``enable_chunk_statistics``)."""
 
     path = "/chunk_statistics"
-    tags = ["chunk-statistics"]
+    tags = ("chunk-statistics",)
 
     @route(post, "/start", "Start Statistics", 400, 503, error_title="Failed to start")
     def start(self, engine: EngineDep) -> StatusMessage:
@@ -38,8 +39,10 @@ class ChunkStatisticsController(Controller):
 
     @route(post, "/stop", "Stop Statistics", 400, 503, error_title="Failed to stop")
     def stop(self, engine: EngineDep) -> StatusMessage:
-        """Stops collecting; the counts are kept and ``/chunk_statistics/status`` still shows
-        them."""
+        """Stops collecting.
+
+        The counts are kept, and ``/chunk_statistics/status`` still shows them.
+        """
         return _run(engine, "stop", "Stopped")
 
     @route(post, "/reset", "Reset Statistics", 400, 503, error_title="Failed to reset")
@@ -49,9 +52,11 @@ class ChunkStatisticsController(Controller):
 
     @route(get, "/status", "Statistics Status", 400, 503, error_title="Failed to get status")
     def status(self, engine: EngineDep) -> ChunkStatisticsStatus:
-        """Current counts and the auto-exit settings (``enabled``/``is_collecting`` and
-        ``total_requests``/``requests`` are the same values under LMCache's and the spec's
-        names)."""
+        """Current counts and the auto-exit settings.
+
+        (``enabled``/``is_collecting`` and ``total_requests``/``requests`` are the same values under
+        LMCache's and the spec's names).
+        """
         status = dict(_statistics(engine).status())
         status["enabled"] = status["is_collecting"]
         status["total_requests"] = status["requests"]

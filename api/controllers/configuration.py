@@ -75,7 +75,7 @@ def _filter(values: dict[str, Any], names: list[str] | None) -> dict[str, Any]:
 class ConfigurationController(Controller):
     """Read and update the engine configuration; read the engine metadata."""
 
-    tags = ["configuration"]
+    tags = ("configuration",)
 
     @route("/conf", http_method=[HttpMethod.OPTIONS], include_in_schema=False, status_code=204)
     async def allow_conf(self) -> Response[None]:

@@ -13,9 +13,10 @@ from typing import Any
 import msgspec
 from litestar import Controller, get, put
 from lmcache_native.api.deps import EngineDep
-from lmcache_native.api.routes import route
 from lmcache_native.api.schemas import FreezeStatus, HotCacheStatus
 from lmcache_native.engine import CacheEngine
+
+from ..routes import route
 
 
 def switch_controller(

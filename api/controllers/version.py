@@ -1,5 +1,7 @@
-"""Version & Info: ``/lmc_version``, ``/commit_id``, ``/version``, ``/inference_info``,
-``/inference_version``."""
+"""Version & Info endpoints.
+
+``/lmc_version``, ``/commit_id``, ``/version``, ``/inference_info``, ``/inference_version``.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +11,9 @@ from litestar import Controller, MediaType, get
 from litestar.params import Parameter
 from lmcache_native import COMMIT_ID, VERSION
 from lmcache_native.api.deps import HostInfoDep, MaybeEngineDep
-from lmcache_native.api.routes import route
 from lmcache_native.api.schemas import InferenceInfo, InferenceVersion
+
+from ..routes import route
 
 
 def installed_vllm_version() -> str | None:
@@ -24,17 +27,17 @@ def installed_vllm_version() -> str | None:
 class VersionController(Controller):
     """Version strings of this package and of the inference framework."""
 
-    tags = ["version"]
+    tags = ("version",)
 
     @route(get, "/lmc_version", "LMCache Version", media_type=MediaType.TEXT)
     async def lmc_version(self) -> str:
         """The lmcache-native version string."""
-        return VERSION
+        return str(VERSION)
 
     @route(get, "/commit_id", "LMCache Commit ID", media_type=MediaType.TEXT)
     async def commit_id(self) -> str:
         """The git commit the package was built from ("NA" when unknown)."""
-        return COMMIT_ID
+        return str(COMMIT_ID)
 
     @route(get, "/version", "Full Version Info", media_type=MediaType.TEXT)
     async def version(self) -> str:
@@ -57,11 +60,12 @@ class VersionController(Controller):
         self,
         maybe_engine: MaybeEngineDep,
         host_info: HostInfoDep,
-        format: str | None = Parameter(  # noqa: A002 - the spec's parameter name
+        format: str | None = Parameter(
             default=None, required=False, description="Reserved for future use."
         ),
     ) -> InferenceInfo:
-        """vLLM and engine details: versions, engine metadata, KV cache, host details."""
+        """The vLLM and engine details: versions, engine metadata, KV cache, host details."""
+        del format  # the spec reserves the parameter; no format is defined yet
         engine_meta = kv = None
         if maybe_engine is not None:
             engine_meta = maybe_engine.metadata_dict()
