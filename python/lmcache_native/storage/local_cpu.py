@@ -21,6 +21,7 @@ class LocalCPUBackend(BoundedBackend[ChunkBufferLike]):
     """
 
     name = "LocalCPUBackend"
+    capacity_key = "max_local_cpu_size"
 
     def __init__(self, capacity_bytes: int, policy: str = "LRU") -> None:
         super().__init__(capacity_bytes, policy)

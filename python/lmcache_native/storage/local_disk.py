@@ -56,6 +56,7 @@ class LocalDiskBackend(BoundedBackend[_Entry]):
     """
 
     name = "LocalDiskBackend"
+    capacity_key = "max_local_disk_size"
 
     def __init__(
         self,
