@@ -28,6 +28,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 
 from lmcache_native.integration.vllm.config import load_config
 from lmcache_native.integration.vllm.geometry import parallel_rank
+from lmcache_native.integration.vllm.layerwise_pipeline import LayerwisePipeline
 from lmcache_native.integration.vllm.metadata import LMCacheNativeConnectorMetadata
 from lmcache_native.integration.vllm.scheduler import SchedulerSide
 from lmcache_native.integration.vllm.stats import (
@@ -113,6 +114,7 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
         pc = vllm_config.parallel_config
         self.scheduler_side: SchedulerSide | None = None
         self.worker_side: WorkerSide | None = None
+        self.layerwise: LayerwisePipeline | None = None
         self._kv_events: list[LMCacheNativeKVEvents] = []  # scheduler side: to publish
         if role == KVConnectorRole.SCHEDULER:
             if getattr(ktc, "kv_load_failure_policy", "recompute") != "recompute":
@@ -152,6 +154,9 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
                 loads=self.loads_enabled,
                 saves=self.saves_enabled,
             )
+            # use_layerwise: layer-wise loads and saves (see :mod:`.layerwise_pipeline`).
+            if self.config.get("use_layerwise"):
+                self.layerwise = LayerwisePipeline(self.worker_side)
         logger.info(
             "LMCacheNativeConnector %s created (engine_id %s, chunk_size %d, %s)",
             role.name.lower(),
@@ -159,6 +164,15 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
             int(self.config.get("chunk_size")),
             self.kv_role,
         )
+
+    @classmethod
+    @override
+    def requires_piecewise_for_cudagraph(cls, extra_config: dict[str, Any]) -> bool:
+        """Layer-wise mode waits and copies between layers: CUDA graphs must be piecewise."""
+        try:
+            return bool(load_config(extra_config).get("use_layerwise"))
+        except Exception:  # a bad config is reported when the connector is built
+            return False
 
     @property
     @override
@@ -216,15 +230,25 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
         ):
             return
         try:
-            self.worker_side.start_load_kv(meta)
+            if self.layerwise is not None:
+                self.layerwise.start_load_kv(meta)
+            else:
+                self.worker_side.start_load_kv(meta)
         except Exception as e:  # the loads' blocks are recomputed instead
             self._contain("start_load_kv", e)
+            if self.layerwise is not None:
+                self.layerwise.drop_loads()
             self.worker_side.fail_loads(meta.loads)
 
     @override
     def wait_for_layer_load(self, layer_name: str) -> None:
-        """No-op: ``start_load_kv`` loads every layer before the forward."""
-        return
+        """Layer-wise: returns once ``layer_name`` is loaded (else ``start_load_kv`` did all)."""
+        if self.layerwise is None:
+            return
+        try:
+            self.layerwise.wait_for_layer_load(layer_name)
+        except Exception as e:  # a failed load is reported after the forward
+            self._contain("wait_for_layer_load", e)
 
     @override
     def save_kv_layer(
@@ -234,8 +258,20 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
         attn_metadata: AttentionMetadata,
         **kwargs: Any,
     ) -> None:
-        """No-op: ``wait_for_save`` stores every layer once the forward wrote them."""
-        return
+        """Layer-wise: copies ``layer_name``'s KV of this step's saves out.
+
+        Without ``use_layerwise`` a no-op: ``wait_for_save`` stores every layer once the
+        forward wrote them.
+        """
+        if self.layerwise is None or not self.has_connector_metadata():
+            return
+        meta = self._get_connector_metadata()
+        if not isinstance(meta, LMCacheNativeConnectorMetadata):
+            return
+        try:
+            self.layerwise.save_kv_layer(layer_name, meta)
+        except Exception as e:  # the step's saves are stored from vLLM's cache instead
+            self._contain("save_kv_layer", e)
 
     @override
     def wait_for_save(self) -> None:
@@ -246,14 +282,21 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
         if not isinstance(meta, LMCacheNativeConnectorMetadata):
             return
         try:
-            self.worker_side.wait_for_save(meta)
+            if self.layerwise is not None:
+                self.layerwise.wait_for_save(meta)
+            else:
+                self.worker_side.wait_for_save(meta)
         except Exception as e:  # a lost store is only a later miss
             self._contain("wait_for_save", e)
 
     @override
     def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
-        """(finished requests whose blocks vLLM held for background stores and may free now,
-        requests whose background loads are done); ``None`` for an empty set."""
+        """Requests whose background work is done, as (sending, receiving) sets.
+
+        The first set names finished requests whose blocks vLLM held for background stores
+        and may free now, the second requests whose background loads are done; ``None`` for
+        an empty set.
+        """
         if self.worker_side is None:
             return None, None
         try:
@@ -265,8 +308,10 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
 
     @override
     def handle_preemptions(self, kv_connector_metadata: KVConnectorMetadata) -> None:
-        """Before the forward: finishes the background stores of requests vLLM preempted (their
-        blocks may be given to others in this step)."""
+        """Before the forward: finishes the background stores of requests vLLM preempted.
+
+        Their blocks may be given to other requests in this step.
+        """
         if self.worker_side is None or not isinstance(
             kv_connector_metadata, LMCacheNativeConnectorMetadata
         ):
@@ -284,6 +329,8 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
         if self.worker_side is None:
             return set()
         try:
+            if self.layerwise is not None:
+                self.layerwise.finish_loads()  # every layer in, every failure reported
             return self.worker_side.take_load_errors()
         except Exception as e:
             self._contain("get_block_ids_with_load_errors", e)
@@ -364,6 +411,8 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
     def shutdown(self) -> None:
         """Stops the admin API and lookup server and closes the engine (or lookup client)."""
         try:
+            if self.layerwise is not None:
+                self.layerwise.close()
             if self.worker_side is not None:
                 self.worker_side.close()
             if self.scheduler_side is not None:
@@ -379,8 +428,11 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
     def get_num_new_matched_tokens(
         self, request: Request, num_computed_tokens: int
     ) -> tuple[int | None, bool]:
-        """Tokens beyond ``num_computed_tokens`` the workers can load, and whether they load in
-        the background (``enable_async_loading`` and a chunk below the CPU tier)."""
+        """Tokens beyond ``num_computed_tokens`` the workers can load, and whether it is async.
+
+        A load runs in the background with ``enable_async_loading`` when a chunk of the hit is
+        below the CPU tier.
+        """
         if self.scheduler_side is None:
             return 0, False
         try:
@@ -419,8 +471,10 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
     def request_finished(
         self, request: Request, block_ids: list[int]
     ) -> tuple[bool, dict[str, Any] | None]:
-        """Whether vLLM must keep the request's blocks until the workers report its background
-        stores done (``enable_async_saving``); synchronous stores are done already."""
+        """Whether vLLM must keep the request's blocks until its background stores are done.
+
+        Only with ``enable_async_saving``; synchronous stores are done already.
+        """
         if self.scheduler_side is not None:
             try:
                 return self.scheduler_side.request_finished(request), None
