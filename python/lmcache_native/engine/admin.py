@@ -1,22 +1,29 @@
-"""The engine's admin views: KV checksums, the registered caches, the engine's metadata.
+"""The engine's admin views and the ``fs://`` import, for the admin API.
 
-Read-only views for ``/cache/kvcache/check``, ``/cache/kvcache/info`` and ``/meta``; the
-engine's methods of the same names delegate here.
+Read-only views for ``/cache/kvcache/check``, ``/cache/kvcache/info`` and ``/meta`` (functions
+of the registered caches), and :class:`EngineViews`, the base of
+:class:`~lmcache_native.engine.CacheEngine` that offers them, with ``/cache/load-fs-chunks``,
+as engine methods.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from lmcache_native import ops
+from lmcache_native.engine.keys import ChunkNamer
 from lmcache_native.engine.metadata import EngineMetadata
 from lmcache_native.engine.slots import check_slot_mapping
 from lmcache_native.engine.transfer import KVState
 from lmcache_native.stats.metrics import EngineMetrics
 from lmcache_native.stats.redact import redact_value
+from lmcache_native.storage import StorageManager
+from lmcache_native.storage.base import ChunkBufferLike
+from lmcache_native.storage.fs_import import load_fs_chunks
 
 
 def kv_checksums(
@@ -129,3 +136,70 @@ def metadata_dict(
         }
     )
     return out
+
+
+class EngineViews:
+    """Checksums, cache info, ``/meta`` and the ``fs://`` import as engine methods."""
+
+    _kv: KVState | None
+    _metadata: EngineMetadata
+    _manager: StorageManager
+    _names: ChunkNamer
+    _namespace: str
+    metrics: EngineMetrics
+
+    def _require_kv(self) -> KVState:
+        raise NotImplementedError  # pragma: no cover - CacheEngine's
+
+    def _allocate(self, shape: Sequence[int], dtype: torch.dtype) -> ChunkBufferLike | None:
+        raise NotImplementedError  # pragma: no cover - CacheEngine's
+
+    def kv_checksums(
+        self, slot_mapping: torch.Tensor, chunk_size: int, layerwise: bool
+    ) -> list[str] | dict[str, list[str]]:
+        """MD5 of the KV at ``slot_mapping``, per chunk (see :func:`kv_checksums`).
+
+        Raises:
+            NoKVCacheError: no caches registered.
+            InvalidSlotsError: a slot outside ``[0, num_slots)``.
+            ValueError: ``chunk_size`` < 1.
+        """
+        return kv_checksums(self._require_kv(), slot_mapping, chunk_size, layerwise, self.metrics)
+
+    def kv_info(self) -> dict[str, Any]:
+        """The registered caches (see :func:`kv_info`); raises NoKVCacheError."""
+        return kv_info(self._require_kv())
+
+    def metadata_dict(self) -> dict[str, Any]:
+        """Engine metadata for ``/meta`` (JSON-able)."""
+        return metadata_dict(
+            self._metadata,
+            self._kv,
+            chunk_size=self._names.chunk_size,
+            key_prefix=self._namespace,
+            backends=self._manager.backend_names(),
+            hash_algorithm=self._names.hasher.algorithm,
+        )
+
+    def load_fs_chunks(
+        self, config_path: str, max_chunks: int | None = None, max_failed_keys: int = 10
+    ) -> dict[str, Any]:
+        """Loads chunk files of an ``fs://`` store into the CPU tier.
+
+        See :func:`lmcache_native.storage.fs_import.load_fs_chunks`; chunks that do not fit
+        the registered caches fail.
+
+        Raises:
+            FSChunkLoadError: bad arguments, an unusable configuration file, no ``fs://``
+                ``remote_url``, a missing store directory, or no CPU tier to load into.
+        """
+        kv = self._kv
+        return load_fs_chunks(
+            self._manager,
+            config_path,
+            allocator=self._allocate,
+            namespace=self._namespace,
+            fits=kv.fits if kv is not None else None,
+            max_chunks=max_chunks,
+            max_failed_keys=max_failed_keys,
+        )

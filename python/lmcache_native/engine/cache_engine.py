@@ -33,15 +33,8 @@ import torch
 
 from lmcache_native import ops
 from lmcache_native.config import LMCacheEngineConfig, size_bytes
-from lmcache_native.engine import admin
-from lmcache_native.engine.keys import (
-    CacheKey,
-    ChunkHasher,
-    ChunkSpan,
-    KeyExtras,
-    dtype_name,
-    tokens_to_array,
-)
+from lmcache_native.engine.admin import EngineViews
+from lmcache_native.engine.keys import ChunkNamer, ChunkSpan, KeyExtras, tokens_to_array
 from lmcache_native.engine.memory import ChunkBufferPool
 from lmcache_native.engine.metadata import EngineMetadata, RetrieveResult, StoreResult
 from lmcache_native.engine.monitoring import start_background_threads, storage_gauges
@@ -54,12 +47,11 @@ from lmcache_native.stats.metrics import EngineMetrics
 from lmcache_native.storage import StorageBackend, StorageManager
 from lmcache_native.storage.base import ChunkBufferLike
 from lmcache_native.storage.factory import build_tiers
-from lmcache_native.storage.fs_import import load_fs_chunks
 
 logger = logging.getLogger(__name__)
 
 
-class CacheEngine(EngineSwitches):
+class CacheEngine(EngineSwitches, EngineViews):
     """The KV-cache engine of one worker.
 
     Args:
@@ -81,8 +73,13 @@ class CacheEngine(EngineSwitches):
         self._kv: KVState | None = None
         self._record_slot = False
         self._closed = False
-        self._hasher = ChunkHasher(str(config.get("pre_caching_hash_algorithm")))
         self._chunk_size = int(config.get("chunk_size"))
+        self._names = ChunkNamer(
+            str(config.get("pre_caching_hash_algorithm")),
+            self._chunk_size,
+            (metadata.model_name, metadata.world_size, metadata.worker_id),
+            lambda: bool(config.get("save_unfull_chunk")),
+        )
         self._pool = ChunkBufferPool(size_bytes(config.get("max_local_cpu_size")), pin_memory=False)
         self._namespace = f"{metadata.model_name}@{metadata.world_size}@{metadata.worker_id}@"
         self.metrics = EngineMetrics()
@@ -180,6 +177,7 @@ class CacheEngine(EngineSwitches):
         return self._kv is not None
 
     def _require_kv(self) -> KVState:
+        """The registered caches; raises NoKVCacheError when none are."""
         kv = self._kv
         if kv is None:
             raise NoKVCacheError()
@@ -222,29 +220,18 @@ class CacheEngine(EngineSwitches):
 
     # -- keys ----------------------------------------------------------------------------------
 
-    def _key_dtype(self, kv: KVState | None) -> str:
-        if kv is not None:
-            return dtype_name(kv.paged.dtype)
-        if self._metadata.kv_dtype is not None:
-            return dtype_name(self._metadata.kv_dtype)
-        raise NoKVCacheError("No KV cache is registered and metadata has no kv_dtype")
-
-    def _spans(
-        self,
-        tokens: np.ndarray,
-        save_unfull: bool,
-        extras: KeyExtras | None = None,
-        offset: int = 0,
-        prev_hash: str | None = None,
-    ) -> list[ChunkSpan]:
-        return self._hasher.spans(
-            tokens, self._chunk_size, save_unfull, extras, offset=offset, prev_hash=prev_hash
-        )
-
     @property
     def chunk_size(self) -> int:
         """Tokens per chunk (fixed for the engine's life)."""
         return self._chunk_size
+
+    def _key_dtype(self) -> torch.dtype:
+        kv = self._kv
+        if kv is not None:
+            return kv.paged.dtype
+        if self._metadata.kv_dtype is not None:
+            return self._metadata.kv_dtype
+        raise NoKVCacheError("No KV cache is registered and metadata has no kv_dtype")
 
     def chunk_spans(
         self,
@@ -257,20 +244,7 @@ class CacheEngine(EngineSwitches):
 
         See :meth:`~lmcache_native.engine.keys.ChunkHasher.spans`.
         """
-        return self._spans(
-            tokens_to_array(tokens),
-            bool(self._config.get("save_unfull_chunk")),
-            extras,
-            offset,
-            prev_hash,
-        )
-
-    def _keys(self, spans: Sequence[ChunkSpan], dtype: str) -> list[str]:
-        m = self._metadata
-        return [
-            CacheKey(m.model_name, m.world_size, m.worker_id, s.chunk_hash, dtype).to_string()
-            for s in spans
-        ]
+        return self._names.spans(tokens, extras, offset, prev_hash)
 
     def chunk_keys(
         self, tokens: Sequence[int] | torch.Tensor, extras: KeyExtras | None = None
@@ -279,14 +253,11 @@ class CacheEngine(EngineSwitches):
 
         ``extras`` (salt, LoRA adapter, multimodal items) are part of the keys when given.
         """
-        spans = self._spans(
-            tokens_to_array(tokens), bool(self._config.get("save_unfull_chunk")), extras
-        )
-        return self._keys(spans, self._key_dtype(self._kv))
+        return self.span_keys(self._names.spans(tokens, extras))
 
     def span_keys(self, spans: Sequence[ChunkSpan]) -> list[str]:
         """The keys of chunks given by :meth:`chunk_spans` (no hashing again)."""
-        return self._keys(spans, self._key_dtype(self._kv))
+        return self._names.keys(spans, self._key_dtype())
 
     # -- copies ---------------------------------------------------------------------------------
 
@@ -364,7 +335,7 @@ class CacheEngine(EngineSwitches):
         kv, arr, slots = self._begin_copy("store", tokens, slot_mapping)
         n = int(arr.shape[0])
         save_unfull = bool(self._config.get("save_unfull_chunk"))
-        spans = self._spans(arr, save_unfull, extras, offset, prev_hash)
+        spans = self._names.spans(arr, extras, offset, prev_hash, save_unfull)
         self.statistics.record(s.chunk_hash for s in spans)
         if not spans:
             return StoreResult(n, 0, 0, "shorter than chunk_size" if n else None)
@@ -372,7 +343,7 @@ class CacheEngine(EngineSwitches):
         if why_not is not None:
             self.metrics.skipped_stores.labels(reason=why_not).inc(len(spans))
             return StoreResult(n, 0, len(spans), why_not)
-        keys = self._keys(spans, self._key_dtype(kv))
+        keys = self._names.keys(spans, kv.paged.dtype)
         slot_mapping_dev = slot_mapping if isinstance(slot_mapping, torch.Tensor) else slots
         out = self._transfer.store(kv, slot_mapping_dev, slots, spans, keys)
         reason = out.reason
@@ -382,26 +353,31 @@ class CacheEngine(EngineSwitches):
 
     # -- lookup ---------------------------------------------------------------------------------
 
+    def _lookup_keys(
+        self, tokens: Sequence[int] | torch.Tensor | np.ndarray, extras: KeyExtras | None
+    ) -> tuple[int, list[ChunkSpan], list[str]]:
+        """Counts a lookup request; the number of tokens, their chunks and keys."""
+        self.metrics.requests.labels(op="lookup").inc()
+        arr = tokens_to_array(list_to_array(tokens))
+        spans = self._names.spans(arr, extras)
+        return int(arr.shape[0]), spans, self._names.keys(spans, self._key_dtype())
+
+    def _lookup_done(self, t0: float, num_tokens: int, spans: list[ChunkSpan], hit: int) -> int:
+        """Counts a lookup's tokens, hit tokens and time; the hit in tokens."""
+        hit_tokens = spans[hit - 1].end if hit else 0
+        self.metrics.lookup_tokens.inc(num_tokens)
+        self.metrics.lookup_hit_tokens.inc(hit_tokens)
+        self.metrics.observe_op("lookup", time.perf_counter() - t0, hit_tokens)
+        return hit_tokens
+
     def lookup(self, tokens: Sequence[int] | torch.Tensor, extras: KeyExtras | None = None) -> int:
         """How many leading tokens of ``tokens`` are stored (whole chunks, across tiers).
 
         While frozen only the CPU tier counts. ``extras`` are part of the keys when given.
         """
         t0 = time.perf_counter()
-        hit_tokens = self._lookup(tokens, extras)
-        self.metrics.observe_op("lookup", time.perf_counter() - t0, hit_tokens)
-        return hit_tokens
-
-    def _lookup(self, tokens: Sequence[int] | torch.Tensor, extras: KeyExtras | None = None) -> int:
-        self.metrics.requests.labels(op="lookup").inc()
-        arr = tokens_to_array(tokens)
-        spans = self._spans(arr, bool(self._config.get("save_unfull_chunk")), extras)
-        keys = self._keys(spans, self._key_dtype(self._kv))
-        hit = self._manager.lookup_prefix(keys)
-        hit_tokens = spans[hit - 1].end if hit else 0
-        self.metrics.lookup_tokens.inc(int(arr.shape[0]))
-        self.metrics.lookup_hit_tokens.inc(hit_tokens)
-        return hit_tokens
+        n, spans, keys = self._lookup_keys(tokens, extras)
+        return self._lookup_done(t0, n, spans, self._manager.lookup_prefix(keys))
 
     def lookup_held(
         self,
@@ -411,55 +387,12 @@ class CacheEngine(EngineSwitches):
     ) -> int:
         """Like :meth:`lookup`, answered from the tiers' indexes only, holding what it found.
 
-        No payload is read or verified: the CPU tier's index is asked first, then every lower
-        tier once for the remaining keys (one batched existence query each: the disk index, one
-        Redis pipeline, one listing of an ``fs://`` directory). A chunk listed below the CPU
-        tier is fetched (verified, promoted) by the later retrieve, which reports it when that
-        fails. With ``held``, the CPU-tier buffer of each chunk of the reported prefix that the
-        CPU tier holds is appended with one reference (eviction skips it until the caller
-        drops it).
+        See :meth:`.transfer.Transfer.lookup_held`: no payload is read or verified; with
+        ``held``, the CPU-tier buffers of the reported prefix are appended, one reference each.
         """
         t0 = time.perf_counter()
-        self.metrics.requests.labels(op="lookup").inc()
-        arr = tokens_to_array(list_to_array(tokens))
-        spans = self._spans(arr, bool(self._config.get("save_unfull_chunk")), extras)
-        keys = self._keys(spans, self._key_dtype(self._kv))
-        manager = self._manager
-        cpu = manager.cpu
-        cpu_active = cpu is not None and not manager.is_bypassed(cpu.name)
-        bufs: list[ChunkBufferLike] = []
-        try:
-            n_cpu = 0
-            if cpu is not None and cpu_active:
-                for key in keys:
-                    buf = cpu.get(key)
-                    if buf is None:
-                        break
-                    bufs.append(buf)
-                    n_cpu += 1
-            hit = n_cpu
-            if n_cpu < len(keys):
-                hit = n_cpu + manager.lookup_prefix(keys[n_cpu:])
-                if cpu is not None and cpu_active and held is not None:
-                    # A chunk the CPU tier got back between the two queries is held as well.
-                    for key in keys[n_cpu:hit]:
-                        buf = cpu.get(key)
-                        if buf is not None:
-                            bufs.append(buf)
-        except BaseException:
-            for b in bufs:
-                b.unref()
-            raise
-        if held is not None:
-            held.extend(bufs)
-        else:
-            for b in bufs:
-                b.unref()
-        hit_tokens = spans[hit - 1].end if hit else 0
-        self.metrics.lookup_tokens.inc(int(arr.shape[0]))
-        self.metrics.lookup_hit_tokens.inc(hit_tokens)
-        self.metrics.observe_op("lookup", time.perf_counter() - t0, hit_tokens)
-        return hit_tokens
+        n, spans, keys = self._lookup_keys(tokens, extras)
+        return self._lookup_done(t0, n, spans, self._transfer.lookup_held(keys, held))
 
     def retrieve(
         self,
@@ -503,8 +436,8 @@ class CacheEngine(EngineSwitches):
         kv, arr, slots = self._begin_copy("retrieve", tokens, slot_mapping)
         n = int(arr.shape[0])
         mask = torch.zeros(n, dtype=torch.bool)
-        spans = self._spans(arr, bool(self._config.get("save_unfull_chunk")), extras)
-        keys = self._keys(spans, self._key_dtype(kv))
+        spans = self._names.spans(arr, extras)
+        keys = self._names.keys(spans, kv.paged.dtype)
         min_tokens = int(self._config.get("min_retrieve_tokens"))
         if min_tokens > 0:
             hit = self._manager.lookup_prefix(keys)
@@ -517,60 +450,6 @@ class CacheEngine(EngineSwitches):
         loaded = self._transfer.retrieve(kv, slot_mapping_dev, slots, spans, keys)
         mask[:loaded] = True
         return RetrieveResult(n, loaded, mask)
-
-    # -- admin views ---------------------------------------------------------------------------
-
-    def kv_checksums(
-        self, slot_mapping: torch.Tensor, chunk_size: int, layerwise: bool
-    ) -> list[str] | dict[str, list[str]]:
-        """MD5 of the KV at ``slot_mapping``, per chunk (see :func:`.admin.kv_checksums`).
-
-        Raises:
-            NoKVCacheError: no caches registered.
-            InvalidSlotsError: a slot outside ``[0, num_slots)``.
-            ValueError: ``chunk_size`` < 1.
-        """
-        return admin.kv_checksums(
-            self._require_kv(), slot_mapping, chunk_size, layerwise, self.metrics
-        )
-
-    def kv_info(self) -> dict[str, Any]:
-        """The registered caches (see :func:`.admin.kv_info`); raises NoKVCacheError."""
-        return admin.kv_info(self._require_kv())
-
-    def metadata_dict(self) -> dict[str, Any]:
-        """Engine metadata for ``/meta`` (JSON-able)."""
-        return admin.metadata_dict(
-            self._metadata,
-            self._kv,
-            chunk_size=self._chunk_size,
-            key_prefix=self._namespace,
-            backends=self._manager.backend_names(),
-            hash_algorithm=self._hasher.algorithm,
-        )
-
-    def load_fs_chunks(
-        self, config_path: str, max_chunks: int | None = None, max_failed_keys: int = 10
-    ) -> dict[str, Any]:
-        """Loads chunk files of an ``fs://`` store into the CPU tier.
-
-        See :func:`lmcache_native.storage.fs_import.load_fs_chunks`; chunks that do not fit
-        the registered caches fail.
-
-        Raises:
-            FSChunkLoadError: bad arguments, an unusable configuration file, no ``fs://``
-                ``remote_url``, a missing store directory, or no CPU tier to load into.
-        """
-        kv = self._kv
-        return load_fs_chunks(
-            self._manager,
-            config_path,
-            allocator=self._allocate,
-            namespace=self._namespace,
-            fits=kv.fits if kv is not None else None,
-            max_chunks=max_chunks,
-            max_failed_keys=max_failed_keys,
-        )
 
     # -- lifecycle -----------------------------------------------------------------------------
 

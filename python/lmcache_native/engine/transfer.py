@@ -198,6 +198,53 @@ class Transfer:
             m.stored_tokens.inc(stored_tokens)
             m.stored_bytes.inc(stored_bytes)
 
+    # -- lookup --------------------------------------------------------------------------------
+
+    def lookup_held(self, keys: Sequence[str], held: list[ChunkBufferLike] | None) -> int:
+        """How many leading ``keys`` the tiers list, from their indexes only.
+
+        No payload is read or verified: the CPU tier's index is asked first, then every lower
+        tier once for the remaining keys (one batched existence query each: the disk index, one
+        Redis pipeline, one listing of an ``fs://`` directory). A chunk listed below the CPU
+        tier is fetched (verified, promoted) by the later retrieve, which reports it when that
+        fails. With ``held``, the CPU-tier buffer of each chunk of the reported prefix that the
+        CPU tier holds is appended with one reference (eviction skips it until the caller
+        drops it).
+        """
+        manager = self._manager
+        cpu = manager.cpu
+        if cpu is not None and manager.is_bypassed(cpu.name):
+            cpu = None
+        bufs: list[ChunkBufferLike] = []
+        try:
+            hit = 0
+            if cpu is not None:
+                for key in keys:
+                    buf = cpu.get(key)
+                    if buf is None:
+                        break
+                    bufs.append(buf)
+                    hit += 1
+            if hit < len(keys):
+                n_cpu = hit
+                hit += manager.lookup_prefix(list(keys[n_cpu:]))
+                if cpu is not None and held is not None:
+                    # A chunk the CPU tier got back between the two queries is held as well.
+                    for key in keys[n_cpu:hit]:
+                        buf = cpu.get(key)
+                        if buf is not None:
+                            bufs.append(buf)
+        except BaseException:
+            for b in bufs:
+                b.unref()
+            raise
+        if held is not None:
+            held.extend(bufs)
+        else:
+            for b in bufs:
+                b.unref()
+        return hit
+
     # -- retrieve ------------------------------------------------------------------------------
 
     def retrieve(
