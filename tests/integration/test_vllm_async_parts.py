@@ -22,16 +22,16 @@ import torch
 
 pytest.importorskip("vllm")
 
-from lmcache_native.config import LMCacheEngineConfig  # noqa: E402
-from lmcache_native.engine import CacheEngine, EngineMetadata  # noqa: E402
-from lmcache_native.integration.vllm.lookup import LookupServer  # noqa: E402
-from lmcache_native.integration.vllm.metadata import (  # noqa: E402
+from lmcache_native.config import LMCacheEngineConfig
+from lmcache_native.engine import CacheEngine, EngineMetadata
+from lmcache_native.integration.vllm.lookup import LookupServer
+from lmcache_native.integration.vllm.metadata import (
     LMCacheNativeConnectorMetadata,
     LoadSpec,
     SaveSpec,
 )
-from lmcache_native.integration.vllm.scheduler import SchedulerSide  # noqa: E402
-from lmcache_native.integration.vllm.worker import WorkerSide  # noqa: E402
+from lmcache_native.integration.vllm.scheduler import SchedulerSide
+from lmcache_native.integration.vllm.worker import WorkerSide
 
 pytestmark = pytest.mark.vllm
 
@@ -92,7 +92,7 @@ def test_background_load_fills_the_blocks_and_is_reported_once(tmp_path: Path) -
     recving = _until(lambda: worker.get_finished(set())[1])
     assert recving == {"r"}
     assert worker.take_load_errors() == set()
-    assert worker.stats.loaded_tokens == 191 and worker.stats.async_loads == 1
+    assert (worker.stats.loaded_tokens, worker.stats.async_loads) == (191, 1)
     assert _sums(worker, 20, 191) == _sums(worker, 1, 191)  # the stored KV, in the new blocks
     assert worker.get_finished(set()) == (set(), set())  # named once
     worker.close()
@@ -122,7 +122,7 @@ def test_background_saves_and_delayed_free(tmp_path: Path) -> None:
     worker.wait_for_save(LMCacheNativeConnectorMetadata(delayed_free=["a"]))
     sending = _until(lambda: worker.get_finished({"a"})[0])
     assert sending == {"a"}
-    assert worker.stats.stored_tokens == 192 and worker.stats.async_saves == 1
+    assert (worker.stats.stored_tokens, worker.stats.async_saves) == (192, 1)
     assert engine.lookup(PROMPT) == 192
     assert worker.get_finished(set()) == (set(), set())
     # A store still queued when the worker closes is done, not dropped.
@@ -132,7 +132,8 @@ def test_background_saves_and_delayed_free(tmp_path: Path) -> None:
     worker.close()
     assert worker.stats.stored_tokens == 192 + 128
     reopened = _worker(tmp_path)
-    assert reopened.engine is not None and reopened.engine.lookup(other) == 128  # on disk
+    assert reopened.engine is not None
+    assert reopened.engine.lookup(other) == 128  # on disk
     reopened.close()
 
 
@@ -182,7 +183,8 @@ def test_scheduler_plans_async_loads_and_delayed_frees(
         # vLLM holds "a" (WAITING_FOR_REMOTE_KVS): not scheduled, its load still goes out.
         meta = sched.build_connector_meta(_output([], {}))
         (load,) = meta.loads
-        assert load.async_load and (load.start, load.end) == (0, 192)
+        assert load.async_load
+        assert (load.start, load.end) == (0, 192)
         assert meta.preempted == ["p"]
         assert sched.request_finished(req) is False  # its blocks come back with the load
         sched.loads_finished({"a"})
@@ -193,7 +195,8 @@ def test_scheduler_plans_async_loads_and_delayed_frees(
         assert not sched.load_is_async(req_b)
         sched.update_state_after_alloc(req_b, blocks, 192)
         meta = sched.build_connector_meta(_output([("b", [1, 2, 3, 4, 5, 6, 7], 0)], {"b": 200}))
-        assert [x.async_load for x in meta.loads] == [False] and len(meta.saves) == 1
+        assert [x.async_load for x in meta.loads] == [False]
+        assert len(meta.saves) == 1
         # "b" had stores: its blocks wait for them; the next metadata tells the workers.
         assert sched.request_finished(req_b) is True
         assert sched.build_connector_meta(_output([], {})).delayed_free == ["b"]

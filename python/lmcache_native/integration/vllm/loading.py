@@ -159,9 +159,10 @@ class LoadPath(WorkerState):
         self._account_load(spec, self._retrieve(spec))
 
     def _retrieve(self, spec: LoadSpec) -> tuple[int, float] | None:
-        """Loads ``spec``'s window; (first token not loaded, seconds), ``None`` when the plan
-        had nothing to load. Touches nothing but the engine and the request's blocks, so it may
-        run on a background thread.
+        """Loads ``spec``'s window: (first token not loaded, seconds), ``None`` for no plan.
+
+        Touches nothing but the engine and the request's blocks, so it may run on a background
+        thread.
         """
         assert self.engine is not None
         n = len(spec.token_ids)

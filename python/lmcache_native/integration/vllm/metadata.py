@@ -86,8 +86,7 @@ class LoadSpec:
 
 @dataclass
 class SaveSpec:
-    """Store a request's computed prefix after this step's forward: what is new since its last
-    SaveSpec.
+    """Store a request's computed prefix after this step's forward (what is new since before).
 
     The worker keeps each request's token ids and block ids; a SaveSpec replaces them from
     ``start`` (tokens) and ``block_start`` (blocks) on. The first SaveSpec of a request has both

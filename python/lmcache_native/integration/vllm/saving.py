@@ -232,8 +232,10 @@ class SavePath(WorkerState):
         self._save_jobs = pending
 
     def finished_sending(self) -> set[str]:
-        """Requests whose blocks vLLM held for their stores and whose stores are all done
-        (each named once), for ``get_finished``'s first set."""
+        """Requests whose blocks vLLM held for their stores, now all done (each named once).
+
+        For ``get_finished``'s first set.
+        """
         self.finished_saves()
         if not self._sending:
             return set()

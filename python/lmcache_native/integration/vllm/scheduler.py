@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING
 from lmcache_native.config import LMCacheEngineConfig
 from lmcache_native.engine.keys import KeyExtras, MMPlaceholder
 from lmcache_native.integration.vllm.lookup import LookupClient
-from lmcache_native.integration.vllm.modes import ASYNC_LOADING, ASYNC_SAVING, enabled
 from lmcache_native.integration.vllm.metadata import (
     LMCacheNativeConnectorMetadata,
     LoadSpec,
     SaveSpec,
 )
+from lmcache_native.integration.vllm.modes import ASYNC_LOADING, ASYNC_SAVING, enabled
 from lmcache_native.integration.vllm.stats import LMCacheNativeStats
 
 if TYPE_CHECKING:
@@ -132,6 +132,7 @@ class SchedulerSide:
         loads: bool = True,
         saves: bool = True,
     ) -> None:
+        """Connects the lookup client; nothing is planned yet."""
         self.config = config
         self.loads = loads
         self.saves = saves
@@ -191,8 +192,10 @@ class SchedulerSide:
         return claimed
 
     def load_is_async(self, request: Request) -> bool:
-        """Whether the load :meth:`get_num_new_matched_tokens` just planned runs in the
-        background (vLLM then holds the request until a worker reports it loaded)."""
+        """Whether the load :meth:`get_num_new_matched_tokens` just planned is async.
+
+        vLLM then holds the request until a worker reports it loaded.
+        """
         plan = self._plans.get(request.request_id)
         return plan is not None and plan.async_load
 
@@ -235,8 +238,10 @@ class SchedulerSide:
     def plan_failed_load(
         self, request: Request, blocks: KVCacheBlocks, num_external_tokens: int
     ) -> None:
-        """After a failure while planning a load vLLM already accepted: a load of nothing, so
-        the worker reports the accepted tokens' blocks and vLLM recomputes them."""
+        """After a failure while planning a load vLLM already accepted: a load of nothing.
+
+        The worker then reports the accepted tokens' blocks and vLLM recomputes them.
+        """
         plan = self._plans.pop(request.request_id, None)
         if num_external_tokens <= 0:
             return
@@ -310,8 +315,10 @@ class SchedulerSide:
         self.stats.load_requests += 1
 
     def _park(self, tracker: _Tracker) -> None:
-        """Makes ``tracker``'s load a background one, sent with the next metadata (vLLM does
-        not schedule the request until a worker reports it loaded)."""
+        """Makes ``tracker``'s load a background one, sent with the next metadata.
+
+        vLLM does not schedule the request until a worker reports it loaded.
+        """
         assert tracker.load is not None
         tracker.load.async_load = True
         self._async_loading.add(tracker.load.req_id)
@@ -380,7 +387,7 @@ class SchedulerSide:
             computed = computed_before + scheduled.get(req_id, 0)
             try:
                 spec = self._save_spec(tracker, computed)
-            except Exception as e:  # noqa: BLE001 - one request's save is lost, not the step
+            except Exception as e:  # one request's save is lost, not the step
                 self._log_failure("planning a save", e)
                 return
             if spec is not None:
@@ -430,8 +437,11 @@ class SchedulerSide:
         meta.preempted = sorted(preempted or ())
 
     def salvage_meta(self) -> LMCacheNativeConnectorMetadata:
-        """After ``build_connector_meta`` failed: what it had built (loads vLLM was promised
-        must still reach the workers, which report what they cannot fill)."""
+        """After ``build_connector_meta`` failed: what it had built.
+
+        Loads vLLM was promised must still reach the workers, which report what they cannot
+        fill.
+        """
         meta, self._building = self._building, None
         self._plans.clear()
         meta = meta if meta is not None else LMCacheNativeConnectorMetadata()

@@ -170,16 +170,17 @@ class WorkerSide(LoadPath, SavePath):
     def lookup(
         self, req_id: str, tokens: Sequence[int] | np.ndarray, extras: KeyExtras | None = None
     ) -> tuple[int, int]:
-        """(stored prefix length in tokens, current ``min_retrieve_tokens``); see
-        :meth:`lookup_tiers`."""
+        """(stored prefix length in tokens, ``min_retrieve_tokens``); see :meth:`lookup_tiers`."""
         hit, min_retrieve, _ = self.lookup_tiers(req_id, tokens, extras)
         return hit, min_retrieve
 
     def lookup_tiers(
         self, req_id: str, tokens: Sequence[int] | np.ndarray, extras: KeyExtras | None = None
     ) -> tuple[int, int, bool]:
-        """(stored prefix length in tokens, current ``min_retrieve_tokens``, whether a chunk of
-        the prefix is listed only below the CPU tier, so that its load reads storage).
+        """(stored prefix length in tokens, ``min_retrieve_tokens``, a chunk below the CPU tier).
+
+        The third is whether a chunk of the prefix is listed only below the CPU tier, so that
+        its load reads storage.
 
         Answered from the tiers' indexes (:meth:`CacheEngine.lookup_held`): no payload is read
         on the scheduler's path. The CPU-tier chunks reported are held for ``req_id`` (a lease)
@@ -241,8 +242,11 @@ class WorkerSide(LoadPath, SavePath):
             self._saves.pop(req_id, None)
 
     def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str], set[str]]:
-        """Forgets finished requests; (requests whose held blocks vLLM may free now, requests
-        whose background loads are done), each named once."""
+        """Forgets finished requests; returns (held blocks to free, loads done) by request.
+
+        The first set names finished requests whose held blocks vLLM may free now, the second
+        requests whose background loads are done; each request is named once.
+        """
         self.finished(finished_req_ids)
         return self.finished_sending(), self.finished_loads()
 
@@ -252,8 +256,10 @@ class WorkerSide(LoadPath, SavePath):
         self.drain_loads()
 
     def close(self) -> None:
-        """Finishes the background stores and loads, stops the admin API and the lookup server,
-        lets every lease go, closes the engine."""
+        """Finishes background stores and loads, then stops everything and closes the engine.
+
+        The admin API and the lookup server stop and every lease is let go.
+        """
         self._drain()
         self.release(self.leased_requests)
         if self.api_handle is not None:
