@@ -125,7 +125,8 @@ class ChunkStatistics:
 
     def record(self, chunk_hashes: Iterable[str | int]) -> None:
         """Counts one request carrying ``chunk_hashes`` (hex strings or ints); no-op unless
-        collecting."""
+        collecting.
+        """
         if not self.available:
             return
         t0 = time.perf_counter()
