@@ -228,10 +228,18 @@ def test_goals_are_judged_in_their_scope_and_every_judged_row_has_a_verdict() ->
     )
 
 
-SCRIPTS = ("bench_paged_kv_copy.py", "bench_kv_chunk_md5.py", "bench_slot_ranges.py")
+SCRIPTS = (
+    "bench_paged_kv_copy.py",
+    "bench_kv_chunk_md5.py",
+    "bench_slot_ranges.py",
+    "bench_engine.py",
+    "bench_connector_lookup.py",
+    "bench_connector_save.py",
+    "run_all.py",
+)
 
 
-@pytest.mark.parametrize("name", [*SCRIPTS, "bench_engine.py", "run_all.py"])
+@pytest.mark.parametrize("name", SCRIPTS)
 def test_benchmark_scripts_are_thin_entry_points(name: str) -> None:
     """Each script only calls the package's ``main``: the benchmark exists once."""
     tree = ast.parse((BENCH_DIR / name).read_text(encoding="utf-8"))
