@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
+from kernel_testlib import make_caches
 from lmcache_native import _native, ops
 from lmcache_native.ops.kv_chunk_md5 import (
     md5_bytes,
@@ -39,41 +40,6 @@ def isa(request: pytest.FixtureRequest) -> Iterator[str]:
     md5_set_isa(request.param)
     yield request.param
     md5_set_isa(before)
-
-
-def _shape(layout: str, n: int, b: int, h: int, d: int) -> tuple[int, ...]:
-    return {
-        "flash_attn": (2, n, b, h, d),
-        "flashinfer": (n, 2, b, h, d),
-        "hnd": (n, 2, h, b, d),
-        "mla": (n, b, d),
-        "vllm_cpu": (n, h, b, 2 * d),
-    }[layout]
-
-
-def _random_caches(
-    layout: str,
-    num_layers: int,
-    num_blocks: int,
-    block_size: int,
-    num_heads: int,
-    head_size: int,
-    dtype: torch.dtype,
-    seed: int = 0,
-) -> list[torch.Tensor]:
-    """Per-layer caches of random bytes viewed as dtype (NaN/Inf bit patterns included)."""
-    gen = torch.Generator().manual_seed(seed)
-    shape = _shape(layout, num_blocks, block_size, num_heads, head_size)
-    elem = torch.empty((), dtype=dtype).element_size()
-    numel = 1
-    for s in shape:
-        numel *= s
-    return [
-        torch.randint(0, 256, (numel * elem,), dtype=torch.uint8, generator=gen)
-        .view(dtype)
-        .view(shape)
-        for _ in range(num_layers)
-    ]
 
 
 def _check_all_isas(
@@ -156,8 +122,8 @@ def test_md5_isa_env_var_selects_scalar() -> None:
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_every_layout_and_dtype(layout: str, dtype: torch.dtype) -> None:
     # 18 layers: a full 16-lane group plus a 2-lane leftover per chunk length.
-    kv = _random_caches(
-        layout, 18, num_blocks=5, block_size=4, num_heads=2, head_size=8, dtype=dtype
+    kv = make_caches(
+        layout, dtype, num_layers=18, num_blocks=5, block_size=4, num_heads=2, head_size=8
     )
     gen = torch.Generator().manual_seed(1)
     slots = torch.randperm(20, generator=gen)[:14].tolist()
@@ -171,8 +137,8 @@ def test_every_layout_and_dtype(layout: str, dtype: torch.dtype) -> None:
 @pytest.mark.parametrize("length", [1, 55, 56, 63, 64, 65, 119, 120, 128, 200])
 def test_message_lengths_through_the_cache(length: int) -> None:
     # MLA with uint8 elements and one slot per chunk: each message is exactly head_size bytes.
-    kv = _random_caches(
-        "mla", 17, num_blocks=3, block_size=4, num_heads=1, head_size=length, dtype=torch.uint8
+    kv = make_caches(
+        "mla", torch.uint8, num_layers=17, num_blocks=3, block_size=4, num_heads=1, head_size=length
     )
     slots = [11, 0, 5, 5, 3]
     per_layer, _ = _check_all_isas(kv, slots, 1, "mla")
@@ -184,21 +150,27 @@ def test_message_lengths_through_the_cache(length: int) -> None:
 @pytest.mark.parametrize("head_size", [8, 24, 32, 40])
 def test_heads_across_block_boundaries(head_size: int) -> None:
     # HND keeps each head separate: 64-byte blocks straddle head segments unless 64 | head bytes.
-    kv = _random_caches(
-        "hnd", 9, num_blocks=4, block_size=4, num_heads=3, head_size=head_size, dtype=torch.float16
+    kv = make_caches(
+        "hnd",
+        torch.float16,
+        num_layers=9,
+        num_blocks=4,
+        block_size=4,
+        num_heads=3,
+        head_size=head_size,
     )
     _check_all_isas(kv, [15, 14, 0, 1, 2, 9, 8], 3, "hnd")
 
 
 def test_short_tail_padding_and_all_padding_chunks() -> None:
-    kv = _random_caches(
+    kv = make_caches(
         "flash_attn",
-        10,
+        torch.bfloat16,
+        num_layers=10,
         num_blocks=4,
         block_size=4,
         num_heads=2,
         head_size=16,
-        dtype=torch.bfloat16,
     )
     slots = [0, 1, 2, 3, -1, -1, -1, -1, 15, -1, 7]
     per_layer, combined = _check_all_isas(kv, slots, 4, "flash_attn")
@@ -208,16 +180,28 @@ def test_short_tail_padding_and_all_padding_chunks() -> None:
 
 
 def test_last_slot_of_last_block() -> None:
-    kv = _random_caches(
-        "flashinfer", 3, num_blocks=4, block_size=8, num_heads=2, head_size=16, dtype=torch.float32
+    kv = make_caches(
+        "flashinfer",
+        torch.float32,
+        num_layers=3,
+        num_blocks=4,
+        block_size=8,
+        num_heads=2,
+        head_size=16,
     )
     _check_all_isas(kv, [31, 30, 0], 2, "flashinfer")
 
 
 def test_non_contiguous_view() -> None:
     # Dims sliced out of a larger cache: head_stride != head_size, rows are not contiguous.
-    full = _random_caches(
-        "flash_attn", 17, num_blocks=4, block_size=4, num_heads=3, head_size=40, dtype=torch.float16
+    full = make_caches(
+        "flash_attn",
+        torch.float16,
+        num_layers=17,
+        num_blocks=4,
+        block_size=4,
+        num_heads=3,
+        head_size=40,
     )
     kv = [t[..., 4:36] for t in full]
     assert not kv[0].is_contiguous()
@@ -241,7 +225,16 @@ def test_block_tiles(layout: str, dtype: torch.dtype, block_size: int, head_size
     # vllm_cpu's K: consecutive slots of one 16-token span go through a transposed tile of the
     # span; lone slots are gathered element by element. Mix both, revisit blocks, and pad (HND:
     # the same slots through per-head segments).
-    kv = _random_caches(layout, 18, 4, block_size, 2, head_size, dtype, seed=block_size)
+    kv = make_caches(
+        layout,
+        dtype,
+        num_layers=18,
+        num_blocks=4,
+        block_size=block_size,
+        num_heads=2,
+        head_size=head_size,
+        seed=block_size,
+    )
     b = block_size
     slots = (
         list(range(2 * b, 3 * b))  # block 2 in order
@@ -255,16 +248,28 @@ def test_block_tiles(layout: str, dtype: torch.dtype, block_size: int, head_size
 
 
 def test_chunk_size_larger_than_slots() -> None:
-    kv = _random_caches(
-        "vllm_cpu", 4, num_blocks=3, block_size=4, num_heads=2, head_size=8, dtype=torch.float16
+    kv = make_caches(
+        "vllm_cpu",
+        torch.float16,
+        num_layers=4,
+        num_blocks=3,
+        block_size=4,
+        num_heads=2,
+        head_size=8,
     )
     per_layer, combined = _check_all_isas(kv, [5, 6, 7], 1000, "vllm_cpu")
     assert len(combined) == 1
 
 
 def test_combined_is_md5_of_layer_hex_digests() -> None:
-    kv = _random_caches(
-        "flash_attn", 5, num_blocks=2, block_size=4, num_heads=1, head_size=16, dtype=torch.float16
+    kv = make_caches(
+        "flash_attn",
+        torch.float16,
+        num_layers=5,
+        num_blocks=2,
+        block_size=4,
+        num_heads=1,
+        head_size=16,
     )
     per_layer, combined = ops.kv_chunk_md5(kv, [0, 1, 2, 3, 4], 2, "flash_attn")
     for c in range(3):
@@ -273,14 +278,14 @@ def test_combined_is_md5_of_layer_hex_digests() -> None:
 
 
 def test_thread_counts_agree() -> None:
-    kv = _random_caches(
+    kv = make_caches(
         "flash_attn",
-        20,
+        torch.bfloat16,
+        num_layers=20,
         num_blocks=8,
         block_size=4,
         num_heads=2,
         head_size=32,
-        dtype=torch.bfloat16,
     )
     slots = list(range(32))
     before = _native.num_threads()
@@ -298,8 +303,14 @@ def test_thread_counts_agree() -> None:
 
 
 def test_zero_slots() -> None:
-    kv = _random_caches(
-        "flash_attn", 3, num_blocks=2, block_size=4, num_heads=1, head_size=8, dtype=torch.float16
+    kv = make_caches(
+        "flash_attn",
+        torch.float16,
+        num_layers=3,
+        num_blocks=2,
+        block_size=4,
+        num_heads=1,
+        head_size=8,
     )
     assert ops.kv_chunk_md5(kv, torch.empty(0, dtype=torch.int64), 4, "flash_attn") == (
         [[], [], []],
@@ -310,8 +321,14 @@ def test_zero_slots() -> None:
 
 @pytest.mark.parametrize("bad", [8, 1000, -2])
 def test_out_of_range_slot_raises_index_error(bad: int) -> None:
-    kv = _random_caches(
-        "flash_attn", 2, num_blocks=2, block_size=4, num_heads=1, head_size=8, dtype=torch.float16
+    kv = make_caches(
+        "flash_attn",
+        torch.float16,
+        num_layers=2,
+        num_blocks=2,
+        block_size=4,
+        num_heads=1,
+        head_size=8,
     )
     with pytest.raises(IndexError, match=rf"slot_mapping\[2\] = {bad} "):
         ops.kv_chunk_md5(kv, [0, 1, bad, 3], 2, "flash_attn")
@@ -319,16 +336,16 @@ def test_out_of_range_slot_raises_index_error(bad: int) -> None:
 
 @pytest.mark.parametrize("chunk_size", [0, -4])
 def test_chunk_size_must_be_positive(chunk_size: int) -> None:
-    kv = _random_caches(
-        "mla", 1, num_blocks=2, block_size=4, num_heads=1, head_size=8, dtype=torch.float16
+    kv = make_caches(
+        "mla", torch.float16, num_layers=1, num_blocks=2, block_size=4, num_heads=1, head_size=8
     )
     with pytest.raises(ValueError, match="chunk_size must be >= 1"):
         ops.kv_chunk_md5(kv, [0, 1], chunk_size, "mla")
 
 
 def test_argument_types() -> None:
-    kv = _random_caches(
-        "mla", 1, num_blocks=2, block_size=4, num_heads=1, head_size=8, dtype=torch.float16
+    kv = make_caches(
+        "mla", torch.float16, num_layers=1, num_blocks=2, block_size=4, num_heads=1, head_size=8
     )
     with pytest.raises(TypeError, match="chunk_size"):
         ops.kv_chunk_md5(kv, [0, 1], 2.0, "mla")  # type: ignore[arg-type]
@@ -343,8 +360,8 @@ def test_argument_types() -> None:
 
 
 def test_uint64_slots_are_checked_not_wrapped_into_padding() -> None:
-    kv = _random_caches(
-        "mla", 1, num_blocks=2, block_size=4, num_heads=1, head_size=8, dtype=torch.float16
+    kv = make_caches(
+        "mla", torch.float16, num_layers=1, num_blocks=2, block_size=4, num_heads=1, head_size=8
     )
     # 2**64 - 1 would become -1 (padding, silently skipped) in a plain cast to int64.
     with pytest.raises(ValueError, match="fit in int64"):
@@ -354,8 +371,8 @@ def test_uint64_slots_are_checked_not_wrapped_into_padding() -> None:
 
 
 def test_int32_slot_tensor() -> None:
-    kv = _random_caches(
-        "hnd", 2, num_blocks=2, block_size=4, num_heads=2, head_size=8, dtype=torch.float16
+    kv = make_caches(
+        "hnd", torch.float16, num_layers=2, num_blocks=2, block_size=4, num_heads=2, head_size=8
     )
     got = ops.kv_chunk_md5(kv, torch.tensor([7, -1, 0], dtype=torch.int32), 2, "hnd")
     assert got == ref.kv_chunk_md5(kv, [7, -1, 0], 2, "hnd")
@@ -368,8 +385,8 @@ def test_int32_slot_tensor() -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.uint8], ids=str)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_cuda_matches_cpu(layout: str, dtype: torch.dtype) -> None:
-    kv = _random_caches(
-        layout, 6, num_blocks=6, block_size=16, num_heads=2, head_size=32, dtype=dtype
+    kv = make_caches(
+        layout, dtype, num_layers=6, num_blocks=6, block_size=16, num_heads=2, head_size=32
     )
     slots = torch.randperm(96, generator=torch.Generator().manual_seed(3))[:70]
     slots[5] = -1
@@ -382,8 +399,14 @@ def test_cuda_matches_cpu(layout: str, dtype: torch.dtype) -> None:
 @pytest.mark.cuda
 @pytest.mark.parametrize("head_size", [1, 7, 55, 64, 65])
 def test_cuda_generic_path_lengths(head_size: int) -> None:
-    kv = _random_caches(
-        "mla", 3, num_blocks=3, block_size=4, num_heads=1, head_size=head_size, dtype=torch.uint8
+    kv = make_caches(
+        "mla",
+        torch.uint8,
+        num_layers=3,
+        num_blocks=3,
+        block_size=4,
+        num_heads=1,
+        head_size=head_size,
     )
     slots = [11, 0, -1, 5, 3]
     assert ops.kv_chunk_md5([t.cuda() for t in kv], slots, 2, "mla") == ref.kv_chunk_md5(
@@ -393,14 +416,36 @@ def test_cuda_generic_path_lengths(head_size: int) -> None:
 
 @pytest.mark.cuda
 def test_cuda_out_of_range_slot() -> None:
-    kv = [t.cuda() for t in _random_caches("flash_attn", 2, 2, 4, 1, 64, torch.float16)]
+    kv = [
+        t.cuda()
+        for t in make_caches(
+            "flash_attn",
+            torch.float16,
+            num_layers=2,
+            num_blocks=2,
+            block_size=4,
+            num_heads=1,
+            head_size=64,
+        )
+    ]
     with pytest.raises(IndexError, match=r"slot_mapping\[3\] = 8 "):
         ops.kv_chunk_md5(kv, torch.tensor([0, 1, -1, 8], device="cuda"), 2, "flash_attn")
 
 
 @pytest.mark.cuda
 def test_cuda_zero_slots_and_padding() -> None:
-    kv = [t.cuda() for t in _random_caches("flash_attn", 2, 2, 4, 1, 64, torch.float16)]
+    kv = [
+        t.cuda()
+        for t in make_caches(
+            "flash_attn",
+            torch.float16,
+            num_layers=2,
+            num_blocks=2,
+            block_size=4,
+            num_heads=1,
+            head_size=64,
+        )
+    ]
     assert ops.kv_chunk_md5(
         kv, torch.empty(0, dtype=torch.int64, device="cuda"), 2, "flash_attn"
     ) == ([[], []], [])

@@ -353,3 +353,18 @@ def test_expand_cuda_matches_cpu() -> None:
     cuda_from_cuda = ops.expand_slot_ranges(ranges.cuda(), device="cuda")
     assert torch.equal(cuda_from_cuda.cpu(), cpu)
     assert ops.expand_slot_ranges(ranges[:0], device="cuda").numel() == 0
+
+
+def test_compress_runs_ending_at_int64_max_do_not_overflow() -> None:
+    """A run's last value is formed as start + (length - 1): for a run ending at INT64_MAX,
+    start + length would overflow int64 (undefined behaviour that UBSan reports)."""
+    tail = list(range(INT64_MAX - 6, INT64_MAX + 1))  # 7 values ending at INT64_MAX
+    slots = [3, 4, 5, 6, 9, *tail]
+    assert ops.compress_slot_mapping(slots) == [[3, 6], 9, [INT64_MAX - 6, INT64_MAX]]
+    assert ops.compress_slot_ranges(slots).tolist() == [
+        [3, 6],
+        [9, 9],
+        [INT64_MAX - 6, INT64_MAX],
+    ]
+    assert ops.compress_slot_mapping([INT64_MAX - 1, INT64_MAX]) == [INT64_MAX - 1, INT64_MAX]
+    assert ops.compress_slot_ranges(tail[-3:]).tolist() == [[INT64_MAX - 2, INT64_MAX]]

@@ -10,16 +10,12 @@ index math, no AMX instruction is involved (the comparison with vLLM's own write
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
+from kernel_testlib import assert_same_bytes, random_bits, sentinel_like
 from lmcache_native import _native
 from lmcache_native.ops import (
     LAYOUTS,
-    copy_isa,
-    copy_set_isa,
-    copy_supported_isas,
     describe,
     kv_cache_shape,
     kv_chunk_md5,
@@ -32,48 +28,17 @@ from lmcache_native.ops.kv_chunk_md5 import md5_isa, md5_set_isa, md5_supported_
 from lmcache_native.testing import reference as ref
 
 AMX = "vllm_cpu_amx"
-SENTINEL = 0xA5
 NUM_BLOCKS, HEADS, HEAD = 4, 2, 32
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 BLOCKS = [32, 64]
-_INT_OF_WIDTH = {2: torch.int16, 4: torch.int32}
 
 
-@pytest.fixture(autouse=True, params=copy_supported_isas())
-def isa(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Forces the CPU copy instruction set (``sse2``, ``avx2``) for the test, then restores it."""
-    before = copy_isa()
-    copy_set_isa(request.param)
-    yield request.param
-    copy_set_isa(before)
-
-
-def random_bits(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor:
-    """Uniform random bit patterns of ``dtype`` (NaN/Inf patterns included)."""
-    width = torch.empty((), dtype=dtype).element_size()
-    gen = torch.Generator().manual_seed(seed)
-    raw = torch.randint(0, 256, (*shape, width), dtype=torch.uint8, generator=gen)
-    return raw.view(_INT_OF_WIDTH[width]).view(dtype).reshape(shape)
+pytestmark = pytest.mark.usefixtures("each_copy_isa")
 
 
 def caches(dtype: torch.dtype, block: int, layers: int = 2, seed: int = 0) -> list[torch.Tensor]:
     shape = kv_cache_shape(AMX, NUM_BLOCKS, block, HEADS, HEAD)
     return [random_bits(shape, dtype, seed + i) for i in range(layers)]
-
-
-def sentinel_like(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    t = torch.empty(shape, dtype=dtype)
-    t.view(torch.uint8).fill_(SENTINEL)
-    return t
-
-
-def assert_same_bytes(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    a = actual.contiguous().view(torch.uint8).reshape(-1)
-    e = expected.contiguous().view(torch.uint8).reshape(-1)
-    assert a.shape == e.shape
-    if not torch.equal(a, e):
-        bad = (a != e).nonzero().reshape(-1)
-        pytest.fail(f"{bad.numel()} bytes differ, first at byte {int(bad[0])}")
 
 
 def mixed_slots(block: int) -> list[int]:
@@ -124,7 +89,7 @@ def test_gather_matches_reference(dtype: torch.dtype, block: int) -> None:
 def test_scatter_matches_reference(dtype: torch.dtype, block: int) -> None:
     cs = [sentinel_like(tuple(c.shape), dtype) for c in caches(dtype, block)]
     slots = mixed_slots(block)
-    chunk = random_bits(chunk_shape(cs, len(slots)), dtype, seed=9)
+    chunk = random_bits(chunk_shape(cs, len(slots)), dtype, 9)
     exp = [c.clone() for c in cs]
     ref.paged_kv_scatter(chunk, exp, slots, AMX)
     paged_kv_scatter(chunk, cs, torch.tensor(slots, dtype=torch.int32), AMX)
@@ -173,7 +138,7 @@ def test_scatter_chunks_matches_per_chunk_reference(dtype: torch.dtype, block: i
     cs = [sentinel_like(tuple(c.shape), dtype) for c in caches(dtype, block)]
     slots = mixed_slots(block)
     sizes = chunk_sizes(len(slots), block)
-    chunks = [random_bits(chunk_shape(cs, n), dtype, seed=20 + i) for i, n in enumerate(sizes)]
+    chunks = [random_bits(chunk_shape(cs, n), dtype, 20 + i) for i, n in enumerate(sizes)]
     exp = [c.clone() for c in cs]
     begin = 0
     for chunk, n in zip(chunks, sizes, strict=True):
@@ -250,7 +215,7 @@ def test_bad_slot_raises_index_error_and_writes_nothing(bad: int) -> None:
     with pytest.raises(IndexError, match=rf"slot_mapping\[3\] = {bad}"):
         paged_kv_gather(cs, slots, out, AMX)
     assert_same_bytes(out, sentinel_like(tuple(out.shape), torch.bfloat16))
-    chunk = random_bits(tuple(out.shape), torch.bfloat16, seed=1)
+    chunk = random_bits(tuple(out.shape), torch.bfloat16, 1)
     with pytest.raises(IndexError, match=rf"slot_mapping\[3\] = {bad}"):
         paged_kv_scatter(chunk, cs, slots, AMX)
     with pytest.raises(IndexError, match=rf"slot_mapping\[3\] = {bad}"):
@@ -292,11 +257,16 @@ def test_bindings_refuse_the_packed_layout_on_a_device() -> None:
     kv = describe(cs, AMX)
     slots = torch.tensor([0, 1], dtype=torch.int64)
     out = sentinel_like(chunk_shape(cs, 2), torch.bfloat16)
-    args = (kv.layer_ptrs, kv.flat, int(slots.data_ptr()), 2, 8)
+    args = (kv.layer_ptrs, kv.layout, int(slots.data_ptr()), 2, 8, int(out.data_ptr()))
+    cuda = (0, 0, 0, True)  # device, stream, bad_pos, blocking: refused before they are read
     with pytest.raises(ValueError, match="packed .* CPU caches"):
-        _native.C.paged_kv_gather(*args, int(out.data_ptr()), 0, 0, 0)
+        _native.C.paged_kv_gather_cuda(*args, *cuda)
     with pytest.raises(ValueError, match="packed .* CPU caches"):
-        _native.C.paged_kv_scatter(int(out.data_ptr()), *args, 0, 0, 0)
+        _native.C.paged_kv_scatter_cuda(*args, *cuda)
+    with pytest.raises(ValueError, match="packed .* CPU caches"):
+        _native.C.kv_chunk_md5_cuda(
+            kv.layer_ptrs, 0, kv.layout, int(slots.data_ptr()), 2, 2, 0, 0, 0, 0
+        )
     assert_same_bytes(out, sentinel_like(tuple(out.shape), torch.bfloat16))
 
 

@@ -1,0 +1,230 @@
+"""The CUDA paged copies against the reference and the CPU twins (marked ``cuda``: they run where
+the build has CUDA kernels and torch sees a GPU, e.g. benchmarks/gpu/run.sh)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_testlib import (
+    CHUNK_SIZES,
+    DTYPES,
+    LAYOUTS,
+    STRIDED_KINDS,
+    assert_same_bytes,
+    chunk_shape,
+    expected_gather,
+    expected_gather_chunks,
+    expected_scatter,
+    expected_scatter_chunks,
+    make_caches,
+    mixed_slots,
+    random_bits,
+    random_chunks,
+    sentinel_chunks,
+    sentinel_like,
+    strided_views,
+    to_cuda,
+)
+from lmcache_native.ops import (
+    describe,
+    paged_kv_gather,
+    paged_kv_gather_chunks,
+    paged_kv_scatter,
+    paged_kv_scatter_chunks,
+)
+from lmcache_native.testing import reference as ref
+
+# --- CUDA ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_cuda_gather_scatter_match_reference(layout: str, dtype: torch.dtype) -> None:
+    caches = make_caches(layout, dtype)
+    slots = mixed_slots(20, 4)
+    exp_out = expected_gather(caches, slots, layout)
+    out = sentinel_like(tuple(exp_out.shape), dtype, "cuda")
+    paged_kv_gather(to_cuda(caches), torch.tensor(slots, device="cuda"), out, layout)
+    assert_same_bytes(out, exp_out)
+
+    dst = [sentinel_like(tuple(c.shape), dtype) for c in caches]
+    chunk = random_bits(tuple(exp_out.shape), dtype, torch.Generator().manual_seed(8))
+    exp = expected_scatter(chunk, dst, slots, layout)
+    dst_cuda = to_cuda(dst)
+    paged_kv_scatter(chunk.cuda(), dst_cuda, torch.tensor(slots, device="cuda"), layout)
+    for got, want in zip(dst_cuda, exp, strict=True):
+        assert_same_bytes(got, want)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_cuda_cpu_parity(layout: str) -> None:
+    """The CPU twin and the CUDA kernel produce the same bytes on the same input."""
+    caches = make_caches(
+        layout, torch.bfloat16, num_blocks=16, block_size=16, num_heads=4, head_size=64
+    )
+    gen = torch.Generator().manual_seed(21)
+    slots = torch.randperm(256, generator=gen)[:100]
+    slots[::7] = -1
+    out_cpu = sentinel_like(chunk_shape(caches, layout, 100), torch.bfloat16)
+    out_gpu = sentinel_like(tuple(out_cpu.shape), torch.bfloat16, "cuda")
+    paged_kv_gather(caches, slots, out_cpu, layout)
+    paged_kv_gather(to_cuda(caches), slots.cuda(), out_gpu, layout)
+    assert_same_bytes(out_gpu, out_cpu)
+
+    chunk = random_bits(tuple(out_cpu.shape), torch.bfloat16, gen)
+    cpu_dst = [c.clone() for c in caches]
+    gpu_dst = to_cuda(caches)
+    paged_kv_scatter(chunk, cpu_dst, slots, layout)
+    paged_kv_scatter(chunk.cuda(), gpu_dst, slots.cuda(), layout)
+    for g, c in zip(gpu_dst, cpu_dst, strict=True):
+        assert_same_bytes(g, c)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("layout", ["flash_attn", "hnd", "mla"])
+def test_cuda_pinned_host_chunk(layout: str) -> None:
+    caches = make_caches(
+        layout, torch.float16, num_blocks=8, block_size=16, num_heads=2, head_size=64
+    )
+    slots = [*range(16, 48), -1, 127]
+    exp_out = expected_gather(caches, slots, layout)
+    out = sentinel_like(tuple(exp_out.shape), torch.float16).pin_memory()
+    paged_kv_gather(to_cuda(caches), torch.tensor(slots), out, layout)  # CPU slot_mapping too
+    assert_same_bytes(out, exp_out)
+
+    chunk = random_bits(
+        tuple(exp_out.shape), torch.float16, torch.Generator().manual_seed(4)
+    ).pin_memory()
+    dst = [sentinel_like(tuple(c.shape), torch.float16) for c in caches]
+    exp = expected_scatter(chunk, dst, slots, layout)
+    dst_cuda = to_cuda(dst)
+    paged_kv_scatter(chunk, dst_cuda, torch.tensor(slots, device="cuda"), layout)
+    for got, want in zip(dst_cuda, exp, strict=True):
+        assert_same_bytes(got, want)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", STRIDED_KINDS)
+def test_cuda_non_contiguous_cache(kind: str) -> None:
+    bases, cut, layout = strided_views(kind)
+    caches = cut(bases)
+    num_slots = describe(caches, layout).num_slots
+    slots = [num_slots - 1, 3, 4, 5, -1, 0, 9]
+    exp_out = expected_gather(caches, slots, layout)
+    gpu_bases = to_cuda(bases)
+    out = sentinel_like(tuple(exp_out.shape), exp_out.dtype, "cuda")
+    paged_kv_gather(cut(gpu_bases), torch.tensor(slots, device="cuda"), out, layout)
+    assert_same_bytes(out, exp_out)
+
+    chunk = random_bits(tuple(exp_out.shape), exp_out.dtype, torch.Generator().manual_seed(5))
+    exp_bases = [b.clone() for b in bases]
+    ref.paged_kv_scatter(chunk, cut(exp_bases), slots, layout)
+    paged_kv_scatter(chunk.cuda(), cut(gpu_bases), torch.tensor(slots, device="cuda"), layout)
+    for got, want in zip(gpu_bases, exp_bases, strict=True):
+        assert_same_bytes(got, want)
+
+
+@pytest.mark.cuda
+def test_cuda_out_of_range_slot_writes_nothing() -> None:
+    caches = to_cuda(make_caches("flash_attn", torch.bfloat16))
+    slots = torch.tensor([0, 1, 19, -1, 20, 3], device="cuda", dtype=torch.int32)
+    out = sentinel_like(chunk_shape(caches, "flash_attn", 6), torch.bfloat16, "cuda")
+    with pytest.raises(IndexError, match=r"slot_mapping\[4\] = 20\b"):
+        paged_kv_gather(caches, slots, out, "flash_attn")
+    assert_same_bytes(out, sentinel_like(tuple(out.shape), torch.bfloat16))
+    before = [c.clone() for c in caches]
+    with pytest.raises(IndexError, match=r"slot_mapping\[4\] = 20\b"):
+        paged_kv_scatter(out, caches, slots, "flash_attn")
+    for c, b in zip(caches, before, strict=True):
+        assert_same_bytes(c, b)
+
+
+@pytest.mark.cuda
+def test_cuda_more_layers_than_one_launch() -> None:
+    caches = make_caches(
+        "flashinfer", torch.float16, num_layers=300, num_blocks=2, num_heads=1, head_size=8
+    )
+    slots = [7, 0, -1, 3]
+    exp_out = expected_gather(caches, slots, "flashinfer")
+    out = sentinel_like(tuple(exp_out.shape), torch.float16, "cuda")
+    paged_kv_gather(to_cuda(caches), torch.tensor(slots, device="cuda"), out, "flashinfer")
+    assert_same_bytes(out, exp_out)
+
+
+@pytest.mark.cuda
+def test_cuda_device_rules() -> None:
+    caches = to_cuda(make_caches("flash_attn", torch.float16))
+    slots = torch.tensor([0, 1], device="cuda")
+    shape = chunk_shape(caches, "flash_attn", 2)
+    with pytest.raises(ValueError, match="pinned"):
+        paged_kv_gather(caches, slots, torch.empty(shape, dtype=torch.float16), "flash_attn")
+    with pytest.raises(ValueError, match="slot_mapping must be on the cache's device"):
+        paged_kv_gather(
+            make_caches("flash_attn", torch.float16),
+            slots,
+            torch.empty(shape, dtype=torch.float16),
+            "flash_attn",
+        )
+    with pytest.raises(ValueError, match="chunk must be on the CPU"):
+        paged_kv_scatter(
+            torch.empty(shape, dtype=torch.float16, device="cuda"),
+            make_caches("flash_attn", torch.float16),
+            slots.cpu(),
+            "flash_attn",
+        )
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_cuda_chunks_match_per_chunk_reference(layout: str) -> None:
+    caches = make_caches(layout, torch.bfloat16)
+    slots = mixed_slots(20, 4)
+    want = expected_gather_chunks(caches, slots, CHUNK_SIZES, layout)
+    outs = sentinel_chunks(caches, layout, CHUNK_SIZES, "cuda")
+    paged_kv_gather_chunks(to_cuda(caches), torch.tensor(slots, device="cuda"), outs, layout)
+    for got, exp in zip(outs, want, strict=True):
+        assert_same_bytes(got, exp)
+
+    dst = [sentinel_like(tuple(c.shape), torch.bfloat16) for c in caches]
+    chunks = random_chunks(caches, layout, CHUNK_SIZES, seed=8)
+    exp_caches = expected_scatter_chunks(chunks, dst, slots, layout)
+    dst_cuda = to_cuda(dst)
+    paged_kv_scatter_chunks(
+        [c.pin_memory() for c in chunks], dst_cuda, torch.tensor(slots, device="cuda"), layout
+    )
+    for got, exp in zip(dst_cuda, exp_caches, strict=True):
+        assert_same_bytes(got, exp)
+
+
+@pytest.mark.cuda
+def test_cuda_chunks_more_than_one_launch_and_bad_slot() -> None:
+    """More chunks than one launch carries (kMaxChunksPerLaunch = 64), empty ones among them;
+    then a bad slot in the last chunk writes nothing to any chunk."""
+    caches = make_caches(
+        "flash_attn", torch.float16, num_layers=2, num_blocks=40, block_size=4, num_heads=2
+    )
+    gen = torch.Generator().manual_seed(3)
+    slots = torch.randperm(160, generator=gen)[:150]
+    slots[::11] = -1
+    sizes = [2, 0, 1, 3] * 25 + [0] * 5 + [0, 0]  # 102 chunks, 150 tokens
+    sizes[-1] = 150 - sum(sizes)
+    want = expected_gather_chunks(caches, slots.tolist(), sizes, "flash_attn")
+    outs = sentinel_chunks(caches, "flash_attn", sizes, "cuda")
+    gpu = to_cuda(caches)
+    paged_kv_gather_chunks(gpu, slots.cuda(), outs, "flash_attn")
+    for got, exp in zip(outs, want, strict=True):
+        assert_same_bytes(got, exp)
+    cpu_dst = [c.clone() for c in caches]
+    paged_kv_scatter_chunks([o.cpu() for o in outs], cpu_dst, slots, "flash_attn")
+    paged_kv_scatter_chunks(outs, gpu, slots.cuda(), "flash_attn")
+    for g, c in zip(gpu, cpu_dst, strict=True):
+        assert_same_bytes(g, c)
+
+    slots[-1] = 160
+    outs = sentinel_chunks(caches, "flash_attn", sizes, "cuda")
+    with pytest.raises(IndexError, match=r"slot_mapping\[149\] = 160\b"):
+        paged_kv_gather_chunks(gpu, slots.cuda(), outs, "flash_attn")
+    for out in outs:
+        assert_same_bytes(out, sentinel_like(tuple(out.shape), torch.float16))
