@@ -37,21 +37,6 @@ class StoreWatch:
     had: list[bool]
 
 
-def event_tier(engine: CacheEngine | None) -> Any:
-    """The tier a store writes first (whose events are reported), or ``None``."""
-    if engine is None:
-        return None
-    storage = engine.storage
-    for name in engine.all_backends():
-        if storage.is_bypassed(name):
-            continue
-        tier = storage.backend(name)
-        if tier is storage.cpu and not getattr(tier, "hot_cache_enabled", True):
-            continue
-        return tier
-    return None
-
-
 class KVEventLog:
     """The KV events of one worker, and the stored chunks it follows for ``BlockRemoved``.
 
@@ -76,7 +61,7 @@ class KVEventLog:
         prev_hash: str | None,
     ) -> StoreWatch:
         """Before a store of ``tokens`` (at ``begin``): the tier, the chunks, which it holds."""
-        tier = event_tier(engine)
+        tier = engine.store_tier()
         parent = bytes.fromhex(prev_hash) if prev_hash else None
         spans = engine.chunk_spans(tokens, extras, offset=begin, prev_hash=prev_hash)
         if tier is None or not spans:
@@ -131,13 +116,12 @@ class KVEventLog:
         """
         if engine is None or not self._reported:
             return
-        storage = engine.storage
         by_tier: dict[str, list[str]] = {}
         for key, (_, name) in self._reported.items():
             by_tier.setdefault(name, []).append(key)
         for name, keys in by_tier.items():
             try:
-                tier = storage.backend(name)
+                tier = engine.backend(name)
             except Exception:  # a tier that went away
                 continue
             st = tier.stats()
