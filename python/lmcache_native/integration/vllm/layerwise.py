@@ -26,6 +26,7 @@ from lmcache_native import ops
 from lmcache_native.engine import CacheEngine
 from lmcache_native.engine.keys import ChunkSpan, KeyExtras
 from lmcache_native.engine.metadata import StoreResult
+from lmcache_native.storage.base import ChunkBufferLike
 
 logger = logging.getLogger("lmcache_native.integration.vllm")
 
@@ -66,20 +67,50 @@ class LayerCaches:
         """Layers registered."""
         return len(self.names)
 
-    def staging(self, num_tokens: int) -> torch.Tensor:
-        """A layer-major tensor for ``num_tokens`` rows of every layer.
+    def layer_views(self, staging: torch.Tensor) -> tuple[list[torch.Tensor], str]:
+        """``staging`` (from :class:`Staging`) seen as a paged cache of one-token blocks.
 
         Returns:
-            ``[num_layers, num_kv, num_tokens, row]`` in the caches' dtype, on the CPU (pinned
-            for a CUDA cache, which the native copies accept as chunk memory); ``t[i]`` viewed
-            as ``[num_kv, 1, num_tokens, row]`` is a contiguous one-layer chunk.
+            One view per layer and its layout (``flash_attn``, or ``mla`` for one KV row), so
+            the native batched copies move whole chunk buffers to and from the layer-major
+            staging rows: row ``r`` of layer ``i`` is slot ``r``.
         """
-        p = self.paged
-        return torch.empty(
-            (p.num_layers, p.num_kv, num_tokens, p.row_elems),
-            dtype=p.dtype,
-            pin_memory=p.device.type == "cuda",
-        )
+        n, row = int(staging.shape[2]), self.paged.row_elems
+        if self.paged.num_kv == 1:
+            return [staging[i].view(n, 1, row) for i in range(self.num_layers)], "mla"
+        return [staging[i].view(2, n, 1, 1, row) for i in range(self.num_layers)], "flash_attn"
+
+
+class Staging:
+    """A reused layer-major buffer: ``[num_layers, num_kv, num_tokens, row]`` rows.
+
+    ``t[i]`` viewed as ``[num_kv, 1, num_tokens, row]`` is a contiguous one-layer chunk, which
+    the native copies take for a single layer. The memory is kept between steps (a fresh
+    allocation pays its page faults on every step) and grows to the largest step seen; on the
+    CPU for a CPU cache, pinned for a CUDA cache.
+
+    Args:
+        caches: the caches whose rows it holds.
+    """
+
+    def __init__(self, caches: LayerCaches) -> None:
+        """No memory until :meth:`get`."""
+        self.caches = caches
+        self._flat: torch.Tensor | None = None
+
+    def get(self, num_tokens: int) -> torch.Tensor:
+        """A contiguous ``[num_layers, num_kv, num_tokens, row]`` view of the buffer."""
+        p = self.caches.paged
+        shape = (p.num_layers, p.num_kv, num_tokens, p.row_elems)
+        need = p.num_layers * p.num_kv * num_tokens * p.row_elems
+        if self._flat is None or self._flat.numel() < need:
+            self._flat = None
+            self._flat = torch.empty(need, dtype=p.dtype, pin_memory=p.device.type == "cuda")
+        return self._flat[:need].view(shape)
+
+    def release(self) -> None:
+        """Lets the memory go."""
+        self._flat = None
 
 
 @dataclass
@@ -132,6 +163,7 @@ class LayerwiseSaver:
         self._plans: dict[int, _Planned] = {}  # id(job) -> plan
         self._jobs: list[StoreJob] = []  # keeps the ids above valid
         self._slots = torch.empty(0, dtype=torch.int64)
+        self._buffer = Staging(caches)
         self._staging: torch.Tensor | None = None
         self._captured: list[bool] = []
         self.layers_saved = 0  # layers copied out (tests, logs)
@@ -162,7 +194,7 @@ class LayerwiseSaver:
             self._plans[id(job)] = plan
         self._jobs = list(jobs)
         self._slots = torch.cat(rows) if rows else torch.empty(0, dtype=torch.int64)
-        self._staging = self.caches.staging(total) if total else None
+        self._staging = self._buffer.get(total) if total else None
         self._captured = [False] * self.caches.num_layers
 
     def _plan(self, job: StoreJob, first_row: int) -> _Planned:
@@ -234,38 +266,29 @@ class LayerwiseSaver:
             if plan.num_spans:
                 m.skipped_stores.labels(reason=plan.reason).inc(plan.num_spans)
             return StoreResult(n, 0, plan.num_spans, plan.reason)
-        storage = eng.storage
         paged = self.caches.paged
-        staging = self._staging
-        stored = nbytes = 0
-        skipped = plan.skipped + plan.stopped
+        stored = skipped = 0
         reason: str | None = None
-        left = len(plan.todo)
-        for span, key, rewrite, row in plan.todo:
-            left -= 1
-            assert staging is not None  # planned chunks have rows
-            buf = storage.allocate(paged.chunk_shape(span.num_tokens), paged.dtype)
+        batch: list[tuple[ChunkSpan, str, bool, int, ChunkBufferLike]] = []
+        for i, (span, key, rewrite, row) in enumerate(plan.todo):
+            shape = paged.chunk_shape(span.num_tokens)
+            buf = eng.storage.allocate(shape, paged.dtype)
+            if buf is None and batch:
+                # NOTE: the pool is full and the batch holds buffers the CPU tier cannot evict
+                # yet: store them first, then ask again (as the engine's store does).
+                done, missed, reason = self._put_batch(batch, reason)
+                stored, skipped, batch = stored + done, skipped + missed, []
+                buf = eng.storage.allocate(shape, paged.dtype)
             if buf is None:
-                reason = reason or "out of memory"
-                skipped += left + 1
-                m.skipped_stores.labels(reason="out of memory").inc(left + 1)
+                left = len(plan.todo) - i
+                reason, skipped = reason or "out of memory", skipped + left
+                m.skipped_stores.labels(reason="out of memory").inc(left)
                 break
-            try:
-                buf.tensor.copy_(staging[:, :, row : row + span.num_tokens].transpose(0, 1))
-                written = storage.put(key, buf, rewrite=rewrite)
-            finally:
-                buf.unref()
-            if not written:
-                reason = reason or "storage full"
-                skipped += 1
-                m.skipped_stores.labels(reason="storage full").inc()
-                continue
-            stored += span.num_tokens
-            nbytes += buf.nbytes
-        if stored:
-            m.stored_tokens.inc(stored)
-            m.stored_bytes.inc(nbytes)
-            m.copy_bytes.labels(direction="gather").inc(nbytes)
+            batch.append((span, key, rewrite, row, buf))
+        if batch:
+            done, missed, reason = self._put_batch(batch, reason)
+            stored, skipped = stored + done, skipped + missed
+        skipped += plan.skipped + plan.stopped
         if plan.stop is not None:
             reason = reason or plan.stop
             m.skipped_stores.labels(reason=plan.stop).inc(plan.stopped)
@@ -275,6 +298,41 @@ class LayerwiseSaver:
         if reason is None and not eng.config.get("save_unfull_chunk") and n % eng.chunk_size:
             reason = "unfull chunk not saved"
         return StoreResult(n, stored, skipped, reason)
+
+    def _put_batch(
+        self, batch: list[tuple[ChunkSpan, str, bool, int, ChunkBufferLike]], reason: str | None
+    ) -> tuple[int, int, str | None]:
+        """Fills ``batch``'s buffers from the staging rows (one native call) and puts them.
+
+        Takes over the buffers' references. Returns ``(tokens stored, chunks not written,
+        reason)``.
+        """
+        m = self.engine.metrics
+        stored = skipped = nbytes = 0
+        try:
+            staging = self._staging
+            assert staging is not None  # planned chunks have rows
+            views, layout = self.caches.layer_views(staging)
+            rows = torch.cat(
+                [torch.arange(r, r + s.num_tokens, dtype=torch.int64) for s, _, _, r, _ in batch]
+            )
+            ops.paged_kv_gather_chunks(views, rows, [b.tensor for *_, b in batch], layout)
+            for span, key, rewrite, _, buf in batch:
+                if self.engine.storage.put(key, buf, rewrite=rewrite):
+                    stored += span.num_tokens
+                    nbytes += buf.nbytes
+                else:
+                    reason = reason or "storage full"
+                    skipped += 1
+                    m.skipped_stores.labels(reason="storage full").inc()
+        finally:
+            for *_, buf in batch:
+                buf.unref()
+        if stored:
+            m.stored_tokens.inc(stored)
+            m.stored_bytes.inc(nbytes)
+            m.copy_bytes.labels(direction="gather").inc(nbytes)
+        return stored, skipped, reason
 
     def end(self) -> None:
         """Forgets the step (plans and staging)."""

@@ -30,7 +30,7 @@ from lmcache_native import ops
 from lmcache_native.engine import CacheEngine
 from lmcache_native.engine.keys import ChunkSpan, KeyExtras
 from lmcache_native.engine.metadata import RetrieveResult
-from lmcache_native.integration.vllm.layerwise import LayerCaches
+from lmcache_native.integration.vllm.layerwise import LayerCaches, Staging
 from lmcache_native.storage.base import ChunkBufferLike
 
 logger = logging.getLogger("lmcache_native.integration.vllm")
@@ -68,6 +68,7 @@ class LayerwiseLoad:
         engine: the worker's engine (keys, tiers, metrics).
         caches: the caches the engine registered.
         jobs: the step's loads.
+        staging: the layer-major buffer to use (reused across steps; a new one when ``None``).
         before_layer: called by the thread with a layer's index before it writes that layer
             (tracing; tests hold a layer back with it).
     """
@@ -77,9 +78,11 @@ class LayerwiseLoad:
         engine: CacheEngine,
         caches: LayerCaches,
         jobs: Sequence[LoadJob],
+        staging: Staging | None = None,
         before_layer: Callable[[int], None] | None = None,
     ) -> None:
         """Prepares the load; :meth:`start` runs it."""
+        self.staging = staging if staging is not None else Staging(caches)
         self.before_layer = before_layer
         self.engine = engine
         self.caches = caches
@@ -172,19 +175,18 @@ class LayerwiseLoad:
         if not bufs:
             return
         c = self.caches
-        all_slots = torch.cat(slots)
-        p = c.paged
-        row = torch.empty(
-            (p.num_kv, all_slots.numel(), p.row_elems),
-            dtype=p.dtype,
-            pin_memory=p.device.type == "cuda",
-        )
+        slot_map = torch.cat(slots)
+        num_tokens = int(slot_map.numel())
+        staging = self.staging.get(num_tokens)
         t0 = time.perf_counter()
+        # Chunk buffers -> layer-major rows (one native call), then one layer at a time.
+        views, layout = c.layer_views(staging)
+        rows = torch.arange(num_tokens, dtype=torch.int64)
+        ops.paged_kv_scatter_chunks([b.tensor for b in bufs], views, rows, layout)
         for i, cache in enumerate(c.caches):
             if self.before_layer is not None:
                 self.before_layer(i)
-            torch.cat([buf.tensor[:, i] for buf in bufs], dim=1, out=row)
-            ops.paged_kv_scatter(row.unsqueeze(1), [cache], all_slots, c.layout)
+            ops.paged_kv_scatter(staging[i].unsqueeze(1), [cache], slot_map, c.layout)
             self.layers_loaded += 1
             self._ready[i].set()
         m = self.engine.metrics

@@ -24,7 +24,12 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from lmcache_native.engine.metadata import StoreResult
-from lmcache_native.integration.vllm.layerwise import LayerCaches, LayerwiseSaver, StoreJob
+from lmcache_native.integration.vllm.layerwise import (
+    LayerCaches,
+    LayerwiseSaver,
+    Staging,
+    StoreJob,
+)
 from lmcache_native.integration.vllm.layerwise_load import LayerwiseLoad, LoadJob
 from lmcache_native.integration.vllm.metadata import LMCacheNativeConnectorMetadata, LoadSpec
 
@@ -49,6 +54,7 @@ class LayerwisePipeline:
         self._saver: LayerwiseSaver | None = None
         self._planned: list[tuple[PlannedSave, StoreJob]] | None = None
         self._load: LayerwiseLoad | None = None
+        self._load_staging: Staging | None = None  # reused by every step's load
         self._load_specs: list[LoadSpec] = []
         self._load_t0 = 0.0
         self.last_load: LayerwiseLoad | None = None  # the most recent load (tests, logs)
@@ -91,7 +97,9 @@ class LayerwisePipeline:
             jobs.append(LoadJob(spec.token_ids, w._load_slots(spec), spec.extras))
         if not jobs:
             return
-        self._load = LayerwiseLoad(w.engine, caches, jobs)
+        if self._load_staging is None:
+            self._load_staging = Staging(caches)
+        self._load = LayerwiseLoad(w.engine, caches, jobs, self._load_staging)
         self._load_specs = specs
         self._load_t0 = time.perf_counter()
         self._load.start()
