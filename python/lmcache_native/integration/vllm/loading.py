@@ -203,27 +203,8 @@ class LoadPath(WorkerState):
             return
         first_missing, dt = outcome
         loaded = first_missing - spec.start
-        self.stats.load_requests += 1
-        self.stats.loaded_tokens += loaded
-        vs = self.vllm_stats
-        vs.add("load_requests")
-        vs.add("loaded_bytes", loaded * self._bytes_per_token)
-        vs.add("load_seconds", dt)
-        if self.rank == 0:
-            vs.add("loaded_tokens", loaded)
-        if self.metrics is not None:
-            self.metrics.loaded_tokens.inc(loaded)
+        self._count_transfer("retrieve", spec.req_id, loaded, spec.end - spec.start, dt)
         self._fail_load(spec, first_missing)
-        nbytes = loaded * self._bytes_per_token
-        logger.info(
-            "LMCacheNativeConnector retrieve %s: %d/%d tokens, %d bytes, %.3f ms, %.2f GB/s",
-            spec.req_id,
-            loaded,
-            spec.end - spec.start,
-            nbytes,
-            dt * 1e3,
-            nbytes / dt / 1e9 if dt > 0 else 0.0,
-        )
 
     def take_load_errors(self) -> set[int]:
         """Blocks that loads of this step could not fill (then forgotten)."""

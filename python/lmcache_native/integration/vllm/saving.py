@@ -188,29 +188,9 @@ class SavePath(WorkerState):
         """Counts, reports and logs a store that ran (on the forward thread)."""
         p, result, dt = done.planned, done.result, done.seconds
         stored = int(result.num_stored_tokens)
-        self.stats.store_requests += 1
-        self.stats.stored_tokens += stored
-        vs = self.vllm_stats
-        vs.add("store_requests")
-        vs.add("stored_bytes", stored * self._bytes_per_token)
-        vs.add("save_seconds", dt)
-        if self.rank == 0:
-            vs.add("stored_tokens", stored)
         if done.watch is not None:
             self.kv_events.stored(done.watch, p.tokens, p.state.extras, stored, offset=p.begin)
-        if self.metrics is not None:
-            self.metrics.stored_tokens.inc(stored)
-        nbytes = stored * self._bytes_per_token
-        logger.info(
-            "LMCacheNativeConnector store %s: %d/%d tokens, %d bytes, %.3f ms, %.2f GB/s%s",
-            p.req_id,
-            stored,
-            p.n,
-            nbytes,
-            dt * 1e3,
-            nbytes / dt / 1e9 if dt > 0 else 0.0,
-            f" ({result.reason})" if result.reason else "",
-        )
+        self._count_transfer("store", p.req_id, stored, p.n, dt, result.reason)
 
     # -- background stores -------------------------------------------------------------------
 

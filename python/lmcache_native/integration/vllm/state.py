@@ -159,6 +159,39 @@ class WorkerState:
             exc_info=exc,
         )
 
+    def _count_transfer(
+        self, op: str, req_id: str, tokens: int, asked: int, dt: float, reason: str | None = None
+    ) -> None:
+        """Counts one load (``op`` "retrieve") or store ("store") of ``tokens`` and logs it."""
+        load = op == "retrieve"
+        past = "loaded" if load else "stored"
+        nbytes = tokens * self._bytes_per_token
+        if load:
+            self.stats.load_requests += 1
+            self.stats.loaded_tokens += tokens
+        else:
+            self.stats.store_requests += 1
+            self.stats.stored_tokens += tokens
+        vs = self.vllm_stats
+        vs.add("load_requests" if load else "store_requests")
+        vs.add(f"{past}_bytes", nbytes)
+        vs.add("load_seconds" if load else "save_seconds", dt)
+        if self.rank == 0:
+            vs.add(f"{past}_tokens", tokens)
+        if self.metrics is not None:
+            (self.metrics.loaded_tokens if load else self.metrics.stored_tokens).inc(tokens)
+        logger.info(
+            "LMCacheNativeConnector %s %s: %d/%d tokens, %d bytes, %.3f ms, %.2f GB/s%s",
+            op,
+            req_id,
+            tokens,
+            asked,
+            nbytes,
+            dt * 1e3,
+            nbytes / dt / 1e9 if dt > 0 else 0.0,
+            f" ({reason})" if reason else "",
+        )
+
     # -- leases ------------------------------------------------------------------------------
 
     def hold(self, req_id: str, held: list[ChunkBufferLike]) -> None:
