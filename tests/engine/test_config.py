@@ -105,8 +105,11 @@ def test_env_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LMCACHE_EXTRA_CONFIG", json.dumps({"a": 1}))
     monkeypatch.setenv("LMCACHE_REMOTE_URL", "redis://localhost:6379")
     cfg = LMCacheEngineConfig.from_env()
-    assert cfg.get("chunk_size") == 128 and cfg.get("local_cpu") is False
-    assert cfg.get("extra_config") == {"a": 1} and cfg.extra("a") == 1 and cfg.extra("b", 2) == 2
+    assert cfg.get("chunk_size") == 128
+    assert cfg.get("local_cpu") is False
+    assert cfg.get("extra_config") == {"a": 1}
+    assert cfg.extra("a") == 1
+    assert cfg.extra("b", 2) == 2
     assert cfg.get("remote_url") == "redis://localhost:6379"
 
 
@@ -115,7 +118,8 @@ def test_unknown_file_keys_warn_by_name(tmp_path: Path, caplog: pytest.LogCaptur
     with caplog.at_level(logging.WARNING):
         cfg = LMCacheEngineConfig.from_file(f)
     assert cfg.get("chunk_size") == 32
-    assert "foo_bar" in caplog.text and "enable_p2p" in caplog.text
+    assert "foo_bar" in caplog.text
+    assert "enable_p2p" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -137,22 +141,24 @@ def test_bad_file_values_name_key_and_value(
     f = write_yaml(tmp_path / "c.yaml", text)
     with pytest.raises(ConfigError) as ei:
         LMCacheEngineConfig.from_file(f)
-    assert key in str(ei.value) and value in str(ei.value)
+    assert key in str(ei.value)
+    assert value in str(ei.value)
     assert ei.value.key == key
 
 
 def test_bad_env_value_names_key_and_value(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LMCACHE_MIN_RETRIEVE_TOKENS", "lots")
-    with pytest.raises(ConfigError, match="min_retrieve_tokens.*lots"):
+    with pytest.raises(ConfigError, match=r"min_retrieve_tokens.*lots"):
         LMCacheEngineConfig.from_env()
 
 
-def test_secret_is_masked_in_messages_and_dict(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_secret_is_masked_in_messages_and_dict() -> None:
     cfg = LMCacheEngineConfig.from_defaults(internal_api_server_api_key="s3cret")
     assert cfg.get("internal_api_server_api_key") == "s3cret"
     d = cfg.to_dict()
     assert d["internal_api_server_api_key"] == "***"
-    assert "s3cret" not in json.dumps(d) and "s3cret" not in repr(cfg)
+    assert "s3cret" not in json.dumps(d)
+    assert "s3cret" not in repr(cfg)
     assert set(d) == set(CONFIG_DEFINITIONS)
     json.dumps(d)  # JSON-able
 
@@ -205,7 +211,8 @@ def test_update_validates_and_reports_per_key() -> None:
     assert "expected bool" in errors["save_unfull_chunk"]
     assert "expected int" in errors["blocking_timeout_secs"]
     assert ">= 0" in errors["chunk_statistics_auto_exit_target_unique_chunks"]
-    assert cfg.get("min_retrieve_tokens") == 512 and cfg.get("chunk_size") == 256
+    assert cfg.get("min_retrieve_tokens") == 512
+    assert cfg.get("chunk_size") == 256
     assert cfg.get("save_unfull_chunk") is False
 
 
@@ -274,5 +281,5 @@ def test_extra_config_still_sets_the_typed_keys(tmp_path: Path) -> None:
     later = LMCacheEngineConfig.load(f, overrides={"extra_config": {"writer_queue_size": 4}})
     assert later.get("writer_queue_size") == 4
     bad = write_yaml(tmp_path / "bad.yaml", "extra_config: {writer_queue_size: many}\n")
-    with pytest.raises(ConfigError, match="writer_queue_size.*extra_config"):
+    with pytest.raises(ConfigError, match=r"writer_queue_size.*extra_config"):
         LMCacheEngineConfig.from_file(bad)

@@ -9,10 +9,12 @@ allocation asked again, as one chunk at a time would.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -28,6 +30,17 @@ logger = logging.getLogger(__name__)
 
 _StoreItem = tuple[ChunkSpan, str, ChunkBuffer]
 _LoadItem = tuple[ChunkSpan, ChunkBufferLike, str]
+
+
+@contextlib.contextmanager
+def _unref_on_error(batch: list[Any], pos: int) -> Iterator[None]:
+    """Drops the buffer at ``pos`` of each item of ``batch`` when the block raises."""
+    try:
+        yield
+    except BaseException:
+        for item in batch:
+            item[pos].unref()
+        raise
 
 
 @dataclass(frozen=True)
@@ -117,7 +130,7 @@ class Transfer:
         pads = padding_counts(slots)
         batch: list[_StoreItem] = []
         stop: tuple[str, int] | None = None  # (reason, chunks left) when the store ends early
-        try:
+        with _unref_on_error(batch, 2):
             for i, (span, key) in enumerate(zip(spans, keys, strict=True)):
                 if present[i]:
                     out.skipped += 1
@@ -130,17 +143,14 @@ class Transfer:
                 if buf is None and batch:
                     # NOTE: the pool is full and the batch holds buffers the CPU tier cannot
                     # evict yet: store them first, then ask again (as one chunk at a time would).
-                    todo, batch = batch, []
+                    todo = batch[:]
+                    batch.clear()
                     self._store_batch(kv, slot_mapping, todo, rewrite, out)
                     buf = self.allocate(shape, kv.paged.dtype)
                 if buf is None:
                     stop = ("out of memory", len(spans) - i)
                     break
                 batch.append((span, key, buf))
-        except BaseException:
-            for _, _, buf in batch:
-                buf.unref()
-            raise
         if batch:
             self._store_batch(kv, slot_mapping, batch, rewrite, out)
         skipped_stores = self.metrics.skipped_stores
@@ -276,7 +286,7 @@ class Transfer:
         pads = padding_counts(slots)
         loaded = 0
         batch: list[_LoadItem] = []
-        try:
+        with _unref_on_error(batch, 1):
             for idx, (span, key) in enumerate(zip(spans, keys, strict=True)):
                 if pads[span.end] - pads[span.start] == span.num_tokens:
                     if not manager.contains(key):
@@ -289,7 +299,8 @@ class Transfer:
                     # NOTE: no host memory to read a lower-tier chunk into while the batch
                     # holds buffers: load and release them first, then ask again (as one chunk
                     # at a time would).
-                    todo, batch = batch, []
+                    todo = batch[:]
+                    batch.clear()
                     self._retrieve_batch(kv, slot_mapping, todo)
                     got = manager.get(key)
                 if got is None:
@@ -302,10 +313,6 @@ class Transfer:
                     break
                 batch.append((span, buf, tier))
                 loaded = span.end
-        except BaseException:
-            for _, buf, _ in batch:
-                buf.unref()
-            raise
         if batch:
             self._retrieve_batch(kv, slot_mapping, batch)
         hit_chunks = sum(1 for s in spans if s.end <= loaded)

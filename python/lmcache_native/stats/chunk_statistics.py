@@ -41,6 +41,7 @@ class ChunkStatistics:
     """
 
     def __init__(self, config: LMCacheEngineConfig, expected_items: int | None = None) -> None:
+        """Statistics per ``config``; collecting starts now when auto-start is on."""
         self._config = config
         self.available: bool = bool(config.get("enable_chunk_statistics"))
         self._expected = int(expected_items or config.get("chunk_statistics_expected_items"))
@@ -124,8 +125,9 @@ class ChunkStatistics:
     # -- recording -----------------------------------------------------------------------------
 
     def record(self, chunk_hashes: Iterable[str | int]) -> None:
-        """Counts one request carrying ``chunk_hashes`` (hex strings or ints); no-op unless
-        collecting.
+        """Counts one request carrying ``chunk_hashes`` (hex strings or ints).
+
+        A no-op unless collecting.
         """
         if not self.available:
             return

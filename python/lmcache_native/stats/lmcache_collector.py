@@ -64,9 +64,11 @@ class LMCacheCollector(Collector):
     """
 
     def __init__(self, metrics: EngineMetrics) -> None:
+        """Reads ``metrics`` at each scrape."""
         self._m = metrics
 
     def collect(self) -> Iterator[Metric]:
+        """The ``lmcache:*`` families, read now."""
         m = self._m
         labelnames = list(LMCACHE_LABELS)
         values = [m.labels.get(k, "") for k in LMCACHE_LABELS]

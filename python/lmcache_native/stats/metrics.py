@@ -100,6 +100,85 @@ _TIER_SERIES: dict[str, tuple[str, str, bool]] = {
     "num_chunks": ("tier_chunks", "Chunks held by the tier", False),
 }
 
+# attribute -> (series name after the prefix, help, label names, buckets; None: a counter)
+_SERIES: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...] | None]] = {
+    "requests": ("requests", "Engine calls by operation", ("op",), None),
+    "lookup_tokens": ("lookup_tokens", "Tokens asked for by lookup()", (), None),
+    "lookup_hit_tokens": ("lookup_hit_tokens", "Tokens lookup() found stored", (), None),
+    "retrieve_requested_tokens": (
+        "retrieve_requested_tokens",
+        "Tokens asked for by retrieve()",
+        (),
+        None,
+    ),
+    "hit_chunks": ("hit_chunks", "Chunks loaded by retrieve(), by source tier", ("tier",), None),
+    "miss_chunks": ("miss_chunks", "Chunks retrieve() asked for but did not load", (), None),
+    "stored_tokens": ("stored_tokens", "Tokens copied out of the KV cache by store()", (), None),
+    "stored_bytes": ("stored_bytes", "Bytes copied out of the KV cache by store()", (), None),
+    "retrieved_tokens": (
+        "retrieved_tokens",
+        "Tokens copied into the KV cache by retrieve(), by source tier",
+        ("tier",),
+        None,
+    ),
+    "retrieved_bytes": (
+        "retrieved_bytes",
+        "Bytes copied into the KV cache by retrieve(), by source tier",
+        ("tier",),
+        None,
+    ),
+    "skipped_stores": (
+        "skipped_store_chunks",
+        "Chunks store() did not copy, by reason",
+        ("reason",),
+        None,
+    ),
+    "rejected_chunks": (
+        "rejected_chunks",
+        "Chunks a tier returned that did not fit the registered cache (dropped, a miss)",
+        (),
+        None,
+    ),
+    "copy_seconds": (
+        "copy_seconds",
+        "Time of one native gather (store) or scatter (retrieve) call",
+        ("direction",),
+        _COPY_BUCKETS,
+    ),
+    "copy_bytes": (
+        "copy_bytes",
+        "Bytes moved by native gather/scatter calls",
+        ("direction",),
+        None,
+    ),
+    "checksum_seconds": (
+        "kv_checksum_seconds",
+        "Time of one kv_checksums() call (native MD5)",
+        (),
+        _COPY_BUCKETS,
+    ),
+    "store_seconds": ("store_seconds", "Time of one store() call (whole call)", (), _OP_BUCKETS),
+    "retrieve_seconds": (
+        "retrieve_seconds",
+        "Time of one retrieve() call (whole call)",
+        (),
+        _OP_BUCKETS,
+    ),
+    "lookup_seconds": ("lookup_seconds", "Time of one lookup() call", (), _LOOKUP_BUCKETS),
+    "store_speed": (
+        "store_tokens_per_second",
+        "Tokens stored per second of one store() call that stored tokens",
+        (),
+        _SPEED_BUCKETS,
+    ),
+    "retrieve_speed": (
+        "retrieve_tokens_per_second",
+        "Tokens loaded per second of one retrieve() call that loaded tokens",
+        (),
+        _SPEED_BUCKETS,
+    ),
+}
+
 TierStatsFn = Callable[[], dict[str, dict[str, int]]]
 GaugesFn = Callable[[], dict[str, tuple[float, str, bool]]]
 StatusFn = Callable[[], "dict[str, Any] | None"]
@@ -135,7 +214,29 @@ class EngineMetrics:
         created: when the counters were created or last reset (Unix time).
     """
 
+    requests: Counter
+    lookup_tokens: Counter
+    lookup_hit_tokens: Counter
+    retrieve_requested_tokens: Counter
+    hit_chunks: Counter
+    miss_chunks: Counter
+    stored_tokens: Counter
+    stored_bytes: Counter
+    retrieved_tokens: Counter
+    retrieved_bytes: Counter
+    skipped_stores: Counter
+    rejected_chunks: Counter
+    copy_seconds: Histogram
+    copy_bytes: Counter
+    checksum_seconds: Histogram
+    store_seconds: Histogram
+    retrieve_seconds: Histogram
+    lookup_seconds: Histogram
+    store_speed: Histogram
+    retrieve_speed: Histogram
+
     def __init__(self) -> None:
+        """Creates the series on a new registry (bound to storage and engine later)."""
         self.registry = CollectorRegistry(auto_describe=True)
         self.labels: dict[str, str] = {k: "" for k in LMCACHE_LABELS}
         self.health_fn: Callable[[], bool] | None = None
@@ -157,127 +258,15 @@ class EngineMetrics:
         for c in self._own:
             r.unregister(c)
         self.created = time.time()
-        self.requests = Counter(
-            f"{PREFIX}_requests", "Engine calls by operation", ["op"], registry=r
-        )
-        self.lookup_tokens = Counter(
-            f"{PREFIX}_lookup_tokens", "Tokens asked for by lookup()", registry=r
-        )
-        self.lookup_hit_tokens = Counter(
-            f"{PREFIX}_lookup_hit_tokens", "Tokens lookup() found stored", registry=r
-        )
-        self.retrieve_requested_tokens = Counter(
-            f"{PREFIX}_retrieve_requested_tokens", "Tokens asked for by retrieve()", registry=r
-        )
-        self.hit_chunks = Counter(
-            f"{PREFIX}_hit_chunks",
-            "Chunks loaded by retrieve(), by source tier",
-            ["tier"],
-            registry=r,
-        )
-        self.miss_chunks = Counter(
-            f"{PREFIX}_miss_chunks", "Chunks retrieve() asked for but did not load", registry=r
-        )
-        self.stored_tokens = Counter(
-            f"{PREFIX}_stored_tokens", "Tokens copied out of the KV cache by store()", registry=r
-        )
-        self.stored_bytes = Counter(
-            f"{PREFIX}_stored_bytes", "Bytes copied out of the KV cache by store()", registry=r
-        )
-        self.retrieved_tokens = Counter(
-            f"{PREFIX}_retrieved_tokens",
-            "Tokens copied into the KV cache by retrieve(), by source tier",
-            ["tier"],
-            registry=r,
-        )
-        self.retrieved_bytes = Counter(
-            f"{PREFIX}_retrieved_bytes",
-            "Bytes copied into the KV cache by retrieve(), by source tier",
-            ["tier"],
-            registry=r,
-        )
-        self.skipped_stores = Counter(
-            f"{PREFIX}_skipped_store_chunks",
-            "Chunks store() did not copy, by reason",
-            ["reason"],
-            registry=r,
-        )
-        self.rejected_chunks = Counter(
-            f"{PREFIX}_rejected_chunks",
-            "Chunks a tier returned that did not fit the registered cache (dropped, a miss)",
-            registry=r,
-        )
-        self.copy_seconds = Histogram(
-            f"{PREFIX}_copy_seconds",
-            "Time of one native gather (store) or scatter (retrieve) call",
-            ["direction"],
-            buckets=_COPY_BUCKETS,
-            registry=r,
-        )
-        self.copy_bytes = Counter(
-            f"{PREFIX}_copy_bytes",
-            "Bytes moved by native gather/scatter calls",
-            ["direction"],
-            registry=r,
-        )
-        self.checksum_seconds = Histogram(
-            f"{PREFIX}_kv_checksum_seconds",
-            "Time of one kv_checksums() call (native MD5)",
-            buckets=_COPY_BUCKETS,
-            registry=r,
-        )
-        self.store_seconds = Histogram(
-            f"{PREFIX}_store_seconds",
-            "Time of one store() call (whole call)",
-            buckets=_OP_BUCKETS,
-            registry=r,
-        )
-        self.retrieve_seconds = Histogram(
-            f"{PREFIX}_retrieve_seconds",
-            "Time of one retrieve() call (whole call)",
-            buckets=_OP_BUCKETS,
-            registry=r,
-        )
-        self.lookup_seconds = Histogram(
-            f"{PREFIX}_lookup_seconds",
-            "Time of one lookup() call",
-            buckets=_LOOKUP_BUCKETS,
-            registry=r,
-        )
-        self.store_speed = Histogram(
-            f"{PREFIX}_store_tokens_per_second",
-            "Tokens stored per second of one store() call that stored tokens",
-            buckets=_SPEED_BUCKETS,
-            registry=r,
-        )
-        self.retrieve_speed = Histogram(
-            f"{PREFIX}_retrieve_tokens_per_second",
-            "Tokens loaded per second of one retrieve() call that loaded tokens",
-            buckets=_SPEED_BUCKETS,
-            registry=r,
-        )
-        self._own = [
-            self.requests,
-            self.lookup_tokens,
-            self.lookup_hit_tokens,
-            self.retrieve_requested_tokens,
-            self.hit_chunks,
-            self.miss_chunks,
-            self.stored_tokens,
-            self.stored_bytes,
-            self.retrieved_tokens,
-            self.retrieved_bytes,
-            self.skipped_stores,
-            self.rejected_chunks,
-            self.copy_seconds,
-            self.copy_bytes,
-            self.checksum_seconds,
-            self.store_seconds,
-            self.retrieve_seconds,
-            self.lookup_seconds,
-            self.store_speed,
-            self.retrieve_speed,
-        ]
+        self._own = []
+        for attr, (name, doc, labels, buckets) in _SERIES.items():
+            metric: Counter | Histogram
+            if buckets is None:
+                metric = Counter(f"{PREFIX}_{name}", doc, labels, registry=r)
+            else:
+                metric = Histogram(f"{PREFIX}_{name}", doc, labels, buckets=buckets, registry=r)
+            setattr(self, attr, metric)
+            self._own.append(metric)
 
     def bind_storage(self, tier_stats: TierStatsFn, extra: GaugesFn | None = None) -> None:
         """Publishes per-tier counters read from ``tier_stats()`` at scrape time."""
@@ -291,8 +280,9 @@ class EngineMetrics:
         statistics: StatusFn | None = None,
         threads: StatusFn | None = None,
     ) -> None:
-        """Sets LMCache's label values and the readers of health, chunk statistics and the
-        background-thread summary used by the ``lmcache:*`` gauges.
+        """Sets LMCache's label values and the readers the ``lmcache:*`` gauges use.
+
+        The readers: health, chunk statistics and the background-thread summary.
         """
         self.labels = {k: str(labels.get(k, "")) for k in LMCACHE_LABELS}
         self.health_fn = health
@@ -325,9 +315,10 @@ class EngineMetrics:
         return out
 
     def reset(self) -> None:
-        """Zeroes every counter and histogram (LMCache's ``/metrics/reset``): the data-path
-        ones are created again, the tiers' counters are counted from now on. Gauges (sizes,
-        health, chunk statistics) are state, not reset.
+        """Zeroes every counter and histogram (LMCache's ``/metrics/reset``).
+
+        The data-path ones are created again, the tiers' counters are counted from now on.
+        Gauges (sizes, health, chunk statistics) are state, not reset.
         """
         with self._reset_lock:
             self._build()
@@ -339,8 +330,9 @@ class EngineMetrics:
                 }
 
     def observe_op(self, op: str, seconds: float, tokens: int) -> None:
-        """Records one store/retrieve/lookup call: its time and, when it moved tokens, its
-        speed (tokens per second).
+        """Records one store/retrieve/lookup call.
+
+        Its time and, when it moved tokens, its speed (tokens per second).
         """
         if op == "store":
             self.store_seconds.observe(seconds)

@@ -247,6 +247,17 @@ class BoundedBackend(StorageBackend, Generic[E]):
     def _dispose_one(self, entry: E) -> None:
         """Frees one entry already removed from the index (outside the lock)."""
 
+    def clear(self) -> int:
+        """Deletes every entry (not counted as evictions); returns how many were deleted."""
+        with self._lock:
+            victims = list(self._index.values())
+            self._index.clear()
+            self._policy.clear()
+            self._used = 0
+        for e in victims:
+            self._dispose_one(e)
+        return len(victims)
+
     def _dispose(self, victims: list[E]) -> None:
         """Counts ``victims`` as evictions and frees each (outside the lock)."""
         if victims:

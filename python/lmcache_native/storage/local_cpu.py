@@ -87,16 +87,6 @@ class LocalCPUBackend(BoundedBackend[ChunkBufferLike]):
         buf.unref()
         return True
 
-    def clear(self) -> int:
-        with self._lock:
-            bufs = list(self._index.values())
-            self._index.clear()
-            self._policy.clear()
-            self._used = 0
-        for b in bufs:
-            b.unref()
-        return len(bufs)
-
     def close(self) -> None:
         self.clear()
 

@@ -194,16 +194,6 @@ class LocalDiskBackend(BoundedBackend[_Entry]):
             return False
         return self._forget(key, entry, unlink=True)
 
-    def clear(self) -> int:
-        with self._lock:
-            victims = list(self._index.values())
-            self._index.clear()
-            self._policy.clear()
-            self._used = 0
-        for e in victims:
-            self._unlink(e.filename)
-        return len(victims)
-
     # -- internals -----------------------------------------------------------------------------
 
     def _forget(self, key: str, entry: _Entry, unlink: bool) -> bool:
