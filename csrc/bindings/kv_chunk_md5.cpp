@@ -83,10 +83,10 @@ void kv_chunk_md5_cuda_py(const std::vector<int64_t>& layer_ptrs, int64_t layer_
   std::vector<uint64_t> host_ptrs(layer_ptrs.begin(), layer_ptrs.end());
   const bool vectorized = kv_chunk_md5_cuda_vectorizable(layout, host_ptrs.data(), num_layers);
   py::gil_scoped_release release;
-  LMC_CHECK_CUDA(launch_kv_chunk_md5(
-      as_ptr<const uint64_t>(layer_ptrs_device), num_layers, layout,
-      as_ptr<const int64_t>(slot_mapping), num_tokens, chunk_size, as_ptr<int64_t>(workspace),
-      as_ptr<uint8_t>(per_layer), as_ptr<int64_t>(error), vectorized, as_stream(stream)));
+  LMC_CHECK_CUDA(launch_kv_chunk_md5(as_ptr<const uint64_t>(layer_ptrs_device), num_layers, layout,
+                                     as_ptr<const int64_t>(slot_mapping), num_tokens, chunk_size,
+                                     as_ptr<int64_t>(workspace), as_ptr<uint8_t>(per_layer),
+                                     as_ptr<int64_t>(error), vectorized, as_stream(stream)));
 #else
   (void)layer_ptrs, (void)layer_ptrs_device, (void)slot_mapping, (void)workspace;
   (void)per_layer, (void)error, (void)stream;
@@ -130,8 +130,8 @@ void register_kv_chunk_md5(py::module_& m) {
         py::arg("slot_mapping"), py::arg("num_tokens"), py::arg("chunk_size"),
         "MD5 of every (chunk, layer) read from host paged caches; returns (per_layer, combined) "
         "lowercase hex. slot_mapping is the address of num_tokens int64 values.");
-  m.def("kv_chunk_md5_finish", &kv_chunk_md5_finish_py, py::arg("per_layer"),
-        py::arg("num_layers"), py::arg("num_chunks"),
+  m.def("kv_chunk_md5_finish", &kv_chunk_md5_finish_py, py::arg("per_layer"), py::arg("num_layers"),
+        py::arg("num_chunks"),
         "Hex strings and combined digests from host digests [num_layers, num_chunks, 16].");
   m.def("kv_chunk_md5_cuda", &kv_chunk_md5_cuda_py, py::arg("layer_ptrs"),
         py::arg("layer_ptrs_device"), py::arg("layout"), py::arg("slot_mapping"),

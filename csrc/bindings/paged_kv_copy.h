@@ -61,8 +61,8 @@ inline CopyArgs copy_args(const std::vector<int64_t>& layer_ptrs, const PagedKVL
     }
     LMC_CHECK_ARG(slot_mapping != 0, "slot_mapping has a null data pointer");
   }
-  LMC_CHECK_ARG(buffer_ptrs.size() == buffer_tokens.size(), buffers_name, ": ",
-                buffer_ptrs.size(), " addresses but ", buffer_tokens.size(), " token counts");
+  LMC_CHECK_ARG(buffer_ptrs.size() == buffer_tokens.size(), buffers_name, ": ", buffer_ptrs.size(),
+                " addresses but ", buffer_tokens.size(), " token counts");
   int64_t total = 0;
   for (size_t c = 0; c < buffer_tokens.size(); ++c) {
     LMC_CHECK_ARG(buffer_tokens[c] >= 0, buffers_name, "[", c, "] has ", buffer_tokens[c],
@@ -73,8 +73,8 @@ inline CopyArgs copy_args(const std::vector<int64_t>& layer_ptrs, const PagedKVL
   }
   LMC_CHECK_ARG(total == num_tokens, buffers_name, " hold ", total,
                 " tokens in all, but slot_mapping has ", num_tokens);
-  CopyArgs a{{}, layout, as_ptr<const void>(slot_mapping), slot_elem_size, num_tokens, {},
-             buffer_tokens};
+  CopyArgs a{{}, layout,       as_ptr<const void>(slot_mapping), slot_elem_size, num_tokens,
+             {}, buffer_tokens};
   for (int64_t p : layer_ptrs) a.layers.push_back(as_ptr<void>(p));
   for (int64_t p : buffer_ptrs) a.buffers.push_back(as_ptr<void>(p));
   return a;
@@ -107,7 +107,8 @@ inline void raise_if_bad_slot(const unsigned long long* bad_pos, const CopyArgs&
   LMC_CHECK_CUDA(cudaStreamSynchronize(stream));
   if (bad == ~0ULL) return;
   int64_t value = 0;
-  const char* src = static_cast<const char*>(a.slots) + static_cast<int64_t>(bad) * a.slot_elem_size;
+  const char* src =
+      static_cast<const char*>(a.slots) + static_cast<int64_t>(bad) * a.slot_elem_size;
   if (a.slot_elem_size == 8) {
     LMC_CHECK_CUDA(cudaMemcpy(&value, src, 8, cudaMemcpyDeviceToHost));
   } else {
@@ -115,8 +116,7 @@ inline void raise_if_bad_slot(const unsigned long long* bad_pos, const CopyArgs&
     LMC_CHECK_CUDA(cudaMemcpy(&v32, src, 4, cudaMemcpyDeviceToHost));
     value = v32;
   }
-  throw std::out_of_range(
-      bad_slot_message(static_cast<int64_t>(bad), value, a.layout.num_slots()));
+  throw std::out_of_range(bad_slot_message(static_cast<int64_t>(bad), value, a.layout.num_slots()));
 }
 
 // Runs a checked copy on its target: releases the GIL, makes the device current, calls
@@ -147,8 +147,8 @@ inline void register_copy_common(pybind11::module_& m) {
 // cpu / cpu_chunks (const CopyArgs&) and, with CUDA, cuda / cuda_chunks (const CopyArgs&,
 // unsigned long long* bad_pos, cudaStream_t) returning the launch error.
 template <class K>
-void register_copy(pybind11::module_& m, const std::string& name, const char* buf,
-                   const char* bufs, const std::string& doc, const std::string& chunks_doc) {
+void register_copy(pybind11::module_& m, const std::string& name, const char* buf, const char* bufs,
+                   const std::string& doc, const std::string& chunks_doc) {
   namespace py = pybind11;
   using Ptrs = std::vector<int64_t>;
   const std::string chunks_name = name + "_chunks";
@@ -184,7 +184,8 @@ void register_copy(pybind11::module_& m, const std::string& name, const char* bu
       py::arg("bad_pos"), py::arg("blocking"),
       (doc + " CUDA kernels on `stream`; the slot check writes the first bad position (or all "
              "ones) to the 8-byte device word bad_pos. blocking: wait for the copy and raise "
-             "IndexError for a bad slot; else only enqueue.").c_str());
+             "IndexError for a bad slot; else only enqueue.")
+          .c_str());
   m.def(
       (chunks_name + "_cpu").c_str(),
       [bufs](const Ptrs& layers, const PagedKVLayout& layout, int64_t slots, int64_t n,
@@ -200,17 +201,17 @@ void register_copy(pybind11::module_& m, const std::string& name, const char* bu
       (chunks_doc + " CPU twin; ValueError when the counts do not add up to num_tokens.").c_str());
   m.def(
       (chunks_name + "_cuda").c_str(),
-      [chunks_name, bufs](const Ptrs& layers, const PagedKVLayout& layout, int64_t slots,
-                          int64_t n, int64_t slot_elem_size, const Ptrs& buffers,
-                          const Ptrs& chunk_tokens, int64_t device, int64_t stream,
-                          int64_t bad_pos, bool blocking) {
+      [chunks_name, bufs](const Ptrs& layers, const PagedKVLayout& layout, int64_t slots, int64_t n,
+                          int64_t slot_elem_size, const Ptrs& buffers, const Ptrs& chunk_tokens,
+                          int64_t device, int64_t stream, int64_t bad_pos, bool blocking) {
         const CopyArgs a =
             copy_args(layers, layout, slots, n, slot_elem_size, buffers, chunk_tokens, bufs);
         const CudaTarget t{device, stream, bad_pos, blocking};
         check_target(t, a.layout, chunks_name.c_str());
 #ifdef LMC_WITH_CUDA
-        run_cuda(a, t,
-                 [&](unsigned long long* bad, cudaStream_t s) { return K::cuda_chunks(a, bad, s); });
+        run_cuda(a, t, [&](unsigned long long* bad, cudaStream_t s) {
+          return K::cuda_chunks(a, bad, s);
+        });
 #else
         throw_no_cuda(chunks_name.c_str());
 #endif

@@ -18,17 +18,16 @@ struct GatherKernels {
                         a.num_tokens, a.buffers[0]);
   }
   static void cpu_chunks(const CopyArgs& a) {
-    paged_kv_gather_chunks_cpu(a.layers.data(), a.num_layers(), a.layout, a.slots,
-                               a.slot_elem_size, a.num_tokens, a.buffers.data(),
-                               a.buffer_tokens.data(), a.num_buffers());
+    paged_kv_gather_chunks_cpu(a.layers.data(), a.num_layers(), a.layout, a.slots, a.slot_elem_size,
+                               a.num_tokens, a.buffers.data(), a.buffer_tokens.data(),
+                               a.num_buffers());
   }
 #ifdef LMC_WITH_CUDA
   static cudaError_t cuda(const CopyArgs& a, unsigned long long* bad_pos, cudaStream_t s) {
     return launch_paged_kv_gather(a.layers.data(), a.num_layers(), a.layout, a.slots,
                                   a.slot_elem_size, a.num_tokens, a.buffers[0], bad_pos, s);
   }
-  static cudaError_t cuda_chunks(const CopyArgs& a, unsigned long long* bad_pos,
-                                 cudaStream_t s) {
+  static cudaError_t cuda_chunks(const CopyArgs& a, unsigned long long* bad_pos, cudaStream_t s) {
     return launch_paged_kv_gather_chunks(a.layers.data(), a.num_layers(), a.layout, a.slots,
                                          a.slot_elem_size, a.num_tokens, a.buffers.data(),
                                          a.buffer_tokens.data(), a.num_buffers(), bad_pos, s);

@@ -48,13 +48,11 @@ void set_pair(int64_t (&field)[2], const Pair& v) {
 
 py::tuple get_pair(const int64_t (&field)[2]) { return py::make_tuple(field[0], field[1]); }
 
-PagedKVLayout make_layout(int64_t num_kv, int64_t num_blocks, int64_t block_size,
-                          int64_t num_heads, int64_t head_size, int64_t elem_size,
-                          const Pair& kv_offset, const Pair& block_stride,
-                          const Pair& token_stride, const Pair& head_stride,
-                          const Pair& dim_stride, const Pair& token_group,
-                          const Pair& token_inner, const Pair& dim_group,
-                          const Pair& dim_inner) {
+PagedKVLayout make_layout(int64_t num_kv, int64_t num_blocks, int64_t block_size, int64_t num_heads,
+                          int64_t head_size, int64_t elem_size, const Pair& kv_offset,
+                          const Pair& block_stride, const Pair& token_stride,
+                          const Pair& head_stride, const Pair& dim_stride, const Pair& token_group,
+                          const Pair& token_inner, const Pair& dim_group, const Pair& dim_inner) {
   PagedKVLayout l{};
   l.num_kv = num_kv;
   l.num_blocks = num_blocks;
@@ -78,18 +76,17 @@ PagedKVLayout make_layout(int64_t num_kv, int64_t num_blocks, int64_t block_size
 // The (K, V) pair fields, in struct order: one table for the accessors and the repr.
 using PairField = int64_t (PagedKVLayout::*)[2];
 constexpr std::pair<const char*, PairField> kPairFields[] = {
-    {"kv_offset", &PagedKVLayout::kv_offset},     {"block_stride", &PagedKVLayout::block_stride},
+    {"kv_offset", &PagedKVLayout::kv_offset},       {"block_stride", &PagedKVLayout::block_stride},
     {"token_stride", &PagedKVLayout::token_stride}, {"head_stride", &PagedKVLayout::head_stride},
-    {"dim_stride", &PagedKVLayout::dim_stride},   {"token_group", &PagedKVLayout::token_group},
-    {"token_inner", &PagedKVLayout::token_inner}, {"dim_group", &PagedKVLayout::dim_group},
+    {"dim_stride", &PagedKVLayout::dim_stride},     {"token_group", &PagedKVLayout::token_group},
+    {"token_inner", &PagedKVLayout::token_inner},   {"dim_group", &PagedKVLayout::dim_group},
     {"dim_inner", &PagedKVLayout::dim_inner},
 };
 
 std::string layout_repr(const PagedKVLayout& l) {
-  std::string out = detail::concat(
-      "PagedKVLayout(num_kv=", l.num_kv, ", num_blocks=", l.num_blocks, ", block_size=",
-      l.block_size, ", num_heads=", l.num_heads, ", head_size=", l.head_size, ", elem_size=",
-      l.elem_size);
+  std::string out = detail::concat("PagedKVLayout(num_kv=", l.num_kv, ", num_blocks=", l.num_blocks,
+                                   ", block_size=", l.block_size, ", num_heads=", l.num_heads,
+                                   ", head_size=", l.head_size, ", elem_size=", l.elem_size);
   for (const auto& [name, field] : kPairFields) {
     out += detail::concat(", ", name, "=(", (l.*field)[0], ", ", (l.*field)[1], ")");
   }
@@ -104,11 +101,11 @@ void register_paged_kv_layout(py::module_& m) {
       "Geometry and element strides of one layer's paged KV cache (kernels/paged_kv_layout.h). "
       "Built by keyword; ValueError names a bad field. Pairs are (K, V); MLA uses index 0.");
   cls.def(py::init(&make_layout), py::kw_only(), py::arg("num_kv"), py::arg("num_blocks"),
-          py::arg("block_size"), py::arg("num_heads"), py::arg("head_size"),
-          py::arg("elem_size"), py::arg("kv_offset"), py::arg("block_stride"),
-          py::arg("token_stride"), py::arg("head_stride"), py::arg("dim_stride"),
-          py::arg("token_group") = Pair{1, 1}, py::arg("token_inner") = Pair{0, 0},
-          py::arg("dim_group") = Pair{1, 1}, py::arg("dim_inner") = Pair{0, 0});
+          py::arg("block_size"), py::arg("num_heads"), py::arg("head_size"), py::arg("elem_size"),
+          py::arg("kv_offset"), py::arg("block_stride"), py::arg("token_stride"),
+          py::arg("head_stride"), py::arg("dim_stride"), py::arg("token_group") = Pair{1, 1},
+          py::arg("token_inner") = Pair{0, 0}, py::arg("dim_group") = Pair{1, 1},
+          py::arg("dim_inner") = Pair{0, 0});
   cls.def_readonly("num_kv", &PagedKVLayout::num_kv)
       .def_readonly("num_blocks", &PagedKVLayout::num_blocks)
       .def_readonly("block_size", &PagedKVLayout::block_size)
@@ -116,9 +113,8 @@ void register_paged_kv_layout(py::module_& m) {
       .def_readonly("head_size", &PagedKVLayout::head_size)
       .def_readonly("elem_size", &PagedKVLayout::elem_size);
   for (const auto& [name, field] : kPairFields) {
-    cls.def_property_readonly(name, [field = field](const PagedKVLayout& l) {
-      return get_pair(l.*field);
-    });
+    cls.def_property_readonly(
+        name, [field = field](const PagedKVLayout& l) { return get_pair(l.*field); });
   }
   cls.def_property_readonly("num_slots", &PagedKVLayout::num_slots, "num_blocks * block_size")
       .def_property_readonly("row_elems", &PagedKVLayout::row_elems, "num_heads * head_size")

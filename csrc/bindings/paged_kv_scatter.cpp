@@ -28,15 +28,13 @@ struct ScatterKernels {
   }
 #ifdef LMC_WITH_CUDA
   static cudaError_t cuda(const CopyArgs& a, unsigned long long* bad_pos, cudaStream_t s) {
-    return launch_paged_kv_scatter(a.buffers[0], a.layers.data(), a.num_layers(), a.layout,
-                                   a.slots, a.slot_elem_size, a.num_tokens, bad_pos, s);
+    return launch_paged_kv_scatter(a.buffers[0], a.layers.data(), a.num_layers(), a.layout, a.slots,
+                                   a.slot_elem_size, a.num_tokens, bad_pos, s);
   }
-  static cudaError_t cuda_chunks(const CopyArgs& a, unsigned long long* bad_pos,
-                                 cudaStream_t s) {
-    return launch_paged_kv_scatter_chunks(a.buffers.data(), a.buffer_tokens.data(),
-                                          a.num_buffers(), a.layers.data(), a.num_layers(),
-                                          a.layout, a.slots, a.slot_elem_size, a.num_tokens,
-                                          bad_pos, s);
+  static cudaError_t cuda_chunks(const CopyArgs& a, unsigned long long* bad_pos, cudaStream_t s) {
+    return launch_paged_kv_scatter_chunks(a.buffers.data(), a.buffer_tokens.data(), a.num_buffers(),
+                                          a.layers.data(), a.num_layers(), a.layout, a.slots,
+                                          a.slot_elem_size, a.num_tokens, bad_pos, s);
   }
 #endif
 };

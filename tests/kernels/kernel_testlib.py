@@ -1,5 +1,7 @@
-"""Helpers shared by the kernel tests: random caches, sentinel buffers, byte comparisons and the
-naive reference copies they are compared against.
+"""Helpers shared by the kernel tests.
+
+Random caches, sentinel buffers, byte comparisons and the naive reference copies they are
+compared against.
 
 Every destination is pre-filled with a sentinel byte and compared in full as raw bytes, so a
 stray write anywhere fails. Payloads are random integers viewed as the dtype (NaN/Inf bit
@@ -37,8 +39,11 @@ STRIDED_KINDS = [
 def random_bits(
     shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Generator | int
 ) -> torch.Tensor:
-    """Uniform random bit patterns of ``dtype`` (every NaN/Inf/denormal pattern can occur);
-    ``gen`` is a generator or a seed."""
+    """Random bits.
+
+    Uniform random bit patterns of ``dtype`` (every NaN/Inf/denormal pattern can occur);
+    ``gen`` is a generator or a seed.
+    """
     if isinstance(gen, int):
         gen = torch.Generator().manual_seed(gen)
     width = torch.empty((), dtype=dtype).element_size()
@@ -182,8 +187,11 @@ def random_chunks(
 def strided_views(
     kind: str,
 ) -> tuple[list[torch.Tensor], Callable[[list[torch.Tensor]], list[torch.Tensor]], str]:
-    """Base tensors, the function that cuts the per-layer (non-contiguous) caches out of
-    them, and the layout (``kind`` one of ``STRIDED_KINDS``)."""
+    """Strided views.
+
+    Base tensors, the function that cuts the per-layer (non-contiguous) caches out of
+    them, and the layout (``kind`` one of ``STRIDED_KINDS``).
+    """
     gen = torch.Generator().manual_seed(11)
     if kind == "head_slice":  # flash_attn, head_size half of the stored dim: per-head rows
         bases = [random_bits((2, 5, 4, 3, 16), torch.float16, gen) for _ in range(2)]

@@ -1,5 +1,7 @@
-"""paged_kv_gather / paged_kv_scatter (single chunk buffer, CPU twins) against the naive
-references, bit for bit, on every CPU copy path this machine has; their argument checks.
+"""The single-buffer paged copies on the CPU.
+
+paged_kv_gather / paged_kv_scatter (one chunk buffer, CPU twins) against the naive references,
+bit for bit, on every CPU copy path this machine has; their argument checks and handles.
 
 The batched forms are in test_paged_kv_copy_chunks.py, the instruction-set paths of the
 transposed scatter in test_paged_kv_copy_isa.py, the CUDA kernels in test_paged_kv_copy_cuda.py.
@@ -208,8 +210,11 @@ def test_many_layers(layout: str) -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float8_e4m3fn], ids=str)
 @pytest.mark.parametrize("layout", ["flash_attn", "vllm_cpu", "hnd"])
 def test_multithreaded_large_copy(layout: str, dtype: torch.dtype, threads: int) -> None:
-    """Big enough to be split over threads, with whole 16-token blocks (streaming stores, SIMD
-    transposes of vllm_cpu's K) and runs cut short by padding (the scalar edges)."""
+    """Multithreaded large copy.
+
+    Big enough to be split over threads, with whole 16-token blocks (streaming stores, SIMD
+    transposes of vllm_cpu's K) and runs cut short by padding (the scalar edges).
+    """
     prev = _native.num_threads()
     _native.set_num_threads(threads)
     try:
@@ -296,11 +301,11 @@ def test_bad_arguments_name_the_argument() -> None:
         paged_kv_gather(
             caches, slots, torch.empty(good.shape, dtype=torch.float16, device="meta"), "flash_attn"
         )
-    with pytest.raises(TypeError, match="out must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"out must be a torch.Tensor"):
         paged_kv_gather(caches, slots, [0.0], "flash_attn")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="slot_mapping must be int32 or int64"):
         paged_kv_gather(caches, slots.float(), good, "flash_attn")
-    with pytest.raises(TypeError, match="slot_mapping must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"slot_mapping must be a torch.Tensor"):
         paged_kv_gather(caches, [0, 1], good, "flash_attn")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="slot_mapping must be 1-D"):
         paged_kv_gather(caches, slots.view(1, 2), good, "flash_attn")
@@ -328,7 +333,8 @@ def test_non_blocking_cpu_copies_return_a_done_handle() -> None:
     out = sentinel_like(chunk_shape(caches, "flash_attn", len(slots)), torch.float16)
     handle = paged_kv_gather(caches, torch.tensor(slots), out, "flash_attn", blocking=False)
     assert isinstance(handle, CopyHandle)
-    assert handle.done() and handle.event is None
+    assert handle.done()
+    assert handle.event is None
     handle.wait()
     assert_same_bytes(out, expected_gather(caches, slots, "flash_attn"))
     assert paged_kv_scatter(out, caches, torch.tensor(slots), "flash_attn").done()
@@ -344,8 +350,11 @@ def test_blocking_must_be_a_bool() -> None:
 
 
 def test_bad_slot_message_is_the_cpu_twins() -> None:
-    """The non-blocking CUDA path forms its IndexError with the binding's message: a CPU copy's
-    text, plus that nothing was written."""
+    """Bad slot message is the cpu twins.
+
+    The non-blocking CUDA path forms its IndexError with the binding's message: a CPU copy's
+    text, plus that nothing was written.
+    """
     caches = make_caches("flash_attn", torch.float16)
     out = sentinel_like(chunk_shape(caches, "flash_attn", 3), torch.float16)
     with pytest.raises(IndexError) as err:
@@ -357,8 +366,11 @@ def test_bad_slot_message_is_the_cpu_twins() -> None:
 
 @pytest.mark.parametrize("op", ["paged_kv_gather", "paged_kv_scatter"])
 def test_cuda_entry_points_check_their_target(op: str) -> None:
-    """The CUDA entry points refuse a bad device or a null slot-check word before any launch,
-    and on a build without CUDA kernels say so (RuntimeError) instead of launching."""
+    """Cuda entry points check their target.
+
+    The CUDA entry points refuse a bad device or a null slot-check word before any launch,
+    and on a build without CUDA kernels say so (RuntimeError) instead of launching.
+    """
     caches = make_caches("flash_attn", torch.float16)
     kv = describe(caches, "flash_attn")
     slots = torch.tensor([0, 1], dtype=torch.int64)

@@ -1,4 +1,6 @@
-"""paged_kv_gather_chunks / paged_kv_scatter_chunks (many chunk buffers in one call, CPU twins)
+"""The batched paged copies on the CPU.
+
+paged_kv_gather_chunks / paged_kv_scatter_chunks (many chunk buffers in one call, CPU twins)
 against the reference looped per chunk, bit for bit, on every CPU copy path this machine has.
 """
 
@@ -47,7 +49,8 @@ pytestmark = pytest.mark.usefixtures("each_copy_isa")
 def test_gather_chunks_matches_per_chunk_reference(layout: str, dtype: torch.dtype) -> None:
     caches = make_caches(layout, dtype)
     slots = mixed_slots(5 * 4, 4)
-    assert sum(CHUNK_SIZES) == len(slots) and slots[4] == -1
+    assert sum(CHUNK_SIZES) == len(slots)
+    assert slots[4] == -1
     outs = sentinel_chunks(caches, layout, CHUNK_SIZES)
     paged_kv_gather_chunks(caches, torch.tensor(slots), outs, layout)
     for got, want in zip(
@@ -73,9 +76,12 @@ def test_scatter_chunks_matches_per_chunk_reference(layout: str, dtype: torch.dt
 @pytest.mark.parametrize("slot_dtype", [torch.int32, torch.int64], ids=str)
 @pytest.mark.parametrize("layout", ["flash_attn", "vllm_cpu", "hnd", "mla"])
 def test_chunks_round_trip_equals_single_call(layout: str, slot_dtype: torch.dtype) -> None:
-    """Whole blocks in random order (the engine's case) with padding runs; the batched gather
+    """Chunks round trip equals single call.
+
+    Whole blocks in random order (the engine's case) with padding runs; the batched gather
     equals one single-buffer gather cut into chunks, and scattering the chunks back into a
-    sentinel cache restores exactly the gathered rows."""
+    sentinel cache restores exactly the gathered rows.
+    """
     caches = make_caches(
         layout, torch.bfloat16, num_layers=2, num_blocks=12, block_size=8, num_heads=2, head_size=32
     )
@@ -102,8 +108,11 @@ def test_chunks_round_trip_equals_single_call(layout: str, slot_dtype: torch.dty
 @pytest.mark.parametrize("bad_at", [0, 6, 13])
 @pytest.mark.parametrize("layout", ["flash_attn", "vllm_cpu", "mla"])
 def test_chunks_out_of_range_slot_writes_nothing_anywhere(layout: str, bad_at: int) -> None:
-    """A bad slot in the first, a middle or the last chunk: IndexError naming its position in
-    the whole slot_mapping, and no chunk (gather) or cache (scatter) is touched."""
+    """Chunks out of range slot writes nothing anywhere.
+
+    A bad slot in the first, a middle or the last chunk: IndexError naming its position in
+    the whole slot_mapping, and no chunk (gather) or cache (scatter) is touched.
+    """
     caches = make_caches(layout, torch.float16)
     slots = mixed_slots(5 * 4, 4)
     slots[bad_at] = 20
@@ -199,9 +208,12 @@ def test_chunks_bad_arguments_name_the_chunk() -> None:
 )
 @pytest.mark.parametrize("layout", ["flash_attn", "vllm_cpu", "hnd"])
 def test_chunks_multithreaded_realistic(layout: str, dtype: torch.dtype, threads: int) -> None:
-    """Realistic head geometry (8 heads x 128), whole 16-token blocks in random order, several
+    """Chunks multithreaded realistic.
+
+    Realistic head geometry (8 heads x 128), whole 16-token blocks in random order, several
     chunks with a short tail and padding runs, split over threads: every dtype width through the
-    streaming-store and SIMD-transpose paths, bit for bit against the per-chunk reference."""
+    streaming-store and SIMD-transpose paths, bit for bit against the per-chunk reference.
+    """
     prev = _native.num_threads()
     _native.set_num_threads(threads)
     try:
@@ -230,10 +242,13 @@ def test_chunks_multithreaded_realistic(layout: str, dtype: torch.dtype, threads
     "dtype", [torch.float8_e4m3fn, torch.bfloat16, torch.float32, torch.float64], ids=str
 )
 def test_vllm_cpu_block_size_32_last_token_of_each_block(dtype: torch.dtype) -> None:
-    """Regression: vllm_cpu with block_size 32 (K stored transposed [head_size, 32]), 16 blocks,
+    """Vllm cpu block size 32 last token of each block.
+
+    Regression: vllm_cpu with block_size 32 (K stored transposed [head_size, 32]), 16 blocks,
     several hundred tokens, two threads. A build of an intermediate kernel state once returned
     wrong K values for the last token of each block; check those rows explicitly, then every
-    byte, for the single-buffer ops and the batched ones, every dtype width."""
+    byte, for the single-buffer ops and the batched ones, every dtype width.
+    """
     prev = _native.num_threads()
     _native.set_num_threads(2)
     try:

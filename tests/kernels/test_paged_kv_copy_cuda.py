@@ -1,5 +1,8 @@
-"""The CUDA paged copies against the reference and the CPU twins (marked ``cuda``: they run where
-the build has CUDA kernels and torch sees a GPU, e.g. benchmarks/gpu/run.sh)."""
+"""The CUDA paged copies against the reference and the CPU twins.
+
+Marked ``cuda``: they run where the build has CUDA kernels and torch sees a GPU (e.g.
+benchmarks/gpu/run.sh), blocking and non-blocking.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,9 @@ from kernel_testlib import (
     DTYPES,
     LAYOUTS,
     STRIDED_KINDS,
+    assert_all_same_bytes,
     assert_same_bytes,
+    assert_untouched,
     chunk_shape,
     expected_gather,
     expected_gather_chunks,
@@ -21,11 +26,13 @@ from kernel_testlib import (
     random_bits,
     random_chunks,
     sentinel_chunks,
+    sentinel_copies,
     sentinel_like,
     strided_views,
     to_cuda,
 )
 from lmcache_native.ops import (
+    CopyHandle,
     describe,
     paged_kv_gather,
     paged_kv_gather_chunks,
@@ -200,8 +207,11 @@ def test_cuda_chunks_match_per_chunk_reference(layout: str) -> None:
 
 @pytest.mark.cuda
 def test_cuda_chunks_more_than_one_launch_and_bad_slot() -> None:
-    """More chunks than one launch carries (kMaxChunksPerLaunch = 64), empty ones among them;
-    then a bad slot in the last chunk writes nothing to any chunk."""
+    """Cuda chunks more than one launch and bad slot.
+
+    More chunks than one launch carries (kMaxChunksPerLaunch = 64), empty ones among them;
+    then a bad slot in the last chunk writes nothing to any chunk.
+    """
     caches = make_caches(
         "flash_attn", torch.float16, num_layers=2, num_blocks=40, block_size=4, num_heads=2
     )
@@ -228,3 +238,115 @@ def test_cuda_chunks_more_than_one_launch_and_bad_slot() -> None:
         paged_kv_gather_chunks(gpu, slots.cuda(), outs, "flash_attn")
     for out in outs:
         assert_same_bytes(out, sentinel_like(tuple(out.shape), torch.float16))
+
+
+# --- non-blocking copies: enqueued on the current stream, waited for through the handle ----------
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_cuda_non_blocking_copies_match_reference_after_wait(layout: str) -> None:
+    """Cuda non blocking copies match reference after wait.
+
+    Gather and scatter (single and batched) only enqueued; after ``wait()`` the bytes are the
+    reference's, and the handle reports done.
+    """
+    caches = make_caches(layout, torch.bfloat16)
+    slots = mixed_slots(20, 4)
+    gpu = to_cuda(caches)
+    out = sentinel_like(chunk_shape(caches, layout, len(slots)), torch.bfloat16, "cuda")
+    handle = paged_kv_gather(gpu, torch.tensor(slots, device="cuda"), out, layout, blocking=False)
+    assert isinstance(handle, CopyHandle)
+    assert handle.event is not None
+    handle.wait()
+    assert handle.done()
+    assert_same_bytes(out, expected_gather(caches, slots, layout))
+
+    outs = sentinel_chunks(caches, layout, CHUNK_SIZES, "cuda")
+    paged_kv_gather_chunks(gpu, torch.tensor(slots), outs, layout, blocking=False).wait()
+    assert_all_same_bytes(outs, expected_gather_chunks(caches, slots, CHUNK_SIZES, layout))
+
+    chunk = random_bits(tuple(out.shape), torch.bfloat16, 8)
+    dst = to_cuda(sentinel_copies(caches))
+    paged_kv_scatter(chunk.pin_memory(), dst, torch.tensor(slots), layout, blocking=False).wait()
+    assert_all_same_bytes(dst, expected_scatter(chunk, sentinel_copies(caches), slots, layout))
+
+    chunks = random_chunks(caches, layout, CHUNK_SIZES, seed=9)
+    dst = to_cuda(sentinel_copies(caches))
+    paged_kv_scatter_chunks(
+        to_cuda(chunks), dst, torch.tensor(slots, device="cuda"), layout, blocking=False
+    ).wait()
+    assert_all_same_bytes(
+        dst, expected_scatter_chunks(chunks, sentinel_copies(caches), slots, layout)
+    )
+
+
+@pytest.mark.cuda
+def test_cuda_non_blocking_copy_orders_later_work_on_its_stream() -> None:
+    """Cuda non blocking copy orders later work on its stream.
+
+    Work enqueued after the copy on the same stream sees its result with no host wait in
+    between; another stream orders itself after it through the handle's event.
+    """
+    caches = make_caches("flash_attn", torch.float16, num_blocks=64, block_size=16, num_heads=8)
+    slots = torch.randperm(64 * 16, generator=torch.Generator().manual_seed(2))[:700]
+    want = expected_gather(caches, slots.tolist(), "flash_attn")
+    gpu = to_cuda(caches)
+    out = sentinel_like(tuple(want.shape), torch.float16, "cuda")
+    handle = paged_kv_gather(gpu, slots.cuda(), out, "flash_attn", blocking=False)
+    snapshot = out.clone()  # same stream: runs after the copy
+    handle.wait()
+    assert_same_bytes(snapshot, want)
+
+    side = torch.cuda.Stream()
+    out2 = sentinel_like(tuple(want.shape), torch.float16, "cuda")
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        handle = paged_kv_gather(gpu, slots.cuda(), out2, "flash_attn", blocking=False)
+    assert handle.event is not None
+    torch.cuda.current_stream().wait_event(handle.event)
+    snapshot = out2.clone()  # the default stream, after the side stream's copy
+    handle.wait()
+    assert_same_bytes(snapshot, want)
+
+
+@pytest.mark.cuda
+def test_cuda_non_blocking_bad_slot_raises_from_wait_and_writes_nothing() -> None:
+    """Cuda non blocking bad slot raises from wait and writes nothing.
+
+    The call itself does not raise: the slot check's result stays on the device until
+    ``wait()``, which raises the blocking call's IndexError (every time it is called).
+    """
+    caches = to_cuda(make_caches("flash_attn", torch.bfloat16))
+    slots = torch.tensor([0, 1, 19, -1, 20, 3], device="cuda", dtype=torch.int32)
+    out = sentinel_like(chunk_shape(caches, "flash_attn", 6), torch.bfloat16, "cuda")
+    handle = paged_kv_gather(caches, slots, out, "flash_attn", blocking=False)
+    for _ in range(2):
+        with pytest.raises(IndexError, match=r"slot_mapping\[4\] = 20 is out of range"):
+            handle.wait()
+    assert_untouched([out])
+    before = [c.clone() for c in caches]
+    chunks = sentinel_chunks(caches, "flash_attn", [2, 4], "cuda")
+    handle = paged_kv_scatter_chunks(chunks, caches, slots, "flash_attn", blocking=False)
+    with pytest.raises(IndexError, match=r"slot_mapping\[4\] = 20\b.*nothing was written"):
+        handle.wait()
+    assert_all_same_bytes(caches, before)
+
+
+@pytest.mark.cuda
+def test_cuda_non_blocking_zero_tokens_and_pinned_host_chunk() -> None:
+    """Cuda non blocking zero tokens and pinned host chunk.
+
+    A copy of nothing launches nothing and its handle waits cleanly; a gather into pinned
+    host memory is readable after ``wait()``.
+    """
+    caches = make_caches("hnd", torch.float16, num_blocks=8, block_size=16, head_size=64)
+    gpu = to_cuda(caches)
+    empty = torch.empty(0, dtype=torch.int64, device="cuda")
+    paged_kv_gather(
+        gpu, empty, sentinel_chunks(caches, "hnd", [0], "cuda")[0], "hnd", blocking=False
+    ).wait()
+    slots = [*range(16, 48), -1, 127]
+    out = sentinel_like(chunk_shape(caches, "hnd", len(slots)), torch.float16).pin_memory()
+    paged_kv_gather(gpu, torch.tensor(slots), out, "hnd", blocking=False).wait()
+    assert_same_bytes(out, expected_gather(caches, slots, "hnd"))

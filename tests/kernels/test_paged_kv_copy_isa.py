@@ -1,5 +1,8 @@
-"""The CPU copy instruction sets: the AVX2 transposed scatter into vllm_cpu's K (2-byte dtypes,
-multiples of 16) against the reference on every path, and the switch that forces a path."""
+"""The CPU copy instruction sets.
+
+The CPU copy instruction sets: the AVX2 transposed scatter into vllm_cpu's K (2-byte dtypes,
+multiples of 16) against the reference on every path, and the switch that forces a path.
+"""
 
 from __future__ import annotations
 
@@ -30,8 +33,11 @@ COPY_ISAS = copy_supported_isas()
 
 
 def _runs_case(block_size: int) -> list[int]:
-    """Runs that take every branch: whole blocks, half-block runs at offsets 0 and 16, runs not
-    a multiple of 16, padding inside a run, a run cut by a block edge, single tokens."""
+    """Runs case.
+
+    Runs that take every branch: whole blocks, half-block runs at offsets 0 and 16, runs not
+    a multiple of 16, padding inside a run, a run cut by a block edge, single tokens.
+    """
     b = block_size
     slots = [*range(3 * b, 4 * b), *range(0, b)]  # two whole blocks
     slots += [*range(b + 16, b + 32)] if b >= 32 else []  # 16 tokens at offset 16
@@ -48,8 +54,11 @@ def _runs_case(block_size: int) -> list[int]:
 def test_vllm_cpu_transposed_scatter_paths(
     block_size: int, head_size: int, dtype: torch.dtype, each_copy_isa: str
 ) -> None:
-    """Every byte of every layer against the reference, on the run shapes the AVX2 path takes
-    (direct streaming for block 16, the L1 tile for larger blocks) or hands back to SSE2."""
+    """Vllm cpu transposed scatter paths.
+
+    Every byte of every layer against the reference, on the run shapes the AVX2 path takes
+    (direct streaming for block 16, the L1 tile for larger blocks) or hands back to SSE2.
+    """
     caches = make_caches(
         "vllm_cpu",
         dtype,
@@ -75,8 +84,11 @@ def test_vllm_cpu_transposed_scatter_paths(
 
 @pytest.mark.parametrize("offset_elems", [1, 8, 24])
 def test_vllm_cpu_transposed_scatter_into_a_misaligned_cache(offset_elems: int) -> None:
-    """A cache that does not start on a 32-byte boundary: no aligned streaming store may be used
-    on it (the direct path is refused), and the bytes still match."""
+    """Vllm cpu transposed scatter into a misaligned cache.
+
+    A cache that does not start on a 32-byte boundary: no aligned streaming store may be used
+    on it (the direct path is refused), and the bytes still match.
+    """
     shape = kv_cache_shape("vllm_cpu", 4, 16, 2, 32)
     numel = 1
     for d in shape:
@@ -101,7 +113,8 @@ def test_vllm_cpu_transposed_scatter_into_a_misaligned_cache(offset_elems: int) 
 
 
 def test_copy_isa_can_be_forced_and_refuses_unknown_names() -> None:
-    assert COPY_ISAS[0] == "sse2" and set(COPY_ISAS) <= {"sse2", "avx2"}
+    assert COPY_ISAS[0] == "sse2"
+    assert set(COPY_ISAS) <= {"sse2", "avx2"}
     before = copy_isa()
     try:
         for name in COPY_ISAS:

@@ -1,5 +1,8 @@
-"""The paged-KV layout: kv_cache_shape and describe agree, describe builds the bound
-``_C.PagedKVLayout`` by field name, and the binding checks every field when it is built."""
+"""The paged-KV layout.
+
+The paged-KV layout: kv_cache_shape and describe agree, describe builds the bound
+``_C.PagedKVLayout`` by field name, and the binding checks every field when it is built.
+"""
 
 from __future__ import annotations
 
@@ -25,8 +28,11 @@ def test_kv_cache_shape_rejects_an_unknown_layout() -> None:
 
 
 def test_describe_builds_the_layout_by_field_name() -> None:
-    """flash_attn [2, N, B, H, D]: K at 0, V one whole K half further; block, token, head and dim
-    strides of a contiguous tensor; plain (unpacked) two-level fields."""
+    """Describe builds the layout by field name.
+
+    flash_attn [2, N, B, H, D]: K at 0, V one whole K half further; block, token, head and dim
+    strides of a contiguous tensor; plain (unpacked) two-level fields.
+    """
     n, b, h, d = 3, 16, 2, 8
     kv = describe(
         [torch.zeros(kv_cache_shape("flash_attn", n, b, h, d), dtype=torch.bfloat16)], "flash_attn"
@@ -52,8 +58,10 @@ def test_describe_builds_the_layout_by_field_name() -> None:
 def test_vllm_cpu_k_is_transposed_and_amx_is_packed() -> None:
     n, b, h, d = 2, 16, 2, 32
     cpu = describe([torch.zeros(kv_cache_shape("vllm_cpu", n, b, h, d))], "vllm_cpu").layout
-    assert cpu.token_stride == (1, d) and cpu.dim_stride == (b, 1)
-    assert cpu.kv_offset == (0, b * d) and not cpu.packed
+    assert cpu.token_stride == (1, d)
+    assert cpu.dim_stride == (b, 1)
+    assert cpu.kv_offset == (0, b * d)
+    assert not cpu.packed
     amx = describe(
         [torch.zeros(kv_cache_shape("vllm_cpu_amx", n, b, h, d), dtype=torch.bfloat16)],
         "vllm_cpu_amx",

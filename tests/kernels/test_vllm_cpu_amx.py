@@ -42,8 +42,11 @@ def caches(dtype: torch.dtype, block: int, layers: int = 2, seed: int = 0) -> li
 
 
 def mixed_slots(block: int) -> list[int]:
-    """A whole block in order, a run across a 16-token group edge, lone slots, padding, the
-    last slot of the last block and slot 0."""
+    """Mixed slots.
+
+    A whole block in order, a run across a 16-token group edge, lone slots, padding, the
+    last slot of the last block and slot 0.
+    """
     last = NUM_BLOCKS * block - 1
     return [
         *range(block, 2 * block),  # block 1, in order
@@ -123,7 +126,8 @@ def test_gather_chunks_matches_per_chunk_reference(dtype: torch.dtype, block: in
     cs = caches(dtype, block, seed=2)
     slots = mixed_slots(block)
     sizes = chunk_sizes(len(slots), block)
-    assert slots[block] == -1 and sizes[2] == 1  # the one-token chunk is padding
+    assert slots[block] == -1
+    assert sizes[2] == 1
     outs = [sentinel_like(chunk_shape(cs, n), dtype) for n in sizes]
     paged_kv_gather_chunks(cs, torch.tensor(slots), outs, AMX)
     begin = 0
@@ -259,11 +263,11 @@ def test_bindings_refuse_the_packed_layout_on_a_device() -> None:
     out = sentinel_like(chunk_shape(cs, 2), torch.bfloat16)
     args = (kv.layer_ptrs, kv.layout, int(slots.data_ptr()), 2, 8, int(out.data_ptr()))
     cuda = (0, 0, 0, True)  # device, stream, bad_pos, blocking: refused before they are read
-    with pytest.raises(ValueError, match="packed .* CPU caches"):
+    with pytest.raises(ValueError, match=r"packed .* CPU caches"):
         _native.C.paged_kv_gather_cuda(*args, *cuda)
-    with pytest.raises(ValueError, match="packed .* CPU caches"):
+    with pytest.raises(ValueError, match=r"packed .* CPU caches"):
         _native.C.paged_kv_scatter_cuda(*args, *cuda)
-    with pytest.raises(ValueError, match="packed .* CPU caches"):
+    with pytest.raises(ValueError, match=r"packed .* CPU caches"):
         _native.C.kv_chunk_md5_cuda(
             kv.layer_ptrs, 0, kv.layout, int(slots.data_ptr()), 2, 2, 0, 0, 0, 0
         )

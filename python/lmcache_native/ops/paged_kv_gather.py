@@ -75,20 +75,18 @@ def paged_kv_gather_chunks(
             contiguous, the cache's dtype, with ``sum(n_c) == num_tokens`` (``n_c`` may be 0);
             on the CPU for a CPU cache, on the cache's CUDA device or in pinned CPU memory for a
             CUDA cache.
-        layout: ``"flash_attn"``, ``"flashinfer"``, ``"hnd"``, ``"mla"``, ``"vllm_cpu"`` or
-            ``"vllm_cpu_amx"`` (CPU caches only; a ``ValueError`` on a CUDA cache).
-        blocking: ``False`` only enqueues a CUDA copy (see :class:`~lmcache_native.ops.CopyHandle`).
+        layout: as for :func:`paged_kv_gather`.
+        blocking: as for :func:`paged_kv_gather`.
 
     Returns:
-        The copy's handle, already done unless ``blocking=False`` on CUDA.
+        As for :func:`paged_kv_gather`.
 
     Raises:
         TypeError: an argument of the wrong type or dtype (``outs`` not a list of tensors).
         ValueError: a wrong shape, device or layout, a non-contiguous buffer, or token counts
             that do not add up to ``num_tokens``.
-        IndexError: a slot outside ``[-1, num_blocks * block_size)``; nothing is written
-            (from :meth:`CopyHandle.wait` for a non-blocking CUDA copy).
-        RuntimeError: a CUDA cache on a build without CUDA kernels, or a CUDA failure.
+        IndexError: as for :func:`paged_kv_gather`.
+        RuntimeError: as for :func:`paged_kv_gather`.
     """
     return paged_copy(
         "paged_kv_gather_chunks", "outs", kv_caches, slot_mapping, outs, layout, blocking

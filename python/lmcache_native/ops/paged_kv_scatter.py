@@ -35,19 +35,17 @@ def paged_kv_scatter(
             any 1/2/4/8-byte dtype; may be non-contiguous views.
         slot_mapping: ``[num_tokens]`` int32 or int64 slots (``block * block_size + offset``),
             on the cache's device or the CPU.
-        layout: ``"flash_attn"``, ``"flashinfer"``, ``"hnd"``, ``"mla"``, ``"vllm_cpu"`` or
-            ``"vllm_cpu_amx"`` (CPU caches only; a ``ValueError`` on a CUDA cache).
-        blocking: ``False`` only enqueues a CUDA copy (see :class:`~lmcache_native.ops.CopyHandle`).
+        layout: as for :func:`~lmcache_native.ops.paged_kv_gather`.
+        blocking: as for :func:`~lmcache_native.ops.paged_kv_gather`.
 
     Returns:
-        The copy's handle, already done unless ``blocking=False`` on CUDA.
+        As for :func:`~lmcache_native.ops.paged_kv_gather`.
 
     Raises:
         TypeError: an argument of the wrong type or dtype.
         ValueError: a wrong shape, device, layout, or a non-contiguous ``chunk``.
-        IndexError: a slot outside ``[-1, num_blocks * block_size)``; nothing is written
-            (from :meth:`CopyHandle.wait` for a non-blocking CUDA copy).
-        RuntimeError: a CUDA cache on a build without CUDA kernels, or a CUDA failure.
+        IndexError: as for :func:`~lmcache_native.ops.paged_kv_gather`.
+        RuntimeError: as for :func:`~lmcache_native.ops.paged_kv_gather`.
     """
     return paged_copy("paged_kv_scatter", "chunk", kv_caches, slot_mapping, chunk, layout, blocking)
 
@@ -77,20 +75,18 @@ def paged_kv_scatter_chunks(
         kv_caches: one paged cache per layer, as for :func:`paged_kv_scatter`.
         slot_mapping: ``[num_tokens]`` int32 or int64 slots, on the cache's device or the CPU;
             ``-1`` is padding (the cache is left untouched for that token).
-        layout: ``"flash_attn"``, ``"flashinfer"``, ``"hnd"``, ``"mla"``, ``"vllm_cpu"`` or
-            ``"vllm_cpu_amx"`` (CPU caches only; a ``ValueError`` on a CUDA cache).
-        blocking: ``False`` only enqueues a CUDA copy (see :class:`~lmcache_native.ops.CopyHandle`).
+        layout: as for :func:`~lmcache_native.ops.paged_kv_gather`.
+        blocking: as for :func:`~lmcache_native.ops.paged_kv_gather`.
 
     Returns:
-        The copy's handle, already done unless ``blocking=False`` on CUDA.
+        As for :func:`~lmcache_native.ops.paged_kv_gather`.
 
     Raises:
         TypeError: an argument of the wrong type or dtype (``chunks`` not a list of tensors).
         ValueError: a wrong shape, device or layout, a non-contiguous buffer, or token counts
             that do not add up to ``num_tokens``.
-        IndexError: a slot outside ``[-1, num_blocks * block_size)``; nothing is written
-            (from :meth:`CopyHandle.wait` for a non-blocking CUDA copy).
-        RuntimeError: a CUDA cache on a build without CUDA kernels, or a CUDA failure.
+        IndexError: as for :func:`~lmcache_native.ops.paged_kv_gather`.
+        RuntimeError: as for :func:`~lmcache_native.ops.paged_kv_gather`.
     """
     return paged_copy(
         "paged_kv_scatter_chunks", "chunks", kv_caches, slot_mapping, chunks, layout, blocking
