@@ -259,3 +259,29 @@ def test_a_missing_chunk_shortens_only_its_load(engine: CacheEngine) -> None:
     assert results[0].mask[:64].all()
     assert not results[0].mask[64:].any()
     assert _same(_rows(caches, dst[:64]), _rows(caches, src[:64]))
+
+
+def test_a_short_last_chunk_loads_and_stores_layer_by_layer(dtype: torch.dtype) -> None:
+    config = LMCacheEngineConfig.from_defaults(
+        chunk_size=CHUNK, max_local_cpu_size=0.02, save_unfull_chunk=True
+    )
+    engine = CacheEngine(config, EngineMetadata(model_name="m"))
+    try:
+        engine.register_kv_caches(_caches(2, dtype), LAYOUT)
+        caches = _kv(engine)
+        tokens = TOKENS[:170]  # 2 full chunks and 42 tokens
+        src = slot_mapping([0, 1, 2, 3, 4, 5], BLOCK, 170)
+        expected = _rows(caches, src)
+        saver = LayerwiseSaver(engine, LayerCaches.of(caches, LAYOUT))
+        job = StoreJob(tokens, src)
+        saver.begin([job])
+        for name in LAYERS:
+            saver.save_layer(name)
+        assert saver.store(job).num_stored_tokens == 170
+        dst = slot_mapping([10, 11, 12, 13, 14, 15], BLOCK, 170)
+        load = LayerwiseLoad(engine, LayerCaches.of(caches, LAYOUT), [LoadJob(tokens, dst)])
+        load.start()
+        assert load.wait()[0].num_retrieved == 170
+        assert _same(_rows(caches, dst), expected)
+    finally:
+        engine.close()

@@ -80,6 +80,19 @@ class LayerCaches:
             return [staging[i].view(n, 1, row) for i in range(self.num_layers)], "mla"
         return [staging[i].view(2, n, 1, 1, row) for i in range(self.num_layers)], "flash_attn"
 
+    def chunk_layer_views(
+        self, chunks: Sequence[torch.Tensor], layer: int
+    ) -> tuple[list[torch.Tensor], str]:
+        """Layer ``layer`` of each chunk buffer seen as a paged cache of one-token blocks.
+
+        Gathering slots ``0..n-1`` from these views (one "layer" per chunk, all chunks of ``n``
+        tokens) into ``[num_kv, len(chunks), n, row]`` lays that layer's rows of every chunk
+        out in token order: a one-layer chunk for the whole list, in one native call.
+        """
+        if self.paged.num_kv == 1:
+            return [c[0, layer].view(int(c.shape[2]), 1, -1) for c in chunks], "mla"
+        return [c[:, layer].view(2, int(c.shape[2]), 1, 1, -1) for c in chunks], "flash_attn"
+
 
 class Staging:
     """A reused layer-major buffer: ``[num_layers, num_kv, num_tokens, row]`` rows.

@@ -179,13 +179,20 @@ class LayerwiseLoad:
         num_tokens = int(slot_map.numel())
         staging = self.staging.get(num_tokens)
         t0 = time.perf_counter()
-        # Chunk buffers -> layer-major rows (one native call), then one layer at a time.
-        views, layout = c.layer_views(staging)
-        rows = torch.arange(num_tokens, dtype=torch.int64)
-        ops.paged_kv_scatter_chunks([b.tensor for b in bufs], views, rows, layout)
+        tensors = [b.tensor for b in bufs]
+        sizes = {int(t.shape[2]) for t in tensors}
+        if len(sizes) != 1:  # a short last chunk: all layers to layer-major rows at once
+            views, layout = c.layer_views(staging)
+            rows = torch.arange(num_tokens, dtype=torch.int64)
+            ops.paged_kv_scatter_chunks(tensors, views, rows, layout)
+        per_layer = torch.arange(sizes.pop(), dtype=torch.int64) if len(sizes) == 1 else None
         for i, cache in enumerate(c.caches):
             if self.before_layer is not None:
                 self.before_layer(i)
+            if per_layer is not None:  # this layer's rows of every chunk, then the layer
+                views, layout = c.chunk_layer_views(tensors, i)
+                out = staging[i].view(c.paged.num_kv, len(tensors), -1, c.paged.row_elems)
+                ops.paged_kv_gather(views, per_layer, out, layout)
             ops.paged_kv_scatter(staging[i].unsqueeze(1), [cache], slot_map, c.layout)
             self.layers_loaded += 1
             self._ready[i].set()
