@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Parameter
 from lmcache_native.api.errors import error_responses
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -55,3 +56,21 @@ def route(
         return handler(fn)
 
     return decorate
+
+
+def optional(description: str, **schema_extra: Any) -> Any:
+    """An optional query parameter (default ``None``) with its OpenAPI description.
+
+    Args:
+        description: the parameter's description.
+        **schema_extra: extra JSON Schema keywords (``pattern``, ``items``, ...).
+
+    Returns:
+        Litestar's ``Parameter``, to be used as the handler argument's default.
+    """
+    return Parameter(
+        default=None,
+        required=False,
+        description=description,
+        schema_extra=schema_extra or None,
+    )

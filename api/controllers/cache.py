@@ -29,15 +29,15 @@ from lmcache_native.api.schemas import (
     RetrieveResult,
     StoreResult,
 )
+from lmcache_native.engine.slots import check_slot_mapping
 from lmcache_native.errors import LMCacheError
 
-from ..routes import route
+from ..routes import optional, route
 
 # NOTE: at most 40 digits (int64 needs 19): int() of a longer digit string is refused by
 # Python's int_max_str_digits (ValueError) or costs quadratic time.
 _INT = re.compile(r"[+-]?[0-9]{1,40}", re.ASCII)
 _MAX_TOKEN_ID = (1 << 63) - 1
-_MAX_INVALID_SHOWN = 10
 
 # Patterns document the grammar in the OpenAPI document only (``schema_extra``); the handlers
 # parse the values themselves so that errors carry the spec's titles.
@@ -47,26 +47,20 @@ _SLOT_ITEM = r"([0-9]+|\[\s*[0-9]+\s*,\s*[0-9]+\s*\])"
 SLOT_MAPPING_PATTERN = rf"^\s*({_SLOT_ITEM}\s*)?(,\s*({_SLOT_ITEM}\s*)?)*$"
 _BOOL_TEXT = r"^\s*([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee])\s*$"
 
-_TOKENS_MOCK = Parameter(
-    default=None,
-    required=False,
-    description=(
+_TOKENS_MOCK = optional(
+    (
         'Two comma-separated numbers "start,end" (start < end): tokens start..end-1 at slots '
         "0..n-1. Give tokens_mock or tokens_input."
     ),
-    schema_extra={"pattern": _DIGITS_PAIR},
+    pattern=_DIGITS_PAIR,
 )
-_LOCATIONS = Parameter(
-    default=None,
-    required=False,
-    description="Tiers to clear (repeat the parameter); all tiers when omitted.",
-    schema_extra={"items": {"type": "string", "minLength": 1}},
+_LOCATIONS = optional(
+    "Tiers to clear (repeat the parameter); all tiers when omitted.",
+    items={"type": "string", "minLength": 1},
 )
-_TOKENS_INPUT = Parameter(
-    default=None,
-    required=False,
-    description="Comma-separated token ids, at slots 0..n-1. Give tokens_mock or tokens_input.",
-    schema_extra={"pattern": _DIGITS_LIST},
+_TOKENS_INPUT = optional(
+    "Comma-separated token ids, at slots 0..n-1. Give tokens_mock or tokens_input.",
+    pattern=_DIGITS_LIST,
 )
 
 
@@ -213,11 +207,7 @@ class CacheController(Controller):
     def retrieve(self, kv_engine: EngineDep, tokens: MockTokensDep) -> RetrieveResult:
         """Loads the cached KV of the given tokens into slots 0..n-1 of the registered cache."""
         result = kv_engine.retrieve(tokens, _first_slots(tokens))
-        return RetrieveResult(
-            status="success",
-            num_tokens=int(tokens.numel()),
-            num_retrieved=int(result.num_retrieved),
-        )
+        return RetrieveResult("success", int(tokens.numel()), int(result.num_retrieved))
 
     @route(
         get,
@@ -261,14 +251,8 @@ class CacheController(Controller):
             raise bad_request("Invalid slot_mapping format", str(exc)) from exc
         if slots.numel() == 0:
             raise bad_request("Invalid slot_mapping format", "slot_mapping contains no slots")
-        bad = slots[(slots < 0) | (slots >= num_slots)]
-        if bad.numel():
-            shown = bad[:_MAX_INVALID_SHOWN].tolist()
-            more = f" (and {bad.numel() - len(shown)} more)" if bad.numel() > len(shown) else ""
-            raise bad_request(
-                "Invalid slot indices",
-                f"Slot indices out of bounds: {shown}{more}. Valid range: 0 to {num_slots - 1}",
-            )
+        # InvalidSlotsError names the out-of-range slots; errors.py answers it 400.
+        slots = check_slot_mapping(slots, None, num_slots, allow_padding=False)
         # chunk_size beyond the slot count is one chunk; clamp so no huge value reaches C++.
         effective = min(int(chunk_size), int(slots.numel()))
         checksums = kv_engine.kv_checksums(slots, effective, layerwise)
@@ -301,11 +285,8 @@ class CacheController(Controller):
     def kvcache_record_slot(
         self,
         engine: EngineDep,
-        enabled: str | None = Parameter(
-            default=None,
-            required=False,
-            description='"true" or "false" (any case); omit to query the current status.',
-            schema_extra={"pattern": _BOOL_TEXT},
+        enabled: str | None = optional(
+            '"true" or "false" (any case); omit to query the current status.', pattern=_BOOL_TEXT
         ),
     ) -> RecordSlotResult:
         """Turns logging of store/retrieve slot mappings on or off, or reports it."""

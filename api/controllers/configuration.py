@@ -7,17 +7,15 @@ from typing import Annotated, Any
 from litestar import Controller, HttpMethod, Response, get, post, route
 from litestar.enums import RequestEncodingType
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Body, Parameter
+from litestar.params import Body
 from lmcache_native.api.deps import ConfigDep, EngineDep
 from lmcache_native.api.errors import ApiError, error_responses
 from lmcache_native.api.schemas import ConfUpdateError, ConfUpdateResult
 from lmcache_native.config import CONFIG_DEFINITIONS
 
-_NAMES = Parameter(
-    default=None,
-    required=False,
-    description="Comma-separated names to return (unknown names are left out).",
-)
+from ..routes import optional
+
+_NAMES = optional("Comma-separated names to return (unknown names are left out).")
 
 
 _MAX_KEYS_LISTED = 10

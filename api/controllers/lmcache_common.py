@@ -24,7 +24,7 @@ from lmcache_native.api.errors import ApiError, bad_request
 from lmcache_native.stats.periodic import ThreadLevel
 from lmcache_native.stats.redact import redact_value
 
-from ..routes import route
+from ..routes import optional, route
 
 LEVEL_NAMES = ("CRITICAL", "FATAL", "ERROR", "WARNING", "WARN", "INFO", "DEBUG", "NOTSET")
 """Level names ``/loglevel`` accepts (any case)."""
@@ -122,16 +122,8 @@ class LogLevelBody(msgspec.Struct, forbid_unknown_fields=True):
     level: str | None = None
 
 
-_LOGGER_NAME = Parameter(
-    default=None,
-    required=False,
-    description='A logger name ("root" for the root logger).',
-)
-_LEVEL = Parameter(
-    default=None,
-    required=False,
-    description=f"Level to set: {', '.join(LEVEL_NAMES)} (any case).",
-)
+_LOGGER_NAME = optional('A logger name ("root" for the root logger).')
+_LEVEL = optional(f"Level to set: {', '.join(LEVEL_NAMES)} (any case).")
 
 
 def format_threads(name: str | None, thread_id: int | None) -> str:
@@ -200,12 +192,8 @@ class LMCacheCommonController(Controller):
     @route(get, "/threads", "Threads", 400, media_type=MediaType.TEXT)
     async def threads(
         self,
-        name: str | None = Parameter(
-            default=None, required=False, description="Keep threads whose name contains this."
-        ),
-        thread_id: int | None = Parameter(
-            default=None, required=False, description="Keep the thread with this ident."
-        ),
+        name: str | None = optional("Keep threads whose name contains this."),
+        thread_id: int | None = optional("Keep the thread with this ident."),
     ) -> str:
         """Live threads of the process with their Python stacks.
 
@@ -218,11 +206,7 @@ class LMCacheCommonController(Controller):
     def periodic_threads(
         self,
         engine: EngineDep,
-        level: str | None = Parameter(
-            default=None,
-            required=False,
-            description="Keep threads of this level: critical, high, medium, low.",
-        ),
+        level: str | None = optional("Keep threads of this level: critical, high, medium, low."),
         running_only: bool = Parameter(default=False, description="Keep running threads."),
         active_only: bool = Parameter(default=False, description="Keep active threads."),
     ) -> dict[str, Any]:

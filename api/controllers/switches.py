@@ -7,7 +7,6 @@ builds the controller of one switch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -20,30 +19,25 @@ from ..routes import route
 
 
 def switch_controller(
-    name: str,
-    *,
-    path: str,
-    title: str,
-    short: str,
-    body: type[msgspec.Struct],
-    set_state: Callable[[CacheEngine, bool], object],
-    get_state: Callable[[CacheEngine], object],
+    path: str, title: str, short: str, body: type[msgspec.Struct], switch: tuple[str, str]
 ) -> type[Controller]:
     """A controller for one on/off engine switch.
 
     Args:
-        name: the class name (``FreezeController``); the OpenAPI tag is ``path`` without its
-            slash, underscores as dashes.
-        path: the URL prefix (``/freeze``).
-        title: the switch in title case (``Freeze Mode``): summaries, messages, error titles.
-        short: the status summary's and status error title's name (``Freeze``).
+        path: the URL prefix (``/freeze``); the OpenAPI tag is ``path`` without its slash,
+            underscores as dashes.
+        title: the switch in title case (``Freeze Mode``): summaries, messages, error titles;
+            the class is named after ``short`` or, when empty, ``title`` (``HotCacheController``).
+        short: the status summary's and status error title's name (``Freeze``; empty: ``title``).
         body: the answer's struct: ``status``, the switch's field, ``message``.
-        set_state: turns the switch on or off.
-        get_state: whether the switch is on.
+        switch: the engine's setter method (``freeze``) and state property (``is_frozen``).
 
     Returns:
         A Litestar controller class with ``enable``, ``disable`` and ``status`` handlers.
     """
+    short = short or title
+    name = short.replace(" ", "") + "Controller"
+    setter, getter = switch
     lower = title.lower()
     label = title.capitalize()
     field = next(f for f in body.__struct_fields__ if f not in ("status", "message"))
@@ -51,18 +45,18 @@ def switch_controller(
     def answer(on: bool, message: str) -> Any:
         return body(status="success", message=message, **{field: on})
 
-    def switch(engine: CacheEngine, on: bool) -> Any:
-        set_state(engine, on)
+    def turn(engine: CacheEngine, on: bool) -> Any:
+        getattr(engine, setter)(on)
         return answer(on, f"{label} {'enabled' if on else 'disabled'} successfully")
 
     def enable(_self: Controller, engine: EngineDep) -> Any:
-        return switch(engine, True)
+        return turn(engine, True)
 
     def disable(_self: Controller, engine: EngineDep) -> Any:
-        return switch(engine, False)
+        return turn(engine, False)
 
     def status(_self: Controller, engine: EngineDep) -> Any:
-        on = bool(get_state(engine))
+        on = bool(getattr(engine, getter))
         return answer(on, f"{label} is {'enabled' if on else 'disabled'}")
 
     enable.__doc__ = f"Enables {lower}."
@@ -88,23 +82,11 @@ def switch_controller(
 
 
 FreezeController = switch_controller(
-    "FreezeController",
-    path="/freeze",
-    title="Freeze Mode",
-    short="Freeze",
-    body=FreezeStatus,
-    set_state=lambda engine, on: engine.freeze(on),
-    get_state=lambda engine: engine.is_frozen,
+    "/freeze", "Freeze Mode", "Freeze", FreezeStatus, ("freeze", "is_frozen")
 )
 """While frozen, stores are skipped and lookups/retrieves use the CPU tier only."""
 
 HotCacheController = switch_controller(
-    "HotCacheController",
-    path="/hot_cache",
-    title="Hot Cache",
-    short="Hot Cache",
-    body=HotCacheStatus,
-    set_state=lambda engine, on: engine.set_hot_cache(on),
-    get_state=lambda engine: engine.hot_cache_enabled,
+    "/hot_cache", "Hot Cache", "", HotCacheStatus, ("set_hot_cache", "hot_cache_enabled")
 )
 """The LocalCPUBackend hot cache; disabling it clears the CPU tier and keeps nothing new."""

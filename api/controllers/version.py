@@ -8,12 +8,11 @@ from __future__ import annotations
 import importlib.metadata
 
 from litestar import Controller, MediaType, get
-from litestar.params import Parameter
 from lmcache_native import COMMIT_ID, VERSION
 from lmcache_native.api.deps import HostInfoDep, MaybeEngineDep
 from lmcache_native.api.schemas import InferenceInfo, InferenceVersion
 
-from ..routes import route
+from ..routes import optional, route
 
 
 def installed_vllm_version() -> str | None:
@@ -60,9 +59,7 @@ class VersionController(Controller):
         self,
         maybe_engine: MaybeEngineDep,
         host_info: HostInfoDep,
-        format: str | None = Parameter(
-            default=None, required=False, description="Reserved for future use."
-        ),
+        format: str | None = optional("Reserved for future use."),
     ) -> InferenceInfo:
         """The vLLM and engine details: versions, engine metadata, KV cache, host details."""
         del format  # the spec reserves the parameter; no format is defined yet
