@@ -3,34 +3,33 @@
 from __future__ import annotations
 
 import pytest
-from api_testlib import assert_error
+from api_testlib import assert_error, spec_calls
 
 # --- freeze ----------------------------------------------------------------------------------
 
 
-def test_freeze_cycle(client, engine):
-    r = client.get("/freeze/status")
-    assert r.json() == {"status": "success", "freeze": False, "message": "Freeze mode is disabled"}
-    r = client.put("/freeze/enable")
-    assert r.status_code == 200
-    assert r.json() == {
-        "status": "success",
-        "freeze": True,
-        "message": "Freeze mode enabled successfully",
-    }
-    assert engine.is_frozen is True
-    assert client.get("/freeze/status").json() == {
-        "status": "success",
-        "freeze": True,
-        "message": "Freeze mode is enabled",
-    }
-    r = client.put("/freeze/disable")
-    assert r.json() == {
-        "status": "success",
-        "freeze": False,
-        "message": "Freeze mode disabled successfully",
-    }
-    assert engine.is_frozen is False
+# path, body field, message label, engine attribute, state at start
+SWITCHES = [
+    ("/freeze", "freeze", "Freeze mode", "is_frozen", False),
+    ("/hot_cache", "hot_cache", "Hot cache", "hot_cache_enabled", True),
+]
+
+
+@pytest.mark.parametrize(("path", "field", "label", "attribute", "initial"), SWITCHES)
+def test_switch_cycle(client, engine, path, field, label, attribute, initial):
+    def body(on: bool, message: str) -> dict:
+        return {"status": "success", field: on, "message": message}
+
+    def state(on: bool) -> str:
+        return "enabled" if on else "disabled"
+
+    assert client.get(f"{path}/status").json() == body(initial, f"{label} is {state(initial)}")
+    for on in (not initial, initial):
+        r = client.put(f"{path}/{'enable' if on else 'disable'}")
+        assert r.status_code == 200
+        assert r.json() == body(on, f"{label} {state(on)} successfully")
+        assert getattr(engine, attribute) is on
+        assert client.get(f"{path}/status").json() == body(on, f"{label} is {state(on)}")
 
 
 def test_freeze_keeps_cpu_hits(client):
@@ -42,29 +41,6 @@ def test_freeze_keeps_cpu_hits(client):
 
 
 # --- hot cache -------------------------------------------------------------------------------
-
-
-def test_hot_cache_cycle(client, engine):
-    assert client.get("/hot_cache/status").json() == {
-        "status": "success",
-        "hot_cache": True,
-        "message": "Hot cache is enabled",
-    }
-    r = client.put("/hot_cache/disable")
-    assert r.json() == {
-        "status": "success",
-        "hot_cache": False,
-        "message": "Hot cache disabled successfully",
-    }
-    assert engine.hot_cache_enabled is False
-    assert client.get("/hot_cache/status").json()["message"] == "Hot cache is disabled"
-    r = client.put("/hot_cache/enable")
-    assert r.json() == {
-        "status": "success",
-        "hot_cache": True,
-        "message": "Hot cache enabled successfully",
-    }
-    assert engine.hot_cache_enabled is True
 
 
 def test_hot_cache_disable_clears_cpu_tier(client):
@@ -144,20 +120,7 @@ def test_bypass_missing_name(client, action):
     )
 
 
-@pytest.mark.parametrize(
-    ("method", "path"),
-    [
-        ("put", "/freeze/enable"),
-        ("put", "/freeze/disable"),
-        ("get", "/freeze/status"),
-        ("put", "/hot_cache/enable"),
-        ("put", "/hot_cache/disable"),
-        ("get", "/hot_cache/status"),
-        ("get", "/bypass/list"),
-        ("put", "/bypass/add?backend_name=LocalCPUBackend"),
-        ("put", "/bypass/remove?backend_name=LocalCPUBackend"),
-    ],
-)
+@pytest.mark.parametrize(("method", "path"), spec_calls("/freeze/", "/hot_cache/", "/bypass/"))
 def test_modes_503_without_engine(no_engine_client, method, path):
     body = assert_error(getattr(no_engine_client, method)(path), 503, "LMCache API is unavailable")
     assert body["message"] == "LMCache engine not configured."
