@@ -31,9 +31,19 @@ from lmcache_native.integration.vllm.state import WorkerState
 logger = logging.getLogger("lmcache_native.integration.vllm")
 
 
-def _sync(device: torch.device) -> None:
+def _copies_done(device: torch.device) -> None:
+    """Waits until the copies this thread enqueued on its current stream have run.
+
+    Only a background load calls it, before its future completes, so that ``get_finished``
+    reports a load once its KV is in vLLM's blocks; it waits on an event recorded after those
+    copies, not for everything on the stream. A load on the forward thread waits for nothing:
+    its copies run on vLLM's current stream, ordered before the forward that reads them, and
+    the engine's (blocking) copies are done with their host buffers when it returns.
+    """
     if device.type == "cuda":
-        torch.cuda.current_stream(device).synchronize()
+        done = torch.cuda.Event()  # type: ignore[no-untyped-call]
+        done.record(torch.cuda.current_stream(device))
+        done.synchronize()
 
 
 _LOAD_THREADS = 4  # background loads at once (disk reads and Redis GETs overlap)
@@ -108,7 +118,7 @@ class LoadPath(WorkerState):
         if self._load_pool is None:
             self._load_pool = ThreadPoolExecutor(_LOAD_THREADS, thread_name_prefix="lmcn-load")
         try:
-            future = self._load_pool.submit(self._retrieve, spec)
+            future = self._load_pool.submit(self._retrieve, spec, True)
         except Exception as e:  # reported to vLLM, which recomputes
             self._failed("load", e)
             self._async_loads[spec.req_id] = (spec, None)
@@ -158,11 +168,11 @@ class LoadPath(WorkerState):
     def _load(self, spec: LoadSpec) -> None:
         self._account_load(spec, self._retrieve(spec))
 
-    def _retrieve(self, spec: LoadSpec) -> tuple[int, float] | None:
+    def _retrieve(self, spec: LoadSpec, background: bool = False) -> tuple[int, float] | None:
         """Loads ``spec``'s window: (first token not loaded, seconds), ``None`` for no plan.
 
         Touches nothing but the engine and the request's blocks, so it may run on a background
-        thread.
+        thread; there (``background``) it returns once its copies have run.
         """
         assert self.engine is not None
         n = len(spec.token_ids)
@@ -171,7 +181,8 @@ class LoadPath(WorkerState):
         slots = self._load_slots(spec)
         t0 = time.perf_counter()
         result = self.engine.retrieve(spec.token_ids, slots, spec.extras)
-        _sync(self._device)
+        if background:
+            _copies_done(self._device)
         return self._first_missing(spec, result), time.perf_counter() - t0
 
     def _load_slots(self, spec: LoadSpec) -> torch.Tensor:
