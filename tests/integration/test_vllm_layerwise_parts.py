@@ -145,7 +145,7 @@ def test_store_plans_only_missing_chunks_and_falls_back_without_every_layer(
     saver = LayerwiseSaver(engine, LayerCaches.of(caches, LAYOUT))
     job = StoreJob(TOKENS, slots)
     saver.begin([job])
-    assert saver._slots.numel() == 128  # the stored first chunk is not copied out again
+    assert saver.planned_tokens == 128  # the stored first chunk is not copied out again
     assert not saver.save_layer("not.a.layer")
     saver.save_layer(LAYERS[0])
     saver.save_layer(LAYERS[1])  # the last layer never comes: stored from vLLM's cache
@@ -156,7 +156,7 @@ def test_store_plans_only_missing_chunks_and_falls_back_without_every_layer(
     # Everything stored now: nothing to copy, "already stored".
     job = StoreJob(TOKENS, slots)
     saver.begin([job])
-    assert saver._staging is None
+    assert saver.planned_tokens == 0
     for name in LAYERS:
         saver.save_layer(name)
     result = saver.store(job)

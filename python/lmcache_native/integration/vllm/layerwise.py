@@ -114,12 +114,17 @@ class Staging:
     def get(self, num_tokens: int) -> torch.Tensor:
         """A contiguous ``[num_layers, num_kv, num_tokens, row]`` view of the buffer."""
         p = self.caches.paged
-        shape = (p.num_layers, p.num_kv, num_tokens, p.row_elems)
-        need = p.num_layers * p.num_kv * num_tokens * p.row_elems
-        if self._flat is None or self._flat.numel() < need:
+        return self.flat(p.num_layers * p.num_kv * num_tokens * p.row_elems).view(
+            p.num_layers, p.num_kv, num_tokens, p.row_elems
+        )
+
+    def flat(self, numel: int) -> torch.Tensor:
+        """The first ``numel`` elements of the buffer (grown when needed)."""
+        p = self.caches.paged
+        if self._flat is None or self._flat.numel() < numel:
             self._flat = None
-            self._flat = torch.empty(need, dtype=p.dtype, pin_memory=p.device.type == "cuda")
-        return self._flat[:need].view(shape)
+            self._flat = torch.empty(numel, dtype=p.dtype, pin_memory=p.device.type == "cuda")
+        return self._flat[:numel]
 
     def release(self) -> None:
         """Lets the memory go."""
@@ -147,22 +152,36 @@ class StoreJob:
 
 @dataclass
 class _Planned:
-    """A job's chunks, decided before the forward writes them."""
+    """A job's chunks, decided (and their buffers taken) before the forward writes them."""
 
     num_spans: int
     reason: str | None  # why nothing at all is stored (frozen, short), else None
-    todo: list[tuple[ChunkSpan, str, bool, int]] = field(default_factory=list)
-    # (span, key, rewrite, first staging row) of each chunk to copy out and put
+    todo: list[tuple[ChunkSpan, str, bool, ChunkBufferLike]] = field(default_factory=list)
+    # (span, key, rewrite, its chunk buffer) of each chunk to store
     skipped: int = 0  # chunks the hot tier holds
     stop: str | None = None  # why the chunks after ``todo`` are not stored
     stopped: int = 0  # chunks not stored for ``stop``
 
 
+@dataclass
+class _Group:
+    """The step's chunks of one token count, filled together one layer at a time."""
+
+    num_tokens: int  # per chunk
+    bufs: list[torch.Tensor] = field(default_factory=list)
+    slots: list[torch.Tensor] = field(default_factory=list)
+    rows: torch.Tensor | None = None  # [num_layers, num_kv, len(bufs) * num_tokens, row]
+    slot_map: torch.Tensor | None = None
+
+
 class LayerwiseSaver:
     """Copies a step's chunks to store out of vLLM's cache layer by layer, commits them after.
 
-    One saver per worker; one step at a time: :meth:`begin` (before the first layer is saved),
-    :meth:`save_layer` per layer, :meth:`store` per job (after the forward), :meth:`end`.
+    One saver per worker; one step at a time: :meth:`begin` (before the first layer is saved)
+    plans the step and takes a pool buffer for each chunk to store, :meth:`save_layer` copies
+    that layer of every planned chunk into its buffer (a native gather out of vLLM's cache into
+    layer-major rows, then a native scatter into the buffers' layer views), :meth:`store` puts
+    a job's filled buffers into the tiers, :meth:`end` lets unused buffers go.
 
     Args:
         engine: the worker's engine (keys, tiers, metrics).
@@ -175,9 +194,8 @@ class LayerwiseSaver:
         self.caches = caches
         self._plans: dict[int, _Planned] = {}  # id(job) -> plan
         self._jobs: list[StoreJob] = []  # keeps the ids above valid
-        self._slots = torch.empty(0, dtype=torch.int64)
+        self._groups: list[_Group] = []
         self._buffer = Staging(caches)
-        self._staging: torch.Tensor | None = None
         self._captured: list[bool] = []
         self.layers_saved = 0  # layers copied out (tests, logs)
 
@@ -191,26 +209,42 @@ class LayerwiseSaver:
         """Whether every layer of the step was copied out."""
         return bool(self._captured) and all(self._captured)
 
+    @property
+    def planned_tokens(self) -> int:
+        """Tokens of the chunks the step copies out."""
+        return sum(len(g.bufs) * g.num_tokens for g in self._groups)
+
     def begin(self, jobs: Sequence[StoreJob]) -> None:
         """Plans ``jobs``: which chunks each stores (hot-tier hits and padding are left out).
 
         Nothing is copied yet; :meth:`save_layer` copies each layer of the planned chunks.
         """
         self.end()
-        rows: list[torch.Tensor] = []
-        total = 0
+        groups: dict[int, _Group] = {}
         for job in jobs:
-            plan = self._plan(job, total)
-            for span, _, _, _ in plan.todo:
-                rows.append(job.slots[span.start : span.end])
-                total += span.num_tokens
+            plan = self._plan(job)
+            for span, _, _, buf in plan.todo:
+                g = groups.setdefault(span.num_tokens, _Group(span.num_tokens))
+                g.bufs.append(buf.tensor)
+                g.slots.append(job.slots[span.start : span.end])
             self._plans[id(job)] = plan
         self._jobs = list(jobs)
-        self._slots = torch.cat(rows) if rows else torch.empty(0, dtype=torch.int64)
-        self._staging = self._buffer.get(total) if total else None
+        self._groups = list(groups.values())
+        p = self.caches.paged
+        per_token = p.num_layers * p.num_kv * p.row_elems
+        total = sum(len(g.bufs) * g.num_tokens for g in self._groups)
+        flat = self._buffer.flat(total * per_token)
+        offset = 0
+        for g in self._groups:
+            n = len(g.bufs) * g.num_tokens
+            g.rows = flat[offset : offset + n * per_token].view(
+                p.num_layers, p.num_kv, n, p.row_elems
+            )
+            g.slot_map = torch.cat(g.slots)
+            offset += n * per_token
         self._captured = [False] * self.caches.num_layers
 
-    def _plan(self, job: StoreJob, first_row: int) -> _Planned:
+    def _plan(self, job: StoreJob) -> _Planned:
         eng = self.engine
         n = len(job.tokens)
         spans = eng.chunk_spans(job.tokens, job.extras, job.offset, job.prev_hash)
@@ -224,16 +258,20 @@ class LayerwiseSaver:
         skip, rewrite = storage.store_plan(keys)
         plan = _Planned(len(spans), None)
         pad = (job.slots < 0).tolist()
-        row = first_row
+        paged = self.caches.paged
         for i, (span, key) in enumerate(zip(spans, keys, strict=True)):
             if skip[i]:
                 plan.skipped += 1
                 continue
-            if any(pad[span.start : span.end]):  # its KV is not in the cache
-                plan.stop, plan.stopped = "padding slots", len(spans) - i
+            stop = "padding slots" if any(pad[span.start : span.end]) else None
+            buf = None
+            if stop is None:
+                buf = storage.allocate(paged.chunk_shape(span.num_tokens), paged.dtype)
+                stop = "out of memory" if buf is None else None
+            if buf is None:
+                plan.stop, plan.stopped = stop, len(spans) - i
                 break
-            plan.todo.append((span, key, rewrite[i], row))
-            row += span.num_tokens
+            plan.todo.append((span, key, rewrite[i], buf))
         return plan
 
     def save_layer(self, layer_name: str) -> bool:
@@ -245,10 +283,14 @@ class LayerwiseSaver:
         i = self.caches.index.get(layer_name)
         if i is None or not self._captured:
             return False
-        staging = self._staging
-        if staging is not None:
-            c = self.caches
-            ops.paged_kv_gather([c.caches[i]], self._slots, staging[i].unsqueeze(1), c.layout)
+        c = self.caches
+        for g in self._groups:
+            assert g.rows is not None  # set by begin
+            assert g.slot_map is not None
+            ops.paged_kv_gather([c.caches[i]], g.slot_map, g.rows[i].unsqueeze(1), c.layout)
+            views, layout = c.chunk_layer_views(g.bufs, i)
+            chunk = g.rows[i].view(c.paged.num_kv, len(g.bufs), g.num_tokens, -1)
+            ops.paged_kv_scatter(chunk, views, torch.arange(g.num_tokens), layout)
         self._captured[i] = True
         self.layers_saved += 1
         return True
@@ -262,6 +304,9 @@ class LayerwiseSaver:
         eng = self.engine
         plan = self._plans.pop(id(job), None)
         if plan is None or not self.complete:
+            if plan is not None:
+                for *_, buf in plan.todo:
+                    buf.unref()
             return eng.store(
                 job.tokens, job.slots, job.extras, offset=job.offset, prev_hash=job.prev_hash
             )
@@ -279,29 +324,25 @@ class LayerwiseSaver:
             if plan.num_spans:
                 m.skipped_stores.labels(reason=plan.reason).inc(plan.num_spans)
             return StoreResult(n, 0, plan.num_spans, plan.reason)
-        paged = self.caches.paged
-        stored = skipped = 0
+        stored = nbytes = 0
+        skipped = plan.skipped + plan.stopped
         reason: str | None = None
-        batch: list[tuple[ChunkSpan, str, bool, int, ChunkBufferLike]] = []
-        for i, (span, key, rewrite, row) in enumerate(plan.todo):
-            shape = paged.chunk_shape(span.num_tokens)
-            buf = eng.storage.allocate(shape, paged.dtype)
-            if buf is None and batch:
-                # NOTE: the pool is full and the batch holds buffers the CPU tier cannot evict
-                # yet: store them first, then ask again (as the engine's store does).
-                done, missed, reason = self._put_batch(batch, reason)
-                stored, skipped, batch = stored + done, skipped + missed, []
-                buf = eng.storage.allocate(shape, paged.dtype)
-            if buf is None:
-                left = len(plan.todo) - i
-                reason, skipped = reason or "out of memory", skipped + left
-                m.skipped_stores.labels(reason="out of memory").inc(left)
-                break
-            batch.append((span, key, rewrite, row, buf))
-        if batch:
-            done, missed, reason = self._put_batch(batch, reason)
-            stored, skipped = stored + done, skipped + missed
-        skipped += plan.skipped + plan.stopped
+        try:
+            for span, key, rewrite, buf in plan.todo:
+                if eng.storage.put(key, buf, rewrite=rewrite):
+                    stored += span.num_tokens
+                    nbytes += buf.nbytes
+                else:
+                    reason = reason or "storage full"
+                    skipped += 1
+                    m.skipped_stores.labels(reason="storage full").inc()
+        finally:
+            for *_, buf in plan.todo:
+                buf.unref()
+        if stored:
+            m.stored_tokens.inc(stored)
+            m.stored_bytes.inc(nbytes)
+            m.copy_bytes.labels(direction="gather").inc(nbytes)
         if plan.stop is not None:
             reason = reason or plan.stop
             m.skipped_stores.labels(reason=plan.stop).inc(plan.stopped)
@@ -312,45 +353,12 @@ class LayerwiseSaver:
             reason = "unfull chunk not saved"
         return StoreResult(n, stored, skipped, reason)
 
-    def _put_batch(
-        self, batch: list[tuple[ChunkSpan, str, bool, int, ChunkBufferLike]], reason: str | None
-    ) -> tuple[int, int, str | None]:
-        """Fills ``batch``'s buffers from the staging rows (one native call) and puts them.
-
-        Takes over the buffers' references. Returns ``(tokens stored, chunks not written,
-        reason)``.
-        """
-        m = self.engine.metrics
-        stored = skipped = nbytes = 0
-        try:
-            staging = self._staging
-            assert staging is not None  # planned chunks have rows
-            views, layout = self.caches.layer_views(staging)
-            rows = torch.cat(
-                [torch.arange(r, r + s.num_tokens, dtype=torch.int64) for s, _, _, r, _ in batch]
-            )
-            ops.paged_kv_gather_chunks(views, rows, [b.tensor for *_, b in batch], layout)
-            for span, key, rewrite, _, buf in batch:
-                if self.engine.storage.put(key, buf, rewrite=rewrite):
-                    stored += span.num_tokens
-                    nbytes += buf.nbytes
-                else:
-                    reason = reason or "storage full"
-                    skipped += 1
-                    m.skipped_stores.labels(reason="storage full").inc()
-        finally:
-            for *_, buf in batch:
-                buf.unref()
-        if stored:
-            m.stored_tokens.inc(stored)
-            m.stored_bytes.inc(nbytes)
-            m.copy_bytes.labels(direction="gather").inc(nbytes)
-        return stored, skipped, reason
-
     def end(self) -> None:
-        """Forgets the step (plans and staging)."""
+        """Forgets the step (plans, and the buffers of chunks not stored)."""
+        for plan in self._plans.values():
+            for *_, buf in plan.todo:
+                buf.unref()
         self._plans.clear()
         self._jobs = []
-        self._slots = torch.empty(0, dtype=torch.int64)
-        self._staging = None
+        self._groups = []
         self._captured = []
