@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 from api_testlib import assert_error, spec_calls
 
-# --- freeze ----------------------------------------------------------------------------------
+# --- freeze and hot cache ----------------------------------------------------------------------
+
+
+def _retrieved(client, store_first: bool = False) -> int:
+    """Tokens 0..31 retrieved (after storing them again when ``store_first``)."""
+    if store_first:
+        client.post("/cache/store?tokens_mock=0,32")
+    return client.post("/cache/retrieve?tokens_mock=0,32").json()["num_retrieved"]
 
 
 # path, body field, message label, engine attribute, state at start
@@ -35,7 +42,7 @@ def test_switch_cycle(client, engine, path, field, label, attribute, initial):
 def test_freeze_keeps_cpu_hits(client):
     client.post("/cache/store?tokens_mock=0,32")
     client.put("/freeze/enable")
-    assert client.post("/cache/retrieve?tokens_mock=0,32").json()["num_retrieved"] == 32
+    assert _retrieved(client) == 32
     assert client.post("/cache/store?tokens_mock=100,132").json()["num_stored_tokens"] == 0
     assert client.post("/cache/retrieve?tokens_mock=100,132").json()["num_retrieved"] == 0
 
@@ -46,12 +53,10 @@ def test_freeze_keeps_cpu_hits(client):
 def test_hot_cache_disable_clears_cpu_tier(client):
     client.post("/cache/store?tokens_mock=0,32")
     client.put("/hot_cache/disable")
-    assert client.post("/cache/retrieve?tokens_mock=0,32").json()["num_retrieved"] == 0
-    client.post("/cache/store?tokens_mock=0,32")
-    assert client.post("/cache/retrieve?tokens_mock=0,32").json()["num_retrieved"] == 0
+    assert _retrieved(client) == 0
+    assert _retrieved(client, store_first=True) == 0
     client.put("/hot_cache/enable")
-    client.post("/cache/store?tokens_mock=0,32")
-    assert client.post("/cache/retrieve?tokens_mock=0,32").json()["num_retrieved"] == 32
+    assert _retrieved(client, store_first=True) == 32
 
 
 # --- bypass ----------------------------------------------------------------------------------
@@ -68,28 +73,27 @@ def test_bypass_list(client, engine):
     assert "LocalCPUBackend" in r.json()["all_backends"]
 
 
-def test_bypass_add_and_remove(client, engine):
-    r = client.put("/bypass/add?backend_name=LocalCPUBackend")
-    assert r.json() == {
+def _bypass_answer(added: bool, was: bool, backends: list[str]) -> dict:
+    """The body of ``/bypass/add`` (``added``) or ``/bypass/remove`` for LocalCPUBackend."""
+    return {
         "status": "success",
         "backend_name": "LocalCPUBackend",
-        "bypassed": True,
-        "was_already_bypassed": False,
-        "bypassed_backends": ["LocalCPUBackend"],
+        "bypassed": added,
+        "was_already_bypassed" if added else "was_bypassed": was,
+        "bypassed_backends": backends,
     }
+
+
+def test_bypass_add_and_remove(client, engine):
+    r = client.put("/bypass/add?backend_name=LocalCPUBackend")
+    assert r.json() == _bypass_answer(True, False, ["LocalCPUBackend"])
     assert engine.bypassed_backends() == ["LocalCPUBackend"]
     r = client.put("/bypass/add?backend_name=LocalCPUBackend")
     assert r.json()["was_already_bypassed"] is True
     assert client.get("/bypass/list").json()["bypassed_backends"] == ["LocalCPUBackend"]
 
     r = client.put("/bypass/remove?backend_name=LocalCPUBackend")
-    assert r.json() == {
-        "status": "success",
-        "backend_name": "LocalCPUBackend",
-        "bypassed": False,
-        "was_bypassed": True,
-        "bypassed_backends": [],
-    }
+    assert r.json() == _bypass_answer(False, True, [])
     r = client.put("/bypass/remove?backend_name=LocalCPUBackend")
     assert r.json()["was_bypassed"] is False
 
@@ -97,9 +101,9 @@ def test_bypass_add_and_remove(client, engine):
 def test_bypassed_cpu_tier_is_skipped(client):
     client.post("/cache/store?tokens_mock=0,32")
     client.put("/bypass/add?backend_name=LocalCPUBackend")
-    assert client.post("/cache/retrieve?tokens_mock=0,32").json()["num_retrieved"] == 0
+    assert _retrieved(client) == 0
     client.put("/bypass/remove?backend_name=LocalCPUBackend")
-    assert client.post("/cache/retrieve?tokens_mock=0,32").json()["num_retrieved"] == 32
+    assert _retrieved(client) == 32
 
 
 @pytest.mark.parametrize("action", ["add", "remove"])
