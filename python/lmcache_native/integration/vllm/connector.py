@@ -86,7 +86,10 @@ class LMCacheNativeConnector(KVConnectorBase_V1):
     Attributes:
         scheduler_side: the scheduler-side state (``SCHEDULER`` role only).
         worker_side: the worker-side state (``WORKER`` role only).
+        layerwise: the layer-wise pipeline (``WORKER`` role with ``use_layerwise`` only).
     """
+
+    layerwise: LayerwisePipeline | None = None
 
     def __init__(
         self,
