@@ -2,11 +2,11 @@
 
 vLLM calls ``save_kv_layer`` right after each attention layer of the forward has written its
 KV. With ``use_layerwise`` on, the connector plans the step's stores at the first such call
-(chunk hashes and keys, which chunks the hot tier already holds) and then copies every layer's
-rows of the chunks to store out of vLLM's cache as soon as that layer is written: one native
-gather per layer (``ops.paged_kv_gather`` on that layer alone) into a layer-major staging
-tensor. ``wait_for_save`` commits: each chunk buffer is filled from the staging tensor and put
-into the tiers, exactly as the whole-forward path would have put it. Chunk keys, chunk buffers
+(chunk hashes and keys, which chunks the hot tier already holds, a pool buffer for each chunk
+to store) and then copies every layer's rows of those chunks out of vLLM's cache as soon as
+that layer is written: one native gather of that layer alone (``ops.paged_kv_gather``) into
+layer-major rows, then one native scatter of the rows into the chunk buffers' layer views.
+``wait_for_save`` only puts the filled buffers into the tiers. Chunk keys, chunk buffers
 (``[num_kv, num_layers, num_tokens, row]``) and checksums are the same in both modes, so a
 prefix stored layer-wise loads with ``use_layerwise`` off and the reverse.
 
