@@ -16,6 +16,7 @@ from kernel_testlib import (
     LAYOUTS,
     SENTINEL,
     STRIDED_KINDS,
+    assert_all_same_bytes,
     assert_same_bytes,
     assert_untouched,
     chunk_shape,
@@ -66,8 +67,7 @@ def test_scatter_matches_reference(layout: str, dtype: torch.dtype) -> None:
     )
     exp = expected_scatter(chunk, caches, slots, layout)
     paged_kv_scatter(chunk, caches, torch.tensor(slots), layout)
-    for got, want in zip(caches, exp, strict=True):
-        assert_same_bytes(got, want)
+    assert_all_same_bytes(caches, exp)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -88,8 +88,7 @@ def test_gather_scatter_round_trip(layout: str) -> None:
     exp = expected_scatter(
         chunk, [sentinel_like(tuple(c.shape), c.dtype) for c in src], slots, layout
     )
-    for d, e in zip(dst, exp, strict=True):
-        assert_same_bytes(d, e)
+    assert_all_same_bytes(dst, exp)
 
 
 # --- named edge cases -----------------------------------------------------------------------------
@@ -102,8 +101,7 @@ def test_zero_tokens(layout: str) -> None:
     out = sentinel_like(chunk_shape(caches, layout, 0), torch.float16)
     paged_kv_gather(caches, torch.empty(0, dtype=torch.int64), out, layout)
     paged_kv_scatter(out, caches, torch.empty(0, dtype=torch.int64), layout)
-    for c, b in zip(caches, before, strict=True):
-        assert_same_bytes(c, b)
+    assert_all_same_bytes(caches, before)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -113,11 +111,10 @@ def test_all_padding_writes_nothing(layout: str) -> None:
     slots = torch.full((7,), -1, dtype=torch.int64)
     out = sentinel_like(chunk_shape(caches, layout, 7), torch.float32)
     paged_kv_gather(caches, slots, out, layout)
-    assert_same_bytes(out, sentinel_like(tuple(out.shape), torch.float32))
+    assert_untouched([out])
     chunk = random_bits(tuple(out.shape), torch.float32, torch.Generator().manual_seed(2))
     paged_kv_scatter(chunk, caches, slots, layout)
-    for c, b in zip(caches, before, strict=True):
-        assert_same_bytes(c, b)
+    assert_all_same_bytes(caches, before)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -132,8 +129,7 @@ def test_last_slot_of_last_block(layout: str) -> None:
         fill_sentinel(c)
     exp = expected_scatter(out, caches, slots, layout)
     paged_kv_scatter(out, caches, torch.tensor(slots), layout)
-    for got, want in zip(caches, exp, strict=True):
-        assert_same_bytes(got, want)
+    assert_all_same_bytes(caches, exp)
 
 
 @pytest.mark.parametrize("kind", STRIDED_KINDS)
@@ -152,8 +148,7 @@ def test_non_contiguous_cache(kind: str) -> None:
     exp_bases = [b.clone() for b in bases]
     ref.paged_kv_scatter(chunk, cut(exp_bases), slots, layout)
     paged_kv_scatter(chunk, caches, torch.tensor(slots), layout)
-    for got, want in zip(bases, exp_bases, strict=True):
-        assert_same_bytes(got, want)
+    assert_all_same_bytes(bases, exp_bases)
 
 
 @pytest.mark.parametrize("bad", [20, 21, -2, 2**40, -(2**40)])
@@ -164,14 +159,13 @@ def test_out_of_range_slot_raises_and_writes_nothing(layout: str, bad: int) -> N
     out = sentinel_like(chunk_shape(caches, layout, len(slots)), torch.float16)
     with pytest.raises(IndexError, match=rf"slot_mapping\[6\] = {bad}\b"):
         paged_kv_gather(caches, slots, out, layout)
-    assert_same_bytes(out, sentinel_like(tuple(out.shape), torch.float16))
+    assert_untouched([out])
 
     before = [c.clone() for c in caches]
     chunk = random_bits(tuple(out.shape), torch.float16, torch.Generator().manual_seed(3))
     with pytest.raises(IndexError, match=r"slot_mapping\[6\]"):
         paged_kv_scatter(chunk, caches, slots, layout)
-    for c, b in zip(caches, before, strict=True):
-        assert_same_bytes(c, b)
+    assert_all_same_bytes(caches, before)
 
 
 def test_int32_slot_mapping() -> None:
@@ -232,8 +226,7 @@ def test_multithreaded_large_copy(layout: str, dtype: torch.dtype, threads: int)
         chunk = random_bits(tuple(out.shape), dtype, gen)
         exp = expected_scatter(chunk, caches, slots.tolist(), layout)
         paged_kv_scatter(chunk, caches, slots, layout)
-        for got, want in zip(caches, exp, strict=True):
-            assert_same_bytes(got, want)
+        assert_all_same_bytes(caches, exp)
     finally:
         _native.set_num_threads(prev)
 
@@ -264,8 +257,7 @@ def test_vllm_cpu_wide_heads(num_heads: int, head_size: int, dtype: torch.dtype)
     chunk = random_bits(tuple(out[:, :, :-1].shape), dtype, torch.Generator().manual_seed(6))
     exp = expected_scatter(chunk, caches, scatter_slots, "vllm_cpu")
     paged_kv_scatter(chunk, caches, torch.tensor(scatter_slots), "vllm_cpu")
-    for got, want in zip(caches, exp, strict=True):
-        assert_same_bytes(got, want)
+    assert_all_same_bytes(caches, exp)
 
 
 def test_misaligned_chunk_buffer() -> None:

@@ -13,7 +13,9 @@ from kernel_testlib import (
     DTYPES,
     LAYOUTS,
     as_bytes,
+    assert_all_same_bytes,
     assert_same_bytes,
+    assert_untouched,
     chunk_shape,
     expected_gather,
     expected_gather_chunks,
@@ -69,8 +71,7 @@ def test_scatter_chunks_matches_per_chunk_reference(layout: str, dtype: torch.dt
     chunks = random_chunks(caches, layout, CHUNK_SIZES, seed=7)
     exp = expected_scatter_chunks(chunks, caches, slots, layout)
     paged_kv_scatter_chunks(chunks, caches, torch.tensor(slots), layout)
-    for got, want in zip(caches, exp, strict=True):
-        assert_same_bytes(got, want)
+    assert_all_same_bytes(caches, exp)
 
 
 @pytest.mark.parametrize("slot_dtype", [torch.int32, torch.int64], ids=str)
@@ -101,8 +102,7 @@ def test_chunks_round_trip_equals_single_call(layout: str, slot_dtype: torch.dty
     paged_kv_scatter_chunks(outs, dst, slots, layout)
     exp = [sentinel_like(tuple(c.shape), c.dtype) for c in caches]
     paged_kv_scatter(whole, exp, slots, layout)
-    for d, e in zip(dst, exp, strict=True):
-        assert_same_bytes(d, e)
+    assert_all_same_bytes(dst, exp)
 
 
 @pytest.mark.parametrize("bad_at", [0, 6, 13])
@@ -119,15 +119,13 @@ def test_chunks_out_of_range_slot_writes_nothing_anywhere(layout: str, bad_at: i
     outs = sentinel_chunks(caches, layout, CHUNK_SIZES)
     with pytest.raises(IndexError, match=rf"slot_mapping\[{bad_at}\] = 20\b"):
         paged_kv_gather_chunks(caches, torch.tensor(slots), outs, layout)
-    for out in outs:
-        assert_same_bytes(out, sentinel_like(tuple(out.shape), torch.float16))
+    assert_untouched(outs)
 
     before = [c.clone() for c in caches]
     chunks = random_chunks(caches, layout, CHUNK_SIZES, seed=3)
     with pytest.raises(IndexError, match=rf"slot_mapping\[{bad_at}\] = 20\b"):
         paged_kv_scatter_chunks(chunks, caches, torch.tensor(slots), layout)
-    for c, b in zip(caches, before, strict=True):
-        assert_same_bytes(c, b)
+    assert_all_same_bytes(caches, before)
 
 
 @pytest.mark.parametrize("sizes", [[4, 4], [4, 4, 4, 4, 4], [], [13, 0, 2]])
@@ -137,13 +135,11 @@ def test_chunks_token_count_mismatch_raises_value_error(sizes: list[int]) -> Non
     outs = sentinel_chunks(caches, "flash_attn", sizes)
     with pytest.raises(ValueError, match=rf"hold {sum(sizes)} tokens in all.*slot_mapping has 14"):
         paged_kv_gather_chunks(caches, slots, outs, "flash_attn")
-    for out in outs:
-        assert_same_bytes(out, sentinel_like(tuple(out.shape), torch.float32))
+    assert_untouched(outs)
     before = [c.clone() for c in caches]
     with pytest.raises(ValueError, match=r"slot_mapping has 14"):
         paged_kv_scatter_chunks(outs, caches, slots, "flash_attn")
-    for c, b in zip(caches, before, strict=True):
-        assert_same_bytes(c, b)
+    assert_all_same_bytes(caches, before)
 
 
 def test_chunks_native_count_check() -> None:
@@ -157,7 +153,7 @@ def test_chunks_native_count_check() -> None:
         _native.C.paged_kv_gather_chunks_cpu(*args, [int(out.data_ptr())], [2])
     with pytest.raises(ValueError, match=r"chunks\[0\] has -1 tokens"):
         _native.C.paged_kv_scatter_chunks_cpu(*args, [int(out.data_ptr())] * 2, [-1, 4])
-    assert_same_bytes(out, sentinel_like(tuple(out.shape), torch.float32))
+    assert_untouched([out])
 
 
 def test_chunks_all_padding_and_zero_tokens() -> None:
@@ -165,8 +161,7 @@ def test_chunks_all_padding_and_zero_tokens() -> None:
     before = [c.clone() for c in caches]
     outs = sentinel_chunks(caches, "vllm_cpu", [3, 4])
     paged_kv_gather_chunks(caches, torch.full((7,), -1), outs, "vllm_cpu")
-    for out in outs:
-        assert_same_bytes(out, sentinel_like(tuple(out.shape), torch.bfloat16))
+    assert_untouched(outs)
     paged_kv_scatter_chunks(
         random_chunks(caches, "vllm_cpu", [3, 4], 1), caches, torch.full((7,), -1), "vllm_cpu"
     )
@@ -177,8 +172,7 @@ def test_chunks_all_padding_and_zero_tokens() -> None:
         torch.empty(0, dtype=torch.int64),
         "vllm_cpu",
     )
-    for c, b in zip(caches, before, strict=True):
-        assert_same_bytes(c, b)
+    assert_all_same_bytes(caches, before)
 
 
 def test_chunks_bad_arguments_name_the_chunk() -> None:
@@ -227,13 +221,11 @@ def test_chunks_multithreaded_realistic(layout: str, dtype: torch.dtype, threads
         outs = sentinel_chunks(caches, layout, sizes)
         paged_kv_gather_chunks(caches, slots, outs, layout)
         want = expected_gather_chunks(caches, slots.tolist(), sizes, layout)
-        for got, exp in zip(outs, want, strict=True):
-            assert_same_bytes(got, exp)
+        assert_all_same_bytes(outs, want)
         chunks = random_chunks(caches, layout, sizes, seed=23)
         exp_caches = expected_scatter_chunks(chunks, caches, slots.tolist(), layout)
         paged_kv_scatter_chunks(chunks, caches, slots, layout)
-        for got, exp in zip(caches, exp_caches, strict=True):
-            assert_same_bytes(got, exp)
+        assert_all_same_bytes(caches, exp_caches)
     finally:
         _native.set_num_threads(prev)
 

@@ -60,8 +60,7 @@ def test_cuda_gather_scatter_match_reference(layout: str, dtype: torch.dtype) ->
     exp = expected_scatter(chunk, dst, slots, layout)
     dst_cuda = to_cuda(dst)
     paged_kv_scatter(chunk.cuda(), dst_cuda, torch.tensor(slots, device="cuda"), layout)
-    for got, want in zip(dst_cuda, exp, strict=True):
-        assert_same_bytes(got, want)
+    assert_all_same_bytes(dst_cuda, exp)
 
 
 @pytest.mark.cuda
@@ -85,8 +84,7 @@ def test_cuda_cpu_parity(layout: str) -> None:
     gpu_dst = to_cuda(caches)
     paged_kv_scatter(chunk, cpu_dst, slots, layout)
     paged_kv_scatter(chunk.cuda(), gpu_dst, slots.cuda(), layout)
-    for g, c in zip(gpu_dst, cpu_dst, strict=True):
-        assert_same_bytes(g, c)
+    assert_all_same_bytes(gpu_dst, cpu_dst)
 
 
 @pytest.mark.cuda
@@ -108,8 +106,7 @@ def test_cuda_pinned_host_chunk(layout: str) -> None:
     exp = expected_scatter(chunk, dst, slots, layout)
     dst_cuda = to_cuda(dst)
     paged_kv_scatter(chunk, dst_cuda, torch.tensor(slots, device="cuda"), layout)
-    for got, want in zip(dst_cuda, exp, strict=True):
-        assert_same_bytes(got, want)
+    assert_all_same_bytes(dst_cuda, exp)
 
 
 @pytest.mark.cuda
@@ -129,8 +126,7 @@ def test_cuda_non_contiguous_cache(kind: str) -> None:
     exp_bases = [b.clone() for b in bases]
     ref.paged_kv_scatter(chunk, cut(exp_bases), slots, layout)
     paged_kv_scatter(chunk.cuda(), cut(gpu_bases), torch.tensor(slots, device="cuda"), layout)
-    for got, want in zip(gpu_bases, exp_bases, strict=True):
-        assert_same_bytes(got, want)
+    assert_all_same_bytes(gpu_bases, exp_bases)
 
 
 @pytest.mark.cuda
@@ -140,12 +136,11 @@ def test_cuda_out_of_range_slot_writes_nothing() -> None:
     out = sentinel_like(chunk_shape(caches, "flash_attn", 6), torch.bfloat16, "cuda")
     with pytest.raises(IndexError, match=r"slot_mapping\[4\] = 20\b"):
         paged_kv_gather(caches, slots, out, "flash_attn")
-    assert_same_bytes(out, sentinel_like(tuple(out.shape), torch.bfloat16))
+    assert_untouched([out])
     before = [c.clone() for c in caches]
     with pytest.raises(IndexError, match=r"slot_mapping\[4\] = 20\b"):
         paged_kv_scatter(out, caches, slots, "flash_attn")
-    for c, b in zip(caches, before, strict=True):
-        assert_same_bytes(c, b)
+    assert_all_same_bytes(caches, before)
 
 
 @pytest.mark.cuda
@@ -191,8 +186,7 @@ def test_cuda_chunks_match_per_chunk_reference(layout: str) -> None:
     want = expected_gather_chunks(caches, slots, CHUNK_SIZES, layout)
     outs = sentinel_chunks(caches, layout, CHUNK_SIZES, "cuda")
     paged_kv_gather_chunks(to_cuda(caches), torch.tensor(slots, device="cuda"), outs, layout)
-    for got, exp in zip(outs, want, strict=True):
-        assert_same_bytes(got, exp)
+    assert_all_same_bytes(outs, want)
 
     dst = [sentinel_like(tuple(c.shape), torch.bfloat16) for c in caches]
     chunks = random_chunks(caches, layout, CHUNK_SIZES, seed=8)
@@ -201,8 +195,7 @@ def test_cuda_chunks_match_per_chunk_reference(layout: str) -> None:
     paged_kv_scatter_chunks(
         [c.pin_memory() for c in chunks], dst_cuda, torch.tensor(slots, device="cuda"), layout
     )
-    for got, exp in zip(dst_cuda, exp_caches, strict=True):
-        assert_same_bytes(got, exp)
+    assert_all_same_bytes(dst_cuda, exp_caches)
 
 
 @pytest.mark.cuda
@@ -224,20 +217,17 @@ def test_cuda_chunks_more_than_one_launch_and_bad_slot() -> None:
     outs = sentinel_chunks(caches, "flash_attn", sizes, "cuda")
     gpu = to_cuda(caches)
     paged_kv_gather_chunks(gpu, slots.cuda(), outs, "flash_attn")
-    for got, exp in zip(outs, want, strict=True):
-        assert_same_bytes(got, exp)
+    assert_all_same_bytes(outs, want)
     cpu_dst = [c.clone() for c in caches]
     paged_kv_scatter_chunks([o.cpu() for o in outs], cpu_dst, slots, "flash_attn")
     paged_kv_scatter_chunks(outs, gpu, slots.cuda(), "flash_attn")
-    for g, c in zip(gpu, cpu_dst, strict=True):
-        assert_same_bytes(g, c)
+    assert_all_same_bytes(gpu, cpu_dst)
 
     slots[-1] = 160
     outs = sentinel_chunks(caches, "flash_attn", sizes, "cuda")
     with pytest.raises(IndexError, match=r"slot_mapping\[149\] = 160\b"):
         paged_kv_gather_chunks(gpu, slots.cuda(), outs, "flash_attn")
-    for out in outs:
-        assert_same_bytes(out, sentinel_like(tuple(out.shape), torch.float16))
+    assert_untouched(outs)
 
 
 # --- non-blocking copies: enqueued on the current stream, waited for through the handle ----------

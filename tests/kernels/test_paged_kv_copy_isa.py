@@ -10,6 +10,7 @@ import pytest
 import torch
 from kernel_testlib import (
     SENTINEL,
+    assert_all_same_bytes,
     assert_same_bytes,
     chunk_shape,
     expected_scatter,
@@ -77,8 +78,7 @@ def test_vllm_cpu_transposed_scatter_paths(
     )
     exp = expected_scatter(chunk, caches, slots, "vllm_cpu")
     paged_kv_scatter(chunk, caches, torch.tensor(slots), "vllm_cpu")
-    for got, want in zip(caches, exp, strict=True):
-        assert_same_bytes(got, want)
+    assert_all_same_bytes(caches, exp)
     assert copy_isa() == each_copy_isa
 
 

@@ -12,7 +12,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_testlib import assert_same_bytes, random_bits, sentinel_like
+from kernel_testlib import (
+    assert_all_same_bytes,
+    assert_same_bytes,
+    assert_untouched,
+    random_bits,
+    sentinel_like,
+)
 from lmcache_native import _native
 from lmcache_native.ops import (
     LAYOUTS,
@@ -96,8 +102,7 @@ def test_scatter_matches_reference(dtype: torch.dtype, block: int) -> None:
     exp = [c.clone() for c in cs]
     ref.paged_kv_scatter(chunk, exp, slots, AMX)
     paged_kv_scatter(chunk, cs, torch.tensor(slots, dtype=torch.int32), AMX)
-    for got, want in zip(cs, exp, strict=True):
-        assert_same_bytes(got, want)
+    assert_all_same_bytes(cs, exp)
 
 
 @pytest.mark.parametrize("block", BLOCKS)
@@ -110,8 +115,7 @@ def test_whole_cache_round_trips(block: int) -> None:
     assert_same_bytes(chunk, expected_gather(src, slots.tolist()))
     dst = [sentinel_like(tuple(c.shape), torch.bfloat16) for c in src]
     paged_kv_scatter(chunk, dst, slots, AMX)
-    for d, s in zip(dst, src, strict=True):
-        assert_same_bytes(d, s)
+    assert_all_same_bytes(dst, src)
 
 
 # Uneven chunks over mixed_slots(block)'s tokens: empty, all padding, lone and tail chunks.
@@ -149,8 +153,7 @@ def test_scatter_chunks_matches_per_chunk_reference(dtype: torch.dtype, block: i
         ref.paged_kv_scatter(chunk, exp, slots[begin : begin + n], AMX)
         begin += n
     paged_kv_scatter_chunks(chunks, cs, torch.tensor(slots), AMX)
-    for got, want in zip(cs, exp, strict=True):
-        assert_same_bytes(got, want)
+    assert_all_same_bytes(cs, exp)
 
 
 @pytest.mark.parametrize("md5", md5_supported_isas())
@@ -206,8 +209,7 @@ def test_last_slot_of_last_block_alone(block: int) -> None:
     paged_kv_scatter(out, dst, torch.tensor([-1, last]), AMX)
     exp = [sentinel_like(tuple(c.shape), torch.float16) for c in cs]
     ref.paged_kv_scatter(out, exp, [-1, last], AMX)
-    for got, want in zip(dst, exp, strict=True):
-        assert_same_bytes(got, want)
+    assert_all_same_bytes(dst, exp)
 
 
 @pytest.mark.parametrize("bad", [-2, NUM_BLOCKS * 32])
@@ -218,7 +220,7 @@ def test_bad_slot_raises_index_error_and_writes_nothing(bad: int) -> None:
     out = sentinel_like(chunk_shape(cs, 5), torch.bfloat16)
     with pytest.raises(IndexError, match=rf"slot_mapping\[3\] = {bad}"):
         paged_kv_gather(cs, slots, out, AMX)
-    assert_same_bytes(out, sentinel_like(tuple(out.shape), torch.bfloat16))
+    assert_untouched([out])
     chunk = random_bits(tuple(out.shape), torch.bfloat16, 1)
     with pytest.raises(IndexError, match=rf"slot_mapping\[3\] = {bad}"):
         paged_kv_scatter(chunk, cs, slots, AMX)
@@ -226,8 +228,7 @@ def test_bad_slot_raises_index_error_and_writes_nothing(bad: int) -> None:
         paged_kv_scatter_chunks(
             [chunk[:, :, :2].contiguous(), chunk[:, :, 2:].contiguous()], cs, slots, AMX
         )
-    for c, b in zip(cs, before, strict=True):
-        assert_same_bytes(c, b)
+    assert_all_same_bytes(cs, before)
     with pytest.raises(IndexError, match=rf"slot_mapping\[3\] = {bad}"):
         kv_chunk_md5(cs, slots, 4, AMX)
 
@@ -271,7 +272,7 @@ def test_bindings_refuse_the_packed_layout_on_a_device() -> None:
         _native.C.kv_chunk_md5_cuda(
             kv.layer_ptrs, 0, kv.layout, int(slots.data_ptr()), 2, 2, 0, 0, 0, 0
         )
-    assert_same_bytes(out, sentinel_like(tuple(out.shape), torch.bfloat16))
+    assert_untouched([out])
 
 
 @pytest.mark.cuda
