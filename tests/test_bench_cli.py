@@ -235,6 +235,7 @@ SCRIPTS = (
     "bench_engine.py",
     "bench_connector_lookup.py",
     "bench_connector_save.py",
+    "bench_vllm_ttft.py",
     "run_all.py",
 )
 

@@ -21,10 +21,8 @@ Goals (verdict per row): with async loads a miss's TTFT beside cold-tier hits is
 TTFT alone; a disk-tier hit loads at 0.8x or more of the raw sequential read bandwidth of the
 same chunk files (plain Python reads right after the batch: both read from the same page-cache
 state, which is warm, the files having just been written and read; nothing is dropped).
-
-Example::
-
-    python benchmarks/bench_vllm_ttft.py --model small --prompt-tokens 1024
+``load_GBps`` is the KV bytes the connector loaded over the seconds its loads took (read, xxh3
+check, promotion, copy into vLLM's blocks), from the worker's own per-request log records.
 """
 
 from __future__ import annotations
@@ -170,7 +168,8 @@ def engine(setup: Setup, mode: str) -> Iterator[Any]:
     from vllm import LLM
 
     args = setup.args
-    tokens = max(args.concurrency) * (args.prompt_tokens + args.mixed_output_tokens + 64)
+    most = max(args.concurrency + args.mixed_concurrency)
+    tokens = most * (args.prompt_tokens + args.mixed_output_tokens + 64)
     kv_bytes = int(2 * tokens * kv_bytes_per_token(args.model, args.dtype)) + (64 << 20)
     kw: dict[str, Any] = {
         "model": setup.model,
@@ -312,18 +311,10 @@ def raw_read_seconds(paths: Sequence[Path]) -> tuple[int, float]:
 def ttft_row(mode: str, tier: str, n: int, batches: Sequence[Batch]) -> dict[str, Any]:
     """A TTFT table row from the batches of one (mode, tier, concurrency)."""
     ttft = [t for b in batches for t in b.ttft_s]
-    return {
-        "table": "ttft",
-        "mode": mode,
-        "tier": tier,
-        "conc": n,
-        "ttft_ms": statistics.median(ttft) * 1e3,
-        "ttft_max_ms": max(ttft) * 1e3,
-        "cached": min(c for b in batches for c in b.cached),
-        "loaded": 0,
-        "goal": "-",
-        "met": "-",
-    }
+    ms = statistics.median(ttft) * 1e3
+    row = {"table": "ttft", "mode": mode, "tier": tier, "conc": n, "ttft_ms": ms}
+    row |= {"ttft_max_ms": max(ttft) * 1e3, "cached": min(c for b in batches for c in b.cached)}
+    return row | {"loaded": 0, "goal": "-", "met": "-"}
 
 
 @dataclass
@@ -399,7 +390,8 @@ def connector_rows(setup: Setup, mode: str) -> list[dict[str, Any]]:
     from vllm.distributed.kv_transfer import get_kv_transfer_group
 
     args = setup.args
-    hits = [prompt(i, args.prompt_tokens) for i in range(max(args.concurrency))]
+    most = max(args.concurrency + [n // 2 for n in args.mixed_concurrency])
+    hits = [prompt(i, args.prompt_tokens) for i in range(most)]
     with engine(setup, mode) as llm, LoadLog().attached() as log:
         worker: Any = getattr(get_kv_transfer_group(), "worker_side", None)
         if worker is None or worker.engine is None:
@@ -410,7 +402,7 @@ def connector_rows(setup: Setup, mode: str) -> list[dict[str, Any]]:
         for tier in args.tiers:
             if tier != "redis" or setup.redis_url is not None:
                 rows += [run.tier_row(tier, n) for n in args.concurrency]
-        rows += [run.mixed_row(n) for n in args.concurrency if n >= 2]
+        rows += [run.mixed_row(n) for n in args.mixed_concurrency]
     return rows
 
 
@@ -430,13 +422,15 @@ def baseline_rows(setup: Setup, mode: str) -> list[dict[str, Any]]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The command line (``--quick``: one repeat, concurrency 1 and 4, 512 tokens, cpu and disk)."""
+    """The command line (``--quick``: concurrency 1 and 4, 256 tokens, cpu and disk tiers)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", choices=sorted(MODELS), default="small")
-    p.add_argument("--prompt-tokens", type=int, default=1024)
+    p.add_argument("--prompt-tokens", type=int, default=512)
     p.add_argument("--chunk-size", type=int, default=256)
-    p.add_argument("--repeat", type=int, default=2, help="timed batches per row")
+    p.add_argument("--repeat", type=int, default=1, help="timed batches per row")
     p.add_argument("--concurrency", type=parse_int_list, default=[1, 4, 16])
+    mixed_help = "mixed-load batch sizes (default: the largest --concurrency; 0: none)"
+    p.add_argument("--mixed-concurrency", type=parse_int_list, default=None, help=mixed_help)
     p.add_argument("--tiers", type=parse_str_list, default=list(TIERS))
     p.add_argument("--modes", type=parse_str_list, default=list(MODES))
     p.add_argument("--baselines", type=parse_str_list, default=list(BASELINES))
@@ -452,9 +446,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         if any(v not in known for v in value):
             p.error(f"{name}: choose from {', '.join(known)} (got {', '.join(value)})")
     if args.quick:
-        args.repeat, args.prompt_tokens = 1, min(args.prompt_tokens, 512)
+        args.repeat, args.prompt_tokens = 1, min(args.prompt_tokens, 256)
         args.concurrency = [c for c in args.concurrency if c <= 4] or [1]
         args.tiers = [t for t in args.tiers if t != "redis"] or args.tiers
+    if args.mixed_concurrency is None:
+        args.mixed_concurrency = [max(args.concurrency)]
+    args.mixed_concurrency = [n for n in args.mixed_concurrency if n >= 2]
     if args.prompt_tokens < args.chunk_size:
         p.error("--prompt-tokens must be at least --chunk-size (nothing would be stored)")
     return args
