@@ -1,7 +1,9 @@
 // The MD5 transform (RFC 1321), shared by the CPU twin and the CUDA kernel.
 //
-// md5_transform() compresses one 64-byte block into the 4-word state; Md5Stream adds the
-// byte-stream bookkeeping (buffering, padding, length) on top. Both compile for the host (g++)
+// md5_init() sets the initial state and md5_pad() builds the final block(s) (0x80, zeros, bit
+// length): every path (Md5Stream, the CPU multi-buffer lanes, the CUDA kernel) starts and ends a
+// message through them. md5_transform() compresses one 64-byte block into the 4-word state;
+// Md5Stream adds the byte-stream bookkeeping (buffering) on top. Both compile for the host (g++)
 // and the device (nvcc) through LMC_HOST_DEVICE. The multi-buffer SIMD transforms of the CPU
 // twin (kv_chunk_md5_avx2_cpu.cpp, kv_chunk_md5_avx512_cpu.cpp) use the round tables below so
 // every path shares one set of constants.
@@ -19,8 +21,25 @@ namespace lmc {
 constexpr int kMd5BlockBytes = 64;
 constexpr int kMd5DigestBytes = 16;
 
-// Initial state words A, B, C, D.
-constexpr uint32_t kMd5Init[4] = {0x67452301u, 0xefcdab89u, 0x98badcfeu, 0x10325476u};
+// Sets the initial state words A, B, C, D.
+LMC_HOST_DEVICE LMC_INLINE void md5_init(uint32_t state[4]) {
+  state[0] = 0x67452301u;
+  state[1] = 0xefcdab89u;
+  state[2] = 0x98badcfeu;
+  state[3] = 0x10325476u;
+}
+
+// Pads a message of total_bytes whose last rem (< 64) bytes are at tail[0, rem): appends 0x80,
+// zeros and the bit length in place (tail has room for two blocks). Returns the number of
+// blocks of tail to compress (1, or 2 when rem + 9 > 64).
+LMC_HOST_DEVICE LMC_INLINE int md5_pad(uint8_t* tail, int64_t rem, uint64_t total_bytes) {
+  const int blocks = rem + 9 > kMd5BlockBytes ? 2 : 1;
+  const uint64_t bits = total_bytes * 8;
+  tail[rem] = 0x80;
+  memset(tail + rem + 1, 0, static_cast<size_t>(blocks * kMd5BlockBytes - 8 - rem - 1));
+  memcpy(tail + blocks * kMd5BlockBytes - 8, &bits, 8);
+  return blocks;
+}
 
 // Round constants K[i] = floor(abs(sin(i + 1)) * 2^32).
 constexpr uint32_t kMd5K[64] = {
@@ -155,14 +174,11 @@ LMC_HOST_DEVICE LMC_INLINE void md5_transform_bytes(uint32_t state[4], const uin
 struct Md5Stream {
   uint32_t state[4];
   uint64_t total;  // bytes seen
-  uint8_t buf[kMd5BlockBytes];
+  uint8_t buf[2 * kMd5BlockBytes];  // one block buffered, room for md5_pad's second
   int fill;  // bytes buffered in buf
 
   LMC_HOST_DEVICE void init() {
-    state[0] = 0x67452301u;
-    state[1] = 0xefcdab89u;
-    state[2] = 0x98badcfeu;
-    state[3] = 0x10325476u;
+    md5_init(state);
     total = 0;
     fill = 0;
   }
@@ -190,16 +206,8 @@ struct Md5Stream {
 
   // Pads, appends the bit length, and writes the 16-byte digest.
   LMC_HOST_DEVICE void final(uint8_t digest[kMd5DigestBytes]) {
-    const uint64_t bits = total * 8;
-    buf[fill++] = 0x80;
-    if (fill > kMd5BlockBytes - 8) {
-      memset(buf + fill, 0, static_cast<size_t>(kMd5BlockBytes - fill));
-      md5_transform_bytes(state, buf);
-      fill = 0;
-    }
-    memset(buf + fill, 0, static_cast<size_t>(kMd5BlockBytes - 8 - fill));
-    memcpy(buf + kMd5BlockBytes - 8, &bits, 8);
-    md5_transform_bytes(state, buf);
+    const int blocks = md5_pad(buf, fill, total);
+    for (int b = 0; b < blocks; ++b) md5_transform_bytes(state, buf + b * kMd5BlockBytes);
     memcpy(digest, state, kMd5DigestBytes);
   }
 };
