@@ -42,16 +42,16 @@ LMC_TARGET_AVX2 inline __m256i i8(__m256i b, __m256i c, __m256i d) {
 
 }  // namespace
 
-#define LMC_STEP8(fn, a, b, c, d, i)                                                            \
-  a = _mm256_add_epi32(                                                                        \
-      a, _mm256_add_epi32(m[kMd5G[i]], _mm256_set1_epi32(static_cast<int>(kMd5K[i]))));        \
-  a = _mm256_add_epi32(a, fn(b, c, d));                                                        \
+#define LMC_STEP8(fn, a, b, c, d, i)                                                    \
+  a = _mm256_add_epi32(                                                                 \
+      a, _mm256_add_epi32(m[kMd5G[i]], _mm256_set1_epi32(static_cast<int>(kMd5K[i])))); \
+  a = _mm256_add_epi32(a, fn(b, c, d));                                                 \
   a = _mm256_add_epi32(rotl8(a, kMd5S[i]), b);
 
-#define LMC_ROUND8(fn, i0)                 \
-  LMC_STEP8(fn, a, b, c, d, (i0) + 0)      \
-  LMC_STEP8(fn, d, a, b, c, (i0) + 1)      \
-  LMC_STEP8(fn, c, d, a, b, (i0) + 2)      \
+#define LMC_ROUND8(fn, i0)            \
+  LMC_STEP8(fn, a, b, c, d, (i0) + 0) \
+  LMC_STEP8(fn, d, a, b, c, (i0) + 1) \
+  LMC_STEP8(fn, c, d, a, b, (i0) + 2) \
   LMC_STEP8(fn, b, c, d, a, (i0) + 3)
 
 LMC_TARGET_AVX2 void md5_x8_avx2(uint32_t* state, const uint8_t* const* blocks,
@@ -71,22 +71,7 @@ LMC_TARGET_AVX2 void md5_x8_avx2(uint32_t* state, const uint8_t* const* blocks,
     transpose8x8_u32_regs(m);
     transpose8x8_u32_regs(m + 8);
     const __m256i a0 = a, b0 = b, c0 = c, d0 = d;
-    LMC_ROUND8(f8, 0)
-    LMC_ROUND8(f8, 4)
-    LMC_ROUND8(f8, 8)
-    LMC_ROUND8(f8, 12)
-    LMC_ROUND8(g8, 16)
-    LMC_ROUND8(g8, 20)
-    LMC_ROUND8(g8, 24)
-    LMC_ROUND8(g8, 28)
-    LMC_ROUND8(h8, 32)
-    LMC_ROUND8(h8, 36)
-    LMC_ROUND8(h8, 40)
-    LMC_ROUND8(h8, 44)
-    LMC_ROUND8(i8, 48)
-    LMC_ROUND8(i8, 52)
-    LMC_ROUND8(i8, 56)
-    LMC_ROUND8(i8, 60)
+    LMC_MD5_ROUNDS(LMC_ROUND8, f8, g8, h8, i8)
     a = _mm256_add_epi32(a, a0);
     b = _mm256_add_epi32(b, b0);
     c = _mm256_add_epi32(c, c0);
@@ -103,29 +88,26 @@ LMC_TARGET_AVX2 void md5_x8_avx2(uint32_t* state, const uint8_t* const* blocks,
 
 // Two independent 8-lane sets, step by step interleaved, so one set's latency chain (about
 // seven instructions per step without AVX-512's rotate and ternary logic) overlaps the other.
-#define LMC_STEP16X2(fn, a, b, c, d, i)                                                       \
-  {                                                                                           \
-    const __m256i k = _mm256_set1_epi32(static_cast<int>(kMd5K[i]));                          \
-    a##0 = _mm256_add_epi32(a##0, _mm256_add_epi32(m0[kMd5G[i]], k));                         \
-    a##1 = _mm256_add_epi32(a##1, _mm256_add_epi32(m1[kMd5G[i]], k));                         \
-    a##0 = _mm256_add_epi32(a##0, fn(b##0, c##0, d##0));                                      \
-    a##1 = _mm256_add_epi32(a##1, fn(b##1, c##1, d##1));                                      \
-    a##0 = _mm256_add_epi32(rotl8(a##0, kMd5S[i]), b##0);                                     \
-    a##1 = _mm256_add_epi32(rotl8(a##1, kMd5S[i]), b##1);                                     \
+#define LMC_STEP16X2(fn, a, b, c, d, i)                               \
+  {                                                                   \
+    const __m256i k = _mm256_set1_epi32(static_cast<int>(kMd5K[i]));  \
+    a##0 = _mm256_add_epi32(a##0, _mm256_add_epi32(m0[kMd5G[i]], k)); \
+    a##1 = _mm256_add_epi32(a##1, _mm256_add_epi32(m1[kMd5G[i]], k)); \
+    a##0 = _mm256_add_epi32(a##0, fn(b##0, c##0, d##0));              \
+    a##1 = _mm256_add_epi32(a##1, fn(b##1, c##1, d##1));              \
+    a##0 = _mm256_add_epi32(rotl8(a##0, kMd5S[i]), b##0);             \
+    a##1 = _mm256_add_epi32(rotl8(a##1, kMd5S[i]), b##1);             \
   }
 
-#define LMC_ROUND16X2(fn, i0)                \
-  LMC_STEP16X2(fn, a, b, c, d, (i0) + 0)     \
-  LMC_STEP16X2(fn, d, a, b, c, (i0) + 1)     \
-  LMC_STEP16X2(fn, c, d, a, b, (i0) + 2)     \
+#define LMC_ROUND16X2(fn, i0)            \
+  LMC_STEP16X2(fn, a, b, c, d, (i0) + 0) \
+  LMC_STEP16X2(fn, d, a, b, c, (i0) + 1) \
+  LMC_STEP16X2(fn, c, d, a, b, (i0) + 2) \
   LMC_STEP16X2(fn, b, c, d, a, (i0) + 3)
 
 LMC_TARGET_AVX2 void md5_x16_avx2(uint32_t* state, const uint8_t* const* blocks,
                                   int64_t num_blocks) {
-  __m256i a0 = load8(state + 0), a1 = load8(state + 8);
-  __m256i b0 = load8(state + 16), b1 = load8(state + 24);
-  __m256i c0 = load8(state + 32), c1 = load8(state + 40);
-  __m256i d0 = load8(state + 48), d1 = load8(state + 56);
+  LMC_MD5_LOAD2(__m256i, load8, 8)
   for (int64_t blk = 0; blk < num_blocks; ++blk) {
     const uint8_t* const* p = blocks + blk * 16;
     __m256i m0[16], m1[16];
@@ -139,41 +121,11 @@ LMC_TARGET_AVX2 void md5_x16_avx2(uint32_t* state, const uint8_t* const* blocks,
     transpose8x8_u32_regs(m0 + 8);
     transpose8x8_u32_regs(m1);
     transpose8x8_u32_regs(m1 + 8);
-    const __m256i sa0 = a0, sb0 = b0, sc0 = c0, sd0 = d0;
-    const __m256i sa1 = a1, sb1 = b1, sc1 = c1, sd1 = d1;
-    LMC_ROUND16X2(f8, 0)
-    LMC_ROUND16X2(f8, 4)
-    LMC_ROUND16X2(f8, 8)
-    LMC_ROUND16X2(f8, 12)
-    LMC_ROUND16X2(g8, 16)
-    LMC_ROUND16X2(g8, 20)
-    LMC_ROUND16X2(g8, 24)
-    LMC_ROUND16X2(g8, 28)
-    LMC_ROUND16X2(h8, 32)
-    LMC_ROUND16X2(h8, 36)
-    LMC_ROUND16X2(h8, 40)
-    LMC_ROUND16X2(h8, 44)
-    LMC_ROUND16X2(i8, 48)
-    LMC_ROUND16X2(i8, 52)
-    LMC_ROUND16X2(i8, 56)
-    LMC_ROUND16X2(i8, 60)
-    a0 = _mm256_add_epi32(a0, sa0);
-    b0 = _mm256_add_epi32(b0, sb0);
-    c0 = _mm256_add_epi32(c0, sc0);
-    d0 = _mm256_add_epi32(d0, sd0);
-    a1 = _mm256_add_epi32(a1, sa1);
-    b1 = _mm256_add_epi32(b1, sb1);
-    c1 = _mm256_add_epi32(c1, sc1);
-    d1 = _mm256_add_epi32(d1, sd1);
+    LMC_MD5_SAVE2(__m256i)
+    LMC_MD5_ROUNDS(LMC_ROUND16X2, f8, g8, h8, i8)
+    LMC_MD5_FEED_FORWARD2(_mm256_add_epi32)
   }
-  store8(state + 0, a0);
-  store8(state + 8, a1);
-  store8(state + 16, b0);
-  store8(state + 24, b1);
-  store8(state + 32, c0);
-  store8(state + 40, c1);
-  store8(state + 48, d0);
-  store8(state + 56, d1);
+  LMC_MD5_STORE2(store8, 8)
 }
 
 #undef LMC_ROUND16X2

@@ -7,13 +7,12 @@
 // small per-lane staging buffer first (blocks across segment boundaries; vllm_cpu's transposed
 // K and vllm_cpu_amx's packed K and V, read through per-lane tiles filled by the copy twin's
 // gather_piece). ISA selection and md5_many_cpu: kv_chunk_md5_isa_cpu.cpp.
-#include "kernels/kv_chunk_md5.h"
-
 #include <algorithm>
 #include <vector>
 
 #include "common/check.h"
 #include "common/thread_pool.h"
+#include "kernels/kv_chunk_md5.h"
 #include "kernels/kv_chunk_md5_lanes.h"
 #include "kernels/kv_chunk_md5_reader.h"
 #include "kernels/md5.h"
@@ -21,15 +20,15 @@
 namespace lmc {
 
 void kv_chunk_md5_cpu(const uint8_t* const* layer_ptrs, int64_t num_layers,
-                      const PagedKVLayout& layout, const int64_t* slot_mapping,
-                      int64_t num_tokens, int64_t chunk_size, uint8_t* per_layer) {
+                      const PagedKVLayout& layout, const int64_t* slot_mapping, int64_t num_tokens,
+                      int64_t chunk_size, uint8_t* per_layer) {
   LMC_CHECK_ARG(chunk_size >= 1, "chunk_size must be >= 1, got ", chunk_size);
   LMC_CHECK_ARG(num_tokens >= 0, "num_tokens must be >= 0, got ", num_tokens);
   const int64_t num_slots = layout.num_slots();
   const int64_t bad = first_bad_slot(slot_mapping, num_tokens, num_slots);
-  LMC_CHECK_INDEX(bad == kNoBadSlot, "slot_mapping[", bad, "] = ",
-                  slot_mapping[bad == kNoBadSlot ? 0 : bad], " is out of range for a cache of ",
-                  num_slots, " slots (-1 marks padding)");
+  LMC_CHECK_INDEX(bad == kNoBadSlot, "slot_mapping[", bad,
+                  "] = ", slot_mapping[bad == kNoBadSlot ? 0 : bad],
+                  " is out of range for a cache of ", num_slots, " slots (-1 marks padding)");
   const int64_t num_chunks = kv_chunk_md5_num_chunks(num_tokens, chunk_size);
   if (num_chunks == 0 || num_layers == 0) return;
 
@@ -61,7 +60,8 @@ void kv_chunk_md5_cpu(const uint8_t* const* layer_ptrs, int64_t num_layers,
   for (int64_t m = 0; m < num_msgs; ++m) order[m] = m;
   std::stable_sort(order.begin(), order.end(),
                    [&](int64_t a, int64_t b) { return lens[a] < lens[b]; });
-  const std::vector<md5_detail::Group> groups = md5_detail::make_groups(order, lens, md5_detail::lanes_of(isa, num_msgs));
+  const std::vector<md5_detail::Group> groups =
+      md5_detail::make_groups(order, lens, md5_detail::lanes_of(isa, num_msgs));
 
   // Strided sides are read through per-lane tiles of up to kTileTokens tokens.
   const bool tiled = geom.strided[0] || geom.strided[1];

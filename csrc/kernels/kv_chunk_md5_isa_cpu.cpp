@@ -20,9 +20,12 @@ namespace {
 bool cpu_has(Md5Isa isa) {
 #if defined(__x86_64__) || defined(__i386__)
   switch (isa) {
-    case Md5Isa::kScalar: return true;
-    case Md5Isa::kAvx2: return __builtin_cpu_supports("avx2");
-    case Md5Isa::kAvx512: return __builtin_cpu_supports("avx512f");
+    case Md5Isa::kScalar:
+      return true;
+    case Md5Isa::kAvx2:
+      return __builtin_cpu_supports("avx2");
+    case Md5Isa::kAvx512:
+      return __builtin_cpu_supports("avx512f");
   }
   return false;
 #else
@@ -72,9 +75,12 @@ struct ContigReader {
 
 const char* md5_isa_name(Md5Isa isa) {
   switch (isa) {
-    case Md5Isa::kScalar: return "scalar";
-    case Md5Isa::kAvx2: return "avx2";
-    case Md5Isa::kAvx512: return "avx512";
+    case Md5Isa::kScalar:
+      return "scalar";
+    case Md5Isa::kAvx2:
+      return "avx2";
+    case Md5Isa::kAvx512:
+      return "avx512";
   }
   return "unknown";
 }
@@ -104,7 +110,8 @@ void md5_many_cpu(const uint8_t* const* msgs, const int64_t* lens, int64_t n, ui
   for (int64_t i = 0; i < n; ++i) order[i] = i;
   std::stable_sort(order.begin(), order.end(),
                    [&](int64_t a, int64_t b) { return len_of[a] < len_of[b]; });
-  const std::vector<md5_detail::Group> groups = md5_detail::make_groups(order, len_of, md5_detail::lanes_of(isa, n));
+  const std::vector<md5_detail::Group> groups =
+      md5_detail::make_groups(order, len_of, md5_detail::lanes_of(isa, n));
   parallel_for(static_cast<int64_t>(groups.size()), 1, [&](int64_t begin, int64_t end) {
     for (int64_t gi = begin; gi < end; ++gi) {
       const md5_detail::Group& grp = groups[gi];

@@ -39,8 +39,8 @@ inline void md5_x1_scalar(uint32_t* state, const uint8_t* const* blocks, int64_t
 // Hashes nlanes (<= W) messages of len bytes each, W at a time through xform, and writes
 // lane i's digest to digests[i]. batch_blocks: blocks per transform call (<= kMaxBatchBlocks).
 template <int W, typename Reader>
-void hash_lanes(Reader* readers, int nlanes, int64_t len, int64_t batch_blocks,
-                TransformFn xform, uint8_t* const* digests) {
+void hash_lanes(Reader* readers, int nlanes, int64_t len, int64_t batch_blocks, TransformFn xform,
+                uint8_t* const* digests) {
   alignas(64) uint32_t state[4 * W];
   uint32_t init[4];
   md5_init(init);
@@ -102,7 +102,7 @@ inline int lanes_of(Md5Isa isa, int64_t n) {
 
 // Splits messages (already ordered so equal lengths are adjacent) into groups of <= W.
 inline std::vector<Group> make_groups(const std::vector<int64_t>& order,
-                               const std::vector<int64_t>& lens, int width) {
+                                      const std::vector<int64_t>& lens, int width) {
   std::vector<Group> groups;
   const int64_t n = static_cast<int64_t>(order.size());
   for (int64_t i = 0; i < n;) {
@@ -116,8 +116,7 @@ inline std::vector<Group> make_groups(const std::vector<int64_t>& order,
 
 // Hashes one group on the widest transform that pays off for its size.
 template <typename Reader>
-void hash_group(Reader* readers, int count, int64_t len, Md5Isa isa,
-                uint8_t* const* digests) {
+void hash_group(Reader* readers, int count, int64_t len, Md5Isa isa, uint8_t* const* digests) {
 #if defined(__x86_64__) || defined(__i386__)
   if (isa == Md5Isa::kAvx512 && count > 16) {
     hash_lanes<32>(readers, count, len, kMaxBatchBlocks, &md5_simd::md5_x32_avx512, digests);
@@ -140,7 +139,6 @@ void hash_group(Reader* readers, int count, int64_t len, Md5Isa isa,
     hash_lanes<1>(readers + i, 1, len, kMaxBatchBlocks, &md5_x1_scalar, digests + i);
   }
 }
-
 
 }  // namespace md5_detail
 }  // namespace lmc

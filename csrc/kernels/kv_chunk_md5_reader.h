@@ -85,10 +85,14 @@ void fill_tile_as(const MsgGeom& g, const uint8_t* base, int kv, int64_t block, 
 inline void fill_tile(const MsgGeom& g, const uint8_t* base, int kv, int64_t block, int64_t o0,
                       int64_t tokens, bool avx2, uint8_t* tile) {
   switch (g.elem) {
-    case 1: return fill_tile_as<uint8_t>(g, base, kv, block, o0, tokens, avx2, tile);
-    case 2: return fill_tile_as<uint16_t>(g, base, kv, block, o0, tokens, avx2, tile);
-    case 4: return fill_tile_as<uint32_t>(g, base, kv, block, o0, tokens, avx2, tile);
-    default: return fill_tile_as<uint64_t>(g, base, kv, block, o0, tokens, avx2, tile);
+    case 1:
+      return fill_tile_as<uint8_t>(g, base, kv, block, o0, tokens, avx2, tile);
+    case 2:
+      return fill_tile_as<uint16_t>(g, base, kv, block, o0, tokens, avx2, tile);
+    case 4:
+      return fill_tile_as<uint32_t>(g, base, kv, block, o0, tokens, avx2, tile);
+    default:
+      return fill_tile_as<uint64_t>(g, base, kv, block, o0, tokens, avx2, tile);
   }
 }
 
@@ -110,11 +114,11 @@ struct PagedReader {
   int64_t num_heads = 0, head_size = 0;
   bool simd_transpose = false;  // AVX2 tile transposes (any ISA but scalar)
   int kv = 0;
-  int64_t j = 0, h = 0;   // current segment
-  int64_t off = 0;        // bytes of the current segment already consumed
+  int64_t j = 0, h = 0;  // current segment
+  int64_t off = 0;       // bytes of the current segment already consumed
   const uint8_t* seg = nullptr;
-  bool contig = true;     // seg holds the segment's bytes contiguously (else strided elements)
-  bool in_tile = false;   // seg points into tile (which the next fill overwrites)
+  bool contig = true;       // seg holds the segment's bytes contiguously (else strided elements)
+  bool in_tile = false;     // seg points into tile (which the next fill overwrites)
   int64_t tile_first = -1;  // first slot held by the tile
   int64_t tile_count = 0;   // slots held by the tile (tile_tokens, or 1 on a packed side)
   int tile_kv = -1;
@@ -220,10 +224,18 @@ struct PagedReader {
         const int64_t stride = g->dim_bytes(kv);
         const uint8_t* src = seg + (off / e) * stride;
         switch (e) {
-          case 1: gather_elems<uint8_t>(dst, src, stride, take); break;
-          case 2: gather_elems<uint16_t>(dst, src, stride, take / 2); break;
-          case 4: gather_elems<uint32_t>(dst, src, stride, take / 4); break;
-          default: gather_elems<uint64_t>(dst, src, stride, take / 8); break;
+          case 1:
+            gather_elems<uint8_t>(dst, src, stride, take);
+            break;
+          case 2:
+            gather_elems<uint16_t>(dst, src, stride, take / 2);
+            break;
+          case 4:
+            gather_elems<uint32_t>(dst, src, stride, take / 4);
+            break;
+          default:
+            gather_elems<uint64_t>(dst, src, stride, take / 8);
+            break;
         }
       }
       dst += take;

@@ -55,16 +55,44 @@ constexpr uint32_t kMd5K[64] = {
     0xeb86d391u};
 
 // Left-rotate amounts per step.
-constexpr int kMd5S[64] = {7,  12, 17, 22, 7,  12, 17, 22, 7,  12, 17, 22, 7,  12, 17, 22,
-                           5,  9,  14, 20, 5,  9,  14, 20, 5,  9,  14, 20, 5,  9,  14, 20,
-                           4,  11, 16, 23, 4,  11, 16, 23, 4,  11, 16, 23, 4,  11, 16, 23,
-                           6,  10, 15, 21, 6,  10, 15, 21, 6,  10, 15, 21, 6,  10, 15, 21};
+constexpr int kMd5S[64] = {7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22,
+                           5, 9,  14, 20, 5, 9,  14, 20, 5, 9,  14, 20, 5, 9,  14, 20,
+                           4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23,
+                           6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21};
 
 // Message word used by each step.
-constexpr int kMd5G[64] = {0, 1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15,
-                           1, 6,  11, 0,  5,  10, 15, 4,  9,  14, 3,  8,  13, 2,  7,  12,
-                           5, 8,  11, 14, 1,  4,  7,  10, 13, 0,  3,  6,  9,  12, 15, 2,
-                           0, 7,  14, 5,  12, 3,  10, 1,  8,  15, 6,  13, 4,  11, 2,  9};
+constexpr int kMd5G[64] = {0, 1, 2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15,
+                           1, 6, 11, 0,  5,  10, 15, 4,  9,  14, 3,  8,  13, 2,  7,  12,
+                           5, 8, 11, 14, 1,  4,  7,  10, 13, 0,  3,  6,  9,  12, 15, 2,
+                           0, 7, 14, 5,  12, 3,  10, 1,  8,  15, 6,  13, 4,  11, 2,  9};
+
+// ---- shared by the multi-buffer SIMD transforms (kv_chunk_md5_{avx2,avx512}_cpu.cpp) --------
+
+// The 64 steps as 16 groups of four: ROUND(fn, first step), fn the round function F, G, H or I
+// in the transform's own form (SIMD functions, or vpternlogd truth tables).
+// clang-format off
+#define LMC_MD5_ROUNDS(ROUND, F, G, H, I)                                                    \
+  ROUND(F, 0) ROUND(F, 4) ROUND(F, 8) ROUND(F, 12) ROUND(G, 16) ROUND(G, 20) ROUND(G, 24)  \
+  ROUND(G, 28) ROUND(H, 32) ROUND(H, 36) ROUND(H, 40) ROUND(H, 44) ROUND(I, 48) ROUND(I, 52) \
+  ROUND(I, 56) ROUND(I, 60)
+// clang-format on
+
+// Two interleaved sets of state words a0..d0 and a1..d1 (vector type T, W lanes each) in the
+// [4][2 * W] state array: loaded, saved before a block (sa0..sd1), fed forward after it
+// (ADD(x, sx)), stored back.
+#define LMC_MD5_LOAD2(T, LOAD, W)                                                       \
+  T a0 = LOAD(state + 0 * (W)), a1 = LOAD(state + 1 * (W)), b0 = LOAD(state + 2 * (W)), \
+    b1 = LOAD(state + 3 * (W)), c0 = LOAD(state + 4 * (W)), c1 = LOAD(state + 5 * (W)), \
+    d0 = LOAD(state + 6 * (W)), d1 = LOAD(state + 7 * (W));
+#define LMC_MD5_SAVE2(T) \
+  const T sa0 = a0, sb0 = b0, sc0 = c0, sd0 = d0, sa1 = a1, sb1 = b1, sc1 = c1, sd1 = d1;
+#define LMC_MD5_FEED_FORWARD2(ADD)                                            \
+  a0 = ADD(a0, sa0), b0 = ADD(b0, sb0), c0 = ADD(c0, sc0), d0 = ADD(d0, sd0); \
+  a1 = ADD(a1, sa1), b1 = ADD(b1, sb1), c1 = ADD(c1, sc1), d1 = ADD(d1, sd1);
+#define LMC_MD5_STORE2(STORE, W)                                                          \
+  STORE(state + 0 * (W), a0), STORE(state + 1 * (W), a1), STORE(state + 2 * (W), b0),     \
+      STORE(state + 3 * (W), b1), STORE(state + 4 * (W), c0), STORE(state + 5 * (W), c1), \
+      STORE(state + 6 * (W), d0), STORE(state + 7 * (W), d1);
 
 LMC_HOST_DEVICE LMC_INLINE uint32_t md5_rotl(uint32_t x, int s) {
   return (x << s) | (x >> (32 - s));
@@ -173,9 +201,9 @@ LMC_HOST_DEVICE LMC_INLINE void md5_transform_bytes(uint32_t state[4], const uin
 // Streaming MD5 over byte pieces: update() any number of times, then final().
 struct Md5Stream {
   uint32_t state[4];
-  uint64_t total;  // bytes seen
+  uint64_t total;                   // bytes seen
   uint8_t buf[2 * kMd5BlockBytes];  // one block buffered, room for md5_pad's second
-  int fill;  // bytes buffered in buf
+  int fill;                         // bytes buffered in buf
 
   LMC_HOST_DEVICE void init() {
     md5_init(state);

@@ -64,8 +64,8 @@ LMC_TARGET_AVX2 bool scatter_transposed_u16_avx2(const uint16_t* rows, int64_t r
                                                  uint16_t* stage) {
   if (d_n % 16 != 0 || n % 16 != 0 || 16 * n * 2 > kStageBytes) return false;
   // Whole 512-byte output stretches (block_size 16): straight to the cache.
-  const bool direct = n == 16 && ds == 16 && (reinterpret_cast<uintptr_t>(dst) & 31) == 0 &&
-                      ((hs * 2) & 31) == 0;
+  const bool direct =
+      n == 16 && ds == 16 && (reinterpret_cast<uintptr_t>(dst) & 31) == 0 && ((hs * 2) & 31) == 0;
   for (int64_t h = 0; h < num_heads; ++h) {
     const uint16_t* src = rows + h * d_n;
     uint16_t* tile = dst + h * hs;

@@ -6,8 +6,9 @@
 // chunk). A copy thread moves one Word (16, 8, 4, 2 or 1 bytes) of a row per step; the
 // widest Word is the layout core's vector_bytes() narrowed to the alignment of every pointer
 // (vector_bytes_for), so bf16 rows of flash-attn caches move as 16-byte vectors. Addresses and
-// slot checks come from the layout core (paged_kv_layout.h), on the layout in Words. Chunk buffers in pinned host memory
-// are addressed directly (unified addressing), which turns the copy into PCIe reads/writes.
+// slot checks come from the layout core (paged_kv_layout.h), on the layout in Words. Chunk buffers
+// in pinned host memory are addressed directly (unified addressing), which turns the copy into PCIe
+// reads/writes.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -62,12 +63,12 @@ __global__ void validate_slots_kernel(const SlotT* __restrict__ slots,  // [num_
 // Block: (Words per row rounded up to 32, capped at kThreadsPerBlock; kThreadsPerBlock / x)
 template <bool kGather, typename Word, typename SlotT>
 __global__ void paged_kv_copy_kernel(
-    LayerPtrs layers,                      // [gridDim.y] each [layer cache, as wl says]
+    LayerPtrs layers,  // [gridDim.y] each [layer cache, as wl says]
     int64_t layer_begin, int64_t num_layers,
-    PagedKVLayout wl,                      // the layout in Words (PagedKVLayout::in_words)
-    const SlotT* __restrict__ slots,       // [chunks.token_begin[chunks.num_chunks]]
-    ChunkPtrs chunks,                      // each [num_kv, num_layers, its tokens, row Words]
-    const unsigned long long* bad_pos) {   // [1]
+    PagedKVLayout wl,                     // the layout in Words (PagedKVLayout::in_words)
+    const SlotT* __restrict__ slots,      // [chunks.token_begin[chunks.num_chunks]]
+    ChunkPtrs chunks,                     // each [num_kv, num_layers, its tokens, row Words]
+    const unsigned long long* bad_pos) {  // [1]
   if (*bad_pos != kNoBadPos) return;
   const int64_t token = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
   if (token >= chunks.token_begin[chunks.num_chunks]) return;
@@ -87,13 +88,16 @@ __global__ void paged_kv_copy_kernel(
   const int64_t first = chunks.token_begin[c];
   const int64_t chunk_tokens = chunks.token_begin[c + 1] - first;
   const int kv = static_cast<int>(blockIdx.z);
+  // NOTE: plain layouts only (the bindings refuse packed ones on a device); the test also lets
+  // the compiler fold the layout core's two-level branches away.
+  if (wl.packed(kv)) return;
   Word* cache = static_cast<Word*>(layers.ptr[blockIdx.y]) + wl.row_offset(slot, kv, 0);
   const int32_t head_words = static_cast<int32_t>(wl.head_size);
   const int32_t row_words = static_cast<int32_t>(wl.row_elems());
-  Word* row = static_cast<Word*>(chunks.ptr[c]) +
-              ((blockIdx.z * num_layers + layer_begin + blockIdx.y) * chunk_tokens +
-               (token - first)) *
-                  static_cast<int64_t>(row_words);
+  Word* row =
+      static_cast<Word*>(chunks.ptr[c]) +
+      ((blockIdx.z * num_layers + layer_begin + blockIdx.y) * chunk_tokens + (token - first)) *
+          static_cast<int64_t>(row_words);
   for (int32_t w = threadIdx.x; w < row_words; w += blockDim.x) {
     const int32_t h = w / head_words;
     const int32_t d = w - h * head_words;
@@ -119,11 +123,11 @@ inline int64_t pick_word_bytes(const void* const* layer_ptrs, int64_t num_layers
 // kMaxLayersPerLaunch layers.
 template <bool kGather, typename Word, typename SlotT>
 cudaError_t launch_copy(void* const* layer_ptrs, int64_t num_layers, const PagedKVLayout& wl,
-                        const SlotT* slots, void* const* chunk_ptrs,
-                        const int64_t* chunk_tokens, int64_t num_chunks,
-                        const unsigned long long* bad_pos, cudaStream_t stream) {
-  const int tx = static_cast<int>(
-      std::min<int64_t>(kThreadsPerBlock, (wl.row_elems() + 31) / 32 * 32));
+                        const SlotT* slots, void* const* chunk_ptrs, const int64_t* chunk_tokens,
+                        int64_t num_chunks, const unsigned long long* bad_pos,
+                        cudaStream_t stream) {
+  const int tx =
+      static_cast<int>(std::min<int64_t>(kThreadsPerBlock, (wl.row_elems() + 31) / 32 * 32));
   const int ty = kThreadsPerBlock / tx;
   const dim3 block(tx, ty);
   int64_t group_first = 0;  // token of slots where the next group starts
@@ -146,8 +150,8 @@ cudaError_t launch_copy(void* const* layer_ptrs, int64_t num_layers, const Paged
       for (int64_t i = 0; i < count; ++i) lp.ptr[i] = layer_ptrs[begin + i];
       const dim3 grid(static_cast<unsigned>((tokens + ty - 1) / ty), static_cast<unsigned>(count),
                       static_cast<unsigned>(wl.num_kv));
-      paged_kv_copy_kernel<kGather, Word, SlotT><<<grid, block, 0, stream>>>(
-          lp, begin, num_layers, wl, slots + group_first, cp, bad_pos);
+      paged_kv_copy_kernel<kGather, Word, SlotT>
+          <<<grid, block, 0, stream>>>(lp, begin, num_layers, wl, slots + group_first, cp, bad_pos);
       const cudaError_t err = cudaGetLastError();
       if (err != cudaSuccess) return err;
     }
@@ -157,11 +161,10 @@ cudaError_t launch_copy(void* const* layer_ptrs, int64_t num_layers, const Paged
 }
 
 template <bool kGather, typename SlotT>
-cudaError_t launch_with_slots(void* const* layer_ptrs, int64_t num_layers,
-                              const PagedKVLayout& l, const SlotT* slots, int64_t num_tokens,
-                              void* const* chunks, const int64_t* chunk_tokens,
-                              int64_t num_chunks, unsigned long long* bad_pos,
-                              cudaStream_t stream) {
+cudaError_t launch_with_slots(void* const* layer_ptrs, int64_t num_layers, const PagedKVLayout& l,
+                              const SlotT* slots, int64_t num_tokens, void* const* chunks,
+                              const int64_t* chunk_tokens, int64_t num_chunks,
+                              unsigned long long* bad_pos, cudaStream_t stream) {
   cudaError_t err = cudaMemsetAsync(bad_pos, 0xFF, sizeof(unsigned long long), stream);
   if (err != cudaSuccess) return err;
   const unsigned vblocks =
@@ -173,22 +176,21 @@ cudaError_t launch_with_slots(void* const* layer_ptrs, int64_t num_layers,
 
   const int64_t word = pick_word_bytes(layer_ptrs, num_layers, l, chunks, num_chunks);
   const PagedKVLayout wl = l.in_words(word / l.elem_size);
+  const auto launch = [&](auto word_type) {
+    return launch_copy<kGather, decltype(word_type)>(layer_ptrs, num_layers, wl, slots, chunks,
+                                                     chunk_tokens, num_chunks, bad_pos, stream);
+  };
   switch (word) {
     case 16:
-      return launch_copy<kGather, uint4>(layer_ptrs, num_layers, wl, slots, chunks,
-                                         chunk_tokens, num_chunks, bad_pos, stream);
+      return launch(uint4{});
     case 8:
-      return launch_copy<kGather, uint2>(layer_ptrs, num_layers, wl, slots, chunks,
-                                         chunk_tokens, num_chunks, bad_pos, stream);
+      return launch(uint2{});
     case 4:
-      return launch_copy<kGather, uint32_t>(layer_ptrs, num_layers, wl, slots, chunks,
-                                         chunk_tokens, num_chunks, bad_pos, stream);
+      return launch(uint32_t{});
     case 2:
-      return launch_copy<kGather, uint16_t>(layer_ptrs, num_layers, wl, slots, chunks,
-                                         chunk_tokens, num_chunks, bad_pos, stream);
+      return launch(uint16_t{});
     default:
-      return launch_copy<kGather, uint8_t>(layer_ptrs, num_layers, wl, slots, chunks,
-                                         chunk_tokens, num_chunks, bad_pos, stream);
+      return launch(uint8_t{});
   }
 }
 
@@ -217,8 +219,8 @@ cudaError_t launch_paged_kv_copy(void* const* layer_ptrs, int64_t num_layers,
   if (total != num_tokens) return cudaErrorInvalidValue;
   if (slot_elem_size == 8) {
     return launch_with_slots<kGather>(layer_ptrs, num_layers, l,
-                                      static_cast<const int64_t*>(slot_mapping), num_tokens,
-                                      chunks, chunk_tokens, num_chunks, bad_pos, stream);
+                                      static_cast<const int64_t*>(slot_mapping), num_tokens, chunks,
+                                      chunk_tokens, num_chunks, bad_pos, stream);
   }
   return launch_with_slots<kGather>(layer_ptrs, num_layers, l,
                                     static_cast<const int32_t*>(slot_mapping), num_tokens, chunks,

@@ -43,8 +43,8 @@ constexpr int64_t kParallelBytes = int64_t{512} << 10;
 template <typename SlotT>
 void validate_slots(const SlotT* slots, int64_t num_tokens, int64_t num_slots) {
   const int64_t bad = first_bad_slot(slots, num_tokens, num_slots);
-  LMC_CHECK_INDEX(bad == kNoBadSlot, "slot_mapping[", bad, "] = ",
-                  static_cast<int64_t>(slots[bad == kNoBadSlot ? 0 : bad]),
+  LMC_CHECK_INDEX(bad == kNoBadSlot, "slot_mapping[", bad,
+                  "] = ", static_cast<int64_t>(slots[bad == kNoBadSlot ? 0 : bad]),
                   " is out of range: slots must be -1 (padding) or in [0, ", num_slots,
                   ") (num_blocks * block_size)");
 }
@@ -98,14 +98,7 @@ void gather_heads_item(char* const* cache, char* const* rows, const PagedKVLayou
   // whole lines with streaming stores; transposed words stored straight to memory stall on a
   // read-for-ownership of every destination line.
   const bool staged = d_n * l.block_size * es <= kStageBytes;
-  int64_t i = t0;
-  while (i < t1) {
-    const int64_t s = static_cast<int64_t>(slots[i]);
-    if (s == -1) {
-      ++i;
-      continue;
-    }
-    const int64_t n = block_run(slots, i, t1, l.block_size);
+  for_each_block_run(slots, t0, t1, l.block_size, [&](int64_t i, int64_t s, int64_t n) {
     const int64_t block = s / l.block_size;
     const int64_t o0 = s - block * l.block_size;
     for (int64_t h = 0; h < l.num_heads; ++h) {
@@ -118,8 +111,8 @@ void gather_heads_item(char* const* cache, char* const* rows, const PagedKVLayou
           if constexpr (sizeof(Word) == 2) {
             if (pt.pairs[kv] && ((reinterpret_cast<uintptr_t>(row) | row_bytes) & 15) == 0) {
               // Whole 16-byte pieces of the rows: streamed straight out, no staging pass.
-              Word* head = const_cast<Word*>(side) + block * l.block_stride[kv] +
-                           h * l.head_stride[kv];
+              Word* head =
+                  const_cast<Word*>(side) + block * l.block_stride[kv] + h * l.head_stride[kv];
               copy_pairs_u16<true, true>(l, kv, pt.dim_off[kv].data(),
                                          reinterpret_cast<uint16_t*>(head), o0, n,
                                          reinterpret_cast<uint16_t*>(row), row_elems);
@@ -146,8 +139,7 @@ void gather_heads_item(char* const* cache, char* const* rows, const PagedKVLayou
         }
       }
     }
-    i += n;
-  }
+  });
 }
 
 // Per-head layouts, scatter: the chunk rows of each run are read in address order (token by
@@ -166,14 +158,7 @@ void scatter_heads_item(char* const* cache, char* const* rows, const PagedKVLayo
   const int64_t head_bytes = d_n * es;
   const int64_t row_elems = l.row_elems();
   const int64_t row_bytes = l.row_bytes();
-  int64_t i = t0;
-  while (i < t1) {
-    const int64_t s = static_cast<int64_t>(slots[i]);
-    if (s == -1) {
-      ++i;
-      continue;
-    }
-    const int64_t n = block_run(slots, i, t1, l.block_size);
+  for_each_block_run(slots, t0, t1, l.block_size, [&](int64_t i, int64_t s, int64_t n) {
     for (int kv = 0; kv < l.num_kv; ++kv) {
       const int64_t ts = l.token_stride[kv];
       const int64_t ds = l.dim_stride[kv];
@@ -229,8 +214,7 @@ void scatter_heads_item(char* const* cache, char* const* rows, const PagedKVLayo
         }
       }
     }
-    i += n;
-  }
+  });
 }
 
 // The chunk buffers of one copy: chunk c holds tokens [token_begin[c], token_begin[c + 1]) of
@@ -266,8 +250,7 @@ void copy_all(const void* const* layer_ptrs, int64_t num_layers, const PagedKVLa
   const int64_t total_bytes = l.num_kv * num_layers * num_tokens * row_bytes;
   const int64_t grain = total_bytes < kParallelBytes ? num_items : 1;
   const auto layer_base = [&](int64_t layer, int kv) {
-    return static_cast<char*>(const_cast<void*>(layer_ptrs[layer])) +
-           l.kv_offset[kv] * l.elem_size;
+    return static_cast<char*>(const_cast<void*>(layer_ptrs[layer])) + l.kv_offset[kv] * l.elem_size;
   };
   parallel_for(num_items, grain, [&](int64_t begin, int64_t end) {
     // NOTE: default-initialised (not zeroed): every element read was written first.
@@ -277,8 +260,8 @@ void copy_all(const void* const* layer_ptrs, int64_t num_layers, const PagedKVLa
     for (int64_t it = begin; it < end; ++it) {
       const int64_t g = it / total_tiles;
       const int64_t k = it % total_tiles;
-      const int64_t c = std::upper_bound(tile_begin.begin(), tile_begin.end(), k) -
-                        tile_begin.begin() - 1;
+      const int64_t c =
+          std::upper_bound(tile_begin.begin(), tile_begin.end(), k) - tile_begin.begin() - 1;
       const int64_t first = chunks.token_begin[c];
       const int64_t n = chunks.token_begin[c + 1] - first;
       const int64_t t0 = (k - tile_begin[c]) * tile;
@@ -311,10 +294,14 @@ void copy_slots(const void* const* layer_ptrs, int64_t num_layers, const PagedKV
                 const SlotT* slots, const ChunkList& chunks) {
   validate_slots(slots, chunks.token_begin[chunks.num_chunks], l.num_slots());
   switch (l.elem_size) {
-    case 1: return copy_all<kGather, uint8_t>(layer_ptrs, num_layers, l, slots, chunks);
-    case 2: return copy_all<kGather, uint16_t>(layer_ptrs, num_layers, l, slots, chunks);
-    case 4: return copy_all<kGather, uint32_t>(layer_ptrs, num_layers, l, slots, chunks);
-    case 8: return copy_all<kGather, uint64_t>(layer_ptrs, num_layers, l, slots, chunks);
+    case 1:
+      return copy_all<kGather, uint8_t>(layer_ptrs, num_layers, l, slots, chunks);
+    case 2:
+      return copy_all<kGather, uint16_t>(layer_ptrs, num_layers, l, slots, chunks);
+    case 4:
+      return copy_all<kGather, uint32_t>(layer_ptrs, num_layers, l, slots, chunks);
+    case 8:
+      return copy_all<kGather, uint64_t>(layer_ptrs, num_layers, l, slots, chunks);
     default:
       throw std::invalid_argument(
           detail::concat("layout elem_size must be 1, 2, 4 or 8 bytes, got ", l.elem_size));
@@ -350,11 +337,9 @@ void paged_kv_copy_cpu(const void* const* layer_ptrs, int64_t num_layers, const 
                 "null pointer passed to paged KV copy");
   const ChunkList list{reinterpret_cast<char* const*>(chunks), token_begin.data(), num_chunks};
   if (slot_elem_size == 8) {
-    copy_slots<kGather>(layer_ptrs, num_layers, l, static_cast<const int64_t*>(slot_mapping),
-                        list);
+    copy_slots<kGather>(layer_ptrs, num_layers, l, static_cast<const int64_t*>(slot_mapping), list);
   } else {
-    copy_slots<kGather>(layer_ptrs, num_layers, l, static_cast<const int32_t*>(slot_mapping),
-                        list);
+    copy_slots<kGather>(layer_ptrs, num_layers, l, static_cast<const int32_t*>(slot_mapping), list);
   }
 }
 

@@ -38,9 +38,9 @@ void copy_set_avx2(bool on);
 // Scatters a run of n tokens' rows (row_elems apart; head h's dims at h * d_n) into a kv side
 // stored transposed: head h's tile at dst + h * hs, dim d's n tokens at d * ds. Returns false
 // (nothing written) unless d_n and n are multiples of 16; stage holds kStageBytes.
-bool scatter_transposed_u16_avx2(const uint16_t* rows, int64_t row_elems, uint16_t* dst,
-                                 int64_t hs, int64_t ds, int64_t num_heads, int64_t d_n,
-                                 int64_t n, uint16_t* stage);
+bool scatter_transposed_u16_avx2(const uint16_t* rows, int64_t row_elems, uint16_t* dst, int64_t hs,
+                                 int64_t ds, int64_t num_heads, int64_t d_n, int64_t n,
+                                 uint16_t* stage);
 
 // Length of the run of tokens from i on whose slots follow each other inside one block
 // (stops at t1, at padding, at a gap and at the block's end). slots[i] must not be -1.
@@ -53,10 +53,26 @@ LMC_INLINE int64_t block_run(const SlotT* slots, int64_t i, int64_t t1, int64_t 
   return n;
 }
 
+// Calls fn(i, slot, n) for each block_run of n tokens from token i in [t0, t1), skipping
+// padding.
+template <typename SlotT, typename Fn>
+void for_each_block_run(const SlotT* slots, int64_t t0, int64_t t1, int64_t block_size, Fn&& fn) {
+  for (int64_t i = t0; i < t1;) {
+    const int64_t s = static_cast<int64_t>(slots[i]);
+    if (s == -1) {
+      ++i;
+      continue;
+    }
+    const int64_t n = block_run(slots, i, t1, block_size);
+    fn(i, s, n);
+    i += n;
+  }
+}
+
 // Element-by-element piece of one head for a run of n tokens (any strides).
 template <bool kGather, typename Word>
-void copy_piece_scalar(Word* cache, int64_t ts, int64_t ds, Word* row, int64_t row_elems,
-                       int64_t n, int64_t d_n) {
+void copy_piece_scalar(Word* cache, int64_t ts, int64_t ds, Word* row, int64_t row_elems, int64_t n,
+                       int64_t d_n) {
   for (int64_t j = 0; j < n; ++j) {
     for (int64_t d = 0; d < d_n; ++d) {
       if (kGather) {
@@ -108,8 +124,8 @@ LMC_INLINE void copy_token_packed(Word* tok, const int64_t* doff, Word* r, int64
 // joined back by unpacks. A run's odd first or last token goes element by element.
 // kStream (gather only): the rows are written with streaming stores (16-byte aligned rows).
 template <bool kGather, bool kStream = false>
-void copy_pairs_u16(const PagedKVLayout& l, int kv, const int64_t* doff, uint16_t* head,
-                    int64_t o0, int64_t n, uint16_t* row, int64_t row_elems) {
+void copy_pairs_u16(const PagedKVLayout& l, int kv, const int64_t* doff, uint16_t* head, int64_t o0,
+                    int64_t n, uint16_t* row, int64_t row_elems) {
   const int64_t d_n = l.head_size;
   const int64_t group = l.dim_group[kv];
   int64_t j = 0;
@@ -161,15 +177,15 @@ void copy_pairs_u16(const PagedKVLayout& l, int kv, const int64_t* doff, uint16_
       }
     }
   }
-  if (j < n) copy_token_packed<kGather>(head + l.token_part(kv, o0 + j), doff, row + j * row_elems, d_n);
+  if (j < n)
+    copy_token_packed<kGather>(head + l.token_part(kv, o0 + j), doff, row + j * row_elems, d_n);
 }
 
 // One head's piece of a packed kv side for n tokens from block offset o0 (inside one block):
 // head points at (block, offset 0, head, dim 0), row at the first token's head vector.
 template <bool kGather, typename Word>
 void copy_piece_packed(const PagedKVLayout& l, int kv, const PackedTables& t, Word* head,
-                       int64_t o0, int64_t n, Word* row, int64_t row_elems,
-                       Word* stage = nullptr) {
+                       int64_t o0, int64_t n, Word* row, int64_t row_elems, Word* stage = nullptr) {
   const int64_t d_n = l.head_size;
   if constexpr (sizeof(Word) <= 4) {
     if (t.words[kv]) {
@@ -186,8 +202,7 @@ void copy_piece_packed(const PagedKVLayout& l, int kv, const PackedTables& t, Wo
         auto* cache = reinterpret_cast<uint32_t*>(head + l.token_part(kv, o));
         auto* rows = reinterpret_cast<uint32_t*>(row + j * row_elems);
         const bool avx2 = copy_avx2_enabled();
-        if (!kGather && take == group && stage != nullptr &&
-            group * words * 4 <= kStageBytes) {
+        if (!kGather && take == group && stage != nullptr && group * words * 4 <= kStageBytes) {
           // A whole token group is one contiguous [words, group] stretch of the cache: built in
           // the L1 stage, then written out as whole lines (streaming stores).
           auto* tile = reinterpret_cast<uint32_t*>(stage);
@@ -221,8 +236,7 @@ void copy_piece_packed(const PagedKVLayout& l, int kv, const PackedTables& t, Wo
       // stage, then written out as whole lines (streaming stores).
       copy_pairs_u16<false>(l, kv, doff, reinterpret_cast<uint16_t*>(stage), 0, n,
                             reinterpret_cast<uint16_t*>(row), row_elems);
-      copy_bytes(reinterpret_cast<char*>(head), reinterpret_cast<const char*>(stage),
-                 n * d_n * 2);
+      copy_bytes(reinterpret_cast<char*>(head), reinterpret_cast<const char*>(stage), n * d_n * 2);
       return;
     }
     if (t.pairs[kv]) {
@@ -270,8 +284,7 @@ void gather_piece(const PagedKVLayout& l, const PackedTables& pt, int kv, const 
     copy_piece_packed<true>(l, kv, pt, head, o0, n, row, row_elems);
     return;
   }
-  Word* src = cache + l.token_offset(kv, block * l.block_size + o0) +
-              l.head_dim_part(kv, h, 0);
+  Word* src = cache + l.token_offset(kv, block * l.block_size + o0) + l.head_dim_part(kv, h, 0);
   const int64_t ts = PagedKVLayout::side(l.token_stride, kv);
   const int64_t ds = PagedKVLayout::side(l.dim_stride, kv);
   const int64_t d_n = l.head_size;

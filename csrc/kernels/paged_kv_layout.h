@@ -8,11 +8,11 @@
 //              + head * head_stride[kv] + dim * dim_stride[kv]          (in elements)
 //
 // Examples (elements; B = block_size, H = num_heads, D = head_size, N = num_blocks):
-//   flash_attn  [2, N, B, H, D]: kv_offset = {0, N*B*H*D}, block = B*H*D, token = H*D, head = D, dim = 1
-//   flashinfer  [N, 2, B, H, D]: kv_offset = {0, B*H*D},   block = 2*B*H*D, token = H*D, head = D, dim = 1
-//   hnd         [N, 2, H, B, D]: kv_offset = {0, H*B*D},   block = 2*H*B*D, token = D, head = B*D, dim = 1
-//   mla         [N, B, D]:       num_kv = 1, block = B*D, token = D, head = 0 (H = 1), dim = 1
-//   vllm_cpu    [N, H, B, 2*D] with K stored transposed [D, B] then V [B, D] per (block, head):
+//   flash_attn [2, N, B, H, D]: kv_offset {0, N*B*H*D}, block B*H*D,   token H*D, head D,   dim 1
+//   flashinfer [N, 2, B, H, D]: kv_offset {0, B*H*D},   block 2*B*H*D, token H*D, head D,   dim 1
+//   hnd        [N, 2, H, B, D]: kv_offset {0, H*B*D},   block 2*H*B*D, token D,   head B*D, dim 1
+//   mla        [N, B, D]:       num_kv 1 (H = 1),       block B*D,     token D,   head 0,   dim 1
+//   vllm_cpu   [N, H, B, 2*D] with K stored transposed [D, B] then V [B, D] per (block, head):
 //               K: kv_offset 0,   block = H*B*2D, token = 1, head = B*2D, dim = B
 //               V: kv_offset B*D, block = H*B*2D, token = D, head = B*2D, dim = 1
 //
@@ -25,8 +25,8 @@
 // dim_inner); block and head stay plain. vllm_cpu_amx, [N, H, B, 2*D] as vllm_cpu, K then V
 // per (block, head) region, p = 4 / elem_size elements per 32-bit word (AMX B tiles are 16
 // rows of 64 bytes):
-//               K: kv_offset 0,   token: G 16, stride 16*D, inner p;  dim: G p,  stride 16*p, inner 1
-//               V: kv_offset B*D, token: G p,  stride 16*p, inner 1;  dim: G 16, stride 16*B, inner p
+//     K: kv_offset 0,   token: G 16, stride 16*D, inner p;  dim: G p,  stride 16*p, inner 1
+//     V: kv_offset B*D, token: G p,  stride 16*p, inner 1;  dim: G 16, stride 16*B, inner p
 // (K: 16 tokens' word w form one 64-byte row; V: one 64-byte row holds 16 dims of p tokens).
 // This header is the layout core: the one place that turns (slot, kv, head, dim) into an
 // address (row_offset / elem_offset, with token_part and dim_part for packed sides), says which
@@ -50,7 +50,7 @@ namespace lmc {
 constexpr int kLayoutFlatSize = 24;
 
 struct PagedKVLayout {
-  int64_t num_kv;           // 2 (K and V) or 1 (MLA)
+  int64_t num_kv;  // 2 (K and V) or 1 (MLA)
   int64_t num_blocks;
   int64_t block_size;
   int64_t num_heads;
@@ -62,10 +62,10 @@ struct PagedKVLayout {
   int64_t head_stride[2];   // elements
   int64_t dim_stride[2];    // elements between consecutive dims (groups, when packed)
   // Two-level (packed) layouts; group 1 and inner 0 for plain strides.
-  int64_t token_group[2];   // offsets per group
-  int64_t token_inner[2];   // elements between consecutive offsets inside a group
-  int64_t dim_group[2];     // dims per group
-  int64_t dim_inner[2];     // elements between consecutive dims inside a group
+  int64_t token_group[2];  // offsets per group
+  int64_t token_inner[2];  // elements between consecutive offsets inside a group
+  int64_t dim_group[2];    // dims per group
+  int64_t dim_inner[2];    // elements between consecutive dims inside a group
 
   // NOTE: every per-side field is read through side(): a select, not an index, so a kernel
   // given the layout by value with a runtime kv keeps it in registers (a runtime index into a
@@ -214,7 +214,7 @@ struct PagedKVLayout {
   // group when dim_inner is 1: vllm_cpu_amx's V for fp32), else 1.
   LMC_HOST_DEVICE int64_t dim_run(int kv) const {
     return packed(kv) && side(dim_group, kv) > 1 && side(dim_inner, kv) == 1 ? side(dim_group, kv)
-                                                                            : 1;
+                                                                             : 1;
   }
 
   // Words between word w and w + 1 of one token, for words_transposed sides.

@@ -36,13 +36,22 @@ void transpose(const Word* LMC_RESTRICT src, int64_t ss, Word* LMC_RESTRICT dst,
 }
 
 #if defined(__SSE2__)
+// Row i of a tile (16 bytes at p + i * stride, in Words), loaded / stored unaligned.
+template <typename T>
+inline __m128i load_row(const T* p, int64_t i, int64_t stride) {
+  return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i * stride));
+}
+template <typename T>
+inline void store_row(T* p, int64_t i, int64_t stride, __m128i v) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p + i * stride), v);
+}
+
 // 8x8 tiles of 2-byte words: 8 row loads, three rounds of unpacks, 8 column stores.
 inline void transpose8x8_u16(const uint16_t* src, int64_t ss, uint16_t* dst, int64_t ds) {
-  const auto ld = [&](int i) {
-    return _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i * ss));
-  };
-  const __m128i r0 = ld(0), r1 = ld(1), r2 = ld(2), r3 = ld(3);
-  const __m128i r4 = ld(4), r5 = ld(5), r6 = ld(6), r7 = ld(7);
+  const __m128i r0 = load_row(src, 0, ss), r1 = load_row(src, 1, ss), r2 = load_row(src, 2, ss),
+                r3 = load_row(src, 3, ss);
+  const __m128i r4 = load_row(src, 4, ss), r5 = load_row(src, 5, ss), r6 = load_row(src, 6, ss),
+                r7 = load_row(src, 7, ss);
   const __m128i t0 = _mm_unpacklo_epi16(r0, r1), t1 = _mm_unpackhi_epi16(r0, r1);
   const __m128i t2 = _mm_unpacklo_epi16(r2, r3), t3 = _mm_unpackhi_epi16(r2, r3);
   const __m128i t4 = _mm_unpacklo_epi16(r4, r5), t5 = _mm_unpackhi_epi16(r4, r5);
@@ -51,34 +60,26 @@ inline void transpose8x8_u16(const uint16_t* src, int64_t ss, uint16_t* dst, int
   const __m128i u2 = _mm_unpacklo_epi32(t1, t3), u3 = _mm_unpackhi_epi32(t1, t3);
   const __m128i u4 = _mm_unpacklo_epi32(t4, t6), u5 = _mm_unpackhi_epi32(t4, t6);
   const __m128i u6 = _mm_unpacklo_epi32(t5, t7), u7 = _mm_unpackhi_epi32(t5, t7);
-  const auto st = [&](int i, __m128i v) {
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i * ds), v);
-  };
-  st(0, _mm_unpacklo_epi64(u0, u4));
-  st(1, _mm_unpackhi_epi64(u0, u4));
-  st(2, _mm_unpacklo_epi64(u1, u5));
-  st(3, _mm_unpackhi_epi64(u1, u5));
-  st(4, _mm_unpacklo_epi64(u2, u6));
-  st(5, _mm_unpackhi_epi64(u2, u6));
-  st(6, _mm_unpacklo_epi64(u3, u7));
-  st(7, _mm_unpackhi_epi64(u3, u7));
+  store_row(dst, 0, ds, _mm_unpacklo_epi64(u0, u4));
+  store_row(dst, 1, ds, _mm_unpackhi_epi64(u0, u4));
+  store_row(dst, 2, ds, _mm_unpacklo_epi64(u1, u5));
+  store_row(dst, 3, ds, _mm_unpackhi_epi64(u1, u5));
+  store_row(dst, 4, ds, _mm_unpacklo_epi64(u2, u6));
+  store_row(dst, 5, ds, _mm_unpackhi_epi64(u2, u6));
+  store_row(dst, 6, ds, _mm_unpacklo_epi64(u3, u7));
+  store_row(dst, 7, ds, _mm_unpackhi_epi64(u3, u7));
 }
 
 // 4x4 tiles of 4-byte words.
 inline void transpose4x4_u32(const uint32_t* src, int64_t ss, uint32_t* dst, int64_t ds) {
-  const auto ld = [&](int i) {
-    return _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i * ss));
-  };
-  const __m128i r0 = ld(0), r1 = ld(1), r2 = ld(2), r3 = ld(3);
+  const __m128i r0 = load_row(src, 0, ss), r1 = load_row(src, 1, ss), r2 = load_row(src, 2, ss),
+                r3 = load_row(src, 3, ss);
   const __m128i t0 = _mm_unpacklo_epi32(r0, r1), t1 = _mm_unpackhi_epi32(r0, r1);
   const __m128i t2 = _mm_unpacklo_epi32(r2, r3), t3 = _mm_unpackhi_epi32(r2, r3);
-  const auto st = [&](int i, __m128i v) {
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i * ds), v);
-  };
-  st(0, _mm_unpacklo_epi64(t0, t2));
-  st(1, _mm_unpackhi_epi64(t0, t2));
-  st(2, _mm_unpacklo_epi64(t1, t3));
-  st(3, _mm_unpackhi_epi64(t1, t3));
+  store_row(dst, 0, ds, _mm_unpacklo_epi64(t0, t2));
+  store_row(dst, 1, ds, _mm_unpackhi_epi64(t0, t2));
+  store_row(dst, 2, ds, _mm_unpacklo_epi64(t1, t3));
+  store_row(dst, 3, ds, _mm_unpackhi_epi64(t1, t3));
 }
 
 // Tiles of kTile x kTile through `tile_fn`, scalar edges.

@@ -5,8 +5,8 @@
 namespace lmc {
 
 #if defined(__x86_64__) || defined(__i386__)
-LMC_TARGET_AVX2 bool transpose_u16_avx2(const uint16_t* src, int64_t ss, uint16_t* dst,
-                                        int64_t ds, int64_t rows, int64_t cols) {
+LMC_TARGET_AVX2 bool transpose_u16_avx2(const uint16_t* src, int64_t ss, uint16_t* dst, int64_t ds,
+                                        int64_t rows, int64_t cols) {
   if (rows % 16 != 0 || cols % 16 != 0) return false;
   for (int64_t r = 0; r < rows; r += 16) {
     for (int64_t c = 0; c < cols; c += 16) {
@@ -16,8 +16,8 @@ LMC_TARGET_AVX2 bool transpose_u16_avx2(const uint16_t* src, int64_t ss, uint16_
   return true;
 }
 
-LMC_TARGET_AVX2 bool transpose_u32_avx2(const uint32_t* src, int64_t ss, uint32_t* dst,
-                                        int64_t ds, int64_t rows, int64_t cols) {
+LMC_TARGET_AVX2 bool transpose_u32_avx2(const uint32_t* src, int64_t ss, uint32_t* dst, int64_t ds,
+                                        int64_t rows, int64_t cols) {
   if (rows % 8 != 0 || cols % 8 != 0) return false;
   for (int64_t r = 0; r < rows; r += 8) {
     for (int64_t c = 0; c < cols; c += 8) {

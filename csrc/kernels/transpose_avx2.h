@@ -47,8 +47,8 @@ LMC_TARGET_AVX2 inline void transpose8x8_u32_avx2(const uint32_t* src, int64_t s
 // dst[c * ds + r] = src[r * ss + c] for a 16x16 tile of 2-byte words; streaming stores need
 // every dst row 32-byte aligned.
 template <bool kStream>
-LMC_TARGET_AVX2 inline void transpose16x16_u16_avx2(const uint16_t* src, int64_t ss,
-                                                    uint16_t* dst, int64_t ds) {
+LMC_TARGET_AVX2 inline void transpose16x16_u16_avx2(const uint16_t* src, int64_t ss, uint16_t* dst,
+                                                    int64_t ds) {
   __m256i a[16], t[16], u[16], v[16];
   for (int i = 0; i < 16; ++i) {
     a[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i * ss));
