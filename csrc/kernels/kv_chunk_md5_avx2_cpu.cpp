@@ -48,11 +48,7 @@ LMC_TARGET_AVX2 inline __m256i i8(__m256i b, __m256i c, __m256i d) {
   a = _mm256_add_epi32(a, fn(b, c, d));                                                 \
   a = _mm256_add_epi32(rotl8(a, kMd5S[i]), b);
 
-#define LMC_ROUND8(fn, i0)            \
-  LMC_STEP8(fn, a, b, c, d, (i0) + 0) \
-  LMC_STEP8(fn, d, a, b, c, (i0) + 1) \
-  LMC_STEP8(fn, c, d, a, b, (i0) + 2) \
-  LMC_STEP8(fn, b, c, d, a, (i0) + 3)
+#define LMC_ROUND8(fn, i0) LMC_MD5_ROUND4(LMC_STEP8, fn, i0)
 
 LMC_TARGET_AVX2 void md5_x8_avx2(uint32_t* state, const uint8_t* const* blocks,
                                  int64_t num_blocks) {
@@ -99,11 +95,7 @@ LMC_TARGET_AVX2 void md5_x8_avx2(uint32_t* state, const uint8_t* const* blocks,
     a##1 = _mm256_add_epi32(rotl8(a##1, kMd5S[i]), b##1);             \
   }
 
-#define LMC_ROUND16X2(fn, i0)            \
-  LMC_STEP16X2(fn, a, b, c, d, (i0) + 0) \
-  LMC_STEP16X2(fn, d, a, b, c, (i0) + 1) \
-  LMC_STEP16X2(fn, c, d, a, b, (i0) + 2) \
-  LMC_STEP16X2(fn, b, c, d, a, (i0) + 3)
+#define LMC_ROUND16X2(fn, i0) LMC_MD5_ROUND4(LMC_STEP16X2, fn, i0)
 
 LMC_TARGET_AVX2 void md5_x16_avx2(uint32_t* state, const uint8_t* const* blocks,
                                   int64_t num_blocks) {

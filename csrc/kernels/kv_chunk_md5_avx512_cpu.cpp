@@ -49,17 +49,13 @@ LMC_TARGET_AVX512 inline void transpose16(__m512i r[16]) {
 // Round functions as vpternlogd truth tables over (b, c, d):
 //   F = b ? c : d -> 0xca,  G = d ? b : c -> 0xe4,
 //   H = b ^ c ^ d -> 0x96,  I = c ^ (b | ~d) -> 0x39.
-#define LMC_STEP16(imm, a, b, c, d, i, s)                                               \
+#define LMC_STEP16(imm, a, b, c, d, i)                                                  \
   a = _mm512_add_epi32(                                                                 \
       a, _mm512_add_epi32(m[kMd5G[i]], _mm512_set1_epi32(static_cast<int>(kMd5K[i])))); \
   a = _mm512_add_epi32(a, _mm512_ternarylogic_epi32(b, c, d, imm));                     \
-  a = _mm512_add_epi32(_mm512_rol_epi32(a, s), b);
+  a = _mm512_add_epi32(_mm512_rol_epi32(a, kMd5S[i]), b);
 
-#define LMC_ROUND16(imm, i0)                             \
-  LMC_STEP16(imm, a, b, c, d, (i0) + 0, kMd5S[(i0) + 0]) \
-  LMC_STEP16(imm, d, a, b, c, (i0) + 1, kMd5S[(i0) + 1]) \
-  LMC_STEP16(imm, c, d, a, b, (i0) + 2, kMd5S[(i0) + 2]) \
-  LMC_STEP16(imm, b, c, d, a, (i0) + 3, kMd5S[(i0) + 3])
+#define LMC_ROUND16(imm, i0) LMC_MD5_ROUND4(LMC_STEP16, imm, i0)
 
 LMC_TARGET_AVX512 void md5_x16_avx512(uint32_t* state, const uint8_t* const* blocks,
                                       int64_t num_blocks) {
@@ -90,22 +86,18 @@ LMC_TARGET_AVX512 void md5_x16_avx512(uint32_t* state, const uint8_t* const* blo
 
 // Two independent 16-lane sets, step by step interleaved: one set's dependency chain (about
 // five instructions per step) leaves the vector units idle half the time; two sets fill them.
-#define LMC_STEP32(imm, a, b, c, d, i, s)                                            \
+#define LMC_STEP32(imm, a, b, c, d, i)                                               \
   {                                                                                  \
     const __m512i k = _mm512_set1_epi32(static_cast<int>(kMd5K[i]));                 \
     a##0 = _mm512_add_epi32(a##0, _mm512_add_epi32(m0[kMd5G[i]], k));                \
     a##1 = _mm512_add_epi32(a##1, _mm512_add_epi32(m1[kMd5G[i]], k));                \
     a##0 = _mm512_add_epi32(a##0, _mm512_ternarylogic_epi32(b##0, c##0, d##0, imm)); \
     a##1 = _mm512_add_epi32(a##1, _mm512_ternarylogic_epi32(b##1, c##1, d##1, imm)); \
-    a##0 = _mm512_add_epi32(_mm512_rol_epi32(a##0, s), b##0);                        \
-    a##1 = _mm512_add_epi32(_mm512_rol_epi32(a##1, s), b##1);                        \
+    a##0 = _mm512_add_epi32(_mm512_rol_epi32(a##0, kMd5S[i]), b##0);                 \
+    a##1 = _mm512_add_epi32(_mm512_rol_epi32(a##1, kMd5S[i]), b##1);                 \
   }
 
-#define LMC_ROUND32(imm, i0)                             \
-  LMC_STEP32(imm, a, b, c, d, (i0) + 0, kMd5S[(i0) + 0]) \
-  LMC_STEP32(imm, d, a, b, c, (i0) + 1, kMd5S[(i0) + 1]) \
-  LMC_STEP32(imm, c, d, a, b, (i0) + 2, kMd5S[(i0) + 2]) \
-  LMC_STEP32(imm, b, c, d, a, (i0) + 3, kMd5S[(i0) + 3])
+#define LMC_ROUND32(imm, i0) LMC_MD5_ROUND4(LMC_STEP32, imm, i0)
 
 LMC_TARGET_AVX512 void md5_x32_avx512(uint32_t* state, const uint8_t* const* blocks,
                                       int64_t num_blocks) {

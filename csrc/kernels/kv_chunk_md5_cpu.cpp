@@ -56,12 +56,8 @@ void kv_chunk_md5_cpu(const uint8_t* const* layer_ptrs, int64_t num_layers,
     const int64_t c = m / num_layers;
     lens[m] = geom.message_len(start[c + 1] - start[c]);
   }
-  std::vector<int64_t> order(static_cast<size_t>(num_msgs));
-  for (int64_t m = 0; m < num_msgs; ++m) order[m] = m;
-  std::stable_sort(order.begin(), order.end(),
-                   [&](int64_t a, int64_t b) { return lens[a] < lens[b]; });
-  const std::vector<md5_detail::Group> groups =
-      md5_detail::make_groups(order, lens, md5_detail::lanes_of(isa, num_msgs));
+  std::vector<int64_t> order;
+  const std::vector<md5_detail::Group> groups = md5_detail::group_by_length(lens, isa, order);
 
   // Strided sides are read through per-lane tiles of up to kTileTokens tokens.
   const bool tiled = geom.strided[0] || geom.strided[1];

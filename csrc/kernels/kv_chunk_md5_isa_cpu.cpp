@@ -106,12 +106,8 @@ void md5_many_cpu(const uint8_t* const* msgs, const int64_t* lens, int64_t n, ui
   if (n <= 0) return;
   const Md5Isa isa = md5_isa();
   std::vector<int64_t> len_of(lens, lens + n);
-  std::vector<int64_t> order(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) order[i] = i;
-  std::stable_sort(order.begin(), order.end(),
-                   [&](int64_t a, int64_t b) { return len_of[a] < len_of[b]; });
-  const std::vector<md5_detail::Group> groups =
-      md5_detail::make_groups(order, len_of, md5_detail::lanes_of(isa, n));
+  std::vector<int64_t> order;
+  const std::vector<md5_detail::Group> groups = md5_detail::group_by_length(len_of, isa, order);
   parallel_for(static_cast<int64_t>(groups.size()), 1, [&](int64_t begin, int64_t end) {
     for (int64_t gi = begin; gi < end; ++gi) {
       const md5_detail::Group& grp = groups[gi];

@@ -100,11 +100,17 @@ inline int lanes_of(Md5Isa isa, int64_t n) {
   return width;
 }
 
-// Splits messages (already ordered so equal lengths are adjacent) into groups of <= W.
-inline std::vector<Group> make_groups(const std::vector<int64_t>& order,
-                                      const std::vector<int64_t>& lens, int width) {
+// Orders messages by length (stable) into order and splits them into groups of equal length,
+// at most lanes_of(isa, n) each.
+inline std::vector<Group> group_by_length(const std::vector<int64_t>& lens, Md5Isa isa,
+                                          std::vector<int64_t>& order) {
+  const int64_t n = static_cast<int64_t>(lens.size());
+  order.resize(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return lens[a] < lens[b]; });
+  const int width = lanes_of(isa, n);
   std::vector<Group> groups;
-  const int64_t n = static_cast<int64_t>(order.size());
   for (int64_t i = 0; i < n;) {
     int count = 1;
     while (count < width && i + count < n && lens[order[i + count]] == lens[order[i]]) ++count;

@@ -77,6 +77,14 @@ constexpr int kMd5G[64] = {0, 1, 2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13,
   ROUND(I, 56) ROUND(I, 60)
 // clang-format on
 
+// One group of four steps from step i0, the state words rotating through a, b, c, d:
+// STEP(fn, a, b, c, d, step) updates a.
+#define LMC_MD5_ROUND4(STEP, fn, i0) \
+  STEP(fn, a, b, c, d, (i0) + 0)     \
+  STEP(fn, d, a, b, c, (i0) + 1)     \
+  STEP(fn, c, d, a, b, (i0) + 2)     \
+  STEP(fn, b, c, d, a, (i0) + 3)
+
 // Two interleaved sets of state words a0..d0 and a1..d1 (vector type T, W lanes each) in the
 // [4][2 * W] state array: loaded, saved before a block (sa0..sd1), fed forward after it
 // (ADD(x, sx)), stored back.

@@ -89,11 +89,8 @@ template <typename Word, typename SlotT>
 void gather_heads_item(char* const* cache, char* const* rows, const PagedKVLayout& l,
                        const PackedTables& pt, const SlotT* slots, int64_t t0, int64_t t1,
                        Word* stage) {
-  const int64_t es = l.elem_size;
-  const int64_t d_n = l.head_size;
-  const int64_t head_bytes = d_n * es;
-  const int64_t row_elems = l.row_elems();
-  const int64_t row_bytes = l.row_bytes();
+  const int64_t es = l.elem_size, d_n = l.head_size, head_bytes = d_n * es;
+  const int64_t row_elems = l.row_elems(), row_bytes = l.row_bytes();
   // NOTE: a transposed piece goes through the L1 staging tile so the chunk rows are written as
   // whole lines with streaming stores; transposed words stored straight to memory stall on a
   // read-for-ownership of every destination line.
@@ -153,11 +150,8 @@ template <typename Word, typename SlotT>
 void scatter_heads_item(char* const* cache, char* const* rows, const PagedKVLayout& l,
                         const PackedTables& pt, const SlotT* slots, int64_t t0, int64_t t1,
                         Word* stage) {
-  const int64_t es = l.elem_size;
-  const int64_t d_n = l.head_size;
-  const int64_t head_bytes = d_n * es;
-  const int64_t row_elems = l.row_elems();
-  const int64_t row_bytes = l.row_bytes();
+  const int64_t es = l.elem_size, d_n = l.head_size, head_bytes = d_n * es;
+  const int64_t row_elems = l.row_elems(), row_bytes = l.row_bytes();
   for_each_block_run(slots, t0, t1, l.block_size, [&](int64_t i, int64_t s, int64_t n) {
     for (int kv = 0; kv < l.num_kv; ++kv) {
       const int64_t ts = l.token_stride[kv];
