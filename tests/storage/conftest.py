@@ -32,6 +32,14 @@ def key_of(i: int) -> str:
     return f"{NAMESPACE}{i:016x}@bfloat16"
 
 
+def put_chunks(tier: StorageBackend, make_chunk: MakeChunk, *ids: int) -> None:
+    """Puts chunk ``i`` under ``key_of(i)`` for each id; the tier must accept each."""
+    for i in ids:
+        b = make_chunk(i)
+        assert tier.put(key_of(i), b)
+        b.unref()
+
+
 @pytest.fixture
 def pool() -> ChunkBufferPool:
     return ChunkBufferPool(64 << 20, pin_memory=False)

@@ -62,6 +62,7 @@ class StorageManager:
         writer_queue_size: int = 256,
         async_writes: bool = True,
     ) -> None:
+        """Puts ``backends`` behind one interface; starts the writer thread if needed."""
         names = [b.name for b in backends]
         if len(set(names)) != len(names):
             raise ValueError(f"backend names must be unique, got {names}")
@@ -243,8 +244,11 @@ class StorageManager:
         return skip, rewrite
 
     def mark_suspect(self, keys: Sequence[str]) -> None:
-        """Marks ``keys`` as possibly damaged in the tiers that list them (a read of the first
-        failed): the next store of each rewrites it. The most recent 65536 marks are kept."""
+        """Marks ``keys`` as possibly damaged in the tiers that list them.
+
+        A read of the first failed: the next store of each rewrites it. The most recent 65536
+        marks are kept.
+        """
         with self._lock:
             for k in keys:
                 self._suspect[k] = None
@@ -342,7 +346,7 @@ class StorageManager:
                             continue
                         try:
                             self._put_lower(tier, key, buf, rewrite)
-                        except Exception:  # noqa: BLE001 - a tier bug must not kill the writer
+                        except Exception:
                             logger.exception("StorageManager: %s.put(%s) failed", tier.name, key)
                             with self._written:
                                 self._write_failures += 1
@@ -366,8 +370,12 @@ class StorageManager:
         return self._closed
 
     def writer_stats(self) -> tuple[int, int, float]:
-        """``(queued writes finished, writes a tier raised on, time of the last finished write
-        or 0.0)`` of the background writer."""
+        """The background writer's figures.
+
+        Returns:
+            ``(queued writes finished, writes a tier raised on, time of the last finished
+            write or 0.0)``.
+        """
         with self._written:
             return self._done_count, self._write_failures, self._last_write_time
 
@@ -402,5 +410,5 @@ class StorageManager:
         for b in self._backends:
             try:
                 b.close()
-            except Exception:  # noqa: BLE001 - close the others regardless
+            except Exception:
                 logger.exception("StorageManager: closing %s failed", b.name)
