@@ -45,10 +45,7 @@
 
 namespace lmc {
 
-// Number of int64 values in the flat form of PagedKVLayout (bindings/common.h layout_from_flat;
-// lmcache_native.ops._layout.describe builds it in field order).
-constexpr int kLayoutFlatSize = 24;
-
+// Bound to Python field by field as _C.PagedKVLayout (bindings/paged_kv_layout.cpp).
 struct PagedKVLayout {
   int64_t num_kv;  // 2 (K and V) or 1 (MLA)
   int64_t num_blocks;
