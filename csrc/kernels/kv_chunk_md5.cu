@@ -36,13 +36,8 @@ __global__ void kv_chunk_md5_compact_kernel(
     bool keep = false;
     if (t < end) {
       slot = slot_mapping[t];
-      if (slot != -1) {
-        if (slot < 0 || slot >= num_slots) {
-          atomicMin(error, static_cast<unsigned long long>(t));
-        } else {
-          keep = true;
-        }
-      }
+      if (!slot_valid(slot, num_slots)) atomicMin(error, static_cast<unsigned long long>(t));
+      keep = slot_holds_row(slot, num_slots);
     }
     const unsigned ballot = __ballot_sync(0xffffffffu, keep);
     if (lane == 0) warp_counts[warp] = __popc(ballot);
@@ -59,20 +54,10 @@ __global__ void kv_chunk_md5_compact_kernel(
   if (threadIdx.x == 0) counts[chunk] = written;
 }
 
-struct DeviceGeom {
-  int64_t seg_len;       // bytes per segment (row, or one head's vector)
-  int64_t segs_per_row;  // 1 or num_heads
-};
-
-__device__ __forceinline__ DeviceGeom geom_of(const PagedKVLayout& l) {
-  const bool rows = l.row_contiguous(0) && (l.num_kv == 1 || l.row_contiguous(1));
-  return {rows ? l.row_bytes() : l.head_size * l.elem_size, rows ? 1 : l.num_heads};
-}
-
-// Byte address of segment (kv, slot, head h) of a layer.
+// Byte address of segment (kv, slot, piece h) of a layer (PagedKVLayout::piece_elems).
 __device__ __forceinline__ const uint8_t* segment_of(const uint8_t* base, const PagedKVLayout& l,
                                                      int kv, int64_t slot, int64_t h) {
-  return base + l.elem_offset(slot, kv, h, 0) * l.elem_size;
+  return base + l.row_offset(slot, kv, h) * l.elem_size;
 }
 
 __device__ __forceinline__ void load_block(const uint4* p, uint4 (&w)[4]) {
@@ -107,18 +92,16 @@ __global__ void kv_chunk_md5_kernel(const uint64_t* __restrict__ layer_ptrs,  //
   const uint8_t* base = reinterpret_cast<const uint8_t*>(layer_ptrs[layer]);
   const int64_t* slots = valid + chunk * chunk_size;
   const int64_t n = counts[chunk];
-  const DeviceGeom g = geom_of(layout);
+  const int64_t seg_len = layout.piece_elems() * layout.elem_size;
+  const int64_t segs_per_row = layout.pieces_per_row();
   uint32_t state[4];
   if constexpr (kVec) {
-    state[0] = 0x67452301u;
-    state[1] = 0xefcdab89u;
-    state[2] = 0x98badcfeu;
-    state[3] = 0x10325476u;
-    const int64_t blocks_per_seg = g.seg_len / kMd5BlockBytes;
+    md5_init(state);
+    const int64_t blocks_per_seg = seg_len / kMd5BlockBytes;
     for (int kv = 0; kv < layout.num_kv; ++kv) {
       for (int64_t j = 0; j < n; ++j) {
         const int64_t slot = slots[j];
-        for (int64_t h = 0; h < g.segs_per_row; ++h) {
+        for (int64_t h = 0; h < segs_per_row; ++h) {
           const uint4* p = reinterpret_cast<const uint4*>(segment_of(base, layout, kv, slot, h));
           uint4 next[4];
           load_block(p, next);
@@ -131,24 +114,22 @@ __global__ void kv_chunk_md5_kernel(const uint64_t* __restrict__ layer_ptrs,  //
       }
     }
     // The message length is a whole number of blocks: one padding block follows.
-    const uint64_t bits = static_cast<uint64_t>(layout.num_kv * n * g.segs_per_row * g.seg_len) * 8;
-    uint32_t pad[16] = {0x80u};
-    pad[14] = static_cast<uint32_t>(bits);
-    pad[15] = static_cast<uint32_t>(bits >> 32);
-    md5_transform(state, pad);
+    uint8_t tail[2 * kMd5BlockBytes];
+    md5_pad(tail, 0, static_cast<uint64_t>(layout.num_kv * n * segs_per_row * seg_len));
+    md5_transform_bytes(state, tail);
   } else {
     Md5Stream s;
     s.init();
     const int64_t e = layout.elem_size;
     for (int kv = 0; kv < layout.num_kv; ++kv) {
       const bool contiguous = layout.head_contiguous(kv);
-      const int64_t dim_bytes = layout.dim_stride[kv] * e;
+      const int64_t dim_bytes = PagedKVLayout::side(layout.dim_stride, kv) * e;
       for (int64_t j = 0; j < n; ++j) {
         const int64_t slot = slots[j];
-        for (int64_t h = 0; h < g.segs_per_row; ++h) {
+        for (int64_t h = 0; h < segs_per_row; ++h) {
           const uint8_t* seg = segment_of(base, layout, kv, slot, h);
           if (contiguous) {
-            s.update(seg, g.seg_len);
+            s.update(seg, seg_len);
           } else {
             for (int64_t d = 0; d < layout.head_size; ++d) s.update(seg + d * dim_bytes, e);
           }
@@ -172,18 +153,8 @@ __global__ void kv_chunk_md5_kernel(const uint64_t* __restrict__ layer_ptrs,  //
 
 bool kv_chunk_md5_cuda_vectorizable(const PagedKVLayout& layout, const uint64_t* layer_ptrs_host,
                                     int64_t num_layers) {
-  const bool rows = layout.row_contiguous(0) && (layout.num_kv == 1 || layout.row_contiguous(1));
-  const int64_t seg_len = rows ? layout.row_bytes() : layout.head_size * layout.elem_size;
-  if (seg_len % kMd5BlockBytes != 0) return false;
-  const int64_t e = layout.elem_size;
-  for (int kv = 0; kv < layout.num_kv; ++kv) {
-    if (!layout.head_contiguous(kv)) return false;
-    if ((layout.kv_offset[kv] * e) % 16 != 0 || (layout.block_stride[kv] * e) % 16 != 0 ||
-        (layout.token_stride[kv] * e) % 16 != 0) {
-      return false;
-    }
-    if (!rows && (layout.head_stride[kv] * e) % 16 != 0) return false;
-  }
+  if ((layout.piece_elems() * layout.elem_size) % kMd5BlockBytes != 0) return false;
+  if (layout.vector_bytes() < 16) return false;
   for (int64_t l = 0; l < num_layers; ++l) {
     if (layer_ptrs_host[l] % 16 != 0) return false;
   }

@@ -82,16 +82,6 @@ void md5_x16_avx512(uint32_t* state,               // [4, 16]
 void md5_x32_avx512(uint32_t* state,               // [4, 32]
                     const uint8_t* const* blocks,  // [num_blocks, 32]
                     int64_t num_blocks);
-
-// Transposes a [rows, cols] matrix of 16-bit (u16) or 32-bit (u32) elements, columns
-// contiguous and rows src_stride bytes apart, into dst as [cols, rows] with rows dst_stride
-// bytes apart. u16 needs rows and cols multiples of 16, u32 multiples of 8. Used to read
-// vllm_cpu's transposed K rows.
-void transpose_u16_avx2(const uint8_t* src, int64_t src_stride, int64_t rows, int64_t cols,
-                        uint8_t* dst, int64_t dst_stride);
-void transpose_u32_avx2(const uint8_t* src, int64_t src_stride, int64_t rows, int64_t cols,
-                        uint8_t* dst, int64_t dst_stride);
-
 }  // namespace md5_simd
 
 // ---- CUDA ----------------------------------------------------------------------------------

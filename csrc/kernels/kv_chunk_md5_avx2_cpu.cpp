@@ -10,40 +10,10 @@
 #include <immintrin.h>
 
 #include "kernels/md5.h"
-
-#define LMC_TARGET_AVX2 __attribute__((target("avx2")))
+#include "kernels/transpose_avx2.h"
 
 namespace lmc::md5_simd {
 namespace {
-
-// 8x8 transpose of 32-bit words: r[lane] holds 8 words of lane's block on entry, r[i] holds
-// word i of all 8 lanes on exit.
-LMC_TARGET_AVX2 inline void transpose8(__m256i r[8]) {
-  const __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]);
-  const __m256i t1 = _mm256_unpackhi_epi32(r[0], r[1]);
-  const __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]);
-  const __m256i t3 = _mm256_unpackhi_epi32(r[2], r[3]);
-  const __m256i t4 = _mm256_unpacklo_epi32(r[4], r[5]);
-  const __m256i t5 = _mm256_unpackhi_epi32(r[4], r[5]);
-  const __m256i t6 = _mm256_unpacklo_epi32(r[6], r[7]);
-  const __m256i t7 = _mm256_unpackhi_epi32(r[6], r[7]);
-  const __m256i u0 = _mm256_unpacklo_epi64(t0, t2);
-  const __m256i u1 = _mm256_unpackhi_epi64(t0, t2);
-  const __m256i u2 = _mm256_unpacklo_epi64(t1, t3);
-  const __m256i u3 = _mm256_unpackhi_epi64(t1, t3);
-  const __m256i u4 = _mm256_unpacklo_epi64(t4, t6);
-  const __m256i u5 = _mm256_unpackhi_epi64(t4, t6);
-  const __m256i u6 = _mm256_unpacklo_epi64(t5, t7);
-  const __m256i u7 = _mm256_unpackhi_epi64(t5, t7);
-  r[0] = _mm256_permute2x128_si256(u0, u4, 0x20);
-  r[4] = _mm256_permute2x128_si256(u0, u4, 0x31);
-  r[1] = _mm256_permute2x128_si256(u1, u5, 0x20);
-  r[5] = _mm256_permute2x128_si256(u1, u5, 0x31);
-  r[2] = _mm256_permute2x128_si256(u2, u6, 0x20);
-  r[6] = _mm256_permute2x128_si256(u2, u6, 0x31);
-  r[3] = _mm256_permute2x128_si256(u3, u7, 0x20);
-  r[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
-}
 
 // NOTE: helpers, not lambdas: a lambda does not inherit the target attribute.
 LMC_TARGET_AVX2 inline __m256i load8(const uint32_t* p) {
@@ -72,17 +42,13 @@ LMC_TARGET_AVX2 inline __m256i i8(__m256i b, __m256i c, __m256i d) {
 
 }  // namespace
 
-#define LMC_STEP8(fn, a, b, c, d, i)                                                            \
-  a = _mm256_add_epi32(                                                                        \
-      a, _mm256_add_epi32(m[kMd5G[i]], _mm256_set1_epi32(static_cast<int>(kMd5K[i]))));        \
-  a = _mm256_add_epi32(a, fn(b, c, d));                                                        \
+#define LMC_STEP8(fn, a, b, c, d, i)                                                    \
+  a = _mm256_add_epi32(                                                                 \
+      a, _mm256_add_epi32(m[kMd5G[i]], _mm256_set1_epi32(static_cast<int>(kMd5K[i])))); \
+  a = _mm256_add_epi32(a, fn(b, c, d));                                                 \
   a = _mm256_add_epi32(rotl8(a, kMd5S[i]), b);
 
-#define LMC_ROUND8(fn, i0)                 \
-  LMC_STEP8(fn, a, b, c, d, (i0) + 0)      \
-  LMC_STEP8(fn, d, a, b, c, (i0) + 1)      \
-  LMC_STEP8(fn, c, d, a, b, (i0) + 2)      \
-  LMC_STEP8(fn, b, c, d, a, (i0) + 3)
+#define LMC_ROUND8(fn, i0) LMC_MD5_ROUND4(LMC_STEP8, fn, i0)
 
 LMC_TARGET_AVX2 void md5_x8_avx2(uint32_t* state, const uint8_t* const* blocks,
                                  int64_t num_blocks) {
@@ -97,25 +63,11 @@ LMC_TARGET_AVX2 void md5_x8_avx2(uint32_t* state, const uint8_t* const* blocks,
       m[lane] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p[lane]));
       m[8 + lane] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p[lane] + 32));
     }
-    transpose8(m);
-    transpose8(m + 8);
+    // Lane-major rows -> word-major: m[i] holds word i of all 8 lanes.
+    transpose8x8_u32_regs(m);
+    transpose8x8_u32_regs(m + 8);
     const __m256i a0 = a, b0 = b, c0 = c, d0 = d;
-    LMC_ROUND8(f8, 0)
-    LMC_ROUND8(f8, 4)
-    LMC_ROUND8(f8, 8)
-    LMC_ROUND8(f8, 12)
-    LMC_ROUND8(g8, 16)
-    LMC_ROUND8(g8, 20)
-    LMC_ROUND8(g8, 24)
-    LMC_ROUND8(g8, 28)
-    LMC_ROUND8(h8, 32)
-    LMC_ROUND8(h8, 36)
-    LMC_ROUND8(h8, 40)
-    LMC_ROUND8(h8, 44)
-    LMC_ROUND8(i8, 48)
-    LMC_ROUND8(i8, 52)
-    LMC_ROUND8(i8, 56)
-    LMC_ROUND8(i8, 60)
+    LMC_MD5_ROUNDS(LMC_ROUND8, f8, g8, h8, i8)
     a = _mm256_add_epi32(a, a0);
     b = _mm256_add_epi32(b, b0);
     c = _mm256_add_epi32(c, c0);
@@ -132,29 +84,22 @@ LMC_TARGET_AVX2 void md5_x8_avx2(uint32_t* state, const uint8_t* const* blocks,
 
 // Two independent 8-lane sets, step by step interleaved, so one set's latency chain (about
 // seven instructions per step without AVX-512's rotate and ternary logic) overlaps the other.
-#define LMC_STEP16X2(fn, a, b, c, d, i)                                                       \
-  {                                                                                           \
-    const __m256i k = _mm256_set1_epi32(static_cast<int>(kMd5K[i]));                          \
-    a##0 = _mm256_add_epi32(a##0, _mm256_add_epi32(m0[kMd5G[i]], k));                         \
-    a##1 = _mm256_add_epi32(a##1, _mm256_add_epi32(m1[kMd5G[i]], k));                         \
-    a##0 = _mm256_add_epi32(a##0, fn(b##0, c##0, d##0));                                      \
-    a##1 = _mm256_add_epi32(a##1, fn(b##1, c##1, d##1));                                      \
-    a##0 = _mm256_add_epi32(rotl8(a##0, kMd5S[i]), b##0);                                     \
-    a##1 = _mm256_add_epi32(rotl8(a##1, kMd5S[i]), b##1);                                     \
+#define LMC_STEP16X2(fn, a, b, c, d, i)                               \
+  {                                                                   \
+    const __m256i k = _mm256_set1_epi32(static_cast<int>(kMd5K[i]));  \
+    a##0 = _mm256_add_epi32(a##0, _mm256_add_epi32(m0[kMd5G[i]], k)); \
+    a##1 = _mm256_add_epi32(a##1, _mm256_add_epi32(m1[kMd5G[i]], k)); \
+    a##0 = _mm256_add_epi32(a##0, fn(b##0, c##0, d##0));              \
+    a##1 = _mm256_add_epi32(a##1, fn(b##1, c##1, d##1));              \
+    a##0 = _mm256_add_epi32(rotl8(a##0, kMd5S[i]), b##0);             \
+    a##1 = _mm256_add_epi32(rotl8(a##1, kMd5S[i]), b##1);             \
   }
 
-#define LMC_ROUND16X2(fn, i0)                \
-  LMC_STEP16X2(fn, a, b, c, d, (i0) + 0)     \
-  LMC_STEP16X2(fn, d, a, b, c, (i0) + 1)     \
-  LMC_STEP16X2(fn, c, d, a, b, (i0) + 2)     \
-  LMC_STEP16X2(fn, b, c, d, a, (i0) + 3)
+#define LMC_ROUND16X2(fn, i0) LMC_MD5_ROUND4(LMC_STEP16X2, fn, i0)
 
 LMC_TARGET_AVX2 void md5_x16_avx2(uint32_t* state, const uint8_t* const* blocks,
                                   int64_t num_blocks) {
-  __m256i a0 = load8(state + 0), a1 = load8(state + 8);
-  __m256i b0 = load8(state + 16), b1 = load8(state + 24);
-  __m256i c0 = load8(state + 32), c1 = load8(state + 40);
-  __m256i d0 = load8(state + 48), d1 = load8(state + 56);
+  LMC_MD5_LOAD2(__m256i, load8, 8)
   for (int64_t blk = 0; blk < num_blocks; ++blk) {
     const uint8_t* const* p = blocks + blk * 16;
     __m256i m0[16], m1[16];
@@ -164,125 +109,19 @@ LMC_TARGET_AVX2 void md5_x16_avx2(uint32_t* state, const uint8_t* const* blocks,
       m1[lane] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p[8 + lane]));
       m1[8 + lane] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p[8 + lane] + 32));
     }
-    transpose8(m0);
-    transpose8(m0 + 8);
-    transpose8(m1);
-    transpose8(m1 + 8);
-    const __m256i sa0 = a0, sb0 = b0, sc0 = c0, sd0 = d0;
-    const __m256i sa1 = a1, sb1 = b1, sc1 = c1, sd1 = d1;
-    LMC_ROUND16X2(f8, 0)
-    LMC_ROUND16X2(f8, 4)
-    LMC_ROUND16X2(f8, 8)
-    LMC_ROUND16X2(f8, 12)
-    LMC_ROUND16X2(g8, 16)
-    LMC_ROUND16X2(g8, 20)
-    LMC_ROUND16X2(g8, 24)
-    LMC_ROUND16X2(g8, 28)
-    LMC_ROUND16X2(h8, 32)
-    LMC_ROUND16X2(h8, 36)
-    LMC_ROUND16X2(h8, 40)
-    LMC_ROUND16X2(h8, 44)
-    LMC_ROUND16X2(i8, 48)
-    LMC_ROUND16X2(i8, 52)
-    LMC_ROUND16X2(i8, 56)
-    LMC_ROUND16X2(i8, 60)
-    a0 = _mm256_add_epi32(a0, sa0);
-    b0 = _mm256_add_epi32(b0, sb0);
-    c0 = _mm256_add_epi32(c0, sc0);
-    d0 = _mm256_add_epi32(d0, sd0);
-    a1 = _mm256_add_epi32(a1, sa1);
-    b1 = _mm256_add_epi32(b1, sb1);
-    c1 = _mm256_add_epi32(c1, sc1);
-    d1 = _mm256_add_epi32(d1, sd1);
+    transpose8x8_u32_regs(m0);
+    transpose8x8_u32_regs(m0 + 8);
+    transpose8x8_u32_regs(m1);
+    transpose8x8_u32_regs(m1 + 8);
+    LMC_MD5_SAVE2(__m256i)
+    LMC_MD5_ROUNDS(LMC_ROUND16X2, f8, g8, h8, i8)
+    LMC_MD5_FEED_FORWARD2(_mm256_add_epi32)
   }
-  store8(state + 0, a0);
-  store8(state + 8, a1);
-  store8(state + 16, b0);
-  store8(state + 24, b1);
-  store8(state + 32, c0);
-  store8(state + 40, c1);
-  store8(state + 48, d0);
-  store8(state + 56, d1);
+  LMC_MD5_STORE2(store8, 8)
 }
 
 #undef LMC_ROUND16X2
 #undef LMC_STEP16X2
-
-namespace {
-
-// 8x8 transpose of 16-bit words inside each 128-bit lane: lane L of r[i] holds row i's
-// columns 8L..8L+7 on entry; lane L of r[k] holds column 8L+k of rows 0..7 on exit.
-LMC_TARGET_AVX2 inline void transpose8x8_u16_lanes(__m256i r[8]) {
-  const __m256i t0 = _mm256_unpacklo_epi16(r[0], r[1]);
-  const __m256i t1 = _mm256_unpackhi_epi16(r[0], r[1]);
-  const __m256i t2 = _mm256_unpacklo_epi16(r[2], r[3]);
-  const __m256i t3 = _mm256_unpackhi_epi16(r[2], r[3]);
-  const __m256i t4 = _mm256_unpacklo_epi16(r[4], r[5]);
-  const __m256i t5 = _mm256_unpackhi_epi16(r[4], r[5]);
-  const __m256i t6 = _mm256_unpacklo_epi16(r[6], r[7]);
-  const __m256i t7 = _mm256_unpackhi_epi16(r[6], r[7]);
-  const __m256i u0 = _mm256_unpacklo_epi32(t0, t2);
-  const __m256i u1 = _mm256_unpackhi_epi32(t0, t2);
-  const __m256i u2 = _mm256_unpacklo_epi32(t1, t3);
-  const __m256i u3 = _mm256_unpackhi_epi32(t1, t3);
-  const __m256i u4 = _mm256_unpacklo_epi32(t4, t6);
-  const __m256i u5 = _mm256_unpackhi_epi32(t4, t6);
-  const __m256i u6 = _mm256_unpacklo_epi32(t5, t7);
-  const __m256i u7 = _mm256_unpackhi_epi32(t5, t7);
-  r[0] = _mm256_unpacklo_epi64(u0, u4);
-  r[1] = _mm256_unpackhi_epi64(u0, u4);
-  r[2] = _mm256_unpacklo_epi64(u1, u5);
-  r[3] = _mm256_unpackhi_epi64(u1, u5);
-  r[4] = _mm256_unpacklo_epi64(u2, u6);
-  r[5] = _mm256_unpackhi_epi64(u2, u6);
-  r[6] = _mm256_unpacklo_epi64(u3, u7);
-  r[7] = _mm256_unpackhi_epi64(u3, u7);
-}
-
-}  // namespace
-
-LMC_TARGET_AVX2 void transpose_u16_avx2(const uint8_t* src, int64_t src_stride, int64_t rows,
-                                        int64_t cols, uint8_t* dst, int64_t dst_stride) {
-  for (int64_t r0 = 0; r0 < rows; r0 += 16) {
-    for (int64_t c0 = 0; c0 < cols; c0 += 16) {
-      __m256i lo[8], hi[8];  // rows r0..r0+7 and r0+8..r0+15, columns c0..c0+15
-      for (int i = 0; i < 8; ++i) {
-        lo[i] = _mm256_loadu_si256(
-            reinterpret_cast<const __m256i*>(src + (r0 + i) * src_stride + c0 * 2));
-        hi[i] = _mm256_loadu_si256(
-            reinterpret_cast<const __m256i*>(src + (r0 + 8 + i) * src_stride + c0 * 2));
-      }
-      transpose8x8_u16_lanes(lo);
-      transpose8x8_u16_lanes(hi);
-      for (int k = 0; k < 8; ++k) {
-        // Column c0 + k: its rows r0..r0+7 are lane 0 of lo[k], rows r0+8.. lane 0 of hi[k].
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (c0 + k) * dst_stride + r0 * 2),
-                            _mm256_permute2x128_si256(lo[k], hi[k], 0x20));
-        _mm256_storeu_si256(
-            reinterpret_cast<__m256i*>(dst + (c0 + 8 + k) * dst_stride + r0 * 2),
-            _mm256_permute2x128_si256(lo[k], hi[k], 0x31));
-      }
-    }
-  }
-}
-
-LMC_TARGET_AVX2 void transpose_u32_avx2(const uint8_t* src, int64_t src_stride, int64_t rows,
-                                        int64_t cols, uint8_t* dst, int64_t dst_stride) {
-  for (int64_t r0 = 0; r0 < rows; r0 += 8) {
-    for (int64_t c0 = 0; c0 < cols; c0 += 8) {
-      __m256i m[8];
-      for (int i = 0; i < 8; ++i) {
-        m[i] = _mm256_loadu_si256(
-            reinterpret_cast<const __m256i*>(src + (r0 + i) * src_stride + c0 * 4));
-      }
-      transpose8(m);
-      for (int k = 0; k < 8; ++k) {
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (c0 + k) * dst_stride + r0 * 4),
-                            m[k]);
-      }
-    }
-  }
-}
 
 }  // namespace lmc::md5_simd
 
@@ -293,12 +132,6 @@ LMC_TARGET_AVX2 void transpose_u32_avx2(const uint8_t* src, int64_t src_stride, 
 namespace lmc::md5_simd {
 void md5_x8_avx2(uint32_t*, const uint8_t* const*, int64_t) { std::abort(); }
 void md5_x16_avx2(uint32_t*, const uint8_t* const*, int64_t) { std::abort(); }
-void transpose_u16_avx2(const uint8_t*, int64_t, int64_t, int64_t, uint8_t*, int64_t) {
-  std::abort();
-}
-void transpose_u32_avx2(const uint8_t*, int64_t, int64_t, int64_t, uint8_t*, int64_t) {
-  std::abort();
-}
 }  // namespace lmc::md5_simd
 
 #endif

@@ -49,17 +49,13 @@ LMC_TARGET_AVX512 inline void transpose16(__m512i r[16]) {
 // Round functions as vpternlogd truth tables over (b, c, d):
 //   F = b ? c : d -> 0xca,  G = d ? b : c -> 0xe4,
 //   H = b ^ c ^ d -> 0x96,  I = c ^ (b | ~d) -> 0x39.
-#define LMC_STEP16(imm, a, b, c, d, i, s)                                                   \
-  a = _mm512_add_epi32(a, _mm512_add_epi32(m[kMd5G[i]], _mm512_set1_epi32(                 \
-                                                             static_cast<int>(kMd5K[i])))); \
-  a = _mm512_add_epi32(a, _mm512_ternarylogic_epi32(b, c, d, imm));                         \
-  a = _mm512_add_epi32(_mm512_rol_epi32(a, s), b);
+#define LMC_STEP16(imm, a, b, c, d, i)                                                  \
+  a = _mm512_add_epi32(                                                                 \
+      a, _mm512_add_epi32(m[kMd5G[i]], _mm512_set1_epi32(static_cast<int>(kMd5K[i])))); \
+  a = _mm512_add_epi32(a, _mm512_ternarylogic_epi32(b, c, d, imm));                     \
+  a = _mm512_add_epi32(_mm512_rol_epi32(a, kMd5S[i]), b);
 
-#define LMC_ROUND16(imm, i0)                             \
-  LMC_STEP16(imm, a, b, c, d, (i0) + 0, kMd5S[(i0) + 0]) \
-  LMC_STEP16(imm, d, a, b, c, (i0) + 1, kMd5S[(i0) + 1]) \
-  LMC_STEP16(imm, c, d, a, b, (i0) + 2, kMd5S[(i0) + 2]) \
-  LMC_STEP16(imm, b, c, d, a, (i0) + 3, kMd5S[(i0) + 3])
+#define LMC_ROUND16(imm, i0) LMC_MD5_ROUND4(LMC_STEP16, imm, i0)
 
 LMC_TARGET_AVX512 void md5_x16_avx512(uint32_t* state, const uint8_t* const* blocks,
                                       int64_t num_blocks) {
@@ -73,22 +69,7 @@ LMC_TARGET_AVX512 void md5_x16_avx512(uint32_t* state, const uint8_t* const* blo
     for (int lane = 0; lane < 16; ++lane) m[lane] = _mm512_loadu_si512(p[lane]);
     transpose16(m);
     const __m512i a0 = a, b0 = b, c0 = c, d0 = d;
-    LMC_ROUND16(0xca, 0)
-    LMC_ROUND16(0xca, 4)
-    LMC_ROUND16(0xca, 8)
-    LMC_ROUND16(0xca, 12)
-    LMC_ROUND16(0xe4, 16)
-    LMC_ROUND16(0xe4, 20)
-    LMC_ROUND16(0xe4, 24)
-    LMC_ROUND16(0xe4, 28)
-    LMC_ROUND16(0x96, 32)
-    LMC_ROUND16(0x96, 36)
-    LMC_ROUND16(0x96, 40)
-    LMC_ROUND16(0x96, 44)
-    LMC_ROUND16(0x39, 48)
-    LMC_ROUND16(0x39, 52)
-    LMC_ROUND16(0x39, 56)
-    LMC_ROUND16(0x39, 60)
+    LMC_MD5_ROUNDS(LMC_ROUND16, 0xca, 0xe4, 0x96, 0x39)
     a = _mm512_add_epi32(a, a0);
     b = _mm512_add_epi32(b, b0);
     c = _mm512_add_epi32(c, c0);
@@ -105,29 +86,22 @@ LMC_TARGET_AVX512 void md5_x16_avx512(uint32_t* state, const uint8_t* const* blo
 
 // Two independent 16-lane sets, step by step interleaved: one set's dependency chain (about
 // five instructions per step) leaves the vector units idle half the time; two sets fill them.
-#define LMC_STEP32(imm, a, b, c, d, i, s)                                                     \
-  {                                                                                           \
-    const __m512i k = _mm512_set1_epi32(static_cast<int>(kMd5K[i]));                          \
-    a##0 = _mm512_add_epi32(a##0, _mm512_add_epi32(m0[kMd5G[i]], k));                         \
-    a##1 = _mm512_add_epi32(a##1, _mm512_add_epi32(m1[kMd5G[i]], k));                         \
-    a##0 = _mm512_add_epi32(a##0, _mm512_ternarylogic_epi32(b##0, c##0, d##0, imm));          \
-    a##1 = _mm512_add_epi32(a##1, _mm512_ternarylogic_epi32(b##1, c##1, d##1, imm));          \
-    a##0 = _mm512_add_epi32(_mm512_rol_epi32(a##0, s), b##0);                                 \
-    a##1 = _mm512_add_epi32(_mm512_rol_epi32(a##1, s), b##1);                                 \
+#define LMC_STEP32(imm, a, b, c, d, i)                                               \
+  {                                                                                  \
+    const __m512i k = _mm512_set1_epi32(static_cast<int>(kMd5K[i]));                 \
+    a##0 = _mm512_add_epi32(a##0, _mm512_add_epi32(m0[kMd5G[i]], k));                \
+    a##1 = _mm512_add_epi32(a##1, _mm512_add_epi32(m1[kMd5G[i]], k));                \
+    a##0 = _mm512_add_epi32(a##0, _mm512_ternarylogic_epi32(b##0, c##0, d##0, imm)); \
+    a##1 = _mm512_add_epi32(a##1, _mm512_ternarylogic_epi32(b##1, c##1, d##1, imm)); \
+    a##0 = _mm512_add_epi32(_mm512_rol_epi32(a##0, kMd5S[i]), b##0);                 \
+    a##1 = _mm512_add_epi32(_mm512_rol_epi32(a##1, kMd5S[i]), b##1);                 \
   }
 
-#define LMC_ROUND32(imm, i0)                             \
-  LMC_STEP32(imm, a, b, c, d, (i0) + 0, kMd5S[(i0) + 0]) \
-  LMC_STEP32(imm, d, a, b, c, (i0) + 1, kMd5S[(i0) + 1]) \
-  LMC_STEP32(imm, c, d, a, b, (i0) + 2, kMd5S[(i0) + 2]) \
-  LMC_STEP32(imm, b, c, d, a, (i0) + 3, kMd5S[(i0) + 3])
+#define LMC_ROUND32(imm, i0) LMC_MD5_ROUND4(LMC_STEP32, imm, i0)
 
 LMC_TARGET_AVX512 void md5_x32_avx512(uint32_t* state, const uint8_t* const* blocks,
                                       int64_t num_blocks) {
-  __m512i a0 = _mm512_load_si512(state + 0), a1 = _mm512_load_si512(state + 16);
-  __m512i b0 = _mm512_load_si512(state + 32), b1 = _mm512_load_si512(state + 48);
-  __m512i c0 = _mm512_load_si512(state + 64), c1 = _mm512_load_si512(state + 80);
-  __m512i d0 = _mm512_load_si512(state + 96), d1 = _mm512_load_si512(state + 112);
+  LMC_MD5_LOAD2(__m512i, _mm512_load_si512, 16)
   for (int64_t blk = 0; blk < num_blocks; ++blk) {
     const uint8_t* const* p = blocks + blk * 32;
     __m512i m0[16], m1[16];
@@ -137,41 +111,11 @@ LMC_TARGET_AVX512 void md5_x32_avx512(uint32_t* state, const uint8_t* const* blo
     }
     transpose16(m0);
     transpose16(m1);
-    const __m512i sa0 = a0, sb0 = b0, sc0 = c0, sd0 = d0;
-    const __m512i sa1 = a1, sb1 = b1, sc1 = c1, sd1 = d1;
-    LMC_ROUND32(0xca, 0)
-    LMC_ROUND32(0xca, 4)
-    LMC_ROUND32(0xca, 8)
-    LMC_ROUND32(0xca, 12)
-    LMC_ROUND32(0xe4, 16)
-    LMC_ROUND32(0xe4, 20)
-    LMC_ROUND32(0xe4, 24)
-    LMC_ROUND32(0xe4, 28)
-    LMC_ROUND32(0x96, 32)
-    LMC_ROUND32(0x96, 36)
-    LMC_ROUND32(0x96, 40)
-    LMC_ROUND32(0x96, 44)
-    LMC_ROUND32(0x39, 48)
-    LMC_ROUND32(0x39, 52)
-    LMC_ROUND32(0x39, 56)
-    LMC_ROUND32(0x39, 60)
-    a0 = _mm512_add_epi32(a0, sa0);
-    b0 = _mm512_add_epi32(b0, sb0);
-    c0 = _mm512_add_epi32(c0, sc0);
-    d0 = _mm512_add_epi32(d0, sd0);
-    a1 = _mm512_add_epi32(a1, sa1);
-    b1 = _mm512_add_epi32(b1, sb1);
-    c1 = _mm512_add_epi32(c1, sc1);
-    d1 = _mm512_add_epi32(d1, sd1);
+    LMC_MD5_SAVE2(__m512i)
+    LMC_MD5_ROUNDS(LMC_ROUND32, 0xca, 0xe4, 0x96, 0x39)
+    LMC_MD5_FEED_FORWARD2(_mm512_add_epi32)
   }
-  _mm512_store_si512(state + 0, a0);
-  _mm512_store_si512(state + 16, a1);
-  _mm512_store_si512(state + 32, b0);
-  _mm512_store_si512(state + 48, b1);
-  _mm512_store_si512(state + 64, c0);
-  _mm512_store_si512(state + 80, c1);
-  _mm512_store_si512(state + 96, d0);
-  _mm512_store_si512(state + 112, d1);
+  LMC_MD5_STORE2(_mm512_store_si512, 16)
 }
 
 #undef LMC_ROUND32

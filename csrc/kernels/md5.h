@@ -1,7 +1,9 @@
 // The MD5 transform (RFC 1321), shared by the CPU twin and the CUDA kernel.
 //
-// md5_transform() compresses one 64-byte block into the 4-word state; Md5Stream adds the
-// byte-stream bookkeeping (buffering, padding, length) on top. Both compile for the host (g++)
+// md5_init() sets the initial state and md5_pad() builds the final block(s) (0x80, zeros, bit
+// length): every path (Md5Stream, the CPU multi-buffer lanes, the CUDA kernel) starts and ends a
+// message through them. md5_transform() compresses one 64-byte block into the 4-word state;
+// Md5Stream adds the byte-stream bookkeeping (buffering) on top. Both compile for the host (g++)
 // and the device (nvcc) through LMC_HOST_DEVICE. The multi-buffer SIMD transforms of the CPU
 // twin (kv_chunk_md5_avx2_cpu.cpp, kv_chunk_md5_avx512_cpu.cpp) use the round tables below so
 // every path shares one set of constants.
@@ -19,8 +21,25 @@ namespace lmc {
 constexpr int kMd5BlockBytes = 64;
 constexpr int kMd5DigestBytes = 16;
 
-// Initial state words A, B, C, D.
-constexpr uint32_t kMd5Init[4] = {0x67452301u, 0xefcdab89u, 0x98badcfeu, 0x10325476u};
+// Sets the initial state words A, B, C, D.
+LMC_HOST_DEVICE LMC_INLINE void md5_init(uint32_t state[4]) {
+  state[0] = 0x67452301u;
+  state[1] = 0xefcdab89u;
+  state[2] = 0x98badcfeu;
+  state[3] = 0x10325476u;
+}
+
+// Pads a message of total_bytes whose last rem (< 64) bytes are at tail[0, rem): appends 0x80,
+// zeros and the bit length in place (tail has room for two blocks). Returns the number of
+// blocks of tail to compress (1, or 2 when rem + 9 > 64).
+LMC_HOST_DEVICE LMC_INLINE int md5_pad(uint8_t* tail, int64_t rem, uint64_t total_bytes) {
+  const int blocks = rem + 9 > kMd5BlockBytes ? 2 : 1;
+  const uint64_t bits = total_bytes * 8;
+  tail[rem] = 0x80;
+  memset(tail + rem + 1, 0, static_cast<size_t>(blocks * kMd5BlockBytes - 8 - rem - 1));
+  memcpy(tail + blocks * kMd5BlockBytes - 8, &bits, 8);
+  return blocks;
+}
 
 // Round constants K[i] = floor(abs(sin(i + 1)) * 2^32).
 constexpr uint32_t kMd5K[64] = {
@@ -36,16 +55,52 @@ constexpr uint32_t kMd5K[64] = {
     0xeb86d391u};
 
 // Left-rotate amounts per step.
-constexpr int kMd5S[64] = {7,  12, 17, 22, 7,  12, 17, 22, 7,  12, 17, 22, 7,  12, 17, 22,
-                           5,  9,  14, 20, 5,  9,  14, 20, 5,  9,  14, 20, 5,  9,  14, 20,
-                           4,  11, 16, 23, 4,  11, 16, 23, 4,  11, 16, 23, 4,  11, 16, 23,
-                           6,  10, 15, 21, 6,  10, 15, 21, 6,  10, 15, 21, 6,  10, 15, 21};
+constexpr int kMd5S[64] = {7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22,
+                           5, 9,  14, 20, 5, 9,  14, 20, 5, 9,  14, 20, 5, 9,  14, 20,
+                           4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23,
+                           6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21};
 
 // Message word used by each step.
-constexpr int kMd5G[64] = {0, 1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15,
-                           1, 6,  11, 0,  5,  10, 15, 4,  9,  14, 3,  8,  13, 2,  7,  12,
-                           5, 8,  11, 14, 1,  4,  7,  10, 13, 0,  3,  6,  9,  12, 15, 2,
-                           0, 7,  14, 5,  12, 3,  10, 1,  8,  15, 6,  13, 4,  11, 2,  9};
+constexpr int kMd5G[64] = {0, 1, 2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15,
+                           1, 6, 11, 0,  5,  10, 15, 4,  9,  14, 3,  8,  13, 2,  7,  12,
+                           5, 8, 11, 14, 1,  4,  7,  10, 13, 0,  3,  6,  9,  12, 15, 2,
+                           0, 7, 14, 5,  12, 3,  10, 1,  8,  15, 6,  13, 4,  11, 2,  9};
+
+// ---- shared by the multi-buffer SIMD transforms (kv_chunk_md5_{avx2,avx512}_cpu.cpp) --------
+
+// The 64 steps as 16 groups of four: ROUND(fn, first step), fn the round function F, G, H or I
+// in the transform's own form (SIMD functions, or vpternlogd truth tables).
+// clang-format off
+#define LMC_MD5_ROUNDS(ROUND, F, G, H, I)                                                    \
+  ROUND(F, 0) ROUND(F, 4) ROUND(F, 8) ROUND(F, 12) ROUND(G, 16) ROUND(G, 20) ROUND(G, 24)  \
+  ROUND(G, 28) ROUND(H, 32) ROUND(H, 36) ROUND(H, 40) ROUND(H, 44) ROUND(I, 48) ROUND(I, 52) \
+  ROUND(I, 56) ROUND(I, 60)
+// clang-format on
+
+// One group of four steps from step i0, the state words rotating through a, b, c, d:
+// STEP(fn, a, b, c, d, step) updates a.
+#define LMC_MD5_ROUND4(STEP, fn, i0) \
+  STEP(fn, a, b, c, d, (i0) + 0)     \
+  STEP(fn, d, a, b, c, (i0) + 1)     \
+  STEP(fn, c, d, a, b, (i0) + 2)     \
+  STEP(fn, b, c, d, a, (i0) + 3)
+
+// Two interleaved sets of state words a0..d0 and a1..d1 (vector type T, W lanes each) in the
+// [4][2 * W] state array: loaded, saved before a block (sa0..sd1), fed forward after it
+// (ADD(x, sx)), stored back.
+#define LMC_MD5_LOAD2(T, LOAD, W)                                                       \
+  T a0 = LOAD(state + 0 * (W)), a1 = LOAD(state + 1 * (W)), b0 = LOAD(state + 2 * (W)), \
+    b1 = LOAD(state + 3 * (W)), c0 = LOAD(state + 4 * (W)), c1 = LOAD(state + 5 * (W)), \
+    d0 = LOAD(state + 6 * (W)), d1 = LOAD(state + 7 * (W));
+#define LMC_MD5_SAVE2(T) \
+  const T sa0 = a0, sb0 = b0, sc0 = c0, sd0 = d0, sa1 = a1, sb1 = b1, sc1 = c1, sd1 = d1;
+#define LMC_MD5_FEED_FORWARD2(ADD)                                            \
+  a0 = ADD(a0, sa0), b0 = ADD(b0, sb0), c0 = ADD(c0, sc0), d0 = ADD(d0, sd0); \
+  a1 = ADD(a1, sa1), b1 = ADD(b1, sb1), c1 = ADD(c1, sc1), d1 = ADD(d1, sd1);
+#define LMC_MD5_STORE2(STORE, W)                                                          \
+  STORE(state + 0 * (W), a0), STORE(state + 1 * (W), a1), STORE(state + 2 * (W), b0),     \
+      STORE(state + 3 * (W), b1), STORE(state + 4 * (W), c0), STORE(state + 5 * (W), c1), \
+      STORE(state + 6 * (W), d0), STORE(state + 7 * (W), d1);
 
 LMC_HOST_DEVICE LMC_INLINE uint32_t md5_rotl(uint32_t x, int s) {
   return (x << s) | (x >> (32 - s));
@@ -154,15 +209,12 @@ LMC_HOST_DEVICE LMC_INLINE void md5_transform_bytes(uint32_t state[4], const uin
 // Streaming MD5 over byte pieces: update() any number of times, then final().
 struct Md5Stream {
   uint32_t state[4];
-  uint64_t total;  // bytes seen
-  uint8_t buf[kMd5BlockBytes];
-  int fill;  // bytes buffered in buf
+  uint64_t total;                   // bytes seen
+  uint8_t buf[2 * kMd5BlockBytes];  // one block buffered, room for md5_pad's second
+  int fill;                         // bytes buffered in buf
 
   LMC_HOST_DEVICE void init() {
-    state[0] = 0x67452301u;
-    state[1] = 0xefcdab89u;
-    state[2] = 0x98badcfeu;
-    state[3] = 0x10325476u;
+    md5_init(state);
     total = 0;
     fill = 0;
   }
@@ -190,16 +242,8 @@ struct Md5Stream {
 
   // Pads, appends the bit length, and writes the 16-byte digest.
   LMC_HOST_DEVICE void final(uint8_t digest[kMd5DigestBytes]) {
-    const uint64_t bits = total * 8;
-    buf[fill++] = 0x80;
-    if (fill > kMd5BlockBytes - 8) {
-      memset(buf + fill, 0, static_cast<size_t>(kMd5BlockBytes - fill));
-      md5_transform_bytes(state, buf);
-      fill = 0;
-    }
-    memset(buf + fill, 0, static_cast<size_t>(kMd5BlockBytes - 8 - fill));
-    memcpy(buf + kMd5BlockBytes - 8, &bits, 8);
-    md5_transform_bytes(state, buf);
+    const int blocks = md5_pad(buf, fill, total);
+    for (int b = 0; b < blocks; ++b) md5_transform_bytes(state, buf + b * kMd5BlockBytes);
     memcpy(digest, state, kMd5DigestBytes);
   }
 };

@@ -4,15 +4,16 @@
 // One launch validates the slots, then copy launches of up to kMaxChunksPerLaunch chunk buffers
 // and kMaxLayersPerLaunch layers each move the rows (the single-buffer entry points are one
 // chunk). A copy thread moves one Word (16, 8, 4, 2 or 1 bytes) of a row per step; the
-// widest Word is picked on the host from the alignment of every pointer, offset and stride, so
-// bf16 rows of flash-attn caches move as 16-byte vectors. Chunk buffers in pinned host memory
-// are addressed directly (unified addressing), which turns the copy into PCIe reads/writes.
+// widest Word is the layout core's vector_bytes() narrowed to the alignment of every pointer
+// (vector_bytes_for), so bf16 rows of flash-attn caches move as 16-byte vectors. Addresses and
+// slot checks come from the layout core (paged_kv_layout.h), on the layout in Words. Chunk buffers
+// in pinned host memory are addressed directly (unified addressing), which turns the copy into PCIe
+// reads/writes.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <climits>
 #include <cstdint>
 
 #include "common/check.h"
@@ -28,8 +29,8 @@ constexpr int kMaxLayersPerLaunch = 256;
 constexpr int kMaxChunksPerLaunch = 64;
 // Threads per copy block.
 constexpr int kThreadsPerBlock = 256;
-// "No bad slot" value of the validation result.
-constexpr unsigned long long kNoBadSlot = ULLONG_MAX;
+// kNoBadSlot as the validation result's unsigned view (ULLONG_MAX).
+constexpr unsigned long long kNoBadPos = static_cast<unsigned long long>(kNoBadSlot);
 
 struct LayerPtrs {
   void* ptr[kMaxLayersPerLaunch];
@@ -43,19 +44,6 @@ struct ChunkPtrs {
   int32_t num_chunks;
 };
 
-// PagedKVLayout in units of Word (vec elements per Word).
-struct WordLayout {
-  int64_t kv_offset[2];
-  int64_t block_stride[2];
-  int64_t token_stride[2];
-  int64_t head_stride[2];
-  int64_t dim_stride[2];
-  int64_t block_size;
-  int64_t num_slots;
-  int32_t head_words;  // Words per head
-  int32_t row_words;   // Words per row (num_heads * head_words)
-};
-
 // Records the smallest position whose slot is outside [-1, num_slots).
 // Grid: (ceil(num_tokens / kThreadsPerBlock))  Block: (kThreadsPerBlock)
 template <typename SlotT>
@@ -64,8 +52,7 @@ __global__ void validate_slots_kernel(const SlotT* __restrict__ slots,  // [num_
                                       unsigned long long* __restrict__ bad_pos) {  // [1]
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= num_tokens) return;
-  const int64_t s = static_cast<int64_t>(slots[i]);
-  if (static_cast<uint64_t>(s + 1) > static_cast<uint64_t>(num_slots)) {
+  if (!slot_valid(static_cast<int64_t>(slots[i]), num_slots)) {
     atomicMin(bad_pos, static_cast<unsigned long long>(i));
   }
 }
@@ -76,17 +63,18 @@ __global__ void validate_slots_kernel(const SlotT* __restrict__ slots,  // [num_
 // Block: (Words per row rounded up to 32, capped at kThreadsPerBlock; kThreadsPerBlock / x)
 template <bool kGather, typename Word, typename SlotT>
 __global__ void paged_kv_copy_kernel(
-    LayerPtrs layers,                      // [gridDim.y] each [layer cache, as WordLayout says]
-    int64_t layer_begin, int64_t num_layers, WordLayout wl,
-    const SlotT* __restrict__ slots,       // [chunks.token_begin[chunks.num_chunks]]
-    ChunkPtrs chunks,                      // each [num_kv, num_layers, its tokens, row_words]
-    const unsigned long long* bad_pos) {   // [1]
-  if (*bad_pos != kNoBadSlot) return;
+    LayerPtrs layers,  // [gridDim.y] each [layer cache, as wl says]
+    int64_t layer_begin, int64_t num_layers,
+    PagedKVLayout wl,                     // the layout in Words (PagedKVLayout::in_words)
+    const SlotT* __restrict__ slots,      // [chunks.token_begin[chunks.num_chunks]]
+    ChunkPtrs chunks,                     // each [num_kv, num_layers, its tokens, row Words]
+    const unsigned long long* bad_pos) {  // [1]
+  if (*bad_pos != kNoBadPos) return;
   const int64_t token = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
   if (token >= chunks.token_begin[chunks.num_chunks]) return;
   const int64_t slot = static_cast<int64_t>(slots[token]);
   // NOTE: slot -1 is padding; the range test repeats the validation so no launch can stray.
-  if (static_cast<uint64_t>(slot) >= static_cast<uint64_t>(wl.num_slots)) return;
+  if (!slot_holds_row(slot, wl.num_slots())) return;
   // The token's chunk: the last c with token_begin[c] <= token (binary search, <= 6 steps).
   int32_t c = 0;
   for (int32_t hi = chunks.num_chunks - 1; c < hi;) {
@@ -99,24 +87,21 @@ __global__ void paged_kv_copy_kernel(
   }
   const int64_t first = chunks.token_begin[c];
   const int64_t chunk_tokens = chunks.token_begin[c + 1] - first;
-  // NOTE: fields picked with selects, not wl.x[kv]: a runtime index into a by-value kernel
-  // parameter makes nvcc copy the whole struct to local memory.
-  const bool v = blockIdx.z != 0;
-  const int64_t block = slot / wl.block_size;
-  Word* cache = static_cast<Word*>(layers.ptr[blockIdx.y]) +
-                (v ? wl.kv_offset[1] : wl.kv_offset[0]) +
-                block * (v ? wl.block_stride[1] : wl.block_stride[0]) +
-                (slot - block * wl.block_size) * (v ? wl.token_stride[1] : wl.token_stride[0]);
-  Word* row = static_cast<Word*>(chunks.ptr[c]) +
-              ((blockIdx.z * num_layers + layer_begin + blockIdx.y) * chunk_tokens +
-               (token - first)) *
-                  static_cast<int64_t>(wl.row_words);
-  const int64_t hs = v ? wl.head_stride[1] : wl.head_stride[0];
-  const int64_t ds = v ? wl.dim_stride[1] : wl.dim_stride[0];
-  for (int32_t w = threadIdx.x; w < wl.row_words; w += blockDim.x) {
-    const int32_t h = w / wl.head_words;
-    const int32_t d = w - h * wl.head_words;
-    Word* p = cache + h * hs + d * ds;
+  const int kv = static_cast<int>(blockIdx.z);
+  // NOTE: plain layouts only (the bindings refuse packed ones on a device); the test also lets
+  // the compiler fold the layout core's two-level branches away.
+  if (wl.packed(kv)) return;
+  Word* cache = static_cast<Word*>(layers.ptr[blockIdx.y]) + wl.row_offset(slot, kv, 0);
+  const int32_t head_words = static_cast<int32_t>(wl.head_size);
+  const int32_t row_words = static_cast<int32_t>(wl.row_elems());
+  Word* row =
+      static_cast<Word*>(chunks.ptr[c]) +
+      ((blockIdx.z * num_layers + layer_begin + blockIdx.y) * chunk_tokens + (token - first)) *
+          static_cast<int64_t>(row_words);
+  for (int32_t w = threadIdx.x; w < row_words; w += blockDim.x) {
+    const int32_t h = w / head_words;
+    const int32_t d = w - h * head_words;
+    Word* p = cache + wl.head_dim_part(kv, h, d);
     if (kGather) {
       row[w] = *p;
     } else {
@@ -125,53 +110,24 @@ __global__ void paged_kv_copy_kernel(
   }
 }
 
-// Widest Word (bytes) usable for every access of this copy.
-inline int pick_word_bytes(const void* const* layer_ptrs, int64_t num_layers,
-                           const PagedKVLayout& l, void* const* chunks, int64_t num_chunks) {
-  const int64_t es = l.elem_size;
-  for (int w = 16; w > es; w /= 2) {
-    const int64_t vec = w / es;
-    bool ok = l.head_size % vec == 0;
-    for (int64_t c = 0; ok && c < num_chunks; ++c) {
-      ok = reinterpret_cast<uintptr_t>(chunks[c]) % w == 0;
-    }
-    for (int kv = 0; ok && kv < l.num_kv; ++kv) {
-      ok = l.dim_stride[kv] == 1 && l.kv_offset[kv] % vec == 0 && l.block_stride[kv] % vec == 0 &&
-           l.token_stride[kv] % vec == 0 && (l.num_heads == 1 || l.head_stride[kv] % vec == 0);
-    }
-    for (int64_t i = 0; ok && i < num_layers; ++i) {
-      ok = reinterpret_cast<uintptr_t>(layer_ptrs[i]) % w == 0;
-    }
-    if (ok) return w;
-  }
-  return static_cast<int>(es);
-}
-
-inline WordLayout to_word_layout(const PagedKVLayout& l, int64_t vec) {
-  WordLayout wl{};
-  for (int kv = 0; kv < 2; ++kv) {
-    wl.kv_offset[kv] = l.kv_offset[kv] / vec;
-    wl.block_stride[kv] = l.block_stride[kv] / vec;
-    wl.token_stride[kv] = l.token_stride[kv] / vec;
-    wl.head_stride[kv] = l.num_heads == 1 ? 0 : l.head_stride[kv] / vec;
-    wl.dim_stride[kv] = vec == 1 ? l.dim_stride[kv] : 1;
-  }
-  wl.block_size = l.block_size;
-  wl.num_slots = l.num_slots();
-  wl.head_words = static_cast<int32_t>(l.head_size / vec);
-  wl.row_words = static_cast<int32_t>(l.row_elems() / vec);
-  return wl;
+// Widest Word (bytes) usable for every access of this copy: the layout's vector width
+// narrowed to the alignment of every layer and chunk pointer (never below the element size).
+inline int64_t pick_word_bytes(const void* const* layer_ptrs, int64_t num_layers,
+                               const PagedKVLayout& l, void* const* chunks, int64_t num_chunks) {
+  int64_t w = vector_bytes_for(l.vector_bytes(), chunks, num_chunks);
+  w = vector_bytes_for(w, layer_ptrs, num_layers);
+  return w > l.elem_size ? w : l.elem_size;
 }
 
 // Copy launches over groups of up to kMaxChunksPerLaunch non-empty chunks (in token order) and
 // kMaxLayersPerLaunch layers.
 template <bool kGather, typename Word, typename SlotT>
-cudaError_t launch_copy(void* const* layer_ptrs, int64_t num_layers, const WordLayout& wl,
-                        int64_t num_kv, const SlotT* slots, void* const* chunk_ptrs,
-                        const int64_t* chunk_tokens, int64_t num_chunks,
-                        const unsigned long long* bad_pos, cudaStream_t stream) {
-  const int tx = static_cast<int>(
-      std::min<int64_t>(kThreadsPerBlock, (static_cast<int64_t>(wl.row_words) + 31) / 32 * 32));
+cudaError_t launch_copy(void* const* layer_ptrs, int64_t num_layers, const PagedKVLayout& wl,
+                        const SlotT* slots, void* const* chunk_ptrs, const int64_t* chunk_tokens,
+                        int64_t num_chunks, const unsigned long long* bad_pos,
+                        cudaStream_t stream) {
+  const int tx =
+      static_cast<int>(std::min<int64_t>(kThreadsPerBlock, (wl.row_elems() + 31) / 32 * 32));
   const int ty = kThreadsPerBlock / tx;
   const dim3 block(tx, ty);
   int64_t group_first = 0;  // token of slots where the next group starts
@@ -193,9 +149,9 @@ cudaError_t launch_copy(void* const* layer_ptrs, int64_t num_layers, const WordL
       LayerPtrs lp{};
       for (int64_t i = 0; i < count; ++i) lp.ptr[i] = layer_ptrs[begin + i];
       const dim3 grid(static_cast<unsigned>((tokens + ty - 1) / ty), static_cast<unsigned>(count),
-                      static_cast<unsigned>(num_kv));
-      paged_kv_copy_kernel<kGather, Word, SlotT><<<grid, block, 0, stream>>>(
-          lp, begin, num_layers, wl, slots + group_first, cp, bad_pos);
+                      static_cast<unsigned>(wl.num_kv));
+      paged_kv_copy_kernel<kGather, Word, SlotT>
+          <<<grid, block, 0, stream>>>(lp, begin, num_layers, wl, slots + group_first, cp, bad_pos);
       const cudaError_t err = cudaGetLastError();
       if (err != cudaSuccess) return err;
     }
@@ -205,11 +161,10 @@ cudaError_t launch_copy(void* const* layer_ptrs, int64_t num_layers, const WordL
 }
 
 template <bool kGather, typename SlotT>
-cudaError_t launch_with_slots(void* const* layer_ptrs, int64_t num_layers,
-                              const PagedKVLayout& l, const SlotT* slots, int64_t num_tokens,
-                              void* const* chunks, const int64_t* chunk_tokens,
-                              int64_t num_chunks, unsigned long long* bad_pos,
-                              cudaStream_t stream) {
+cudaError_t launch_with_slots(void* const* layer_ptrs, int64_t num_layers, const PagedKVLayout& l,
+                              const SlotT* slots, int64_t num_tokens, void* const* chunks,
+                              const int64_t* chunk_tokens, int64_t num_chunks,
+                              unsigned long long* bad_pos, cudaStream_t stream) {
   cudaError_t err = cudaMemsetAsync(bad_pos, 0xFF, sizeof(unsigned long long), stream);
   if (err != cudaSuccess) return err;
   const unsigned vblocks =
@@ -219,24 +174,23 @@ cudaError_t launch_with_slots(void* const* layer_ptrs, int64_t num_layers,
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
 
-  const int word = pick_word_bytes(layer_ptrs, num_layers, l, chunks, num_chunks);
-  const WordLayout wl = to_word_layout(l, word / l.elem_size);
+  const int64_t word = pick_word_bytes(layer_ptrs, num_layers, l, chunks, num_chunks);
+  const PagedKVLayout wl = l.in_words(word / l.elem_size);
+  const auto launch = [&](auto word_type) {
+    return launch_copy<kGather, decltype(word_type)>(layer_ptrs, num_layers, wl, slots, chunks,
+                                                     chunk_tokens, num_chunks, bad_pos, stream);
+  };
   switch (word) {
     case 16:
-      return launch_copy<kGather, uint4>(layer_ptrs, num_layers, wl, l.num_kv, slots, chunks,
-                                         chunk_tokens, num_chunks, bad_pos, stream);
+      return launch(uint4{});
     case 8:
-      return launch_copy<kGather, uint2>(layer_ptrs, num_layers, wl, l.num_kv, slots, chunks,
-                                         chunk_tokens, num_chunks, bad_pos, stream);
+      return launch(uint2{});
     case 4:
-      return launch_copy<kGather, uint32_t>(layer_ptrs, num_layers, wl, l.num_kv, slots, chunks,
-                                         chunk_tokens, num_chunks, bad_pos, stream);
+      return launch(uint32_t{});
     case 2:
-      return launch_copy<kGather, uint16_t>(layer_ptrs, num_layers, wl, l.num_kv, slots, chunks,
-                                         chunk_tokens, num_chunks, bad_pos, stream);
+      return launch(uint16_t{});
     default:
-      return launch_copy<kGather, uint8_t>(layer_ptrs, num_layers, wl, l.num_kv, slots, chunks,
-                                         chunk_tokens, num_chunks, bad_pos, stream);
+      return launch(uint8_t{});
   }
 }
 
@@ -265,8 +219,8 @@ cudaError_t launch_paged_kv_copy(void* const* layer_ptrs, int64_t num_layers,
   if (total != num_tokens) return cudaErrorInvalidValue;
   if (slot_elem_size == 8) {
     return launch_with_slots<kGather>(layer_ptrs, num_layers, l,
-                                      static_cast<const int64_t*>(slot_mapping), num_tokens,
-                                      chunks, chunk_tokens, num_chunks, bad_pos, stream);
+                                      static_cast<const int64_t*>(slot_mapping), num_tokens, chunks,
+                                      chunk_tokens, num_chunks, bad_pos, stream);
   }
   return launch_with_slots<kGather>(layer_ptrs, num_layers, l,
                                     static_cast<const int32_t*>(slot_mapping), num_tokens, chunks,

@@ -1,7 +1,6 @@
 // CUDA paged_kv_gather (declared in paged_kv_gather.h); kernels in paged_kv_copy_impl.cuh.
-#include "kernels/paged_kv_gather.h"
-
 #include "kernels/paged_kv_copy_impl.cuh"
+#include "kernels/paged_kv_gather.h"
 
 namespace lmc {
 

@@ -1,7 +1,6 @@
 // CPU twin of paged_kv_gather (declared in paged_kv_gather.h); the loop is paged_kv_copy_impl.h.
-#include "kernels/paged_kv_gather.h"
-
 #include "kernels/paged_kv_copy_impl.h"
+#include "kernels/paged_kv_gather.h"
 
 namespace lmc {
 

@@ -1,7 +1,6 @@
 // CUDA paged_kv_scatter (declared in paged_kv_scatter.h); kernels in paged_kv_copy_impl.cuh.
-#include "kernels/paged_kv_scatter.h"
-
 #include "kernels/paged_kv_copy_impl.cuh"
+#include "kernels/paged_kv_scatter.h"
 
 namespace lmc {
 
@@ -14,8 +13,8 @@ cudaError_t launch_paged_kv_scatter(const void* chunk, void* const* layer_ptrs, 
                                     unsigned long long* bad_pos, cudaStream_t stream) {
   void* chunks[1] = {const_cast<void*>(chunk)};
   return copy_cuda::launch_paged_kv_copy</*kGather=*/false>(
-      layer_ptrs, num_layers, layout, slot_mapping, slot_elem_size, num_tokens, chunks,
-      &num_tokens, 1, bad_pos, stream);
+      layer_ptrs, num_layers, layout, slot_mapping, slot_elem_size, num_tokens, chunks, &num_tokens,
+      1, bad_pos, stream);
 }
 
 cudaError_t launch_paged_kv_scatter_chunks(const void* const* chunks, const int64_t* chunk_tokens,

@@ -1,8 +1,7 @@
 // CPU twin of paged_kv_scatter (declared in paged_kv_scatter.h); the loop is
 // paged_kv_copy_impl.h.
-#include "kernels/paged_kv_scatter.h"
-
 #include "kernels/paged_kv_copy_impl.h"
+#include "kernels/paged_kv_scatter.h"
 
 namespace lmc {
 
@@ -14,8 +13,8 @@ void paged_kv_scatter_cpu(const void* chunk, void* const* layer_ptrs, int64_t nu
                           int64_t slot_elem_size, int64_t num_tokens) {
   void* chunks[1] = {const_cast<void*>(chunk)};
   copy_detail::paged_kv_copy_cpu</*kGather=*/false>(
-      const_cast<const void* const*>(layer_ptrs), num_layers, layout, slot_mapping,
-      slot_elem_size, num_tokens, chunks, &num_tokens, 1);
+      const_cast<const void* const*>(layer_ptrs), num_layers, layout, slot_mapping, slot_elem_size,
+      num_tokens, chunks, &num_tokens, 1);
 }
 
 void paged_kv_scatter_chunks_cpu(const void* const* chunks, const int64_t* chunk_tokens,
@@ -23,8 +22,8 @@ void paged_kv_scatter_chunks_cpu(const void* const* chunks, const int64_t* chunk
                                  const PagedKVLayout& layout, const void* slot_mapping,
                                  int64_t slot_elem_size, int64_t num_tokens) {
   copy_detail::paged_kv_copy_cpu</*kGather=*/false>(
-      const_cast<const void* const*>(layer_ptrs), num_layers, layout, slot_mapping,
-      slot_elem_size, num_tokens, const_cast<void* const*>(chunks), chunk_tokens, num_chunks);
+      const_cast<const void* const*>(layer_ptrs), num_layers, layout, slot_mapping, slot_elem_size,
+      num_tokens, const_cast<void* const*>(chunks), chunk_tokens, num_chunks);
 }
 
 }  // namespace lmc

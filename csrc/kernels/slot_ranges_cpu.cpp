@@ -1,6 +1,4 @@
 // CPU twin of slot_ranges: slot-string parser, run finder, range expansion.
-#include "kernels/slot_ranges.h"
-
 #include <algorithm>
 #include <cstring>
 #include <limits>
@@ -9,6 +7,7 @@
 
 #include "common/check.h"
 #include "common/thread_pool.h"
+#include "kernels/slot_ranges.h"
 
 namespace lmc {
 namespace {
@@ -142,28 +141,26 @@ class Parser {
     fail(detail::concat("expected ',' after ", item, ", got ", describe_char(s_, n_, i_)));
   }
 
+  // Inside a range, after a number: whitespace, then `want` (',' or ']'); else the error that
+  // names what stands there (`shape` says what a range must look like).
+  void expect_in_range(char want, const char* shape) {
+    skip_ws();
+    if (i_ >= n_) fail(detail::concat("unmatched '[' at position ", open_));
+    if (at(i_) == '[') fail(detail::concat("nested '[' at position ", i_));
+    if (at(i_) != want) {
+      fail(detail::concat("range at position ", open_, " must be ", shape, ", got ",
+                          describe_char(s_, n_, i_)));
+    }
+    ++i_;
+  }
+
   void range() {
     open_ = i_;
     ++i_;  // '['
     const int64_t a = number("range start");
-    skip_ws();
-    if (i_ >= n_) fail(detail::concat("unmatched '[' at position ", open_));
-    if (at(i_) == '[') fail(detail::concat("nested '[' at position ", i_));
-    if (at(i_) != ',') {
-      fail(detail::concat("range at position ", open_, " must be [a,b], got ",
-                          describe_char(s_, n_, i_)));
-    }
-    ++i_;  // ','
+    expect_in_range(',', "[a,b]");
     const int64_t b = number("range end");
-    skip_ws();
-    if (i_ >= n_) fail(detail::concat("unmatched '[' at position ", open_));
-    if (at(i_) == '[') fail(detail::concat("nested '[' at position ", i_));
-    if (at(i_) != ']') {
-      fail(detail::concat("range at position ", open_,
-                          " must be [a,b] with exactly two numbers, got ",
-                          describe_char(s_, n_, i_)));
-    }
-    ++i_;  // ']'
+    expect_in_range(']', "[a,b] with exactly two numbers");
     if (a > b) fail(detail::concat("range at position ", open_, " has start ", a, " > end ", b));
     add_slots(b - a, open_);  // b - a cannot overflow: a >= 0
     ranges_.push_back(a);
