@@ -43,8 +43,11 @@ def is_json_media_type(content_type: str | None) -> bool:
 
 
 class AdminRequest(Request[Any, Any, Any]):
-    """Litestar's request: a JSON body must say it is JSON, and every body that cannot be
-    decoded is reported as bad JSON."""
+    """Litestar's request, stricter about bodies.
+
+    A JSON body must say it is JSON, and every body that cannot be decoded is reported as bad
+    JSON.
+    """
 
     async def json(self) -> Any:
         """The decoded JSON body.

@@ -47,16 +47,17 @@ AUTH_STATE_KEY = "lmcache_native_authorized"
 
 
 class ApiError(Exception):
-    """An error answer chosen by a handler.
-
-    Args:
-        status_code: the HTTP status.
-        error: the short title (the ``error`` field).
-        message: the detail (the ``message`` field).
-        **extra: documented extra fields of the body (e.g. ``config_path``).
-    """
+    """An error answer chosen by a handler."""
 
     def __init__(self, status_code: int, error: str, message: str, **extra: Any) -> None:
+        """Keeps the settings.
+
+        Args:
+            status_code: the HTTP status.
+            error: the short title (the ``error`` field).
+            message: the detail (the ``message`` field).
+            **extra: documented extra fields of the body (e.g. ``config_path``).
+        """
         super().__init__(f"{error}: {message}")
         self.status_code = status_code
         self.error = error
@@ -80,9 +81,6 @@ def _body(
 
 def _api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[dict[str, Any]]:
     return _body(exc.status_code, exc.error, exc.message, exc.extra)
-
-
-_MISSING = {"backend_name": ("Missing parameter", "backend_name is required")}
 
 
 _MISSING_TITLES = {"backend_name": ("Missing parameter", "backend_name is required")}

@@ -227,17 +227,18 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 class HostCheckMiddleware(ASGIMiddleware):
-    """Answers 400 to requests whose ``Host`` is not in the allow-list, before any handler.
-
-    Args:
-        allow: the names this server answers to.
-    """
+    """Answers 400 to requests whose ``Host`` is not in the allow-list, before any handler."""
 
     # NOTE: Litestar's own AllowedHostsMiddleware matches the raw header, port included (so
     # "127.0.0.1:7000" needs its own entry), cannot express "any 127.x" or "the address this
     # connection arrived on", and answers a body without the {"error", "message"} shape.
 
     def __init__(self, allow: HostAllowList) -> None:
+        """Keeps the settings.
+
+        Args:
+            allow: the names this server answers to.
+        """
         self.allow = allow
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:

@@ -19,7 +19,8 @@ def openapi_document() -> dict[str, Any]:
     from lmcache_native.config import LMCacheEngineConfig
 
     app = create_app(None, LMCacheEngineConfig.from_defaults())
-    return app.openapi_schema.to_schema()
+    document: dict[str, Any] = app.openapi_schema.to_schema()
+    return document
 
 
 def render() -> str:

@@ -59,8 +59,10 @@ class ConfUpdateResult(msgspec.Struct):
 
 
 class ConfUpdateError(msgspec.Struct):
-    """``POST /conf`` (HTTP 400): the ``error``/``message`` of every error body, plus, when some
-    keys were refused, the spec's ``updated`` and ``errors`` (key -> reason).
+    """``POST /conf`` (HTTP 400).
+
+    The ``error``/``message`` of every error body, plus, when some keys were refused, the spec's
+    ``updated`` and ``errors`` (key -> reason).
 
     ``updated``/``errors`` are absent when the body itself was refused (not a JSON object).
     """

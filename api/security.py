@@ -89,13 +89,14 @@ def make_api_key_guard(
 
 
 class QueryLimitMiddleware(ASGIMiddleware):
-    """Answers 414 for query strings over ``max_query_bytes``, before anything parses them.
-
-    Args:
-        max_query_bytes: the bound in bytes.
-    """
+    """Answers 414 for query strings over ``max_query_bytes``, before anything parses them."""
 
     def __init__(self, max_query_bytes: int = MAX_QUERY_BYTES) -> None:
+        """Keeps the settings.
+
+        Args:
+            max_query_bytes: the bound in bytes.
+        """
         self.max_query_bytes = max_query_bytes
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:

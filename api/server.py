@@ -157,7 +157,7 @@ def start(
     def run() -> None:
         try:
             asyncio.run(server.serve(sockets=[sock]))
-        except BaseException as exc:  # noqa: BLE001 - reported to the starting thread
+        except BaseException as exc:
             failure.append(exc)
             logger.exception("admin API server stopped with an error")
 

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import subprocess
+from pathlib import Path
 
 import lmcache_native
 import pytest
 import torch
+from redis_servers import RedisProcess, free_port, persistence_off
 
 
 def _cuda_usable() -> bool:
     return bool(lmcache_native.HAS_CUDA) and torch.cuda.is_available()
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     if _cuda_usable():
         return
     reason = (
@@ -32,7 +33,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 REDIS_SERVER_BIN = "/usr/bin/redis-server"
 
 
-class RedisServer:
+class RedisServer(RedisProcess):
     """A real ``redis-server`` on a free loopback port, with no persistence.
 
     ``stop()``/``kill()`` take it down (for down-tier tests) and ``start()`` brings it back on
@@ -40,70 +41,15 @@ class RedisServer:
     """
 
     def __init__(self, workdir: str) -> None:
-        import socket
+        """Picks the port; ``start()`` runs the server.
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.workdir = workdir
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def start(self, timeout: float = 10.0) -> None:
-        import time
-
-        import redis
-
-        if self.running:
-            return
-        self.proc = subprocess.Popen(
-            [
-                REDIS_SERVER_BIN,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.workdir,
-                "--enable-debug-command",
-                "local",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if client.ping():
-                    client.close()
-                    return
-            except redis.RedisError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start on port {self.port}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-        self.proc = None
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self.proc = None
+        Args:
+            workdir: the server's directory.
+        """
+        port = free_port()
+        args = ["--port", str(port), *persistence_off(Path(workdir))]
+        super().__init__(Path(workdir), port, [*args, "--enable-debug-command", "local"])
+        self.url = f"redis://127.0.0.1:{port}/0"
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,7 @@
-"""A real Prometheus server for tests: Debian's ``/usr/bin/prometheus`` scraping given targets
-every second, queried through its HTTP API."""
+"""A real Prometheus server for tests.
+
+Debian's ``/usr/bin/prometheus`` scraping given targets every second, queried through its HTTP API.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from process_testlib import stop_process
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 
@@ -86,8 +89,10 @@ class Prometheus:
             return False
 
     def wait_for(self, check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-        """Polls ``check()`` every 0.5 s until it returns something truthy (at most
-        ``timeout`` seconds); returns that value."""
+        """Polls ``check()`` every 0.5 s until it returns something truthy.
+
+        At most ``timeout`` seconds); returns that value.
+        """
         deadline = time.monotonic() + timeout
         while True:
             value = check()
@@ -138,11 +143,5 @@ class Prometheus:
     def stop(self) -> None:
         """Stops Prometheus (SIGTERM, then SIGKILL) and closes its log."""
         self.http.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc, grace=20)
         self._log.close()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import redis
+from process_testlib import stop_process
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -110,23 +111,20 @@ class RedisProcess:
         self.proc = None
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        """SIGTERM (SIGKILL after 10 s)."""
+        stop_process(self.proc)
         self.proc = None
 
 
-def _persistence_off(workdir: Path) -> list[str]:
+def persistence_off(workdir: Path) -> list[str]:
     return ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)]
 
 
 class _Topology:
-    """``with topology:`` starts every process and stops them all on exit, also when the start
-    itself fails half way (what was started is stopped)."""
+    """``with topology:`` starts every process and stops them all on exit.
+
+    Also when the start itself fails half way (what was started is stopped).
+    """
 
     def start(self) -> None:
         raise NotImplementedError
@@ -169,7 +167,7 @@ class RedisClusterServers(_Topology):
                 "3000",
                 "--cluster-require-full-coverage",
                 "no",
-                *_persistence_off(workdir),
+                *persistence_off(workdir),
             ]
             self.nodes.append(RedisProcess(workdir, port, args))
 
@@ -259,7 +257,7 @@ class SentinelServers(_Topology):
         self.name = name
         mport, rport = free_port(), free_port()
         self.master = RedisProcess(
-            workdir, mport, ["--port", str(mport), *_persistence_off(workdir)]
+            workdir, mport, ["--port", str(mport), *persistence_off(workdir)]
         )
         self.replica = RedisProcess(
             workdir,
@@ -270,7 +268,7 @@ class SentinelServers(_Topology):
                 "--replicaof",
                 "127.0.0.1",
                 str(mport),
-                *_persistence_off(workdir),
+                *persistence_off(workdir),
             ],
         )
         self.sentinels: list[RedisProcess] = []
@@ -330,7 +328,7 @@ class SentinelServers(_Topology):
         for s in self.sentinels:
             c = s.client()
             try:
-                host, port = c.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.name)
+                _host, port = c.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.name)
                 return int(port)
             except (redis.RedisError, OSError):
                 continue

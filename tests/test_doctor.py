@@ -1,5 +1,8 @@
-"""``lmcache-native doctor``: one test per FAIL it reports, a healthy run against a real Redis,
-``--json`` against the text run, and secrets kept out of both."""
+"""``lmcache-native doctor``.
+
+One test per FAIL it reports, a healthy run against a real Redis, ``--json`` against the text run,
+and secrets kept out of both.
+"""
 
 from __future__ import annotations
 
@@ -111,7 +114,8 @@ def test_healthy_run_real_redis_exit_0_json_matches_text_secrets_hidden(
     by_name = {name: status for status, name in statuses}
     for tier in ("tier.local_cpu", "tier.local_disk", "tier.remote"):
         assert by_name[tier] == OK, text.stdout
-    assert by_name["admin_port"] == OK and by_name["config.file"] == OK
+    assert by_name["admin_port"] == OK
+    assert by_name["config.file"] == OK
     assert FAIL not in by_name.values()
     assert f"127.0.0.1:{port} free" in text.stdout
     # the probe chunk was deleted again; the disk directory was not created by the check
@@ -123,13 +127,15 @@ def test_healthy_run_real_redis_exit_0_json_matches_text_secrets_hidden(
     as_json = _run("--json", env={"LMCACHE_CONFIG_FILE": str(cfg)})
     assert as_json.returncode == 0, as_json.stderr
     doc = json.loads(as_json.stdout)
-    assert doc["exit_code"] == 0 and doc["status"] == OK
+    assert doc["exit_code"] == 0
+    assert doc["status"] == OK
     assert [(c["status"], c["name"]) for c in doc["checks"]] == statuses
     assert all(set(c) == {"name", "status", "detail", "fix"} for c in doc["checks"])
     assert doc["config"]["remote_url"] == redis_user.replace(PASSWORD, "***")
     assert doc["config"]["internal_api_server_api_key"] == "***"
     for out in (text.stdout, text.stderr, as_json.stdout, as_json.stderr):
-        assert PASSWORD not in out and API_KEY not in out
+        assert PASSWORD not in out
+        assert API_KEY not in out
 
 
 @pytest.mark.slow
@@ -152,7 +158,8 @@ def test_bad_config_exits_1_and_lists_every_problem(tmp_path: Path) -> None:
 
 def test_argument_errors_exit_2() -> None:
     run = _run("--port", "70000")
-    assert run.returncode == 2 and "--port must be in 1..65535" in run.stderr
+    assert run.returncode == 2
+    assert "--port must be in 1..65535" in run.stderr
 
 
 # -- configuration -----------------------------------------------------------------------------
@@ -162,28 +169,32 @@ def _statuses(checks: list[doctor.Check], name: str) -> list[str]:
     return [c.status for c in checks if c.name == name]
 
 
-def test_missing_config_file_fails(tmp_path: Path, clean_env: None) -> None:
+@pytest.mark.usefixtures("clean_env")
+def test_missing_config_file_fails(tmp_path: Path) -> None:
     loaded = configuration.load(str(tmp_path / "nope.yaml"))
     (check,) = [c for c in loaded.checks if c.name == "config.file"]
-    assert check.status == FAIL and "not found" in check.detail and check.fix
+    assert check.status == FAIL
+    assert "not found" in check.detail
+    assert check.fix
 
 
+@pytest.mark.usefixtures("clean_env")
 def test_config_file_from_environment_missing_fails(
-    tmp_path: Path, clean_env: None, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("LMCACHE_CONFIG_FILE", str(tmp_path / "gone.yaml"))
     loaded = configuration.load(None)
     (check,) = [c for c in loaded.checks if c.name == "config.file"]
-    assert check.status == FAIL and "LMCACHE_CONFIG_FILE" in check.detail
+    assert check.status == FAIL
+    assert "LMCACHE_CONFIG_FILE" in check.detail
 
 
 @pytest.mark.parametrize(
-    "content, reason",
+    ("content", "reason"),
     [("a: [1, 2\n", "not valid YAML"), ("- 1\n- 2\n", "mapping"), (b"\xff\xfe\x00", "UTF-8")],
 )
-def test_unreadable_config_file_fails(
-    tmp_path: Path, clean_env: None, content: str | bytes, reason: str
-) -> None:
+@pytest.mark.usefixtures("clean_env")
+def test_unreadable_config_file_fails(tmp_path: Path, content: str | bytes, reason: str) -> None:
     path = tmp_path / "c.yaml"
     if isinstance(content, bytes):
         path.write_bytes(content)
@@ -191,16 +202,19 @@ def test_unreadable_config_file_fails(
         path.write_text(content)
     loaded = configuration.load(str(path))
     (check,) = [c for c in loaded.checks if c.name == "config.file"]
-    assert check.status == FAIL and reason in check.detail
+    assert check.status == FAIL
+    assert reason in check.detail
 
 
-def test_config_directory_instead_of_file_fails(tmp_path: Path, clean_env: None) -> None:
+@pytest.mark.usefixtures("clean_env")
+def test_config_directory_instead_of_file_fails(tmp_path: Path) -> None:
     loaded = configuration.load(str(tmp_path))
     assert _statuses(loaded.checks, "config.file") == [FAIL]
 
 
+@pytest.mark.usefixtures("clean_env")
 def test_every_bad_value_is_reported_and_good_values_still_apply(
-    tmp_path: Path, clean_env: None, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = _write_config(
         tmp_path / "c.yaml",
@@ -225,8 +239,9 @@ def test_every_bad_value_is_reported_and_good_values_still_apply(
     assert loaded.config.get("chunk_size") == 256  # the default, since the file's is bad
 
 
+@pytest.mark.usefixtures("clean_env")
 def test_unknown_keys_and_variables_warn_with_suggestion(
-    tmp_path: Path, clean_env: None, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = _write_config(tmp_path / "c.yaml", {"max_local_cpu_sise": 1, "totally_new": 1})
     monkeypatch.setenv("LMCACHE_CHUNKSIZE", "256")
@@ -238,7 +253,8 @@ def test_unknown_keys_and_variables_warn_with_suggestion(
     assert not any(c.status == FAIL for c in loaded.checks)
 
 
-def test_secrets_never_in_config_messages(tmp_path: Path, clean_env: None) -> None:
+@pytest.mark.usefixtures("clean_env")
+def test_secrets_never_in_config_messages(tmp_path: Path) -> None:
     cfg = _write_config(
         tmp_path / "c.yaml",
         {
@@ -256,10 +272,12 @@ def test_secrets_never_in_config_messages(tmp_path: Path, clean_env: None) -> No
     report.add(tiers.check_tiers(loaded.config))
     assert set(loaded.secrets) == {PASSWORD, API_KEY, PASSWORD + "-valkey"}
     for out in (doctor.render_text(report), doctor.render_json(report)):
-        assert PASSWORD not in out and API_KEY not in out
+        assert PASSWORD not in out
+        assert API_KEY not in out
     # the masking is the configuration's own, not only the scrubbing
     raw = " ".join(c.detail for c in report.checks) + json.dumps(report.config)
-    assert PASSWORD not in raw and API_KEY not in raw
+    assert PASSWORD not in raw
+    assert API_KEY not in raw
 
 
 # -- tiers -------------------------------------------------------------------------------------
@@ -273,30 +291,39 @@ def test_disk_directory_under_a_file_fails(tmp_path: Path) -> None:
     afile = tmp_path / "afile"
     afile.write_text("x")
     check = tiers.check_disk_tier(_config(local_disk=str(afile / "kv"), max_local_disk_size=0.01))
-    assert check is not None and check.status == FAIL
-    assert "is not a directory" in check.detail and check.fix
+    assert check is not None
+    assert check.status == FAIL
+    assert "is not a directory" in check.detail
+    assert check.fix
 
 
 def test_disk_path_that_is_a_file_fails(tmp_path: Path) -> None:
     afile = tmp_path / "afile"
     afile.write_text("x")
     check = tiers.check_disk_tier(_config(local_disk=str(afile), max_local_disk_size=0.01))
-    assert check is not None and check.status == FAIL and "not a directory" in check.detail
+    assert check is not None
+    assert check.status == FAIL
+    assert "not a directory" in check.detail
 
 
 def test_disk_too_small_for_max_local_disk_size_fails(tmp_path: Path) -> None:
     check = tiers.check_disk_tier(_config(local_disk=str(tmp_path), max_local_disk_size=900_000))
-    assert check is not None and check.status == FAIL
+    assert check is not None
+    assert check.status == FAIL
     assert "lower max_local_disk_size" in check.fix
 
 
 def test_disk_writable_and_not_yet_created(tmp_path: Path) -> None:
     check = tiers.check_disk_tier(_config(local_disk=str(tmp_path), max_local_disk_size=0.001))
-    assert check is not None and check.status == OK and "writable" in check.detail
+    assert check is not None
+    assert check.status == OK
+    assert "writable" in check.detail
     assert list(tmp_path.iterdir()) == []  # the probe file is gone
     later = tmp_path / "a" / "b"
     check = tiers.check_disk_tier(_config(local_disk=str(later), max_local_disk_size=0.001))
-    assert check is not None and check.status == OK and "does not exist yet" in check.detail
+    assert check is not None
+    assert check.status == OK
+    assert "does not exist yet" in check.detail
     assert not (tmp_path / "a").exists()
 
 
@@ -309,8 +336,10 @@ def test_redis_unreachable_fails() -> None:
     check = tiers.check_remote_tier(
         _config(remote_url=f"redis://127.0.0.1:{port}/0", blocking_timeout_secs=2)
     )
-    assert check is not None and check.status == FAIL
-    assert "ConnectionError" in check.detail and f"127.0.0.1:{port}" in check.detail
+    assert check is not None
+    assert check.status == FAIL
+    assert "ConnectionError" in check.detail
+    assert f"127.0.0.1:{port}" in check.detail
     assert "start the store" in check.fix
 
 
@@ -318,25 +347,31 @@ def test_redis_unreachable_fails() -> None:
 def test_redis_wrong_password_fails_without_echoing_it(redis_user: str) -> None:
     url = redis_user.replace(PASSWORD, "not-the-" + PASSWORD)
     check = tiers.check_remote_tier(_config(remote_url=url, blocking_timeout_secs=2))
-    assert check is not None and check.status == FAIL
+    assert check is not None
+    assert check.status == FAIL
     assert "AuthenticationError" in check.detail
-    assert PASSWORD not in check.detail and "doctor:***@" in check.detail
+    assert PASSWORD not in check.detail
+    assert "doctor:***@" in check.detail
 
 
 @pytest.mark.redis
 def test_redis_reachable_ok(redis_url: str) -> None:
     check = tiers.check_remote_tier(_config(remote_url=redis_url))
-    assert check is not None and check.status == OK and "read back intact" in check.detail
+    assert check is not None
+    assert check.status == OK
+    assert "read back intact" in check.detail
 
 
 def test_fs_remote_ok_and_under_a_file_fails(tmp_path: Path) -> None:
     check = tiers.check_remote_tier(_config(remote_url=f"fs://{tmp_path / 'shared'}"))
-    assert check is not None and check.status == OK
+    assert check is not None
+    assert check.status == OK
     assert list((tmp_path / "shared").iterdir()) == []  # probe chunk deleted
     afile = tmp_path / "afile"
     afile.write_text("x")
     check = tiers.check_remote_tier(_config(remote_url=f"fs://{afile / 'shared'}"))
-    assert check is not None and check.status == FAIL
+    assert check is not None
+    assert check.status == FAIL
 
 
 def test_admin_port_in_use_fails() -> None:
@@ -350,9 +385,11 @@ def test_admin_port_in_use_fails() -> None:
             _config(internal_api_server_enabled=True, internal_api_server_port_start=port - 1)
         )
         unused = tiers.check_admin_port(_config(internal_api_server_port_start=port - 1))
-    assert explicit.status == FAIL and f"127.0.0.1:{port} in use" in explicit.detail
+    assert explicit.status == FAIL
+    assert f"127.0.0.1:{port} in use" in explicit.detail
     assert "ss -ltnp" in explicit.fix
-    assert enabled.status == FAIL and "worker 0" in enabled.detail
+    assert enabled.status == FAIL
+    assert "worker 0" in enabled.detail
     assert unused.status == WARN  # the admin API is off in vLLM; only serve would use it
     free = tiers.check_admin_port(_config(), port)
     assert free.status == OK
@@ -360,7 +397,8 @@ def test_admin_port_in_use_fails() -> None:
 
 def test_admin_port_unbindable_host_fails() -> None:
     check = tiers.check_admin_port(_config(internal_api_server_host="192.0.2.1"), _free_port())
-    assert check.status == FAIL and "cannot be bound" in check.detail
+    assert check.status == FAIL
+    assert "cannot be bound" in check.detail
 
 
 # -- GPU, extension, CPU ------------------------------------------------------------------------
@@ -371,7 +409,9 @@ def test_kernel_launch_failure_is_a_fail() -> None:
     # the cache (as a CUDA launch error would surface): the path from exception to FAIL line is
     # the one a GPU failure takes. The succeeding path runs on the CPU against itself.
     check = system.kernel_launch_check(torch.device("meta"))
-    assert check.status == FAIL and "paged_kv_gather did not run" in check.detail and check.fix
+    assert check.status == FAIL
+    assert "paged_kv_gather did not run" in check.detail
+    assert check.fix
     assert system.kernel_launch_check(torch.device("cpu")).status == OK
 
 
@@ -385,11 +425,12 @@ def test_gpu_line_says_when_there_is_none() -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: covered by test_kernel_launch_on_gpu_ok")
     (check,) = system.check_gpu()
-    assert check.status == OK and check.detail.startswith("no GPU visible to torch")
+    assert check.status == OK
+    assert check.detail.startswith("no GPU visible to torch")
 
 
 @pytest.mark.parametrize(
-    "cap, archs, expected",
+    ("cap", "archs", "expected"),
     [
         ((9, 0), ["80", "90"], "sass"),
         ((8, 6), ["80-real"], "sass"),
@@ -411,9 +452,11 @@ def test_extension_line_reports_cuda_archs() -> None:
     assert check.status in (OK, FAIL)
     assert isinstance(_native.C.CUDA_ARCHS, str)
     if _native.HAS_CUDA:
-        assert system.cuda_archs() and all(a in check.detail for a in system.cuda_archs())
+        assert system.cuda_archs()
+        assert all(a in check.detail for a in system.cuda_archs())
     else:
-        assert system.cuda_archs() == [] and "no CUDA kernels" in check.detail
+        assert system.cuda_archs() == []
+        assert "no CUDA kernels" in check.detail
 
 
 def test_cpu_isa_warns_when_copies_are_forced_to_sse2() -> None:
@@ -427,7 +470,8 @@ def test_cpu_isa_warns_when_copies_are_forced_to_sse2() -> None:
         check = system.check_cpu_isa(flags)
     finally:
         copy_set_isa(before)
-    assert check.status == WARN and "LMC_COPY_ISA" in check.fix
+    assert check.status == WARN
+    assert "LMC_COPY_ISA" in check.fix
 
 
 def test_cpu_flags_parse(tmp_path: Path) -> None:
@@ -472,10 +516,12 @@ def test_report_exit_code_and_render() -> None:
     report.add(doctor.Check("c", FAIL, "bad", "do y"))
     assert report.exit_code == 1
     text = doctor.render_text(report)
-    assert "s3cret" not in text and "meh ***" in text and "fix: do y" in text
+    assert "s3cret" not in text
+    assert "meh ***" in text
+    assert "fix: do y" in text
     assert text.splitlines()[-1] == "FAIL: 1 OK, 1 WARN, 1 FAIL"
     assert json.loads(doctor.render_json(report))["counts"] == {OK: 1, WARN: 1, FAIL: 1}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="status must be one of"):
         doctor.Check("d", "MAYBE", "x")
 
 
@@ -503,6 +549,7 @@ def test_cluster_nodes_pinged_and_a_dead_node_fails(own_cluster: RedisClusterSer
     checks = tiers.check_tiers(config)
     dead = f"tier.remote.node[127.0.0.1:{own_cluster.ports[1]}]"
     status = {c.name: c for c in checks}
-    assert status[dead].status == FAIL and "does not answer PING" in status[dead].detail
+    assert status[dead].status == FAIL
+    assert "does not answer PING" in status[dead].detail
     others = [f"tier.remote.node[127.0.0.1:{own_cluster.ports[i]}]" for i in (0, 2)]
     assert all(status[n].status == OK for n in others)

@@ -57,12 +57,18 @@ class FreshVenv:
 
 
 def _build_wheel(out: Path) -> Path:
-    """A wheel of this checkout (CPU kernels only), built with the running venv's build tools in
-    a build tree of its own (the development install's tree under build/ stays as it is)."""
+    """A wheel of this checkout (CPU kernels only).
+
+    Built with the running venv's build tools in a build tree of its own (the development install's
+    tree under build/ stays as it is).
+    """
     env = dict(os.environ, LMC_CUDA="OFF")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
-        + ["-C", f"build-dir={out / 'build'}", "-w", str(out), str(ROOT)],
+        [
+            sys.executable,
+            *("-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"),
+            *("-C", f"build-dir={out / 'build'}", "-w", str(out), str(ROOT)),
+        ],
         env=env,
         check=True,
         timeout=900,

@@ -8,10 +8,9 @@ from lmcache_native.api.controllers.cache import CacheController
 from lmcache_native.api.controllers.chunk_statistics import ChunkStatisticsController
 from lmcache_native.api.controllers.configuration import ConfigurationController
 from lmcache_native.api.controllers.dashboard import DashboardController
-from lmcache_native.api.controllers.freeze import FreezeController
-from lmcache_native.api.controllers.hot_cache import HotCacheController
 from lmcache_native.api.controllers.lmcache_common import LMCacheCommonController
 from lmcache_native.api.controllers.observability import ObservabilityController
+from lmcache_native.api.controllers.switches import FreezeController, HotCacheController
 from lmcache_native.api.controllers.version import VersionController
 
 CONTROLLERS = (

@@ -10,8 +10,9 @@ from typing import Any
 
 from litestar import Controller, get
 from lmcache_native.api.deps import EngineDep
-from lmcache_native.api.errors import error_responses
 from lmcache_native.api.schemas import BackendInfo
+
+from ..routes import route
 
 
 def _tier_healthy(tier: Any, stats: dict[str, int]) -> bool:
@@ -50,17 +51,13 @@ def backend_infos(engine: EngineDep) -> dict[str, BackendInfo]:
 class BackendsController(Controller):
     """LMCache's backend listing."""
 
-    tags = ["backends"]
+    tags = ("backends",)
 
-    @get(
-        "/backends",
-        summary="List Storage Backends",
-        sync_to_thread=True,
-        responses=error_responses(503),
-        opt={"error_title": "Failed to list backends"},
-    )
+    @route(get, "/backends", "List Storage Backends", 503, error_title="Failed to list backends")
     def list_backends(self, engine: EngineDep) -> dict[str, BackendInfo]:
-        """Every storage tier, in lookup order, by name: its class (``type``, LMCache's value),
-        capacity and bytes used (0 capacity: unbounded or unknown), entries, health, whether
-        it is bypassed, and its counters."""
+        """Every storage tier, in lookup order, by name.
+
+        Each has its class (``type``, LMCache's value), capacity and bytes used (0 capacity:
+        unbounded or unknown), entries, health, whether it is bypassed, and its counters.
+        """
         return backend_infos(engine)

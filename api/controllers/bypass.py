@@ -2,37 +2,52 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from litestar import Controller, get, put
 from litestar.params import Parameter
 from lmcache_native.api.deps import EngineDep
-from lmcache_native.api.errors import bad_request, error_responses
+from lmcache_native.api.errors import bad_request
 from lmcache_native.api.schemas import BypassAddResult, BypassList, BypassRemoveResult
+
+from ..routes import route
 
 BackendName = Annotated[
     str, Parameter(description="A backend name from /bypass/list.", schema_extra={"minLength": 1})
 ]
 
 
-def _require_name(backend_name: str) -> str:
+def _change(
+    engine: EngineDep, change: Callable[[str], object], backend_name: str
+) -> tuple[str, bool, list[str]]:
+    """Adds or removes ``backend_name``: the name, whether it was bypassed, the bypassed now.
+
+    Raises:
+        ApiError: 400 when ``backend_name`` is empty.
+    """
     if not backend_name:
         raise bad_request("Missing parameter", "backend_name is required")
-    return backend_name
+    was = bool(change(backend_name))
+    return backend_name, was, list(engine.bypassed_backends())
+
+
+def _change_route(path: str, summary: str, error_title: str) -> Callable[[Any], Any]:
+    """The route of ``/bypass/add`` and ``/bypass/remove``.
+
+    They answer 400 without a name and 503 without an engine.
+    """
+    return route(put, path, summary, 400, 503, error_title=error_title)
 
 
 class BypassController(Controller):
     """A bypassed storage backend is skipped by contains/put/get."""
 
     path = "/bypass"
-    tags = ["bypass"]
+    tags = ("bypass",)
 
-    @get(
-        "/list",
-        summary="List Bypassed Backends",
-        sync_to_thread=True,
-        responses=error_responses(503),
-        opt={"error_title": "Failed to list bypassed backends"},
+    @route(
+        get, "/list", "List Bypassed Backends", 503, error_title="Failed to list bypassed backends"
     )
     def list_backends(self, engine: EngineDep) -> BypassList:
         """Bypassed backends and every backend name."""
@@ -42,42 +57,16 @@ class BypassController(Controller):
             all_backends=list(engine.all_backends()),
         )
 
-    @put(
-        "/add",
-        summary="Add a Backend to Bypass List",
-        status_code=200,
-        sync_to_thread=True,
-        responses=error_responses(400, 503),
-        opt={"error_title": "Failed to add bypass backend"},
-    )
+    @_change_route("/add", "Add a Backend to Bypass List", "Failed to add bypass backend")
     def add(self, engine: EngineDep, backend_name: BackendName) -> BypassAddResult:
         """Bypasses a backend."""
-        name = _require_name(backend_name)
-        was = engine.bypass_add(name)
-        return BypassAddResult(
-            status="success",
-            backend_name=name,
-            bypassed=True,
-            was_already_bypassed=bool(was),
-            bypassed_backends=list(engine.bypassed_backends()),
-        )
+        name, was, after = _change(engine, engine.bypass_add, backend_name)
+        return BypassAddResult("success", name, True, was, after)
 
-    @put(
-        "/remove",
-        summary="Remove a Backend from Bypass List",
-        status_code=200,
-        sync_to_thread=True,
-        responses=error_responses(400, 503),
-        opt={"error_title": "Failed to remove bypass backend"},
+    @_change_route(
+        "/remove", "Remove a Backend from Bypass List", "Failed to remove bypass backend"
     )
     def remove(self, engine: EngineDep, backend_name: BackendName) -> BypassRemoveResult:
         """Restores a bypassed backend."""
-        name = _require_name(backend_name)
-        was = engine.bypass_remove(name)
-        return BypassRemoveResult(
-            status="success",
-            backend_name=name,
-            bypassed=False,
-            was_bypassed=bool(was),
-            bypassed_backends=list(engine.bypassed_backends()),
-        )
+        name, was, after = _change(engine, engine.bypass_remove, backend_name)
+        return BypassRemoveResult("success", name, False, was, after)

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import torch
 from litestar import Controller, delete, get, post
+from litestar.di import NamedDependency, Provide
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, Parameter
 from lmcache_native import ops
@@ -28,13 +29,15 @@ from lmcache_native.api.schemas import (
     RetrieveResult,
     StoreResult,
 )
+from lmcache_native.engine.slots import check_slot_mapping
 from lmcache_native.errors import LMCacheError
+
+from ..routes import optional, route
 
 # NOTE: at most 40 digits (int64 needs 19): int() of a longer digit string is refused by
 # Python's int_max_str_digits (ValueError) or costs quadratic time.
 _INT = re.compile(r"[+-]?[0-9]{1,40}", re.ASCII)
 _MAX_TOKEN_ID = (1 << 63) - 1
-_MAX_INVALID_SHOWN = 10
 
 # Patterns document the grammar in the OpenAPI document only (``schema_extra``); the handlers
 # parse the values themselves so that errors carry the spec's titles.
@@ -44,26 +47,20 @@ _SLOT_ITEM = r"([0-9]+|\[\s*[0-9]+\s*,\s*[0-9]+\s*\])"
 SLOT_MAPPING_PATTERN = rf"^\s*({_SLOT_ITEM}\s*)?(,\s*({_SLOT_ITEM}\s*)?)*$"
 _BOOL_TEXT = r"^\s*([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee])\s*$"
 
-_TOKENS_MOCK = Parameter(
-    default=None,
-    required=False,
-    description=(
+_TOKENS_MOCK = optional(
+    (
         'Two comma-separated numbers "start,end" (start < end): tokens start..end-1 at slots '
         "0..n-1. Give tokens_mock or tokens_input."
     ),
-    schema_extra={"pattern": _DIGITS_PAIR},
+    pattern=_DIGITS_PAIR,
 )
-_LOCATIONS = Parameter(
-    default=None,
-    required=False,
-    description="Tiers to clear (repeat the parameter); all tiers when omitted.",
-    schema_extra={"items": {"type": "string", "minLength": 1}},
+_LOCATIONS = optional(
+    "Tiers to clear (repeat the parameter); all tiers when omitted.",
+    items={"type": "string", "minLength": 1},
 )
-_TOKENS_INPUT = Parameter(
-    default=None,
-    required=False,
-    description="Comma-separated token ids, at slots 0..n-1. Give tokens_mock or tokens_input.",
-    schema_extra={"pattern": _DIGITS_LIST},
+_TOKENS_INPUT = optional(
+    "Comma-separated token ids, at slots 0..n-1. Give tokens_mock or tokens_input.",
+    pattern=_DIGITS_LIST,
 )
 
 
@@ -142,20 +139,32 @@ def parse_enabled(enabled: str) -> bool:
     raise bad_request("Invalid parameter", "enabled must be 'true' or 'false'")
 
 
+def _provide_tokens(
+    kv_engine: EngineDep,
+    tokens_mock: str | None = _TOKENS_MOCK,
+    tokens_input: str | None = _TOKENS_INPUT,
+) -> torch.Tensor:
+    """The ``tokens`` of ``/cache/store`` and ``/cache/retrieve``, from their query."""
+    return parse_tokens(tokens_mock, tokens_input, kv_engine.num_slots)
+
+
+def _first_slots(tokens: torch.Tensor) -> torch.Tensor:
+    """Slots ``0..n-1`` for ``n`` tokens: where the mock store/retrieve put them."""
+    return torch.arange(tokens.numel(), dtype=torch.int64)
+
+
+MockTokensDep = NamedDependency[torch.Tensor]
+_DEPENDENCIES = {"tokens": Provide(_provide_tokens, sync_to_thread=False)}
+
+
 class CacheController(Controller):
     """Operations on the cached KV data and on the registered KV cache."""
 
     path = "/cache"
-    tags = ["cache"]
+    tags = ("cache",)
+    dependencies = _DEPENDENCIES
 
-    @delete(
-        "/clear",
-        summary="Clear Cache",
-        status_code=200,
-        sync_to_thread=True,
-        responses=error_responses(400, 503),
-        opt={"error_title": "Failed to clear cache"},
-    )
+    @route(delete, "/clear", "Clear Cache", 400, 503, error_title="Failed to clear cache")
     def clear(
         self,
         engine: EngineDep,
@@ -164,7 +173,8 @@ class CacheController(Controller):
         """Removes cached chunks from the named tiers (all tiers when none is named).
 
         Names that are not tiers of this engine are skipped, as LMCache skips them, and listed
-        in ``unknown_locations``."""
+        in ``unknown_locations``.
+        """
         unknown: list[str] = []
         targets: list[str] | None = None
         if locations:
@@ -181,24 +191,10 @@ class CacheController(Controller):
             unknown_locations=unknown,
         )
 
-    @post(
-        "/store",
-        summary="Store KV Cache",
-        status_code=200,
-        sync_to_thread=True,
-        responses=error_responses(400, 503),
-        opt={"error_title": "Failed to store cache"},
-    )
-    def store(
-        self,
-        kv_engine: EngineDep,
-        tokens_mock: str | None = _TOKENS_MOCK,
-        tokens_input: str | None = _TOKENS_INPUT,
-    ) -> StoreResult:
+    @route(post, "/store", "Store KV Cache", 400, 503, error_title="Failed to store cache")
+    def store(self, kv_engine: EngineDep, tokens: MockTokensDep) -> StoreResult:
         """Stores the KV of slots 0..n-1 of the registered cache under the given tokens."""
-        tokens = parse_tokens(tokens_mock, tokens_input, kv_engine.num_slots)
-        slots = torch.arange(tokens.numel(), dtype=torch.int64)
-        result = kv_engine.store(tokens, slots)
+        result = kv_engine.store(tokens, _first_slots(tokens))
         return StoreResult(
             status="success",
             num_tokens=int(tokens.numel()),
@@ -207,36 +203,20 @@ class CacheController(Controller):
             reason=result.reason,
         )
 
-    @post(
-        "/retrieve",
-        summary="Retrieve KV Cache",
-        status_code=200,
-        sync_to_thread=True,
-        responses=error_responses(400, 503),
-        opt={"error_title": "Failed to retrieve cache"},
-    )
-    def retrieve(
-        self,
-        kv_engine: EngineDep,
-        tokens_mock: str | None = _TOKENS_MOCK,
-        tokens_input: str | None = _TOKENS_INPUT,
-    ) -> RetrieveResult:
+    @route(post, "/retrieve", "Retrieve KV Cache", 400, 503, error_title="Failed to retrieve cache")
+    def retrieve(self, kv_engine: EngineDep, tokens: MockTokensDep) -> RetrieveResult:
         """Loads the cached KV of the given tokens into slots 0..n-1 of the registered cache."""
-        tokens = parse_tokens(tokens_mock, tokens_input, kv_engine.num_slots)
-        slots = torch.arange(tokens.numel(), dtype=torch.int64)
-        result = kv_engine.retrieve(tokens, slots)
-        return RetrieveResult(
-            status="success",
-            num_tokens=int(tokens.numel()),
-            num_retrieved=int(result.num_retrieved),
-        )
+        result = kv_engine.retrieve(tokens, _first_slots(tokens))
+        return RetrieveResult("success", int(tokens.numel()), int(result.num_retrieved))
 
-    @get(
+    @route(
+        get,
         "/kvcache/check",
-        summary="KVCache Checksum",
-        sync_to_thread=True,
-        responses=error_responses(400, 414, 503),
-        opt={"error_title": "Failed to compute checksums"},
+        "KVCache Checksum",
+        400,
+        414,
+        503,
+        error_title="Failed to compute checksums",
     )
     def kvcache_check(
         self,
@@ -271,14 +251,8 @@ class CacheController(Controller):
             raise bad_request("Invalid slot_mapping format", str(exc)) from exc
         if slots.numel() == 0:
             raise bad_request("Invalid slot_mapping format", "slot_mapping contains no slots")
-        bad = slots[(slots < 0) | (slots >= num_slots)]
-        if bad.numel():
-            shown = bad[:_MAX_INVALID_SHOWN].tolist()
-            more = f" (and {bad.numel() - len(shown)} more)" if bad.numel() > len(shown) else ""
-            raise bad_request(
-                "Invalid slot indices",
-                f"Slot indices out of bounds: {shown}{more}. Valid range: 0 to {num_slots - 1}",
-            )
+        # InvalidSlotsError names the out-of-range slots; errors.py answers it 400.
+        slots = check_slot_mapping(slots, None, num_slots, allow_padding=False)
         # chunk_size beyond the slot count is one chunk; clamp so no huge value reaches C++.
         effective = min(int(chunk_size), int(slots.numel()))
         checksums = kv_engine.kv_checksums(slots, effective, layerwise)
@@ -300,22 +274,19 @@ class CacheController(Controller):
             layerwise=bool(layerwise),
         )
 
-    @post(
+    @route(
+        post,
         "/kvcache/record_slot",
-        summary="Toggle Slot Logging",
-        status_code=200,
-        sync_to_thread=True,
-        responses=error_responses(400, 503),
-        opt={"error_title": "Failed to set record slot status"},
+        "Toggle Slot Logging",
+        400,
+        503,
+        error_title="Failed to set record slot status",
     )
     def kvcache_record_slot(
         self,
         engine: EngineDep,
-        enabled: str | None = Parameter(
-            default=None,
-            required=False,
-            description='"true" or "false" (any case); omit to query the current status.',
-            schema_extra={"pattern": _BOOL_TEXT},
+        enabled: str | None = optional(
+            '"true" or "false" (any case); omit to query the current status.', pattern=_BOOL_TEXT
         ),
     ) -> RecordSlotResult:
         """Turns logging of store/retrieve slot mappings on or off, or reports it."""
@@ -325,12 +296,8 @@ class CacheController(Controller):
             status="success", kvcache_check_log_enabled=bool(engine.record_slot_enabled)
         )
 
-    @get(
-        "/kvcache/info",
-        summary="KVCache Information",
-        sync_to_thread=True,
-        responses=error_responses(503),
-        opt={"error_title": "Failed to get kvcache info"},
+    @route(
+        get, "/kvcache/info", "KVCache Information", 503, error_title="Failed to get kvcache info"
     )
     def kvcache_info(self, kv_engine: EngineDep) -> KVCacheInfo:
         """Layers of the registered KV cache: shape, dtype, device."""
@@ -345,11 +312,11 @@ class CacheController(Controller):
         }
         return KVCacheInfo(status="success", num_layers=int(info["num_layers"]), layers=layers)
 
-    @post(
+    @route(
+        post,
         "/load-fs-chunks",
-        summary="Load FS Chunks",
-        status_code=200,
-        sync_to_thread=True,
+        "Load FS Chunks",
+        error_title="Failed to load chunks from FSConnector",
         tags=["cache-management"],
         responses=error_responses(
             413,
@@ -361,7 +328,6 @@ class CacheController(Controller):
                 generate_examples=False,
             ),
         ),
-        opt={"error_title": "Failed to load chunks from FSConnector"},
     )
     def load_fs_chunks(
         self, engine: EngineDep, data: JSONBody[LoadFsChunksRequest]

@@ -7,8 +7,10 @@ from typing import Any
 import msgspec
 from litestar import Controller, get, post
 from lmcache_native.api.deps import EngineDep
-from lmcache_native.api.errors import bad_request, error_responses
+from lmcache_native.api.errors import bad_request
 from lmcache_native.api.schemas import ChunkStatisticsStatus, StatusMessage
+
+from ..routes import route
 
 
 def _statistics(engine: EngineDep) -> Any:
@@ -18,62 +20,43 @@ def _statistics(engine: EngineDep) -> Any:
     return stats
 
 
+def _run(engine: EngineDep, action: str, message: str) -> StatusMessage:
+    """Calls the statistics' ``start``, ``stop`` or ``reset`` and answers ``message``."""
+    getattr(_statistics(engine), action)()
+    return StatusMessage(status="success", message=message)
+
+
 class ChunkStatisticsController(Controller):
     """Counts of total / unique chunks seen by lookups (``enable_chunk_statistics``)."""
 
     path = "/chunk_statistics"
-    tags = ["chunk-statistics"]
+    tags = ("chunk-statistics",)
 
-    @post(
-        "/start",
-        summary="Start Statistics",
-        status_code=200,
-        sync_to_thread=True,
-        responses=error_responses(400, 503),
-        opt={"error_title": "Failed to start"},
-    )
+    @route(post, "/start", "Start Statistics", 400, 503, error_title="Failed to start")
     def start(self, engine: EngineDep) -> StatusMessage:
         """Starts collecting."""
-        _statistics(engine).start()
-        return StatusMessage(status="success", message="Started")
+        return _run(engine, "start", "Started")
 
-    @post(
-        "/stop",
-        summary="Stop Statistics",
-        status_code=200,
-        sync_to_thread=True,
-        responses=error_responses(400, 503),
-        opt={"error_title": "Failed to stop"},
-    )
+    @route(post, "/stop", "Stop Statistics", 400, 503, error_title="Failed to stop")
     def stop(self, engine: EngineDep) -> StatusMessage:
-        """Stops collecting (the counts are kept)."""
-        _statistics(engine).stop()
-        return StatusMessage(status="success", message="Stopped")
+        """Stops collecting.
 
-    @post(
-        "/reset",
-        summary="Reset Statistics",
-        status_code=200,
-        sync_to_thread=True,
-        responses=error_responses(400, 503),
-        opt={"error_title": "Failed to reset"},
-    )
+        The counts are kept, and ``/chunk_statistics/status`` still shows them.
+        """
+        return _run(engine, "stop", "Stopped")
+
+    @route(post, "/reset", "Reset Statistics", 400, 503, error_title="Failed to reset")
     def reset(self, engine: EngineDep) -> StatusMessage:
         """Forgets every count."""
-        _statistics(engine).reset()
-        return StatusMessage(status="success", message="Reset")
+        return _run(engine, "reset", "Reset")
 
-    @get(
-        "/status",
-        summary="Statistics Status",
-        sync_to_thread=True,
-        responses=error_responses(400, 503),
-        opt={"error_title": "Failed to get status"},
-    )
+    @route(get, "/status", "Statistics Status", 400, 503, error_title="Failed to get status")
     def status(self, engine: EngineDep) -> ChunkStatisticsStatus:
-        """Current counts and the auto-exit settings (``enabled``/``is_collecting`` and
-        ``total_requests``/``requests`` are the same values under LMCache's and the spec's
-        names)."""
+        """Current counts and the auto-exit settings.
+
+        (``enabled``/``is_collecting`` and ``total_requests``/``requests`` are the same values under
+        LMCache's and the spec's names).
+        """
         status = dict(_statistics(engine).status())
         status["enabled"] = status["is_collecting"]
         status["total_requests"] = status["requests"]

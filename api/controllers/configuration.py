@@ -7,17 +7,15 @@ from typing import Annotated, Any
 from litestar import Controller, HttpMethod, Response, get, post, route
 from litestar.enums import RequestEncodingType
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Body, Parameter
+from litestar.params import Body
 from lmcache_native.api.deps import ConfigDep, EngineDep
 from lmcache_native.api.errors import ApiError, error_responses
 from lmcache_native.api.schemas import ConfUpdateError, ConfUpdateResult
 from lmcache_native.config import CONFIG_DEFINITIONS
 
-_NAMES = Parameter(
-    default=None,
-    required=False,
-    description="Comma-separated names to return (unknown names are left out).",
-)
+from ..routes import optional
+
+_NAMES = optional("Comma-separated names to return (unknown names are left out).")
 
 
 _MAX_KEYS_LISTED = 10
@@ -75,7 +73,7 @@ def _filter(values: dict[str, Any], names: list[str] | None) -> dict[str, Any]:
 class ConfigurationController(Controller):
     """Read and update the engine configuration; read the engine metadata."""
 
-    tags = ["configuration"]
+    tags = ("configuration",)
 
     @route("/conf", http_method=[HttpMethod.OPTIONS], include_in_schema=False, status_code=204)
     async def allow_conf(self) -> Response[None]:

@@ -1,5 +1,6 @@
-"""LMCache's common admin endpoints: ``/loglevel``, ``/threads``, ``/periodic-threads*`` and
-``/env``.
+"""LMCache's common admin endpoints.
+
+They are ``/loglevel``, ``/threads``, ``/periodic-threads*`` and ``/env``.
 
 Paths, parameters and successful answers follow LMCache's internal API server (text for
 ``/loglevel`` and ``/threads``, JSON for the others); errors use this API's
@@ -19,9 +20,11 @@ import msgspec
 from litestar import Controller, MediaType, Request, get, post
 from litestar.params import Parameter, PathParameter
 from lmcache_native.api.deps import EngineDep
-from lmcache_native.api.errors import ApiError, bad_request, error_responses
+from lmcache_native.api.errors import ApiError, bad_request
 from lmcache_native.stats.periodic import ThreadLevel
 from lmcache_native.stats.redact import redact_value
+
+from ..routes import optional, route
 
 LEVEL_NAMES = ("CRITICAL", "FATAL", "ERROR", "WARNING", "WARN", "INFO", "DEBUG", "NOTSET")
 """Level names ``/loglevel`` accepts (any case)."""
@@ -119,22 +122,16 @@ class LogLevelBody(msgspec.Struct, forbid_unknown_fields=True):
     level: str | None = None
 
 
-_LOGGER_NAME = Parameter(
-    default=None,
-    required=False,
-    description='A logger name ("root" for the root logger).',
-)
-_LEVEL = Parameter(
-    default=None,
-    required=False,
-    description=f"Level to set: {', '.join(LEVEL_NAMES)} (any case).",
-)
+_LOGGER_NAME = optional('A logger name ("root" for the root logger).')
+_LEVEL = optional(f"Level to set: {', '.join(LEVEL_NAMES)} (any case).")
 
 
 def format_threads(name: str | None, thread_id: int | None) -> str:
-    """Live threads with their stacks, as LMCache's text answer: one block per thread
-    (``Thread: <name> (id=<ident>)`` and its stack), then a summary."""
-    frames = sys._current_frames()  # noqa: SLF001 - the documented way to read other stacks
+    """Live threads with their stacks, as LMCache's text answer.
+
+    One block per thread (``Thread: <name> (id=<ident>)`` and its stack), then a summary.
+    """
+    frames = sys._current_frames()
     blocks: list[str] = []
     for t in threading.enumerate():
         if name and name.lower() not in t.name.lower():
@@ -152,39 +149,34 @@ def format_threads(name: str | None, thread_id: int | None) -> str:
 class LMCacheCommonController(Controller):
     """Log levels, threads, background threads and the environment (LMCache's common APIs)."""
 
-    tags = ["lmcache-common"]
+    tags = ("lmcache-common",)
 
-    @get(
-        "/loglevel",
-        summary="Get or Set Log Level",
-        media_type=MediaType.TEXT,
-        responses=error_responses(400, 404),
-    )
+    @route(get, "/loglevel", "Get or Set Log Level", 400, 404, media_type=MediaType.TEXT)
     async def get_loglevel(
         self,
         logger_name: str | None = _LOGGER_NAME,
         level: str | None = _LEVEL,
     ) -> str:
-        """No parameters: every logger and its level. ``logger_name``: that logger's level.
+        """Reads or sets log levels.
+
+        No parameters: every logger and its level. ``logger_name``: that logger's level.
         ``logger_name`` and ``level``: sets the level of the logger and of its handlers (this
-        GET changes state, as LMCache's does; ``POST /loglevel`` does the same)."""
+        GET changes state, as LMCache's does; ``POST /loglevel`` does the same).
+        """
         return _loglevel_answer(logger_name, level)
 
-    @post(
-        "/loglevel",
-        summary="Set Log Level",
-        media_type=MediaType.TEXT,
-        status_code=200,
-        responses=error_responses(400, 404, 415),
-    )
+    @route(post, "/loglevel", "Set Log Level", 400, 404, 415, media_type=MediaType.TEXT)
     async def post_loglevel(
         self,
         request: Request[Any, Any, Any],
         logger_name: str | None = _LOGGER_NAME,
         level: str | None = _LEVEL,
     ) -> str:
-        """Sets a logger's level from query parameters or a JSON body
-        ``{"logger_name": ..., "level": ...}`` (query parameters win)."""
+        """Sets a logger's level.
+
+        From query parameters or a JSON body ``{"logger_name": ..., "level": ...}`` (query
+        parameters win).
+        """
         raw = await request.body()
         if raw.strip():
             try:
@@ -197,45 +189,33 @@ class LMCacheCommonController(Controller):
             raise bad_request("Missing parameters", "level parameter is required")
         return _loglevel_answer(logger_name, level)
 
-    @get(
-        "/threads",
-        summary="Threads",
-        media_type=MediaType.TEXT,
-        responses=error_responses(400),
-    )
+    @route(get, "/threads", "Threads", 400, media_type=MediaType.TEXT)
     async def threads(
         self,
-        name: str | None = Parameter(
-            default=None, required=False, description="Keep threads whose name contains this."
-        ),
-        thread_id: int | None = Parameter(
-            default=None, required=False, description="Keep the thread with this ident."
-        ),
+        name: str | None = optional("Keep threads whose name contains this."),
+        thread_id: int | None = optional("Keep the thread with this ident."),
     ) -> str:
-        """Live threads of the process with their Python stacks, filtered by name (case-
-        insensitive substring) and/or thread id, then a ``Total threads`` summary."""
+        """Live threads of the process with their Python stacks.
+
+        Filtered by name (case-insensitive substring) and/or thread id, then a ``Total threads``
+        summary.
+        """
         return format_threads(name, thread_id)
 
-    @get(
-        "/periodic-threads",
-        summary="Periodic Threads",
-        sync_to_thread=True,
-        responses=error_responses(400, 503),
-    )
+    @route(get, "/periodic-threads", "Periodic Threads", 400, 503)
     def periodic_threads(
         self,
         engine: EngineDep,
-        level: str | None = Parameter(
-            default=None,
-            required=False,
-            description="Keep threads of this level: critical, high, medium, low.",
-        ),
+        level: str | None = optional("Keep threads of this level: critical, high, medium, low."),
         running_only: bool = Parameter(default=False, description="Keep running threads."),
         active_only: bool = Parameter(default=False, description="Keep active threads."),
     ) -> dict[str, Any]:
-        """The engine's background threads (storage writer, vLLM lookup server, chunk
-        statistics auto-exit check): a summary (total/running/active, by level) and each
-        thread's status (interval, last run, runs, failures, running, active, healthy)."""
+        """The engine's background threads.
+
+        The storage writer, the vLLM lookup server and the chunk statistics auto-exit check: a
+        summary (total/running/active, by level) and each thread's status (interval, last run,
+        runs, failures, running, active, healthy).
+        """
         registry = engine.background_threads
         statuses = registry.statuses()
         if level:
@@ -253,19 +233,14 @@ class LMCacheCommonController(Controller):
             statuses = [s for s in statuses if s["is_active"]]
         return {"summary": registry.summary(), "threads": statuses}
 
-    @get(
-        "/periodic-threads/{thread_name:str}",
-        summary="Periodic Thread",
-        sync_to_thread=True,
-        responses=error_responses(400, 404, 503),
-    )
+    @route(get, "/periodic-threads/{thread_name:str}", "Periodic Thread", 400, 404, 503)
     def periodic_thread(
         self,
         engine: EngineDep,
         thread_name: Annotated[str, PathParameter(description="A registered thread's name.")],
     ) -> dict[str, Any]:
         """One background thread's status."""
-        status = engine.background_threads.status(thread_name)
+        status: dict[str, Any] | None = engine.background_threads.status(thread_name)
         if status is None:
             known = ", ".join(engine.background_threads.names()) or "none"
             raise ApiError(
@@ -273,15 +248,13 @@ class LMCacheCommonController(Controller):
             )
         return status
 
-    @get(
-        "/periodic-threads-health",
-        summary="Periodic Threads Health",
-        sync_to_thread=True,
-        responses=error_responses(503),
-    )
+    @route(get, "/periodic-threads-health", "Periodic Threads Health", 503)
     def periodic_threads_health(self, engine: EngineDep) -> dict[str, Any]:
-        """``healthy`` is false when a critical or high thread is running but idle for more
-        than three intervals, or died without being stopped; those are listed."""
+        """Whether the background threads are healthy.
+
+        ``healthy`` is false when a critical or high thread is running but idle for more than three
+        intervals, or died without being stopped; those are listed.
+        """
         unhealthy = engine.background_threads.unhealthy()
         return {
             "healthy": not unhealthy,
@@ -289,11 +262,14 @@ class LMCacheCommonController(Controller):
             "unhealthy_threads": unhealthy,
         }
 
-    @get("/env", summary="Environment", responses=error_responses())
+    @route(get, "/env", "Environment")
     async def env(self) -> dict[str, str]:
-        """Allow-listed environment variables (``LMCACHE_*``, ``VLLM_*``, ``CUDA_*``, ``NCCL_*``,
+        """Allow-listed environment variables.
+
+        (``LMCACHE_*``, ``VLLM_*``, ``CUDA_*``, ``NCCL_*``,
         ``TORCH_*``, ``HF_*``, ``CUDA_VISIBLE_DEVICES``, ``PYTHONHASHSEED``, ...), sorted by
-        name. Values of names that look secret are ``***``; passwords in URLs are masked."""
+        name. Values of names that look secret are ``***``; passwords in URLs are masked.
+        """
         out: dict[str, str] = {}
         for key in sorted(os.environ):
             if key in ENV_NAMES or key.startswith(ENV_PREFIXES):

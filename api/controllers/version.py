@@ -1,16 +1,18 @@
-"""Version & Info: ``/lmc_version``, ``/commit_id``, ``/version``, ``/inference_info``,
-``/inference_version``."""
+"""Version & Info endpoints.
+
+``/lmc_version``, ``/commit_id``, ``/version``, ``/inference_info``, ``/inference_version``.
+"""
 
 from __future__ import annotations
 
 import importlib.metadata
 
 from litestar import Controller, MediaType, get
-from litestar.params import Parameter
 from lmcache_native import COMMIT_ID, VERSION
 from lmcache_native.api.deps import HostInfoDep, MaybeEngineDep
-from lmcache_native.api.errors import error_responses
 from lmcache_native.api.schemas import InferenceInfo, InferenceVersion
+
+from ..routes import optional, route
 
 
 def installed_vllm_version() -> str | None:
@@ -24,59 +26,43 @@ def installed_vllm_version() -> str | None:
 class VersionController(Controller):
     """Version strings of this package and of the inference framework."""
 
-    tags = ["version"]
+    tags = ("version",)
 
-    @get(
-        "/lmc_version",
-        summary="LMCache Version",
-        media_type=MediaType.TEXT,
-        responses=error_responses(),
-    )
+    @route(get, "/lmc_version", "LMCache Version", media_type=MediaType.TEXT)
     async def lmc_version(self) -> str:
         """The lmcache-native version string."""
-        return VERSION
+        return str(VERSION)
 
-    @get(
-        "/commit_id",
-        summary="LMCache Commit ID",
-        media_type=MediaType.TEXT,
-        responses=error_responses(),
-    )
+    @route(get, "/commit_id", "LMCache Commit ID", media_type=MediaType.TEXT)
     async def commit_id(self) -> str:
         """The git commit the package was built from ("NA" when unknown)."""
-        return COMMIT_ID
+        return str(COMMIT_ID)
 
-    @get(
-        "/version",
-        summary="Full Version Info",
-        media_type=MediaType.TEXT,
-        responses=error_responses(),
-    )
+    @route(get, "/version", "Full Version Info", media_type=MediaType.TEXT)
     async def version(self) -> str:
         """``<version>-<commit id>``."""
         return f"{VERSION}-{COMMIT_ID}"
 
-    @get("/inference_version", summary="vLLM Version", responses=error_responses())
+    @route(get, "/inference_version", "vLLM Version")
     async def inference_version(self) -> InferenceVersion:
         """The installed vLLM version (null when vLLM is not installed)."""
         return InferenceVersion(vllm_version=installed_vllm_version())
 
-    @get(
+    @route(
+        get,
         "/inference_info",
-        summary="Inference Information",
-        sync_to_thread=True,
-        responses=error_responses(400),
-        opt={"error_title": "Failed to get inference info"},
+        "Inference Information",
+        400,
+        error_title="Failed to get inference info",
     )
     def inference_info(
         self,
         maybe_engine: MaybeEngineDep,
         host_info: HostInfoDep,
-        format: str | None = Parameter(  # noqa: A002 - the spec's parameter name
-            default=None, required=False, description="Reserved for future use."
-        ),
+        format: str | None = optional("Reserved for future use."),
     ) -> InferenceInfo:
-        """vLLM and engine details: versions, engine metadata, KV cache, host details."""
+        """The vLLM and engine details: versions, engine metadata, KV cache, host details."""
+        del format  # the spec reserves the parameter; no format is defined yet
         engine_meta = kv = None
         if maybe_engine is not None:
             engine_meta = maybe_engine.metadata_dict()

@@ -9,9 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from common import format_table  # noqa: E402
+from lmcache_native.bench.report import format_table
 
 # Columns shown first when present; any other scalar field follows in first-seen order.
 _FIRST = ["bench", "layout", "dir", "tokens", "block", "MB"]
@@ -34,6 +32,7 @@ def load_rows(folder: Path) -> tuple[list[dict[str, object]], dict[str, object]]
 
 
 def main(argv: list[str]) -> int:
+    """Prints the table of the folder ``argv[0]``; returns the exit code."""
     if len(argv) != 1:
         print(__doc__, file=sys.stderr)
         return 2

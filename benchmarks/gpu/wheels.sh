@@ -5,8 +5,8 @@
 # not rbloom or redis, which the engine imports), into .whl/ (ignored by git). run.sh installs
 # them from there, offline, when the folder is carried along:
 #
-#   bash benchmarks/gpu/wheels.sh               # here, once: ~0.9 MB into .whl/
-#   (device) bash benchmarks/gpu/run.sh         # with .whl carried to the GPU machine
+#   bash benchmarks/gpu/wheels.sh               # on a machine with PyPI access: ~0.9 MB into .whl/
+#   bash benchmarks/gpu/run.sh                  # then on the GPU machine, .whl/ beside the checkout
 #
 # Environment: PY_VERSION (the GPU machine's Python, default 3.12).
 set -euo pipefail

@@ -46,12 +46,14 @@ Digests to_hex(const uint8_t* per_layer, int64_t num_layers, int64_t num_chunks)
   return out;
 }
 
-Digests kv_chunk_md5_cpu_py(const std::vector<int64_t>& layer_ptrs,
-                            const std::vector<int64_t>& layout_flat, int64_t slot_mapping,
-                            int64_t num_tokens, int64_t chunk_size) {
+void check_counts(int64_t num_tokens, int64_t chunk_size) {
   LMC_CHECK_ARG(chunk_size >= 1, "chunk_size must be >= 1, got ", chunk_size);
   LMC_CHECK_ARG(num_tokens >= 0, "num_tokens must be >= 0, got ", num_tokens);
-  const PagedKVLayout layout = layout_from_flat(layout_flat);
+}
+
+Digests kv_chunk_md5_cpu_py(const std::vector<int64_t>& layer_ptrs, const PagedKVLayout& layout,
+                            int64_t slot_mapping, int64_t num_tokens, int64_t chunk_size) {
+  check_counts(num_tokens, chunk_size);
   const int64_t num_layers = static_cast<int64_t>(layer_ptrs.size());
   const int64_t num_chunks = kv_chunk_md5_num_chunks(num_tokens, chunk_size);
   std::vector<const uint8_t*> ptrs(layer_ptrs.size());
@@ -70,27 +72,27 @@ Digests kv_chunk_md5_finish_py(int64_t per_layer, int64_t num_layers, int64_t nu
   return to_hex(as_ptr<const uint8_t>(per_layer), num_layers, num_chunks);
 }
 
-#ifdef LMC_WITH_CUDA
 void kv_chunk_md5_cuda_py(const std::vector<int64_t>& layer_ptrs, int64_t layer_ptrs_device,
-                          const std::vector<int64_t>& layout_flat, int64_t slot_mapping,
-                          int64_t num_tokens, int64_t chunk_size, int64_t workspace,
-                          int64_t per_layer, int64_t error, int64_t stream) {
-  LMC_CHECK_ARG(chunk_size >= 1, "chunk_size must be >= 1, got ", chunk_size);
-  LMC_CHECK_ARG(num_tokens >= 0, "num_tokens must be >= 0, got ", num_tokens);
-  const PagedKVLayout layout = layout_from_flat(layout_flat);
-  require_plain_on_device(layout, /*device=*/0, "kv_chunk_md5");
+                          const PagedKVLayout& layout, int64_t slot_mapping, int64_t num_tokens,
+                          int64_t chunk_size, int64_t workspace, int64_t per_layer, int64_t error,
+                          int64_t stream) {
+  check_counts(num_tokens, chunk_size);
+  require_plain_layout(layout, "kv_chunk_md5");
+#ifdef LMC_WITH_CUDA
   const int64_t num_layers = static_cast<int64_t>(layer_ptrs.size());
   std::vector<uint64_t> host_ptrs(layer_ptrs.begin(), layer_ptrs.end());
-  const bool vectorized =
-      kv_chunk_md5_cuda_vectorizable(layout, host_ptrs.data(), num_layers);
+  const bool vectorized = kv_chunk_md5_cuda_vectorizable(layout, host_ptrs.data(), num_layers);
   py::gil_scoped_release release;
-  LMC_CHECK_CUDA(launch_kv_chunk_md5(
-      as_ptr<const uint64_t>(layer_ptrs_device), num_layers, layout,
-      as_ptr<const int64_t>(slot_mapping), num_tokens, chunk_size, as_ptr<int64_t>(workspace),
-      as_ptr<uint8_t>(per_layer), as_ptr<int64_t>(error), vectorized,
-      reinterpret_cast<cudaStream_t>(static_cast<uintptr_t>(stream))));
-}
+  LMC_CHECK_CUDA(launch_kv_chunk_md5(as_ptr<const uint64_t>(layer_ptrs_device), num_layers, layout,
+                                     as_ptr<const int64_t>(slot_mapping), num_tokens, chunk_size,
+                                     as_ptr<int64_t>(workspace), as_ptr<uint8_t>(per_layer),
+                                     as_ptr<int64_t>(error), vectorized, as_stream(stream)));
+#else
+  (void)layer_ptrs, (void)layer_ptrs_device, (void)slot_mapping, (void)workspace;
+  (void)per_layer, (void)error, (void)stream;
+  throw_no_cuda("kv_chunk_md5");
 #endif
+}
 
 // Contiguous bytes of a Python buffer (bytes, bytearray, memoryview, contiguous arrays).
 std::pair<const uint8_t*, int64_t> buffer_bytes(const py::buffer& b, py::buffer_info& keep) {
@@ -128,17 +130,15 @@ void register_kv_chunk_md5(py::module_& m) {
         py::arg("slot_mapping"), py::arg("num_tokens"), py::arg("chunk_size"),
         "MD5 of every (chunk, layer) read from host paged caches; returns (per_layer, combined) "
         "lowercase hex. slot_mapping is the address of num_tokens int64 values.");
-  m.def("kv_chunk_md5_finish", &kv_chunk_md5_finish_py, py::arg("per_layer"),
-        py::arg("num_layers"), py::arg("num_chunks"),
+  m.def("kv_chunk_md5_finish", &kv_chunk_md5_finish_py, py::arg("per_layer"), py::arg("num_layers"),
+        py::arg("num_chunks"),
         "Hex strings and combined digests from host digests [num_layers, num_chunks, 16].");
-#ifdef LMC_WITH_CUDA
   m.def("kv_chunk_md5_cuda", &kv_chunk_md5_cuda_py, py::arg("layer_ptrs"),
         py::arg("layer_ptrs_device"), py::arg("layout"), py::arg("slot_mapping"),
         py::arg("num_tokens"), py::arg("chunk_size"), py::arg("workspace"), py::arg("per_layer"),
         py::arg("error"), py::arg("stream"),
         "Launches kv_chunk_md5 on stream; digests land in per_layer [num_layers, num_chunks, 16] "
         "(device), the first bad token index (or -1) in error [1] (device, pre-set to -1).");
-#endif
   m.def(
       "md5",
       [](const py::buffer& data) {

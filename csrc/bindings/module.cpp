@@ -8,6 +8,7 @@
 namespace py = pybind11;
 
 namespace lmc {
+void register_paged_kv_layout(py::module_& m);
 void register_slot_ranges(py::module_& m);
 void register_paged_kv_gather(py::module_& m);
 void register_paged_kv_scatter(py::module_& m);
@@ -38,6 +39,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_num_threads", &lmc::set_num_threads, py::arg("n"),
         "Sets the threads used by the CPU twins (>= 1).");
 
+  lmc::register_paged_kv_layout(m);
   lmc::register_slot_ranges(m);
   lmc::register_paged_kv_gather(m);
   lmc::register_paged_kv_scatter(m);

@@ -1,96 +1,49 @@
-// Binding of paged_kv_gather: argument checks, GIL release, CPU twin or CUDA launcher.
-// Tensors arrive as addresses; lmcache_native.ops.paged_kv_gather derives them from torch.
+// Binding of paged_kv_gather: paged caches -> chunk buffers (the store direction). Tensors
+// arrive as addresses; lmcache_native.ops.paged_kv_gather derives them from torch. The entry
+// points and their checks are copy_binding::register_copy's; this file supplies the kernels.
 #include "kernels/paged_kv_gather.h"
 
 #include <pybind11/pybind11.h>
-#include <pybind11/stl.h>
 
-#include "bindings/common.h"
-#include "bindings/paged_kv_copy_binding.h"
-
-namespace py = pybind11;
+#include "bindings/paged_kv_copy.h"
 
 namespace lmc {
 namespace {
 
-void paged_kv_gather(const std::vector<int64_t>& layer_ptrs, const std::vector<int64_t>& layout,
-                     int64_t slot_mapping, int64_t num_tokens, int64_t slot_elem_size,
-                     int64_t out, int64_t device, int64_t stream, int64_t scratch) {
-  const PagedKVLayout l = layout_from_flat(layout);
-  require_plain_on_device(l, device, "paged_kv_gather");
-  copy_binding::check_args(layer_ptrs, slot_mapping, num_tokens, slot_elem_size);
-  copy_binding::check_chunks({out}, {num_tokens}, num_tokens, "out");
-  if (num_tokens == 0) return;
-  const std::vector<void*> ptrs = copy_binding::to_ptrs(layer_ptrs);
-  const auto num_layers = static_cast<int64_t>(ptrs.size());
-  if (device < 0) {
-    py::gil_scoped_release release;
-    paged_kv_gather_cpu(ptrs.data(), num_layers, l, as_ptr<const void>(slot_mapping),
-                        slot_elem_size, num_tokens, as_ptr<void>(out));
-    return;
-  }
-#ifdef LMC_WITH_CUDA
-  copy_binding::run_on_device(device, stream, scratch, slot_mapping, slot_elem_size,
-                              l.num_slots(), [&](unsigned long long* bad_pos, cudaStream_t s) {
-    LMC_CHECK_CUDA(launch_paged_kv_gather(ptrs.data(), num_layers, l,
-                                          as_ptr<const void>(slot_mapping), slot_elem_size,
-                                          num_tokens, as_ptr<void>(out), bad_pos, s));
-  });
-#else
-  copy_binding::throw_no_cuda("paged_kv_gather", stream, scratch);
-#endif
-}
+using copy_binding::CopyArgs;
 
-void paged_kv_gather_chunks(const std::vector<int64_t>& layer_ptrs,
-                            const std::vector<int64_t>& layout, int64_t slot_mapping,
-                            int64_t num_tokens, int64_t slot_elem_size,
-                            const std::vector<int64_t>& out_ptrs,
-                            const std::vector<int64_t>& chunk_tokens, int64_t device,
-                            int64_t stream, int64_t scratch) {
-  const PagedKVLayout l = layout_from_flat(layout);
-  require_plain_on_device(l, device, "paged_kv_gather_chunks");
-  copy_binding::check_args(layer_ptrs, slot_mapping, num_tokens, slot_elem_size);
-  copy_binding::check_chunks(out_ptrs, chunk_tokens, num_tokens, "outs");
-  if (num_tokens == 0) return;
-  const std::vector<void*> ptrs = copy_binding::to_ptrs(layer_ptrs);
-  const std::vector<void*> outs = copy_binding::to_ptrs(out_ptrs);
-  const auto num_layers = static_cast<int64_t>(ptrs.size());
-  const auto num_chunks = static_cast<int64_t>(outs.size());
-  if (device < 0) {
-    py::gil_scoped_release release;
-    paged_kv_gather_chunks_cpu(ptrs.data(), num_layers, l, as_ptr<const void>(slot_mapping),
-                               slot_elem_size, num_tokens, outs.data(), chunk_tokens.data(),
-                               num_chunks);
-    return;
+struct GatherKernels {
+  static void cpu(const CopyArgs& a) {
+    paged_kv_gather_cpu(a.layers.data(), a.num_layers(), a.layout, a.slots, a.slot_elem_size,
+                        a.num_tokens, a.buffers[0]);
+  }
+  static void cpu_chunks(const CopyArgs& a) {
+    paged_kv_gather_chunks_cpu(a.layers.data(), a.num_layers(), a.layout, a.slots, a.slot_elem_size,
+                               a.num_tokens, a.buffers.data(), a.buffer_tokens.data(),
+                               a.num_buffers());
   }
 #ifdef LMC_WITH_CUDA
-  copy_binding::run_on_device(device, stream, scratch, slot_mapping, slot_elem_size,
-                              l.num_slots(), [&](unsigned long long* bad_pos, cudaStream_t s) {
-    LMC_CHECK_CUDA(launch_paged_kv_gather_chunks(
-        ptrs.data(), num_layers, l, as_ptr<const void>(slot_mapping), slot_elem_size, num_tokens,
-        outs.data(), chunk_tokens.data(), num_chunks, bad_pos, s));
-  });
-#else
-  copy_binding::throw_no_cuda("paged_kv_gather_chunks", stream, scratch);
+  static cudaError_t cuda(const CopyArgs& a, unsigned long long* bad_pos, cudaStream_t s) {
+    return launch_paged_kv_gather(a.layers.data(), a.num_layers(), a.layout, a.slots,
+                                  a.slot_elem_size, a.num_tokens, a.buffers[0], bad_pos, s);
+  }
+  static cudaError_t cuda_chunks(const CopyArgs& a, unsigned long long* bad_pos, cudaStream_t s) {
+    return launch_paged_kv_gather_chunks(a.layers.data(), a.num_layers(), a.layout, a.slots,
+                                         a.slot_elem_size, a.num_tokens, a.buffers.data(),
+                                         a.buffer_tokens.data(), a.num_buffers(), bad_pos, s);
+  }
 #endif
-}
+};
 
 }  // namespace
 
-void register_paged_kv_gather(py::module_& m) {
-  m.def("paged_kv_gather", &paged_kv_gather, py::arg("layer_ptrs"), py::arg("layout"),
-        py::arg("slot_mapping"), py::arg("num_tokens"), py::arg("slot_elem_size"), py::arg("out"),
-        py::arg("device"), py::arg("stream"), py::arg("scratch"),
-        "Paged caches -> chunk buffer [num_kv, num_layers, num_tokens, row]. Addresses only; "
-        "device -1 runs the CPU twin, else the CUDA kernel on `stream` with `scratch` an int64 "
-        "device word for the slot check. Raises IndexError for an out-of-range slot.");
-  m.def("paged_kv_gather_chunks", &paged_kv_gather_chunks, py::arg("layer_ptrs"),
-        py::arg("layout"), py::arg("slot_mapping"), py::arg("num_tokens"),
-        py::arg("slot_elem_size"), py::arg("out_ptrs"), py::arg("chunk_tokens"), py::arg("device"),
-        py::arg("stream"), py::arg("scratch"),
-        "Paged caches -> many chunk buffers in one call: out_ptrs[c] [num_kv, num_layers, "
-        "chunk_tokens[c], row] takes the next chunk_tokens[c] slots. Otherwise as "
-        "paged_kv_gather; ValueError when the counts do not add up to num_tokens.");
+void register_paged_kv_gather(pybind11::module_& m) {
+  copy_binding::register_copy_common(m);
+  copy_binding::register_copy<GatherKernels>(
+      m, "paged_kv_gather", "out", "outs",
+      "Paged caches -> out [num_kv, num_layers, num_tokens, row] (addresses).",
+      "Paged caches -> outs[c] [num_kv, num_layers, chunk_tokens[c], row], each the next "
+      "chunk_tokens[c] slots.");
 }
 
 }  // namespace lmc

@@ -64,16 +64,33 @@ class GcPause {
   bool was_enabled_;
 };
 
+// Visits the items of the compressed form of n contiguous int64 slots at address slots, in
+// order, as inclusive (first, last): a run of >= 3 consecutive values is one item, each value
+// of a shorter run an item (v, v). Returns the item count.
+// NOTE: a run's last value is start + (length - 1), never (start + length) - 1: a run ending at
+// INT64_MAX would overflow the latter.
+template <typename Visit>
+int64_t for_each_item(const int64_t* slots, int64_t n, Visit&& visit) {
+  return slot_ranges_runs(slots, n, [&](int64_t start, int64_t length) {
+    if (length >= 3) {
+      visit(start, start + (length - 1));
+    } else {
+      for (int64_t t = 0; t < length; ++t) visit(start + t, start + t);
+    }
+  });
+}
+
+int64_t count_items(const int64_t* slots, int64_t n) {
+  LMC_CHECK_ARG(n >= 0, "n must be >= 0, got ", n);
+  py::gil_scoped_release release;
+  return slot_ranges_runs(slots, n, [](int64_t, int64_t) {});
+}
+
 // Builds [int | [start, end]] from n contiguous int64 slots at address slots: one scan counts
 // the items, a second creates them (no buffer of runs in between).
 py::list compress_py(int64_t slots, int64_t n) {
-  LMC_CHECK_ARG(n >= 0, "n must be >= 0, got ", n);
   const int64_t* v = as_ptr<const int64_t>(slots);
-  int64_t num_items = 0;
-  {
-    py::gil_scoped_release release;
-    num_items = slot_ranges_runs(v, n, [](int64_t, int64_t) {});
-  }
+  const int64_t num_items = count_items(v, n);
   // NOTE: filled through the C API (PyList_SET_ITEM steals each reference); one list
   // allocation and one int object per item is the least Python work the result needs. The
   // cyclic GC is paused meanwhile: the new [start, end] lists would otherwise trigger
@@ -88,42 +105,32 @@ py::list compress_py(int64_t slots, int64_t n) {
     return o;
   };
   Py_ssize_t k = 0;
-  slot_ranges_runs(v, n, [&](int64_t start, int64_t length) {
-    if (length >= 3) {
-      PyObject* pair = PyList_New(2);
-      if (pair == nullptr) throw py::error_already_set();
-      PyList_SET_ITEM(list, k++, pair);
-      PyList_SET_ITEM(pair, 0, new_int(start));
-      PyList_SET_ITEM(pair, 1, new_int(start + length - 1));
-    } else {
-      for (int64_t t = 0; t < length; ++t) PyList_SET_ITEM(list, k++, new_int(start + t));
+  for_each_item(v, n, [&](int64_t first, int64_t last) {
+    if (first == last) {
+      PyList_SET_ITEM(list, k++, new_int(first));
+      return;
     }
+    PyObject* pair = PyList_New(2);
+    if (pair == nullptr) throw py::error_already_set();
+    PyList_SET_ITEM(list, k++, pair);
+    PyList_SET_ITEM(pair, 0, new_int(first));
+    PyList_SET_ITEM(pair, 1, new_int(last));
   });
   return out;
 }
 
-// The same items as compress_py as an int64 array [num_items, 2] of inclusive (start, end): a
-// run of >= 3 values is one row, each value of a shorter run a row (v, v). No Python object
-// per item, so the cost is two scans of the slots.
+// The same items as compress_py as an int64 array [num_items, 2] of inclusive (start, end), a
+// plain value v as (v, v). No Python object per item, so the cost is two scans of the slots.
 py::array_t<int64_t> compress_ranges_py(int64_t slots, int64_t n) {
-  LMC_CHECK_ARG(n >= 0, "n must be >= 0, got ", n);
   const int64_t* v = as_ptr<const int64_t>(slots);
-  int64_t num_items = 0;
-  {
-    py::gil_scoped_release release;
-    num_items = slot_ranges_runs(v, n, [](int64_t, int64_t) {});
-  }
+  const int64_t num_items = count_items(v, n);
   py::array_t<int64_t> out({static_cast<py::ssize_t>(num_items), py::ssize_t{2}});
   int64_t* dst = out.mutable_data();
   py::gil_scoped_release release;
-  slot_ranges_runs(v, n, [&](int64_t start, int64_t length) {
-    if (length >= 3) {
-      dst[0] = start;
-      dst[1] = start + length - 1;
-      dst += 2;
-    } else {
-      for (int64_t t = 0; t < length; ++t, dst += 2) dst[0] = dst[1] = start + t;
-    }
+  for_each_item(v, n, [&](int64_t first, int64_t last) {
+    dst[0] = first;
+    dst[1] = last;
+    dst += 2;
   });
   return out;
 }
@@ -134,17 +141,19 @@ void expand_cpu_py(int64_t ranges, int64_t num_ranges, int64_t slots, int64_t nu
                          num_slots);
 }
 
-#ifdef LMC_WITH_CUDA
 void expand_cuda_py(int64_t ranges, int64_t offsets, int64_t num_ranges, int64_t slots,
                     int64_t num_slots, int64_t stream) {
   LMC_CHECK_ARG(num_ranges >= 0 && num_slots >= 0, "num_ranges and num_slots must be >= 0");
+#ifdef LMC_WITH_CUDA
   py::gil_scoped_release release;
-  LMC_CHECK_CUDA(launch_slot_ranges_expand(
-      as_ptr<const int64_t>(ranges), as_ptr<const int64_t>(offsets), num_ranges,
-      as_ptr<int64_t>(slots), num_slots,
-      reinterpret_cast<cudaStream_t>(static_cast<uintptr_t>(stream))));
-}
+  LMC_CHECK_CUDA(launch_slot_ranges_expand(as_ptr<const int64_t>(ranges),
+                                           as_ptr<const int64_t>(offsets), num_ranges,
+                                           as_ptr<int64_t>(slots), num_slots, as_stream(stream)));
+#else
+  (void)ranges, (void)offsets, (void)slots, (void)stream;
+  throw_no_cuda("slot_ranges_expand");
 #endif
+}
 
 }  // namespace
 
@@ -169,12 +178,10 @@ void register_slot_ranges(py::module_& m) {
   m.def("slot_ranges_expand_cpu", &expand_cpu_py, py::arg("ranges"), py::arg("num_ranges"),
         py::arg("slots"), py::arg("num_slots"),
         "Expands [num_ranges, 2] inclusive ranges (host) into num_slots slots (host).");
-#ifdef LMC_WITH_CUDA
   m.def("slot_ranges_expand_cuda", &expand_cuda_py, py::arg("ranges"), py::arg("offsets"),
         py::arg("num_ranges"), py::arg("slots"), py::arg("num_slots"), py::arg("stream"),
         "Launches the expansion of [num_ranges, 2] ranges with exclusive offsets (device) into "
         "num_slots slots (device) on stream.");
-#endif
 }
 
 }  // namespace lmc

@@ -1,11 +1,10 @@
 """The only importer of the compiled module ``lmcache_native._C``.
 
-Everything else reaches the kernels through :mod:`lmcache_native.ops`.
+Everything else reaches the kernels through :mod:`lmcache_native.ops`. ``_C.pyi`` documents
+the compiled module's functions and types.
 """
 
 from __future__ import annotations
-
-from types import ModuleType
 
 _BUILD_HINT = (
     "lmcache_native._C is not built. Build it with `pip install .` (or "
@@ -14,15 +13,18 @@ _BUILD_HINT = (
 )
 
 try:
-    from lmcache_native import _C as _C_module
+    from lmcache_native import _C
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
     raise ImportError(f"{_BUILD_HINT} (import error: {exc})") from exc
 
-C: ModuleType = _C_module
+#: The compiled module (typed by ``_C.pyi``).
+C = _C
 HAS_CUDA: bool = bool(C.HAS_CUDA)
 VERSION: str = str(C.__version__)
 COMMIT_ID: str = str(C.COMMIT_ID)
 CudaError: type[RuntimeError] = C.CudaError
+#: The paged-KV layout as the kernels take it (``csrc/kernels/paged_kv_layout.h``).
+PagedKVLayout = C.PagedKVLayout
 
 
 def require_cuda(what: str) -> None:

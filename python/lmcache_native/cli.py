@@ -225,7 +225,7 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 2
     stop = threading.Event()
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}

@@ -21,6 +21,65 @@ LAYOUT = "flash_attn"
 DTYPE = torch.bfloat16
 
 
+#: Every endpoint of inference_apis.rst, then /metrics and /health, in the spec's order.
+SPEC_ENDPOINTS = [
+    ("get", "/lmc_version"),
+    ("get", "/commit_id"),
+    ("get", "/version"),
+    ("get", "/inference_info"),
+    ("get", "/inference_version"),
+    ("get", "/conf"),
+    ("post", "/conf"),
+    ("get", "/meta"),
+    ("delete", "/cache/clear"),
+    ("post", "/cache/store"),
+    ("post", "/cache/retrieve"),
+    ("get", "/cache/kvcache/check"),
+    ("post", "/cache/kvcache/record_slot"),
+    ("get", "/cache/kvcache/info"),
+    ("post", "/cache/load-fs-chunks"),
+    ("put", "/freeze/enable"),
+    ("put", "/freeze/disable"),
+    ("get", "/freeze/status"),
+    ("put", "/hot_cache/enable"),
+    ("put", "/hot_cache/disable"),
+    ("get", "/hot_cache/status"),
+    ("post", "/chunk_statistics/start"),
+    ("post", "/chunk_statistics/stop"),
+    ("post", "/chunk_statistics/reset"),
+    ("get", "/chunk_statistics/status"),
+    ("get", "/bypass/list"),
+    ("put", "/bypass/add"),
+    ("put", "/bypass/remove"),
+    ("get", "/metrics"),
+    ("get", "/health"),
+]
+
+#: A valid query for the endpoints that need one.
+EXAMPLE_QUERIES = {
+    "/cache/store": "tokens_mock=0,16",
+    "/cache/retrieve": "tokens_mock=0,16",
+    "/cache/kvcache/check": "slot_mapping=0&chunk_size=1",
+    "/bypass/add": "backend_name=LocalCPUBackend",
+    "/bypass/remove": "backend_name=LocalCPUBackend",
+}
+
+
+def with_example_query(path: str) -> str:
+    """``path`` plus its :data:`EXAMPLE_QUERIES` entry, if it has one."""
+    query = EXAMPLE_QUERIES.get(path)
+    return f"{path}?{query}" if query else path
+
+
+def spec_calls(*prefixes: str) -> list[tuple[str, str]]:
+    """``(method, path with example query)`` of the spec endpoints (those under ``prefixes``)."""
+    return [
+        (method, with_example_query(path))
+        for method, path in SPEC_ENDPOINTS
+        if not prefixes or path.startswith(prefixes)
+    ]
+
+
 def port_is_free(port: int) -> bool:
     """Whether ``port`` on 127.0.0.1 can be bound now (so nothing listens on it)."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -74,7 +133,8 @@ def assert_error(response: Any, status: int, error: str, message: str | None = N
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
     assert body["error"] == error, body
-    assert isinstance(body["message"], str) and body["message"], body
+    assert isinstance(body["message"], str), body
+    assert body["message"], body
     if message is not None:
         assert body["message"] == message, body
     assert "Traceback" not in response.text

@@ -5,44 +5,12 @@ from __future__ import annotations
 import hmac
 
 import pytest
-from api_testlib import assert_error, make_config
+from api_testlib import assert_error, make_config, spec_calls
 from lmcache_native.api import security
 
 KEY = "test-key-0123456789"
 
-ROUTES = [
-    ("get", "/lmc_version"),
-    ("get", "/commit_id"),
-    ("get", "/version"),
-    ("get", "/inference_info"),
-    ("get", "/inference_version"),
-    ("get", "/conf"),
-    ("post", "/conf"),
-    ("get", "/meta"),
-    ("delete", "/cache/clear"),
-    ("post", "/cache/store?tokens_mock=0,16"),
-    ("post", "/cache/retrieve?tokens_mock=0,16"),
-    ("get", "/cache/kvcache/check?slot_mapping=0&chunk_size=1"),
-    ("post", "/cache/kvcache/record_slot"),
-    ("get", "/cache/kvcache/info"),
-    ("post", "/cache/load-fs-chunks"),
-    ("put", "/freeze/enable"),
-    ("put", "/freeze/disable"),
-    ("get", "/freeze/status"),
-    ("put", "/hot_cache/enable"),
-    ("put", "/hot_cache/disable"),
-    ("get", "/hot_cache/status"),
-    ("post", "/chunk_statistics/start"),
-    ("post", "/chunk_statistics/stop"),
-    ("post", "/chunk_statistics/reset"),
-    ("get", "/chunk_statistics/status"),
-    ("get", "/bypass/list"),
-    ("put", "/bypass/add?backend_name=LocalCPUBackend"),
-    ("put", "/bypass/remove?backend_name=LocalCPUBackend"),
-    ("get", "/metrics"),
-    ("get", "/health"),
-    ("get", "/schema/openapi.json"),
-]
+ROUTES = [*spec_calls(), ("get", "/schema/openapi.json")]
 
 
 @pytest.fixture

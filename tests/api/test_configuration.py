@@ -123,7 +123,8 @@ def test_post_conf_body_schema_lists_mutable_keys(client):
         d, prop = CONFIG_DEFINITIONS[name], body["properties"][name]
         expected = [json_types[d.type], "null"] if d.optional else json_types[d.type]
         assert prop["type"] == expected, name
-        assert prop.get("minimum") == d.minimum and prop.get("maximum") == d.maximum, name
+        assert prop.get("minimum") == d.minimum, name
+        assert prop.get("maximum") == d.maximum, name
         assert prop["description"] == d.description
 
 
@@ -137,7 +138,8 @@ def test_meta_returns_engine_metadata(client, engine):
     body = client.get("/meta").json()
     assert body == engine.metadata_dict()
     assert body["model_name"] == "test-model"
-    assert body["worker_id"] == 0 and body["world_size"] == 1
+    assert body["worker_id"] == 0
+    assert body["world_size"] == 1
 
 
 def test_meta_names_filter(client):

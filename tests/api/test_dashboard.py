@@ -1,5 +1,8 @@
-"""The dashboard's static files: served without the key, strict headers, no inline code, no
-external resources, no unsafe DOM sinks, not in the OpenAPI document."""
+"""The dashboard's static files.
+
+Served without the key, strict headers, no inline code, no external resources, no unsafe DOM sinks,
+not in the OpenAPI document.
+"""
 
 from __future__ import annotations
 
@@ -57,7 +60,8 @@ def test_data_endpoints_still_need_the_key(secured):
     for path in ("/backends", "/metrics", "/meta", "/freeze/status", "/dashboard/other.js"):
         assert_error(secured.get(path), 401, "Unauthorized")
     ok = secured.get("/backends", headers={"Authorization": f"Bearer {KEY}"})
-    assert ok.status_code == 200 and "LocalCPUBackend" in ok.json()
+    assert ok.status_code == 200
+    assert "LocalCPUBackend" in ok.json()
 
 
 def test_dashboard_is_not_in_the_openapi_document():

@@ -1,5 +1,6 @@
-"""The dashboard in a real browser: Playwright driving Debian's Chromium (headless) against real
-`lmcache-native serve` processes.
+"""The dashboard in a real browser.
+
+Playwright driving Debian's Chromium (headless) against real `lmcache-native serve` processes.
 
 Chromium's resolver maps ``attacker.example`` and ``dash.example`` to 127.0.0.1, which is what a
 DNS-rebinding attack achieves: the browser then sends those names as ``Host``.
@@ -46,13 +47,15 @@ def browser() -> Iterator[Browser]:
             b.close()
 
 
+def _stopped_cleanly(s: Served) -> Iterator[Served]:
+    """Yields the running server, then stops it and checks that it exited with status 0."""
+    yield s
+    assert s.stop() == 0
+
+
 @pytest.fixture(scope="module")
 def served() -> Iterator[Served]:
-    s = Served()
-    try:
-        yield s
-    finally:
-        assert s.stop() == 0
+    yield from _stopped_cleanly(Served())
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +66,7 @@ def secured_served() -> Iterator[Served]:
             "LMCACHE_INTERNAL_API_SERVER_ALLOWED_HOSTS": ALLOWED,
         }
     )
-    try:
-        yield s
-    finally:
-        assert s.stop() == 0
+    yield from _stopped_cleanly(s)
 
 
 class Watched:
@@ -113,7 +113,8 @@ def _text(page: Page, selector: str) -> str:
 def test_page_loads_without_errors_and_shows_the_tiers(served: Served, watched: Watched):
     page = watched.page
     response = page.goto(served.url + "/dashboard")
-    assert response is not None and response.status == 200
+    assert response is not None
+    assert response.status == 200
     _wait_live(page)
     backends = _api(served, "GET", "/backends").json()
     rows = page.locator("#tiers-body tr[data-tier]")
@@ -189,7 +190,8 @@ def test_checksum_form_matches_the_api(served: Served, watched: Watched):
         "chunk_checksums"
     ]
     shown = page.locator("#checksum-body tr td:last-child").all_inner_texts()
-    assert shown == expected and len(shown) == 2
+    assert shown == expected
+    assert len(shown) == 2
     page.fill("#slot-first", "10")
     page.fill("#slot-last", "5")
     page.click("#checksum-submit")
@@ -207,7 +209,8 @@ def test_api_key_is_asked_once_and_a_wrong_key_shows_the_401_message(
     page = watched.page
     # The configured name works like the loopback address.
     response = page.goto(f"http://{ALLOWED}:{secured_served.port}/dashboard")
-    assert response is not None and response.status == 200
+    assert response is not None
+    assert response.status == 200
     page.wait_for_selector("#auth:not([hidden])", timeout=WAIT_MS)
     assert "401" in _text(page, "#auth-message")
     page.fill("#api-key", "not-the-key")
@@ -217,7 +220,8 @@ def test_api_key_is_asked_once_and_a_wrong_key_shows_the_401_message(
         timeout=WAIT_MS,
     )
     message = _text(page, "#auth-message")
-    assert "401" in message and "Authorization: Bearer" in message
+    assert "401" in message
+    assert "Authorization: Bearer" in message
     assert page.locator("#main").is_hidden()
     page.fill("#api-key", KEY)
     page.click("#auth-submit")
@@ -231,7 +235,8 @@ def test_api_key_is_asked_once_and_a_wrong_key_shows_the_401_message(
 def test_a_foreign_host_is_refused(served: Served, watched: Watched):
     page = watched.page
     response = page.goto(f"http://{FOREIGN}:{served.port}/dashboard")
-    assert response is not None and response.status == 400
+    assert response is not None
+    assert response.status == 400
     assert response.json()["error"] == "Invalid Host header"
     # A script on the rebound origin cannot change the server either.
     status = page.evaluate("fetch('/freeze/enable', {method: 'PUT'}).then(r => r.status)")

@@ -89,17 +89,18 @@ def test_malformed_query_strings(client, query):
 
 
 def test_unexpected_exception_is_500_without_details(client, engine, monkeypatch):
-    def boom(enabled: bool) -> None:
+    def boom(_enabled: bool) -> None:
         raise RuntimeError("secret detail /etc/shadow")
 
     monkeypatch.setattr(engine, "freeze", boom)
     body = assert_error(client.put("/freeze/enable"), 500, "Failed to enable freeze mode")
-    assert "secret" not in body["message"] and "/etc/shadow" not in body["message"]
+    assert "secret" not in body["message"]
+    assert "/etc/shadow" not in body["message"]
     assert "RuntimeError" in body["message"]
 
 
 def test_unmapped_domain_error_is_500_with_message(client, engine, monkeypatch):
-    def fail(*args, **kwargs):
+    def fail(*_args, **_kwargs):
         raise LMCacheError("disk tier is not writable")
 
     monkeypatch.setattr(engine, "store", fail)
@@ -108,7 +109,7 @@ def test_unmapped_domain_error_is_500_with_message(client, engine, monkeypatch):
 
 
 def test_engine_invalid_slots_error_is_400(client, engine, monkeypatch):
-    def fail(*args, **kwargs):
+    def fail(*_args, **_kwargs):
         raise InvalidSlotsError("slot 5 is outside the cache")
 
     monkeypatch.setattr(engine, "kv_checksums", fail)
@@ -118,7 +119,7 @@ def test_engine_invalid_slots_error_is_400(client, engine, monkeypatch):
 
 
 def test_engine_no_kv_cache_error_is_503(client, engine, monkeypatch):
-    def fail(*args, **kwargs):
+    def fail(*_args, **_kwargs):
         raise NoKVCacheError()
 
     monkeypatch.setattr(engine, "retrieve", fail)
@@ -137,4 +138,5 @@ def test_every_error_shape_is_json_object_with_two_strings(client):
     for r in responses:
         assert 400 <= r.status_code < 500
         body = r.json()
-        assert isinstance(body.get("error"), str) and isinstance(body.get("message"), str), body
+        assert isinstance(body.get("error"), str), body
+        assert isinstance(body.get("message"), str), body

@@ -1,5 +1,8 @@
-"""LMCache's common admin endpoints: /backends, /loglevel, /threads, /periodic-threads*, /env,
-/metrics/reset, and the /meta fields LMCache has."""
+"""LMCache's common admin endpoints.
+
+/backends, /loglevel, /threads, /periodic-threads*, /env, /metrics/reset, and the /meta fields
+LMCache has.
+"""
 
 from __future__ import annotations
 
@@ -33,7 +36,8 @@ def test_backends_lists_each_tier_with_size_and_health(client):
     assert cpu["capacity_bytes"] > 0
     assert 0 < cpu["used_bytes"] <= cpu["capacity_bytes"]
     assert cpu["usage"] == cpu["used_bytes"] / cpu["capacity_bytes"]
-    assert cpu["healthy"] is True and cpu["health"] == "healthy"
+    assert cpu["healthy"] is True
+    assert cpu["health"] == "healthy"
     assert cpu["bypassed"] is False
     assert cpu["stats"]["puts"] == 4
 
@@ -107,7 +111,8 @@ def test_metrics_content_type_parses_strictly(client):
     assert msg.get_content_type() == "text/plain"
     params = [p.split("=", 1)[0].strip().lower() for p in raw.split(";")[1:]]
     assert sorted(params) == ["charset", "version"]  # each parameter once
-    assert msg.get_param("charset") == "utf-8" and msg.get_param("version") == "0.0.4"
+    assert msg.get_param("charset") == "utf-8"
+    assert msg.get_param("version") == "0.0.4"
 
 
 def test_lmcache_metric_names_types_and_labels(client):
@@ -197,7 +202,8 @@ def test_logger() -> Iterator[logging.Logger]:
         lg.setLevel(logging.NOTSET)
 
 
-def test_loglevel_lists_loggers(client, test_logger):
+@pytest.mark.usefixtures("test_logger")
+def test_loglevel_lists_loggers(client):
     r = client.get("/loglevel")
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain")
@@ -297,9 +303,11 @@ def test_threads_lists_live_threads_with_stacks(client):
         assert "in wait" in block
 
         by_name = client.get("/threads", params={"name": "ADMINAPI-PROBE"}).text
-        assert by_name.count("Thread: ") == 1 and "Total threads: 1" in by_name
+        assert by_name.count("Thread: ") == 1
+        assert "Total threads: 1" in by_name
         by_id = client.get("/threads", params={"thread_id": t.ident}).text
-        assert by_id.count("Thread: ") == 1 and "adminapi-probe-thread" in by_id
+        assert by_id.count("Thread: ") == 1
+        assert "adminapi-probe-thread" in by_id
         none = client.get("/threads", params={"name": "no-such-thread-name"}).text
         assert "Total threads: 0" in none
     finally:
@@ -323,8 +331,11 @@ def test_periodic_threads_lists_engine_threads(client):
     stats = next(t for t in body["threads"] if t["name"] == "chunk-statistics-auto-exit")
     assert stats["level"] == "low"
     assert stats["interval"] == 10.0
-    assert stats["is_running"] is True and stats["alive"] is True and stats["healthy"] is True
-    assert stats["total_runs"] >= 1 and stats["last_run_time"] > 0
+    assert stats["is_running"] is True
+    assert stats["alive"] is True
+    assert stats["healthy"] is True
+    assert stats["total_runs"] >= 1
+    assert stats["last_run_time"] > 0
     assert body["summary"]["total_count"] == len(names)
     assert body["summary"]["by_level"]["low"]["total"] == 1
     assert set(body["summary"]["by_level"]) == {"critical", "high", "medium", "low"}
@@ -340,9 +351,14 @@ def test_periodic_threads_with_writer(make_client, tmp_path):
         writer = c.get("/periodic-threads/lmcache-storage-writer")
         assert writer.status_code == 200, writer.text
         w = writer.json()
-        assert w["level"] == "high" and w["interval"] is None
-        assert w["is_running"] is True and w["is_active"] is True and w["healthy"] is True
-        assert w["total_runs"] == 2 and w["failed_runs"] == 0 and w["last_run_ago"] >= 0
+        assert w["level"] == "high"
+        assert w["interval"] is None
+        assert w["is_running"] is True
+        assert w["is_active"] is True
+        assert w["healthy"] is True
+        assert w["total_runs"] == 2
+        assert w["failed_runs"] == 0
+        assert w["last_run_ago"] >= 0
         assert w["thread_id"] is not None
         high = c.get("/periodic-threads", params={"level": "HIGH"}).json()["threads"]
         assert [t["name"] for t in high] == ["lmcache-storage-writer"]
@@ -355,7 +371,9 @@ def test_periodic_threads_with_writer(make_client, tmp_path):
         eng.close()
     # a closed engine's writer has stopped on purpose: not running, not unhealthy
     w = c.get("/periodic-threads/lmcache-storage-writer").json()
-    assert w["is_running"] is False and w["stopped"] is True and w["healthy"] is True
+    assert w["is_running"] is False
+    assert w["stopped"] is True
+    assert w["healthy"] is True
 
 
 def test_periodic_threads_health_reports_a_dead_thread(client, engine):
@@ -366,7 +384,8 @@ def test_periodic_threads_health_reports_a_dead_thread(client, engine):
         "test-dead-thread", ThreadLevel.CRITICAL, lambda: dead, RunStats
     )
     body = client.get("/periodic-threads-health").json()
-    assert body["healthy"] is False and body["unhealthy_count"] == 1
+    assert body["healthy"] is False
+    assert body["unhealthy_count"] == 1
     assert body["unhealthy_threads"][0]["name"] == "test-dead-thread"
     assert body["unhealthy_threads"][0]["level"] == "critical"
     fams = _families(client.get("/metrics").text)
@@ -402,8 +421,10 @@ def test_periodic_thread_records_failures():
     t.run_once()
     t.run_once()
     runs = t.run_stats()
-    assert runs.total_runs == 2 and runs.failed_runs == 1
-    assert runs.success is False and runs.message == "RuntimeError: boom"
+    assert runs.total_runs == 2
+    assert runs.failed_runs == 1
+    assert runs.success is False
+    assert runs.message == "RuntimeError: boom"
 
 
 # --- /env ------------------------------------------------------------------------------------
@@ -437,7 +458,8 @@ def test_env_allow_list_and_masking(client, monkeypatch):
     assert env["LMCACHE_CHUNK_SIZE"] == "256"
     assert env["CUDA_VISIBLE_DEVICES"] == "0,1"
     assert "NOT_ALLOWED_PLAIN" not in env
-    assert "MY_UNLISTED_SECRET" not in env and "DATABASE_URL" not in env
+    assert "MY_UNLISTED_SECRET" not in env
+    assert "DATABASE_URL" not in env
     for name in (
         "LMCACHE_INTERNAL_API_SERVER_API_KEY",
         "VLLM_API_KEY",
@@ -513,7 +535,8 @@ def test_meta_masks_connector_extra_config(make_client, config):
             "lmcache.api_key": "***",
             "lmcache.chunk_size": 256,
         }
-        assert "meta-pw-value" not in r.text and "meta-key-value" not in r.text
+        assert "meta-pw-value" not in r.text
+        assert "meta-key-value" not in r.text
     finally:
         eng.close()
 
@@ -522,11 +545,13 @@ def test_chunk_statistics_answers_both_names(client):
     client.post("/chunk_statistics/start")
     client.post("/cache/store?tokens_mock=0,64")
     body = client.get("/chunk_statistics/status").json()
-    assert body["enabled"] is True and body["is_collecting"] is True
+    assert body["enabled"] is True
+    assert body["is_collecting"] is True
     assert body["total_requests"] == body["requests"] == 1
     client.post("/chunk_statistics/stop")
     body = client.get("/chunk_statistics/status").json()
-    assert body["enabled"] is False and body["is_collecting"] is False
+    assert body["enabled"] is False
+    assert body["is_collecting"] is False
 
 
 # --- API key ---------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ def _slots(n):
 
 
 def test_load_fs_chunks_success(client, fs_store):
-    store, config_file = fs_store
+    _store, config_file = fs_store
     assert client.post("/cache/retrieve?tokens_mock=0,64").json()["num_retrieved"] == 0
     r = client.post("/cache/load-fs-chunks", json={"config_path": str(config_file)})
     assert r.status_code == 200, r.text
@@ -51,7 +51,8 @@ def test_load_fs_chunks_max_chunks(client, fs_store):
     r = client.post(
         "/cache/load-fs-chunks", json={"config_path": str(config_file), "max_chunks": 1}
     )
-    assert r.json()["loaded_chunks"] == 1 and r.json()["total_files"] == 4
+    assert r.json()["loaded_chunks"] == 1
+    assert r.json()["total_files"] == 4
 
 
 def test_load_fs_chunks_reports_corrupt_files(client, fs_store):
@@ -64,7 +65,8 @@ def test_load_fs_chunks_reports_corrupt_files(client, fs_store):
         "/cache/load-fs-chunks", json={"config_path": str(config_file), "max_failed_keys": 5}
     ).json()
     assert body["loaded_chunks"] == 3
-    assert body["failed_count"] == 1 and len(body["failed_keys"]) == 1
+    assert body["failed_count"] == 1
+    assert len(body["failed_keys"]) == 1
 
 
 def test_missing_file(client, tmp_path):

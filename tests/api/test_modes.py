@@ -3,40 +3,46 @@
 from __future__ import annotations
 
 import pytest
-from api_testlib import assert_error
+from api_testlib import assert_error, spec_calls
 
-# --- freeze ----------------------------------------------------------------------------------
+# --- freeze and hot cache ----------------------------------------------------------------------
 
 
-def test_freeze_cycle(client, engine):
-    r = client.get("/freeze/status")
-    assert r.json() == {"status": "success", "freeze": False, "message": "Freeze mode is disabled"}
-    r = client.put("/freeze/enable")
-    assert r.status_code == 200
-    assert r.json() == {
-        "status": "success",
-        "freeze": True,
-        "message": "Freeze mode enabled successfully",
-    }
-    assert engine.is_frozen is True
-    assert client.get("/freeze/status").json() == {
-        "status": "success",
-        "freeze": True,
-        "message": "Freeze mode is enabled",
-    }
-    r = client.put("/freeze/disable")
-    assert r.json() == {
-        "status": "success",
-        "freeze": False,
-        "message": "Freeze mode disabled successfully",
-    }
-    assert engine.is_frozen is False
+def _retrieved(client, store_first: bool = False) -> int:
+    """Tokens 0..31 retrieved (after storing them again when ``store_first``)."""
+    if store_first:
+        client.post("/cache/store?tokens_mock=0,32")
+    return client.post("/cache/retrieve?tokens_mock=0,32").json()["num_retrieved"]
+
+
+# path, body field, message label, engine attribute, state at start
+SWITCHES = [
+    ("/freeze", "freeze", "Freeze mode", "is_frozen", False),
+    ("/hot_cache", "hot_cache", "Hot cache", "hot_cache_enabled", True),
+]
+
+
+@pytest.mark.parametrize(("path", "field", "label", "attribute", "initial"), SWITCHES)
+def test_switch_cycle(client, engine, path, field, label, attribute, initial):
+    def body(on: bool, message: str) -> dict:
+        return {"status": "success", field: on, "message": message}
+
+    def state(on: bool) -> str:
+        return "enabled" if on else "disabled"
+
+    assert client.get(f"{path}/status").json() == body(initial, f"{label} is {state(initial)}")
+    for on in (not initial, initial):
+        r = client.put(f"{path}/{'enable' if on else 'disable'}")
+        assert r.status_code == 200
+        assert r.json() == body(on, f"{label} {state(on)} successfully")
+        assert getattr(engine, attribute) is on
+        assert client.get(f"{path}/status").json() == body(on, f"{label} is {state(on)}")
 
 
 def test_freeze_keeps_cpu_hits(client):
     client.post("/cache/store?tokens_mock=0,32")
     client.put("/freeze/enable")
-    assert client.post("/cache/retrieve?tokens_mock=0,32").json()["num_retrieved"] == 32
+    assert _retrieved(client) == 32
     assert client.post("/cache/store?tokens_mock=100,132").json()["num_stored_tokens"] == 0
     assert client.post("/cache/retrieve?tokens_mock=100,132").json()["num_retrieved"] == 0
 
@@ -44,38 +50,13 @@ def test_freeze_keeps_cpu_hits(client):
 # --- hot cache -------------------------------------------------------------------------------
 
 
-def test_hot_cache_cycle(client, engine):
-    assert client.get("/hot_cache/status").json() == {
-        "status": "success",
-        "hot_cache": True,
-        "message": "Hot cache is enabled",
-    }
-    r = client.put("/hot_cache/disable")
-    assert r.json() == {
-        "status": "success",
-        "hot_cache": False,
-        "message": "Hot cache disabled successfully",
-    }
-    assert engine.hot_cache_enabled is False
-    assert client.get("/hot_cache/status").json()["message"] == "Hot cache is disabled"
-    r = client.put("/hot_cache/enable")
-    assert r.json() == {
-        "status": "success",
-        "hot_cache": True,
-        "message": "Hot cache enabled successfully",
-    }
-    assert engine.hot_cache_enabled is True
-
-
 def test_hot_cache_disable_clears_cpu_tier(client):
     client.post("/cache/store?tokens_mock=0,32")
     client.put("/hot_cache/disable")
-    assert client.post("/cache/retrieve?tokens_mock=0,32").json()["num_retrieved"] == 0
-    client.post("/cache/store?tokens_mock=0,32")
-    assert client.post("/cache/retrieve?tokens_mock=0,32").json()["num_retrieved"] == 0
+    assert _retrieved(client) == 0
+    assert _retrieved(client, store_first=True) == 0
     client.put("/hot_cache/enable")
-    client.post("/cache/store?tokens_mock=0,32")
-    assert client.post("/cache/retrieve?tokens_mock=0,32").json()["num_retrieved"] == 32
+    assert _retrieved(client, store_first=True) == 32
 
 
 # --- bypass ----------------------------------------------------------------------------------
@@ -92,28 +73,27 @@ def test_bypass_list(client, engine):
     assert "LocalCPUBackend" in r.json()["all_backends"]
 
 
-def test_bypass_add_and_remove(client, engine):
-    r = client.put("/bypass/add?backend_name=LocalCPUBackend")
-    assert r.json() == {
+def _bypass_answer(added: bool, was: bool, backends: list[str]) -> dict:
+    """The body of ``/bypass/add`` (``added``) or ``/bypass/remove`` for LocalCPUBackend."""
+    return {
         "status": "success",
         "backend_name": "LocalCPUBackend",
-        "bypassed": True,
-        "was_already_bypassed": False,
-        "bypassed_backends": ["LocalCPUBackend"],
+        "bypassed": added,
+        "was_already_bypassed" if added else "was_bypassed": was,
+        "bypassed_backends": backends,
     }
+
+
+def test_bypass_add_and_remove(client, engine):
+    r = client.put("/bypass/add?backend_name=LocalCPUBackend")
+    assert r.json() == _bypass_answer(True, False, ["LocalCPUBackend"])
     assert engine.bypassed_backends() == ["LocalCPUBackend"]
     r = client.put("/bypass/add?backend_name=LocalCPUBackend")
     assert r.json()["was_already_bypassed"] is True
     assert client.get("/bypass/list").json()["bypassed_backends"] == ["LocalCPUBackend"]
 
     r = client.put("/bypass/remove?backend_name=LocalCPUBackend")
-    assert r.json() == {
-        "status": "success",
-        "backend_name": "LocalCPUBackend",
-        "bypassed": False,
-        "was_bypassed": True,
-        "bypassed_backends": [],
-    }
+    assert r.json() == _bypass_answer(False, True, [])
     r = client.put("/bypass/remove?backend_name=LocalCPUBackend")
     assert r.json()["was_bypassed"] is False
 
@@ -121,9 +101,9 @@ def test_bypass_add_and_remove(client, engine):
 def test_bypassed_cpu_tier_is_skipped(client):
     client.post("/cache/store?tokens_mock=0,32")
     client.put("/bypass/add?backend_name=LocalCPUBackend")
-    assert client.post("/cache/retrieve?tokens_mock=0,32").json()["num_retrieved"] == 0
+    assert _retrieved(client) == 0
     client.put("/bypass/remove?backend_name=LocalCPUBackend")
-    assert client.post("/cache/retrieve?tokens_mock=0,32").json()["num_retrieved"] == 32
+    assert _retrieved(client) == 32
 
 
 @pytest.mark.parametrize("action", ["add", "remove"])
@@ -144,20 +124,7 @@ def test_bypass_missing_name(client, action):
     )
 
 
-@pytest.mark.parametrize(
-    ("method", "path"),
-    [
-        ("put", "/freeze/enable"),
-        ("put", "/freeze/disable"),
-        ("get", "/freeze/status"),
-        ("put", "/hot_cache/enable"),
-        ("put", "/hot_cache/disable"),
-        ("get", "/hot_cache/status"),
-        ("get", "/bypass/list"),
-        ("put", "/bypass/add?backend_name=LocalCPUBackend"),
-        ("put", "/bypass/remove?backend_name=LocalCPUBackend"),
-    ],
-)
+@pytest.mark.parametrize(("method", "path"), spec_calls("/freeze/", "/hot_cache/", "/bypass/"))
 def test_modes_503_without_engine(no_engine_client, method, path):
     body = assert_error(getattr(no_engine_client, method)(path), 503, "LMCache API is unavailable")
     assert body["message"] == "LMCache engine not configured."

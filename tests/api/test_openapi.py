@@ -10,42 +10,14 @@ import json
 from pathlib import Path
 
 import pytest
+from api_testlib import SPEC_ENDPOINTS
 from lmcache_native.api.openapi import openapi_document, render
 
 SNAPSHOT = Path(__file__).with_name("openapi_snapshot.json")
 
 # Every endpoint of inference_apis.rst, plus /metrics and /health, plus LMCache's common ones.
 ENDPOINTS = [
-    ("get", "/lmc_version"),
-    ("get", "/commit_id"),
-    ("get", "/version"),
-    ("get", "/inference_info"),
-    ("get", "/inference_version"),
-    ("get", "/conf"),
-    ("post", "/conf"),
-    ("get", "/meta"),
-    ("delete", "/cache/clear"),
-    ("post", "/cache/store"),
-    ("post", "/cache/retrieve"),
-    ("get", "/cache/kvcache/check"),
-    ("post", "/cache/kvcache/record_slot"),
-    ("get", "/cache/kvcache/info"),
-    ("post", "/cache/load-fs-chunks"),
-    ("put", "/freeze/enable"),
-    ("put", "/freeze/disable"),
-    ("get", "/freeze/status"),
-    ("put", "/hot_cache/enable"),
-    ("put", "/hot_cache/disable"),
-    ("get", "/hot_cache/status"),
-    ("post", "/chunk_statistics/start"),
-    ("post", "/chunk_statistics/stop"),
-    ("post", "/chunk_statistics/reset"),
-    ("get", "/chunk_statistics/status"),
-    ("get", "/bypass/list"),
-    ("put", "/bypass/add"),
-    ("put", "/bypass/remove"),
-    ("get", "/metrics"),
-    ("get", "/health"),
+    *SPEC_ENDPOINTS,
     # LMCache's common admin endpoints
     ("get", "/backends"),
     ("get", "/loglevel"),

@@ -1,5 +1,7 @@
-"""A real Prometheus scrapes a real `lmcache-native serve`; its HTTP API answers LMCache's metric
-names: a counter, a histogram quantile and a gauge."""
+"""A real Prometheus scrapes a real `lmcache-native serve`.
+
+Its HTTP API answers LMCache's metric names: a counter, a histogram quantile and a gauge.
+"""
 
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ def test_prometheus_scrapes_lmcache_names_from_serve(tmp_path: Path) -> None:
         with httpx.Client(base_url=served.url, timeout=60) as c:
             for end in (256, 512):  # the second store adds the second chunk
                 r = c.post(f"/cache/store?tokens_mock=0,{end}")
-                assert r.status_code == 200 and r.json()["num_stored_tokens"] == 256, r.text
+                assert r.status_code == 200, r.text
+                assert r.json()["num_stored_tokens"] == 256, r.text
             r = c.post("/cache/retrieve?tokens_mock=0,512")
             assert r.json()["num_retrieved"] == 512
             used = c.get("/backends").json()["LocalCPUBackend"]["used_bytes"]
@@ -59,7 +62,8 @@ def test_prometheus_scrapes_lmcache_names_from_serve(tmp_path: Path) -> None:
         labels = prom.query("lmcache:num_store_requests_total")[0]["metric"]
         # LMCache's labels (an empty served_model_name is no label in Prometheus)
         assert labels["model_name"] == "lmcache-native-test"
-        assert labels["worker_id"] == "0" and labels["role"] == "standalone"
+        assert labels["worker_id"] == "0"
+        assert labels["role"] == "standalone"
     finally:
         if prom is not None:
             prom.stop()

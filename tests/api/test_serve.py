@@ -97,7 +97,8 @@ def test_serve_end_to_end():
             check = c.get("/cache/kvcache/check?slot_mapping=[0,511]&chunk_size=256").json()
             assert check["num_chunks"] == 2
             store = c.post("/cache/store?tokens_mock=0,512").json()
-            assert store["num_tokens"] == 512 and store["num_stored_tokens"] == 512
+            assert store["num_tokens"] == 512
+            assert store["num_stored_tokens"] == 512
             retrieve = c.post("/cache/retrieve?tokens_mock=0,512").json()
             assert retrieve == {"status": "success", "num_tokens": 512, "num_retrieved": 512}
             assert c.get("/cache/kvcache/check?slot_mapping=[0,511]&chunk_size=256").json() == check

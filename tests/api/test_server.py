@@ -13,7 +13,8 @@ from lmcache_native.api import server
 def test_start_serve_stop(engine, config):
     handle = server.start(engine, config, "127.0.0.1", 0)
     try:
-        assert handle.port > 0 and handle.running
+        assert handle.port > 0
+        assert handle.running
         assert handle.url == f"http://127.0.0.1:{handle.port}"
         assert not port_is_free(handle.port)
         r = httpx.get(f"{handle.url}/health", timeout=10)
@@ -31,7 +32,7 @@ def test_start_serve_stop(engine, config):
 def test_port_in_use_raises(engine, config):
     first = server.start(engine, config, "127.0.0.1", 0)
     try:
-        with pytest.raises(OSError):
+        with pytest.raises(OSError, match=r"[Aa]ddress already in use"):
             server.start(engine, config, "127.0.0.1", first.port)
     finally:
         first.stop()

@@ -53,7 +53,8 @@ def test_statistics_cycle(client):
         "message": "Reset",
     }
     reset = client.get("/chunk_statistics/status").json()
-    assert reset["total_chunks"] == 0 and reset["unique_chunks"] == 0
+    assert reset["total_chunks"] == 0
+    assert reset["unique_chunks"] == 0
 
 
 def test_statistics_auto_exit_fields(make_client):

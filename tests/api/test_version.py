@@ -74,12 +74,14 @@ def test_inference_info_without_engine(no_engine_client):
     r = no_engine_client.get("/inference_info")
     assert r.status_code == 200
     body = r.json()
-    assert body["engine"] is None and body["kv_cache"] is None
+    assert body["engine"] is None
+    assert body["kv_cache"] is None
 
 
 def test_inference_info_without_kv_cache(unregistered_client):
     body = unregistered_client.get("/inference_info").json()
-    assert body["engine"] is not None and body["kv_cache"] is None
+    assert body["engine"] is not None
+    assert body["kv_cache"] is None
 
 
 def test_inference_info_host_details(make_client, engine, config):

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 import torch
+from engine_testlib import MakeEngine, clear_config_env, engine_factory
 from lmcache_native import ops
-from lmcache_native.config import CONFIG_DEFINITIONS, CONFIG_FILE_ENV, LMCacheEngineConfig
-from lmcache_native.engine import CacheEngine, EngineMetadata
 
 NUM_LAYERS = 2
 NUM_BLOCKS = 32
@@ -54,33 +51,11 @@ def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for d in CONFIG_DEFINITIONS.values():
-        monkeypatch.delenv(d.env_var, raising=False)
-    monkeypatch.delenv(CONFIG_FILE_ENV, raising=False)
-
-
-MakeEngine = Callable[..., CacheEngine]
+    clear_config_env(monkeypatch)
 
 
 @pytest.fixture
-def make_engine(tmp_path: Path) -> Iterator[MakeEngine]:
+def make_engine() -> Iterator[MakeEngine]:
     """``make_engine(caches=None, model=MODEL, **config)`` -> a registered engine (closed after)."""
-    engines: list[CacheEngine] = []
-
-    def make(
-        caches: dict[str, torch.Tensor] | None = None, model: str = MODEL, **cfg: Any
-    ) -> CacheEngine:
-        values: dict[str, Any] = {"chunk_size": CHUNK_SIZE, "max_local_cpu_size": 0.01}
-        values.update(cfg)
-        extra = dict(values.pop("extra_config", None) or {})
-        extra.setdefault("remote_retry_interval_secs", 0.2)
-        values["extra_config"] = extra
-        config = LMCacheEngineConfig.from_defaults(**values)
-        engine = CacheEngine(config, EngineMetadata(model_name=model))
-        engine.register_kv_caches(caches if caches is not None else random_cache(0), LAYOUT)
-        engines.append(engine)
-        return engine
-
-    yield make
-    for e in engines:
-        e.close()
+    with engine_factory(CHUNK_SIZE, LAYOUT, MODEL, lambda: random_cache(0)) as make:
+        yield make

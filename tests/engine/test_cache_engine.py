@@ -58,7 +58,9 @@ def test_store_then_retrieve_into_other_slots_is_bit_identical(make_engine: Make
     assert (r.num_tokens, r.num_stored_tokens, r.num_skipped_chunks, r.reason) == (64, 64, 0, None)
     assert e.lookup(tokens) == 64
     rr = e.retrieve(tokens, dst)
-    assert rr.num_retrieved == 64 and rr.mask.dtype == torch.bool and bool(rr.mask.all())
+    assert rr.num_retrieved == 64
+    assert rr.mask.dtype == torch.bool
+    assert bool(rr.mask.all())
     assert same_bytes(read_rows(caches, dst), expected)
 
 
@@ -108,11 +110,9 @@ def test_min_retrieve_tokens(make_engine: MakeEngine) -> None:
     dst = torch.arange(200, 248)
     fill_slots(caches, dst)
     rr = e.retrieve(list(range(48)), dst)
-    assert (
-        rr.num_retrieved == 0
-        and not bool(rr.mask.any())
-        and rr.reason == "below min_retrieve_tokens"
-    )
+    assert rr.num_retrieved == 0
+    assert not bool(rr.mask.any())
+    assert rr.reason == "below min_retrieve_tokens"
     assert same_bytes(read_rows(caches, dst), sentinel_rows(48, read_rows(caches, dst)))
     e.config.update({"min_retrieve_tokens": 48})
     assert e.retrieve(list(range(48)), dst).num_retrieved == 48
@@ -169,12 +169,13 @@ def test_bad_slots(make_engine: MakeEngine) -> None:
         e.store(list(range(16)), torch.arange(15))
 
 
-def test_no_kv_cache(tmp_path: Path) -> None:
+def test_no_kv_cache() -> None:
     from lmcache_native.config import LMCacheEngineConfig
     from lmcache_native.engine import EngineMetadata
 
     e = CacheEngine(LMCacheEngineConfig.from_defaults(max_local_cpu_size=0.01), EngineMetadata("m"))
-    assert not e.has_kv_caches and e.layer_names == []
+    assert not e.has_kv_caches
+    assert e.layer_names == []
     for call in (
         lambda: e.store([1], torch.zeros(1, dtype=torch.long)),
         lambda: e.retrieve([1], torch.zeros(1, dtype=torch.long)),
@@ -208,7 +209,8 @@ def test_hot_cache_switch(make_engine: MakeEngine) -> None:
     e = make_engine()
     e.store(list(range(32)), torch.arange(32))
     e.set_hot_cache(False)
-    assert not e.hot_cache_enabled and e.lookup(list(range(32))) == 0
+    assert not e.hot_cache_enabled
+    assert e.lookup(list(range(32))) == 0
     r = e.store(list(range(32)), torch.arange(32))
     assert (r.num_stored_tokens, r.reason) == (0, "hot cache disabled")
     e.set_hot_cache(True)
@@ -228,9 +230,8 @@ def test_bypass_and_clear(make_engine: MakeEngine, tmp_path: Path) -> None:
     e.store(list(range(32)), torch.arange(32))
     e.flush()
     stats = e.storage.stats()
-    assert (
-        stats["LocalCPUBackend"]["num_chunks"] == 0 and stats["LocalDiskBackend"]["num_chunks"] == 2
-    )
+    assert stats["LocalCPUBackend"]["num_chunks"] == 0
+    assert stats["LocalDiskBackend"]["num_chunks"] == 2
     assert e.bypass_remove("LocalCPUBackend") is True
     assert e.bypass_remove("LocalCPUBackend") is False
     e.store(list(range(100, 132)), torch.arange(32))
@@ -253,7 +254,8 @@ def test_record_slot_logging(make_engine: MakeEngine, caplog: pytest.LogCaptureF
         e.retrieve(list(range(32)), slots)
     lines = [r.getMessage() for r in caplog.records if "slot_mapping" in r.getMessage()]
     assert len(lines) == 2
-    assert "store" in lines[0] and "[[0, 29], 40, 41]" in lines[0]
+    assert "store" in lines[0]
+    assert "[[0, 29], 40, 41]" in lines[0]
     assert "retrieve" in lines[1]
 
 
@@ -284,11 +286,15 @@ def test_kv_info_and_metadata(make_engine: MakeEngine) -> None:
     }
     meta = e.metadata_dict()
     json.dumps(meta)
-    assert meta["model_name"] == "test/model" and meta["worker_id"] == 0 and meta["world_size"] == 1
-    assert meta["kv_dtype"] == "torch.bfloat16" and meta["chunk_size"] == CHUNK_SIZE
+    assert meta["model_name"] == "test/model"
+    assert meta["worker_id"] == 0
+    assert meta["world_size"] == 1
+    assert meta["kv_dtype"] == "torch.bfloat16"
+    assert meta["chunk_size"] == CHUNK_SIZE
     assert meta["kv_shape"] == [2, 2, CHUNK_SIZE, 2, 16]
     assert meta["layer_names"] == e.layer_names == list(info["layers"])
-    assert meta["layout"] == LAYOUT and meta["num_slots"] == NUM_SLOTS
+    assert meta["layout"] == LAYOUT
+    assert meta["num_slots"] == NUM_SLOTS
 
 
 def test_cpu_size_change_resizes_the_tier(make_engine: MakeEngine) -> None:
@@ -299,7 +305,8 @@ def test_cpu_size_change_resizes_the_tier(make_engine: MakeEngine) -> None:
     assert e.storage.stats()["LocalCPUBackend"]["num_chunks"] == 16
     assert e.config.update({"max_local_cpu_size": 3 * chunk_bytes / 1024**3})[1] == {}
     st = e.storage.stats()["LocalCPUBackend"]
-    assert st["num_chunks"] == 3 and st["capacity_bytes"] == 3 * chunk_bytes
+    assert st["num_chunks"] == 3
+    assert st["capacity_bytes"] == 3 * chunk_bytes
     assert e.pool.capacity_bytes == 3 * chunk_bytes
 
 
@@ -320,4 +327,5 @@ def test_metrics_move(make_engine: MakeEngine) -> None:
     assert m.value("lmcache_tier_chunks", {"tier": "LocalCPUBackend"}) == 2
     assert m.value("lmcache_requests_total", {"op": "retrieve"}) == 1
     text = generate_latest(m.registry).decode()
-    assert "lmcache_checksum_failures_total" in text and "lmcache_pool_used_bytes" in text
+    assert "lmcache_checksum_failures_total" in text
+    assert "lmcache_pool_used_bytes" in text

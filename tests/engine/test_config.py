@@ -7,7 +7,12 @@ import logging
 from pathlib import Path
 
 import pytest
-from lmcache_native.config import CONFIG_DEFINITIONS, CONFIG_FILE_ENV, LMCacheEngineConfig
+from lmcache_native.config import (
+    CONFIG_DEFINITIONS,
+    CONFIG_FILE_ENV,
+    EXTRA_CONFIG_KEYS,
+    LMCacheEngineConfig,
+)
 from lmcache_native.errors import ConfigError
 
 # The keys the engine issue names, with LMCache's defaults (host: 127.0.0.1 by design).
@@ -100,17 +105,21 @@ def test_env_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LMCACHE_EXTRA_CONFIG", json.dumps({"a": 1}))
     monkeypatch.setenv("LMCACHE_REMOTE_URL", "redis://localhost:6379")
     cfg = LMCacheEngineConfig.from_env()
-    assert cfg.chunk_size == 128 and cfg.local_cpu is False
-    assert cfg.get("extra_config") == {"a": 1} and cfg.extra("a") == 1 and cfg.extra("b", 2) == 2
-    assert cfg.remote_url == "redis://localhost:6379"
+    assert cfg.get("chunk_size") == 128
+    assert cfg.get("local_cpu") is False
+    assert cfg.get("extra_config") == {"a": 1}
+    assert cfg.extra("a") == 1
+    assert cfg.extra("b", 2) == 2
+    assert cfg.get("remote_url") == "redis://localhost:6379"
 
 
 def test_unknown_file_keys_warn_by_name(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    f = write_yaml(tmp_path / "c.yaml", "chunk_size: 32\nuse_layerwise: true\nfoo_bar: 1\n")
+    f = write_yaml(tmp_path / "c.yaml", "chunk_size: 32\nenable_p2p: true\nfoo_bar: 1\n")
     with caplog.at_level(logging.WARNING):
         cfg = LMCacheEngineConfig.from_file(f)
-    assert cfg.chunk_size == 32
-    assert "foo_bar" in caplog.text and "use_layerwise" in caplog.text
+    assert cfg.get("chunk_size") == 32
+    assert "foo_bar" in caplog.text
+    assert "enable_p2p" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -132,22 +141,24 @@ def test_bad_file_values_name_key_and_value(
     f = write_yaml(tmp_path / "c.yaml", text)
     with pytest.raises(ConfigError) as ei:
         LMCacheEngineConfig.from_file(f)
-    assert key in str(ei.value) and value in str(ei.value)
+    assert key in str(ei.value)
+    assert value in str(ei.value)
     assert ei.value.key == key
 
 
 def test_bad_env_value_names_key_and_value(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LMCACHE_MIN_RETRIEVE_TOKENS", "lots")
-    with pytest.raises(ConfigError, match="min_retrieve_tokens.*lots"):
+    with pytest.raises(ConfigError, match=r"min_retrieve_tokens.*lots"):
         LMCacheEngineConfig.from_env()
 
 
-def test_secret_is_masked_in_messages_and_dict(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_secret_is_masked_in_messages_and_dict() -> None:
     cfg = LMCacheEngineConfig.from_defaults(internal_api_server_api_key="s3cret")
     assert cfg.get("internal_api_server_api_key") == "s3cret"
     d = cfg.to_dict()
     assert d["internal_api_server_api_key"] == "***"
-    assert "s3cret" not in json.dumps(d) and "s3cret" not in repr(cfg)
+    assert "s3cret" not in json.dumps(d)
+    assert "s3cret" not in repr(cfg)
     assert set(d) == set(CONFIG_DEFINITIONS)
     json.dumps(d)  # JSON-able
 
@@ -200,7 +211,8 @@ def test_update_validates_and_reports_per_key() -> None:
     assert "expected bool" in errors["save_unfull_chunk"]
     assert "expected int" in errors["blocking_timeout_secs"]
     assert ">= 0" in errors["chunk_statistics_auto_exit_target_unique_chunks"]
-    assert cfg.get("min_retrieve_tokens") == 512 and cfg.get("chunk_size") == 256
+    assert cfg.get("min_retrieve_tokens") == 512
+    assert cfg.get("chunk_size") == 256
     assert cfg.get("save_unfull_chunk") is False
 
 
@@ -229,3 +241,45 @@ def test_get_returns_copies_of_dicts() -> None:
     assert cfg.get("extra_config") == {"x": [1]}
     with pytest.raises(KeyError):
         cfg.get("nope")
+
+
+def test_former_extra_config_knobs_are_typed_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = LMCacheEngineConfig.from_defaults()
+    assert cfg.get("writer_queue_size") == 256
+    assert cfg.get("local_disk_fsync") is False
+    assert cfg.get("remote_retry_interval_secs") == 1.0
+    assert cfg.get("chunk_statistics_auto_exit_check_secs") == 10.0
+    assert cfg.get("chunk_statistics_expected_items") == 10_000_000
+    assert cfg.get("lookup_lease_secs") == 30.0
+    assert cfg.get("lookup_cache_secs") == 2.0
+    assert all(not CONFIG_DEFINITIONS[n].mutable for n in EXTRA_CONFIG_KEYS)
+    monkeypatch.setenv("LMCACHE_WRITER_QUEUE_SIZE", "64")
+    assert LMCacheEngineConfig.from_env().get("writer_queue_size") == 64
+    with pytest.raises(ConfigError, match="writer_queue_size"):
+        LMCacheEngineConfig.from_defaults(writer_queue_size=0)
+    with pytest.raises(ConfigError, match="lookup_lease_secs"):
+        LMCacheEngineConfig.from_defaults(lookup_lease_secs=-1.0)
+
+
+def test_extra_config_still_sets_the_typed_keys(tmp_path: Path) -> None:
+    f = write_yaml(
+        tmp_path / "c.yaml",
+        "extra_config: {writer_queue_size: 8, lookup_cache_secs: 0, local_disk_fsync: 'on'}\n",
+    )
+    cfg = LMCacheEngineConfig.from_file(f)
+    assert cfg.get("writer_queue_size") == 8
+    assert cfg.get("lookup_cache_secs") == 0.0
+    assert cfg.get("local_disk_fsync") is True
+    # extra() answers the typed value for these names, whatever set it
+    assert cfg.extra("lookup_cache_secs", 2.0) == 0.0
+    assert cfg.extra("lookup_lease_secs", 99.0) == 30.0
+    # a top-level value of the same source wins; a later source wins over an earlier one
+    both = LMCacheEngineConfig.from_defaults(
+        writer_queue_size=16, extra_config={"writer_queue_size": 8}
+    )
+    assert both.get("writer_queue_size") == 16
+    later = LMCacheEngineConfig.load(f, overrides={"extra_config": {"writer_queue_size": 4}})
+    assert later.get("writer_queue_size") == 4
+    bad = write_yaml(tmp_path / "bad.yaml", "extra_config: {writer_queue_size: many}\n")
+    with pytest.raises(ConfigError, match=r"writer_queue_size.*extra_config"):
+        LMCacheEngineConfig.from_file(bad)

@@ -27,7 +27,8 @@ def test_cuda_store_retrieve_is_bit_identical(
     assert e.store(tokens, src).num_stored_tokens == 64
     e.flush()
     rr = e.retrieve(tokens, dst)
-    assert rr.num_retrieved == 64 and rr.mask.device.type == "cpu"
+    assert rr.num_retrieved == 64
+    assert rr.mask.device.type == "cpu"
     torch.cuda.synchronize()
     back = {k: v.cpu() for k, v in caches.items()}
     assert same_bytes(read_rows(back, dst.cpu()), read_rows(cpu_caches, src.cpu()))

@@ -1,6 +1,9 @@
-"""CacheEngine's batched copies: one native gather per store and one scatter per retrieve, with
-the same results as one chunk at a time, also when the pool cannot hold the whole request, when
-the chunks to copy are not adjacent, and when the copy fails (no buffer reference leaks)."""
+"""CacheEngine's batched copies: one native gather per store and one scatter per retrieve.
+
+The results are the same as one chunk at a time, also when the pool cannot hold the whole
+request, when the chunks to copy are not adjacent, and when the copy fails (no buffer reference
+leaks).
+"""
 
 from __future__ import annotations
 
@@ -66,8 +69,10 @@ def test_one_native_call_per_store_and_retrieve(make_engine: MakeEngine) -> None
 def test_store_larger_than_the_pool_keeps_going_like_one_chunk_at_a_time(
     make_engine: MakeEngine,
 ) -> None:
-    """A pool of 3 chunks and a request of 8: every chunk is copied and stored (older ones are
-    evicted to make room), the tier ends with the last 3, and their bytes are right."""
+    """A pool of 3 chunks and a request of 8: every chunk is copied and stored.
+
+    Older ones are evicted to make room; the tier ends with the last 3, and their bytes are right.
+    """
     caches = random_cache(42)
     probe = make_engine(caches)
     size = chunk_bytes(probe)
@@ -95,9 +100,11 @@ def test_store_larger_than_the_pool_keeps_going_like_one_chunk_at_a_time(
 def test_retrieve_from_disk_through_a_small_pool_loads_everything(
     make_engine: MakeEngine, tmp_path: Path
 ) -> None:
-    """Disk tier only; after the store the pool shrinks to 3 chunks. Each chunk read from disk
-    needs a pooled buffer, so the batch is scattered and released whenever the pool runs dry;
-    all 8 chunks still load, bit for bit."""
+    """Disk tier only; after the store the pool shrinks to 3 chunks.
+
+    Each chunk read from disk needs a pooled buffer, so the batch is scattered and released
+    whenever the pool runs dry; all 8 chunks still load, bit for bit.
+    """
     caches = random_cache(43)
     e = make_engine(caches, local_cpu=False, local_disk=str(tmp_path / "disk"))
     src = shuffled_slots(len(TOKENS), 4)
@@ -115,8 +122,10 @@ def test_retrieve_from_disk_through_a_small_pool_loads_everything(
 
 
 def test_store_of_chunks_that_are_not_adjacent(make_engine: MakeEngine) -> None:
-    """Chunks 1 and 3 are still stored, 0 and 2 were removed: the store copies 0 and 2 in one
-    call (their slots concatenated) and a retrieve restores all four."""
+    """Chunks 1 and 3 are still stored, 0 and 2 were removed.
+
+    The store copies 0 and 2 in one call (their slots concatenated); a retrieve restores all four.
+    """
     caches = random_cache(44)
     e = make_engine(caches)
     tokens = TOKENS[: 4 * CHUNK_SIZE]
@@ -139,8 +148,11 @@ def test_store_of_chunks_that_are_not_adjacent(make_engine: MakeEngine) -> None:
 
 
 def test_retrieve_around_an_all_padding_chunk(make_engine: MakeEngine) -> None:
-    """Chunk 1's slots are all -1 (vLLM already holds it): chunks 0, 2 and 3 are scattered in
-    one call with their slots concatenated; nothing else in the cache changes."""
+    """Chunk 1's slots are all -1 (vLLM already holds it).
+
+    Chunks 0, 2 and 3 are scattered in one call with their slots concatenated; nothing else in
+    the cache changes.
+    """
     caches = random_cache(45)
     e = make_engine(caches)
     tokens = TOKENS[: 4 * CHUNK_SIZE]
@@ -171,7 +183,7 @@ def test_failed_copy_releases_every_buffer(
         assert e.store(TOKENS, src).num_stored_tokens == len(TOKENS)
     used = e.pool.used_bytes
 
-    def boom(*args: object, **kwargs: object) -> None:
+    def boom(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("copy failed")
 
     name = "paged_kv_gather_chunks" if op == "store" else "paged_kv_scatter_chunks"

@@ -120,7 +120,7 @@ def test_flipped_byte_in_redis_never_reaches_the_cache(
     client.close()
 
 
-def test_redis_stopped_mid_test_then_restarted(make_engine: MakeEngine, redis_server) -> None:  # noqa: ANN001
+def test_redis_stopped_mid_test_then_restarted(make_engine: MakeEngine, redis_server) -> None:
     redis_server.start()
     caches = random_cache(16)
     e = make_engine(caches, local_cpu=False, remote_url=redis_server.url, blocking_timeout_secs=2)

@@ -16,7 +16,7 @@ from lmcache_native.engine.keys import HASH_FUNCTIONS, CacheKey, ChunkHasher, to
 SEED = b"lmcache-native/chunk-hash/v1"
 
 
-def expected_chain(tokens: list[int], chunk_size: int, fn, keep_tail: bool) -> list[str]:  # noqa: ANN001
+def expected_chain(tokens: list[int], chunk_size: int, fn, keep_tail: bool) -> list[str]:
     out, prev = [], SEED
     stop = len(tokens) if keep_tail else len(tokens) // chunk_size * chunk_size
     for s in range(0, stop, chunk_size):
@@ -35,7 +35,7 @@ def expected_chain(tokens: list[int], chunk_size: int, fn, keep_tail: bool) -> l
         ("sha256_cbor_64bit", lambda b: hashlib.sha256(b).digest()[:8], 16),
     ],
 )
-def test_chained_hash_formula(algo: str, fn, hexlen: int) -> None:  # noqa: ANN001
+def test_chained_hash_formula(algo: str, fn, hexlen: int) -> None:
     tokens = list(range(1000, 1070))
     spans = ChunkHasher(algo).spans(tokens, 16, save_unfull_chunk=True)
     assert [(s.start, s.end) for s in spans] == [(0, 16), (16, 32), (32, 48), (48, 64), (64, 70)]
@@ -57,7 +57,10 @@ def test_prefix_chaining() -> None:
     b_tokens = list(range(64))
     b_tokens[20] = 9999  # chunk 1 differs
     b = [s.chunk_hash for s in h.spans(b_tokens, 16, False)]
-    assert a[0] == b[0] and a[1] != b[1] and a[2] != b[2] and a[3] != b[3]
+    assert a[0] == b[0]
+    assert a[1] != b[1]
+    assert a[2] != b[2]
+    assert a[3] != b[3]
     # the same tokens in chunk 2 after a different prefix give a different hash
     assert len(set(a) | set(b)) == 7
 
@@ -68,9 +71,9 @@ def test_input_types_agree() -> None:
     assert h.spans(torch.arange(48), 16, False) == ref
     assert h.spans(torch.arange(48, dtype=torch.int32), 16, False) == ref
     assert h.spans(np.arange(48, dtype=np.int16), 16, False) == ref
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="integers"):
         tokens_to_array(torch.ones(4))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="one-dimensional"):
         tokens_to_array([[1, 2]])
 
 
@@ -108,5 +111,5 @@ def test_cache_key_round_trip() -> None:
     ["", "a@b@c", "m@x@0@ab@bf16", "m@1@0@zz@bf16", "m@1@0@AB@bf16", "@1@0@ab@bf16", "m@1@0@ab@"],
 )
 def test_cache_key_rejects_malformed(bad: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a chunk key"):
         CacheKey.from_string(bad)

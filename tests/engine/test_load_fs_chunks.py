@@ -32,13 +32,15 @@ def fs_store(make_engine: MakeEngine, tmp_path: Path) -> tuple[Path, Path, list[
     return store, cfg, writer.chunk_keys(TOKENS)
 
 
-def test_loads_into_cpu_and_retrieves(make_engine: MakeEngine, fs_store) -> None:  # noqa: ANN001
-    store, cfg, keys = fs_store
+def test_loads_into_cpu_and_retrieves(make_engine: MakeEngine, fs_store) -> None:
+    _store, cfg, keys = fs_store
     caches = random_cache(21)
     e = make_engine(caches)
     out = e.load_fs_chunks(str(cfg), None)
-    assert out["loaded_chunks"] == 5 and out["total_files"] == 6
-    assert out["failed_keys"] == [] and out["skipped_files"] == 1
+    assert out["loaded_chunks"] == 5
+    assert out["total_files"] == 6
+    assert out["failed_keys"] == []
+    assert out["skipped_files"] == 1
     assert sorted(e.storage.backend("LocalCPUBackend").keys()) == sorted(keys)
     dst = torch.arange(300, 380)
     assert e.retrieve(TOKENS, dst).num_retrieved == 80
@@ -46,7 +48,7 @@ def test_loads_into_cpu_and_retrieves(make_engine: MakeEngine, fs_store) -> None
     assert e.metrics.value("lmcache_hit_chunks_total", {"tier": "LocalCPUBackend"}) == 5
 
 
-def test_max_chunks_and_failed_keys(make_engine: MakeEngine, fs_store) -> None:  # noqa: ANN001
+def test_max_chunks_and_failed_keys(make_engine: MakeEngine, fs_store) -> None:
     store, cfg, keys = fs_store
     bad = store / chunk_filename(keys[0])
     data = bytearray(bad.read_bytes())
@@ -54,9 +56,9 @@ def test_max_chunks_and_failed_keys(make_engine: MakeEngine, fs_store) -> None: 
     bad.write_bytes(bytes(data))
     e = make_engine(random_cache(21))
     out = e.load_fs_chunks(str(cfg), max_chunks=6, max_failed_keys=10)
-    assert (
-        out["loaded_chunks"] == 4 and out["failed_keys"] == [keys[0]] and out["failed_count"] == 1
-    )
+    assert out["loaded_chunks"] == 4
+    assert out["failed_keys"] == [keys[0]]
+    assert out["failed_count"] == 1
     e.clear()
     assert e.load_fs_chunks(str(cfg), max_chunks=2)["loaded_chunks"] <= 2
     e.clear()
@@ -64,7 +66,7 @@ def test_max_chunks_and_failed_keys(make_engine: MakeEngine, fs_store) -> None: 
     assert e.load_fs_chunks(str(cfg), None, max_failed_keys=0)["failed_keys"] == []
 
 
-def test_refuses_without_hot_cache(make_engine: MakeEngine, fs_store) -> None:  # noqa: ANN001
+def test_refuses_without_hot_cache(make_engine: MakeEngine, fs_store) -> None:
     _, cfg, _ = fs_store
     e = make_engine()
     e.set_hot_cache(False)
@@ -76,7 +78,7 @@ SECRET = "TOP-SECRET-CONTENT"
 
 
 def bad_paths(tmp_path: Path) -> dict[str, tuple[str, str]]:
-    """name -> (path, expected message fragment)."""
+    """Name -> (path, expected message fragment)."""
     d = tmp_path / "bad"
     d.mkdir()
     (d / "list.yaml").write_text(f"- {SECRET}\n")

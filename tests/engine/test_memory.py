@@ -14,15 +14,21 @@ def test_budget_and_release() -> None:
     pool = ChunkBufferPool(2 * NBYTES)
     a = pool.allocate(SHAPE, torch.bfloat16)
     b = pool.allocate(SHAPE, torch.bfloat16)
-    assert a is not None and b is not None
-    assert a.tensor.shape == SHAPE and a.tensor.dtype == torch.bfloat16 and a.tensor.is_contiguous()
-    assert a.num_tokens == 16 and a.nbytes == NBYTES
+    assert a is not None
+    assert b is not None
+    assert a.tensor.shape == SHAPE
+    assert a.tensor.dtype == torch.bfloat16
+    assert a.tensor.is_contiguous()
+    assert a.num_tokens == 16
+    assert a.nbytes == NBYTES
     assert pool.allocate(SHAPE, torch.bfloat16) is None
     assert pool.stats()["failed_allocations"] == 1
     a.unref()
-    assert pool.used_bytes == NBYTES and pool.cached_bytes == NBYTES
+    assert pool.used_bytes == NBYTES
+    assert pool.cached_bytes == NBYTES
     c = pool.allocate(SHAPE, torch.float16)  # same size, other dtype: reused
-    assert c is not None and pool.stats()["reuses"] == 1
+    assert c is not None
+    assert pool.stats()["reuses"] == 1
     b.unref()
     c.unref()
     assert pool.used_bytes == 0
@@ -38,7 +44,8 @@ def test_refcount_keeps_the_buffer_alive() -> None:
     assert pool.used_bytes == NBYTES  # still referenced
     assert pool.allocate(SHAPE, torch.bfloat16) is None
     a.unref()
-    assert a.refcount == 0 and pool.used_bytes == 0
+    assert a.refcount == 0
+    assert pool.used_bytes == 0
     with pytest.raises(RuntimeError):
         a.unref()
     with pytest.raises(RuntimeError):
@@ -53,7 +60,9 @@ def test_cached_buffers_make_room_for_other_sizes() -> None:
     b.unref()
     assert pool.cached_bytes == 2 * NBYTES
     big = pool.allocate((2, 2, 32, 32), torch.bfloat16)  # needs both cached buffers dropped
-    assert big is not None and pool.cached_bytes == 0 and pool.used_bytes == 2 * NBYTES
+    assert big is not None
+    assert pool.cached_bytes == 0
+    assert pool.used_bytes == 2 * NBYTES
     big.unref()
 
 
@@ -64,8 +73,9 @@ def test_set_capacity_trims_cache() -> None:
         b.unref()
     assert pool.cached_bytes == 3 * NBYTES
     pool.set_capacity(NBYTES)
-    assert pool.cached_bytes == NBYTES and pool.capacity_bytes == NBYTES
-    with pytest.raises(ValueError):
+    assert pool.cached_bytes == NBYTES
+    assert pool.capacity_bytes == NBYTES
+    with pytest.raises(ValueError, match="capacity_bytes must be >= 0"):
         pool.set_capacity(-1)
 
 

@@ -45,11 +45,13 @@ def test_one_store_repairs_a_prefix_corrupt_on_disk(
     assert e.storage.backend("LocalDiskBackend").batched_contains(keys[1:]) == [True] * 3
     # ...and one store takes all four again: the CPU tier holds them, the disk copies are new.
     result = e.store(TOKENS, src)
-    assert result.num_stored_tokens == 64 and result.num_skipped_chunks == 0
+    assert result.num_stored_tokens == 64
+    assert result.num_skipped_chunks == 0
     assert e.flush(timeout=30)
     for k, p in zip(keys, paths, strict=True):
         buf, header = read_chunk_file(p, k, e.storage.allocate)  # header and checksum checked
-        assert header.key == k and buf is not None
+        assert header.key == k
+        assert buf is not None
         buf.unref()
     e.clear(["LocalCPUBackend"])
     rr = e.retrieve(TOKENS, dst)
@@ -81,7 +83,8 @@ def test_chunks_the_cpu_tier_holds_are_still_skipped(
     e = make_engine(random_cache(23), local_disk=str(tmp_path / "disk"))
     assert e.store(TOKENS, torch.arange(64)).num_stored_tokens == 64
     again = e.store(TOKENS, torch.arange(64))
-    assert again.num_stored_tokens == 0 and again.num_skipped_chunks == 4
+    assert again.num_stored_tokens == 0
+    assert again.num_skipped_chunks == 4
     assert again.reason == "already stored"
     # Without a CPU tier the disk tier is the hot tier: what it lists is skipped.
     d = make_engine(random_cache(24), local_cpu=False, local_disk=str(tmp_path / "disk2"))
@@ -106,7 +109,8 @@ def test_without_a_cpu_tier_the_read_failure_marks_the_rest_of_the_prefix(
     assert e.retrieve(TOKENS, dst).num_retrieved == 0
     # Chunk 0 was deleted; chunks 1-3 are still listed, but marked: the store rewrites them.
     result = e.store(TOKENS, src)
-    assert result.num_stored_tokens == 64 and result.num_skipped_chunks == 0
+    assert result.num_stored_tokens == 64
+    assert result.num_skipped_chunks == 0
     assert e.flush(timeout=30)
     assert e.retrieve(TOKENS, dst).num_retrieved == 64
     assert same_bytes(read_rows(caches, dst), read_rows(caches, src))

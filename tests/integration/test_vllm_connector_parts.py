@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from lmcache_native.engine.keys import KeyExtras, MMPlaceholder  # noqa: E402
+from lmcache_native.engine.keys import KeyExtras, MMPlaceholder
 from lmcache_native.integration.vllm.config import load_config, overrides_from_extra_config
 from lmcache_native.integration.vllm.layout import (
     LayerGeometry,
@@ -51,7 +51,8 @@ def test_unified_gpu_layout_becomes_a_flash_attn_view_of_the_same_memory() -> No
     assert det.layout == "flash_attn"
     for name, view in det.kv_caches.items():
         t = caches[name]
-        assert view.data_ptr() == t.data_ptr() and tuple(view.shape) == (2, B, N, H, D)
+        assert view.data_ptr() == t.data_ptr()
+        assert tuple(view.shape) == (2, B, N, H, D)
         for slot in (0, 5, B * N - 1):
             blk, off = divmod(slot, N)
             for kv in (0, 1):
@@ -114,7 +115,8 @@ def test_mla_layouts() -> None:
     assert detect_layout(three, _geo("FLASHMLA", True, c)).layout == "mla"
     four = {"l0": _filled((B, 1, N, c), 8), "l1": _filled((B, 1, N, c), 9)}
     det = detect_layout(four, _geo("FLASHMLA", True, c))
-    assert det.layout == "mla" and tuple(det.kv_caches["l0"].shape) == (B, N, c)
+    assert det.layout == "mla"
+    assert tuple(det.kv_caches["l0"].shape) == (B, N, c)
 
 
 @pytest.mark.parametrize(
@@ -151,7 +153,7 @@ def test_lookup_over_a_unix_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     seen: list[list[int]] = []
     asked: list[tuple[str, Any]] = []
 
-    def answer(rank: int):  # noqa: ANN202
+    def answer(rank: int):
         def fn(req_id: str, tokens: list[int], extras: Any) -> tuple[int, int]:
             seen.append(list(tokens))
             asked.append((req_id, extras))

@@ -15,22 +15,21 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import torch
+import vllm_testlib as vt
 
 pytest.importorskip("vllm")
 
-import lmcache_native.ops as ops  # noqa: E402
-from lmcache_native.config import LMCacheEngineConfig  # noqa: E402
-from lmcache_native.engine import CacheEngine, EngineMetadata  # noqa: E402
-from lmcache_native.integration.vllm.connector import LMCacheNativeConnector  # noqa: E402
-from lmcache_native.integration.vllm.lookup import LookupServer  # noqa: E402
-from lmcache_native.integration.vllm.metadata import (  # noqa: E402
+import lmcache_native.ops as ops
+from lmcache_native.config import LMCacheEngineConfig
+from lmcache_native.integration.vllm.connector import LMCacheNativeConnector
+from lmcache_native.integration.vllm.lookup import LookupServer
+from lmcache_native.integration.vllm.metadata import (
     LMCacheNativeConnectorMetadata,
     LoadSpec,
     SaveSpec,
 )
-from lmcache_native.integration.vllm.scheduler import SchedulerSide  # noqa: E402
-from lmcache_native.integration.vllm.worker import WorkerSide  # noqa: E402
+from lmcache_native.integration.vllm.scheduler import SchedulerSide
+from lmcache_native.integration.vllm.worker import WorkerSide
 
 pytestmark = pytest.mark.vllm
 
@@ -38,14 +37,7 @@ NUM_BLOCKS, HEADS, BLOCK, HEAD, CHUNK = 16, 2, 32, 16, 64
 
 
 def _worker() -> WorkerSide:
-    config = LMCacheEngineConfig.from_defaults(chunk_size=CHUNK, max_local_cpu_size=0.01)
-    gen = torch.Generator().manual_seed(5)
-    caches = [torch.randn(NUM_BLOCKS, HEADS, BLOCK, 2 * HEAD, generator=gen) for _ in range(2)]
-    vllm_config = SimpleNamespace(cache_config=SimpleNamespace(block_size=BLOCK))
-    worker = WorkerSide(vllm_config, None, config, "contain", rank=0, world_size=1)  # type: ignore[arg-type]
-    engine = CacheEngine(config, EngineMetadata(model_name="m"))
-    engine.register_kv_caches({"l0": caches[0], "l1": caches[1]}, "vllm_cpu")
-    worker.engine = engine
+    worker, _ = vt.unit_worker("contain", NUM_BLOCKS, 5, max_local_cpu_size=0.01)
     return worker
 
 
@@ -59,7 +51,7 @@ def _connector(worker: WorkerSide | None = None, sched: SchedulerSide | None = N
     return conn
 
 
-def _boom(*args: Any, **kwargs: Any) -> None:
+def _boom(*_args: Any, **_kwargs: Any) -> None:
     raise RuntimeError("forced failure inside the native copy")
 
 
@@ -81,7 +73,8 @@ def test_native_copy_failures_are_contained(
             conn.wait_for_save()  # does not raise
     assert worker.stats.store_failures == 2
     errors = [r for r in caplog.records if "store failed" in r.getMessage()]
-    assert len(errors) == 1 and "RuntimeError" in errors[0].getMessage()
+    assert len(errors) == 1
+    assert "RuntimeError" in errors[0].getMessage()
     # Stored for real now, then a load whose scatter raises: its whole window is reported.
     conn.bind_connector_metadata(LMCacheNativeConnectorMetadata(saves=[save]))
     conn.wait_for_save()
@@ -91,7 +84,8 @@ def test_native_copy_failures_are_contained(
         conn.bind_connector_metadata(LMCacheNativeConnectorMetadata(loads=[load]))
         conn.start_load_kv(None)  # does not raise
     assert conn.get_block_ids_with_load_errors() == {8, 9, 10, 11}
-    assert worker.stats.load_failures == 1 and worker.stats.load_failed_tokens == 127
+    assert worker.stats.load_failures == 1
+    assert worker.stats.load_failed_tokens == 127
     # Without the fault the same load fills the window.
     conn.bind_connector_metadata(LMCacheNativeConnectorMetadata(loads=[load]))
     conn.start_load_kv(None)
@@ -117,7 +111,8 @@ def test_worker_methods_never_raise(monkeypatch: pytest.MonkeyPatch) -> None:
     conn.shutdown()
     # A failed setup disables the connector in this worker instead of stopping vLLM.
     conn.register_kv_caches({})
-    assert worker.engine is None and "setup failed" in (worker.disabled_reason or "")
+    assert worker.engine is None
+    assert "setup failed" in (worker.disabled_reason or "")
     monkeypatch.undo()
     conn.bind_connector_metadata(LMCacheNativeConnectorMetadata(loads=[spec]))
     conn.start_load_kv(None)
@@ -152,7 +147,7 @@ def _output(req_id: str, blocks: list[int], computed: int, scheduled: int) -> Si
 
 def test_scheduler_methods_never_raise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LMCACHE_NATIVE_LOOKUP_DIR", str(tmp_path))
-    server = LookupServer.start("contain-s", 0, lambda _r, toks, _e: (192, 0))
+    server = LookupServer.start("contain-s", 0, lambda _r, _toks, _e: (192, 0))
     sched = SchedulerSide(LMCacheEngineConfig.from_defaults(chunk_size=CHUNK), "contain-s", 1, 32)
     conn = _connector(sched=sched)
     blocks = SimpleNamespace(get_block_ids=lambda: ([1, 2, 3, 4, 5, 6, 7],))
@@ -160,7 +155,7 @@ def test_scheduler_methods_never_raise(tmp_path: Path, monkeypatch: pytest.Monke
         req = _request("a", list(range(200)))
         # A lookup that raises is a miss.
         with monkeypatch.context() as m:
-            m.setattr(sched.client, "lookup", _boom)
+            m.setattr(sched.client, "lookup_tiers", _boom)
             assert conn.get_num_new_matched_tokens(req, 0) == (0, False)
         # vLLM accepted 192 tokens, then planning the load raised: the load still reaches the
         # worker, as a load of nothing, so every accepted block is reported and recomputed.
@@ -170,7 +165,8 @@ def test_scheduler_methods_never_raise(tmp_path: Path, monkeypatch: pytest.Monke
             conn.update_state_after_alloc(req, blocks, 192)
         meta = conn.build_connector_meta(_output("a", [1, 2, 3, 4, 5, 6, 7], 192, 8))
         (load,) = meta.loads
-        assert load.token_ids == [] and (load.start, load.end) == (0, 192)
+        assert load.token_ids == []
+        assert (load.start, load.end) == (0, 192)
         worker = _worker()
         worker.start_load_kv(meta)
         assert worker.take_load_errors() == {1, 2, 3, 4, 5, 6}
@@ -182,7 +178,8 @@ def test_scheduler_methods_never_raise(tmp_path: Path, monkeypatch: pytest.Monke
         with monkeypatch.context() as m:
             m.setattr(sched, "_save_spec", _boom)
             meta = conn.build_connector_meta(_output("b", [1, 2, 3, 4, 5, 6, 7], 192, 8))
-        assert [x.req_id for x in meta.loads] == ["b"] and meta.saves == []
+        assert [x.req_id for x in meta.loads] == ["b"]
+        assert meta.saves == []
         with monkeypatch.context() as m:
             m.setattr(sched, "request_finished", _boom)
             assert conn.request_finished(req2, []) == (False, None)

@@ -21,15 +21,15 @@ import torch
 
 pytest.importorskip("vllm")
 
-from lmcache_native import ops  # noqa: E402
-from lmcache_native.integration.vllm.layout import (  # noqa: E402
+from lmcache_native import ops
+from lmcache_native.integration.vllm.layout import (
     CPU_ISA_LAYOUTS,
     LayerGeometry,
     UnsupportedLayoutError,
     detect_layout,
 )
-from lmcache_native.integration.vllm.worker import cpu_attention_isa  # noqa: E402
-from vllm import _custom_ops as vllm_ops  # noqa: E402
+from lmcache_native.integration.vllm.worker import cpu_attention_isa
+from vllm import _custom_ops as vllm_ops
 
 pytestmark = pytest.mark.vllm
 

@@ -112,7 +112,7 @@ def run1(model: str, disk: Path) -> dict[str, Any]:
                 out["slot_log"] = list(slot_log.entries)
                 out["info"] = http.get("/cache/kvcache/info").json()
                 out["meta"] = http.get("/meta").json()
-                store_slots = [s for op, s in slot_log.entries if op == "store"][0][:FULL]
+                store_slots = next(s for op, s in slot_log.entries if op == "store")[:FULL]
                 out["store_slots"] = store_slots
                 r = http.get(
                     "/cache/kvcache/check",
@@ -148,7 +148,7 @@ def run1(model: str, disk: Path) -> dict[str, Any]:
 
 
 def vllm_layers(llm: Any) -> dict[str, torch.Tensor]:
-    """vLLM's own per-layer KV cache tensors, by layer name, in layer order."""
+    """VLLM's own per-layer KV cache tensors, by layer name, in layer order."""
     ctx = llm.llm_engine.vllm_config.compilation_config.static_forward_context
     return {
         name: layer.kv_cache
@@ -188,7 +188,8 @@ def test_repeat_in_same_engine_loads_from_cpu_tier(
     assert run1["P_again_loaded"] == FULL
     assert tokens == baseline["P"]
     sched = run1["scheduler_stats"]
-    assert sched.claimed_tokens == FULL and sched.load_requests == 1
+    assert sched.claimed_tokens == FULL
+    assert sched.load_requests == 1
     assert run1["worker_stats"].load_failed_tokens == 0
 
 
@@ -212,11 +213,13 @@ def test_admin_api_shows_vllm_layers_and_hashes_vllm_cache(
     assert run1["meta"]["layout"] == "vllm_cpu"
     # record_slot logged the store's slot mapping: one slot per prompt token, in vLLM's blocks.
     stores = [s for op, s in run1["slot_log"] if op == "store"]
-    assert len(stores) == 1 and len(stores[0]) == len(P)
+    assert len(stores) == 1
+    assert len(stores[0]) == len(P)
     assert all(s % vt.BLOCK_SIZE == i % vt.BLOCK_SIZE for i, s in enumerate(stores[0]))
     status, body = run1["check"]
     assert status == 200, body
-    assert body["num_chunks"] == 3 and body["chunk_size"] == 64
+    assert body["num_chunks"] == 3
+    assert body["chunk_size"] == 64
     # /cache/kvcache/check hashed vLLM's real cache: same digests as the naive reference over
     # vLLM's tensors, and as the chunks the connector stored from those slots.
     assert body["chunk_checksums"] == run1["reference_md5"]
@@ -239,6 +242,7 @@ def test_admin_api_stops_with_the_engine(run1: dict[str, Any]) -> None:
 @pytest.fixture(scope="module")
 def run2(model: str, disk: Path, run1: dict[str, Any]) -> dict[str, Any]:
     """Engine 2: fresh vLLM cache and empty CPU tier; the same disk tier."""
+    del run1  # engine 1 must have stored first
     out: dict[str, Any] = {}
     with vt.in_process_llm(model, _connector_config(disk)) as llm:
         worker = vt.worker_connector().worker_side
@@ -271,7 +275,8 @@ def test_fresh_engine_loads_stored_chunks_and_generates_the_same(
     assert run2["P_loaded"] == FULL
     assert tokens == run1["P"][0] == baseline["P"]
     # The load wrote exactly the KV that run 1 computed: same bytes in vLLM's cache.
-    assert len(run2["retrieve_slots"]) == 1 and len(run2["retrieve_slots"][0]) == FULL
+    assert len(run2["retrieve_slots"]) == 1
+    assert len(run2["retrieve_slots"][0]) == FULL
     assert run2["loaded_md5"] == run1["check"][1]["chunk_checksums"]
 
 
@@ -292,6 +297,7 @@ def test_prompt_sharing_only_the_first_chunk_loads_exactly_it(
 @pytest.fixture(scope="module")
 def run3(model: str, disk: Path, run1: dict[str, Any], run2: dict[str, Any]) -> dict[str, Any]:
     """Engine 3 after tampering: R1's payloads replaced (checksums fixed), R2's chunk 1 broken."""
+    del run2  # engine 2 must have run first
     gen = torch.Generator().manual_seed(7)
     for key in run1["keys"]["R1"]:
         path = vt.chunk_path(disk, key)
@@ -326,7 +332,8 @@ def test_overwritten_payloads_change_the_output(
 ) -> None:
     tokens, cached = run3["R1"]
     assert run1["R1"][0] == baseline["R1"]
-    assert cached == FULL and run3["R1_loaded"] == FULL  # the tampered chunks were loaded...
+    assert cached == FULL
+    assert run3["R1_loaded"] == FULL  # the tampered chunks were loaded...
     assert tokens != baseline["R1"]  # ...and vLLM really attended to them
 
 
@@ -412,7 +419,8 @@ def test_multiprocess_mode(model: str, baseline: dict[str, list[int]], tmp_path:
         env=env,
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert lines, proc.stdout[-3000:] + proc.stderr[-5000:]
     result = json.loads(lines[-1][len("RESULT ") :])
     assert result["first"] == [baseline["P"], 0]
     assert result["second"] == [baseline["P"], FULL]  # loaded through the socket lookup
@@ -425,7 +433,8 @@ def test_multiprocess_mode(model: str, baseline: dict[str, list[int]], tmp_path:
         for ln in result["metrics"].splitlines()
         if ln.startswith("lmcache_retrieved_tokens_total") and 'tier="LocalCPUBackend"' in ln
     ]
-    assert retrieved and float(retrieved[0].split()[-1]) == FULL
+    assert retrieved
+    assert float(retrieved[0].split()[-1]) == FULL
     counters = {
         ln.split()[0]: float(ln.split()[1])
         for ln in result["metrics"].splitlines()

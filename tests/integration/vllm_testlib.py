@@ -73,7 +73,7 @@ def free_port() -> int:
 def kv_transfer_config(
     extra: dict[str, Any], module_path: bool = True, kv_role: str = "kv_both"
 ) -> dict[str, Any]:
-    """vLLM's ``kv_transfer_config`` selecting the connector, with ``lmcache.*`` extras.
+    """VLLM's ``kv_transfer_config`` selecting the connector, with ``lmcache.*`` extras.
 
     Without ``module_path`` vLLM finds the connector by name, through the
     ``vllm.general_plugins`` entry point of the installed package.
@@ -95,8 +95,10 @@ def engine_kwargs(
     kv_role: str = "kv_both",
     **overrides: Any,
 ) -> dict[str, Any]:
-    """``LLM(...)`` arguments for the tests (``connector``: lmcache keys, or None for none;
-    ``overrides``: other ``LLM`` arguments)."""
+    """``LLM(...)`` arguments for the tests (``connector``.
+
+    Lmcache keys, or None for none; ``overrides``: other ``LLM`` arguments).
+    """
     kw: dict[str, Any] = {
         "model": model,
         "load_format": "dummy",
@@ -148,8 +150,11 @@ def in_process_llm(
 
 
 def report(name: str, data: dict[str, Any]) -> None:
-    """Writes ``data`` (JSON-able parts) to ``$LMC_TEST_REPORT_DIR/<name>.json`` when that
-    variable is set, so a run's measured figures can be quoted; does nothing otherwise."""
+    """Writes ``data`` (JSON-able parts) to ``$LMC_TEST_REPORT_DIR/<name>.json``.
+
+    Only when that variable is set, so a run's measured figures can be quoted; does nothing
+    otherwise.
+    """
     directory = os.environ.get("LMC_TEST_REPORT_DIR")
     if not directory:
         return
@@ -254,3 +259,71 @@ def slot_string(slots: Sequence[int]) -> str:
     for item in compress_slot_mapping(list(slots)):
         parts.append(f"[{item[0]},{item[1]}]" if isinstance(item, list) else str(item))
     return ",".join(parts)
+
+
+# -- the connector's sides without a vLLM engine ----------------------------------------------
+
+#: Heads and head size of the small ``vllm_cpu`` caches of :func:`unit_worker`.
+UNIT_HEADS, UNIT_HEAD_SIZE = 2, 16
+
+
+def unit_worker(
+    name: str, num_blocks: int, seed: int, **config: Any
+) -> tuple[Any, list[torch.Tensor]]:
+    """A connector worker side over a real engine, without a vLLM engine.
+
+    Args:
+        name: the engine id (names the lookup socket).
+        num_blocks: blocks of each of the two ``vllm_cpu`` float32 layers
+            ``[num_blocks, UNIT_HEADS, BLOCK_SIZE, 2 * UNIT_HEAD_SIZE]``, seeded random.
+        seed: the caches' seed.
+        **config: engine config keys (``chunk_size`` defaults to :data:`CHUNK_SIZE`).
+
+    Returns:
+        The ``WorkerSide`` with its engine registered on the caches, and the two caches.
+    """
+    from types import SimpleNamespace
+
+    from lmcache_native.config import LMCacheEngineConfig
+    from lmcache_native.engine import CacheEngine, EngineMetadata
+    from lmcache_native.integration.vllm.worker import WorkerSide
+
+    cfg = LMCacheEngineConfig.from_defaults(**{"chunk_size": CHUNK_SIZE, **config})
+    gen = torch.Generator().manual_seed(seed)
+    shape = (num_blocks, UNIT_HEADS, BLOCK_SIZE, 2 * UNIT_HEAD_SIZE)
+    caches = [torch.randn(*shape, generator=gen) for _ in range(2)]
+    vllm_config = SimpleNamespace(cache_config=SimpleNamespace(block_size=BLOCK_SIZE))
+    worker = WorkerSide(vllm_config, None, cfg, name, rank=0, world_size=1)
+    engine = CacheEngine(cfg, EngineMetadata(model_name="m"))
+    engine.register_kv_caches({"l0": caches[0], "l1": caches[1]}, "vllm_cpu")
+    worker.engine = engine
+    return worker, caches
+
+
+@contextlib.contextmanager
+def lookup_scheduler(name: str, lookup: Any, **extra_config: Any) -> Iterator[Any]:
+    """A scheduler side asking ``lookup`` through a real lookup server; both stop on exit.
+
+    Args:
+        name: the engine id; ``LMCACHE_NATIVE_LOOKUP_DIR`` should name a private directory.
+        lookup: the worker's answer, ``lookup(req_id, tokens, extras) -> (hit, min_retrieve)``.
+        **extra_config: ``extra_config`` keys of the scheduler (``lookup_cache_secs``, ...).
+
+    Yields:
+        The ``SchedulerSide`` (``world_size`` 1, :data:`BLOCK_SIZE`, :data:`CHUNK_SIZE`).
+    """
+    from lmcache_native.config import LMCacheEngineConfig
+    from lmcache_native.integration.vllm.lookup import LookupServer
+    from lmcache_native.integration.vllm.scheduler import SchedulerSide
+
+    server = LookupServer.start(name, 0, lookup)
+    try:
+        extra = {"extra_config": extra_config} if extra_config else {}
+        config = LMCacheEngineConfig.from_defaults(chunk_size=CHUNK_SIZE, **extra)
+        side = SchedulerSide(config, name, world_size=1, block_size=BLOCK_SIZE)
+        try:
+            yield side
+        finally:
+            side.close()
+    finally:
+        server.stop()

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
+from kernel_testlib import make_caches
 from lmcache_native import _native, ops
 from lmcache_native.ops.kv_chunk_md5 import (
     md5_bytes,
@@ -41,39 +42,27 @@ def isa(request: pytest.FixtureRequest) -> Iterator[str]:
     md5_set_isa(before)
 
 
-def _shape(layout: str, n: int, b: int, h: int, d: int) -> tuple[int, ...]:
-    return {
-        "flash_attn": (2, n, b, h, d),
-        "flashinfer": (n, 2, b, h, d),
-        "hnd": (n, 2, h, b, d),
-        "mla": (n, b, d),
-        "vllm_cpu": (n, h, b, 2 * d),
-    }[layout]
-
-
-def _random_caches(
+def _caches(
     layout: str,
-    num_layers: int,
-    num_blocks: int,
-    block_size: int,
-    num_heads: int,
-    head_size: int,
     dtype: torch.dtype,
+    layers: int,
+    blocks: int,
+    block_size: int,
+    heads: int,
+    head_size: int,
     seed: int = 0,
 ) -> list[torch.Tensor]:
-    """Per-layer caches of random bytes viewed as dtype (NaN/Inf bit patterns included)."""
-    gen = torch.Generator().manual_seed(seed)
-    shape = _shape(layout, num_blocks, block_size, num_heads, head_size)
-    elem = torch.empty((), dtype=dtype).element_size()
-    numel = 1
-    for s in shape:
-        numel *= s
-    return [
-        torch.randint(0, 256, (numel * elem,), dtype=torch.uint8, generator=gen)
-        .view(dtype)
-        .view(shape)
-        for _ in range(num_layers)
-    ]
+    """Random caches: ``kernel_testlib.make_caches`` with every size given, in order."""
+    return make_caches(
+        layout,
+        dtype,
+        num_layers=layers,
+        num_blocks=blocks,
+        block_size=block_size,
+        num_heads=heads,
+        head_size=head_size,
+        seed=seed,
+    )
 
 
 def _check_all_isas(
@@ -109,7 +98,8 @@ def test_this_machine_runs_simd_paths() -> None:
 
 @pytest.mark.parametrize("length", MD5_LENGTHS)
 @pytest.mark.parametrize("count", [1, 3, 8, 9, 16, 17, 33, 50])
-def test_md5_bytes_matches_hashlib(isa: str, length: int, count: int) -> None:
+@pytest.mark.usefixtures("isa")
+def test_md5_bytes_matches_hashlib(length: int, count: int) -> None:
     gen = torch.Generator().manual_seed(length * 100 + count)
     msgs = [
         torch.randint(0, 256, (length,), dtype=torch.uint8, generator=gen).numpy().tobytes()
@@ -118,7 +108,8 @@ def test_md5_bytes_matches_hashlib(isa: str, length: int, count: int) -> None:
     assert md5_bytes(*msgs) == [hashlib.md5(m).hexdigest() for m in msgs]
 
 
-def test_md5_bytes_mixed_lengths_keep_order(isa: str) -> None:
+@pytest.mark.usefixtures("isa")
+def test_md5_bytes_mixed_lengths_keep_order() -> None:
     gen = torch.Generator().manual_seed(7)
     lengths = [MD5_LENGTHS[i % len(MD5_LENGTHS)] for i in range(61)]
     msgs = [
@@ -156,24 +147,21 @@ def test_md5_isa_env_var_selects_scalar() -> None:
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_every_layout_and_dtype(layout: str, dtype: torch.dtype) -> None:
     # 18 layers: a full 16-lane group plus a 2-lane leftover per chunk length.
-    kv = _random_caches(
-        layout, 18, num_blocks=5, block_size=4, num_heads=2, head_size=8, dtype=dtype
-    )
+    kv = _caches(layout, dtype, 18, 5, 4, 2, 8)
     gen = torch.Generator().manual_seed(1)
     slots = torch.randperm(20, generator=gen)[:14].tolist()
     slots[2] = -1  # padding inside a chunk
     # chunks of 4: [.., -1, ..], full chunks, short tail of 2
     per_layer, combined = _check_all_isas(kv, slots, 4, layout)
-    assert len(per_layer) == 18 and all(len(p) == 4 for p in per_layer)
+    assert len(per_layer) == 18
+    assert all(len(p) == 4 for p in per_layer)
     assert len(combined) == 4
 
 
 @pytest.mark.parametrize("length", [1, 55, 56, 63, 64, 65, 119, 120, 128, 200])
 def test_message_lengths_through_the_cache(length: int) -> None:
     # MLA with uint8 elements and one slot per chunk: each message is exactly head_size bytes.
-    kv = _random_caches(
-        "mla", 17, num_blocks=3, block_size=4, num_heads=1, head_size=length, dtype=torch.uint8
-    )
+    kv = _caches("mla", torch.uint8, 17, 3, 4, 1, length)
     slots = [11, 0, 5, 5, 3]
     per_layer, _ = _check_all_isas(kv, slots, 1, "mla")
     row = kv[4][11 // 4, 11 % 4].numpy().tobytes()
@@ -184,22 +172,12 @@ def test_message_lengths_through_the_cache(length: int) -> None:
 @pytest.mark.parametrize("head_size", [8, 24, 32, 40])
 def test_heads_across_block_boundaries(head_size: int) -> None:
     # HND keeps each head separate: 64-byte blocks straddle head segments unless 64 | head bytes.
-    kv = _random_caches(
-        "hnd", 9, num_blocks=4, block_size=4, num_heads=3, head_size=head_size, dtype=torch.float16
-    )
+    kv = _caches("hnd", torch.float16, 9, 4, 4, 3, head_size)
     _check_all_isas(kv, [15, 14, 0, 1, 2, 9, 8], 3, "hnd")
 
 
 def test_short_tail_padding_and_all_padding_chunks() -> None:
-    kv = _random_caches(
-        "flash_attn",
-        10,
-        num_blocks=4,
-        block_size=4,
-        num_heads=2,
-        head_size=16,
-        dtype=torch.bfloat16,
-    )
+    kv = _caches("flash_attn", torch.bfloat16, 10, 4, 4, 2, 16)
     slots = [0, 1, 2, 3, -1, -1, -1, -1, 15, -1, 7]
     per_layer, combined = _check_all_isas(kv, slots, 4, "flash_attn")
     empty = hashlib.md5(b"").hexdigest()
@@ -208,17 +186,13 @@ def test_short_tail_padding_and_all_padding_chunks() -> None:
 
 
 def test_last_slot_of_last_block() -> None:
-    kv = _random_caches(
-        "flashinfer", 3, num_blocks=4, block_size=8, num_heads=2, head_size=16, dtype=torch.float32
-    )
+    kv = _caches("flashinfer", torch.float32, 3, 4, 8, 2, 16)
     _check_all_isas(kv, [31, 30, 0], 2, "flashinfer")
 
 
 def test_non_contiguous_view() -> None:
     # Dims sliced out of a larger cache: head_stride != head_size, rows are not contiguous.
-    full = _random_caches(
-        "flash_attn", 17, num_blocks=4, block_size=4, num_heads=3, head_size=40, dtype=torch.float16
-    )
+    full = _caches("flash_attn", torch.float16, 17, 4, 4, 3, 40)
     kv = [t[..., 4:36] for t in full]
     assert not kv[0].is_contiguous()
     _check_all_isas(kv, [3, 9, 10, 11, 0, 14, 2], 4, "flash_attn")
@@ -241,31 +215,27 @@ def test_block_tiles(layout: str, dtype: torch.dtype, block_size: int, head_size
     # vllm_cpu's K: consecutive slots of one 16-token span go through a transposed tile of the
     # span; lone slots are gathered element by element. Mix both, revisit blocks, and pad (HND:
     # the same slots through per-head segments).
-    kv = _random_caches(layout, 18, 4, block_size, 2, head_size, dtype, seed=block_size)
+    kv = _caches(layout, dtype, 18, 4, block_size, 2, head_size, block_size)
     b = block_size
-    slots = (
-        list(range(2 * b, 3 * b))  # block 2 in order
-        + [b - 1, b - 2, -1, 1]  # block 0, reversed, with padding
-        + [3 * b + 5 % b]  # a lone slot of block 3
-        + [2 * b + 3, 2 * b + 4, 2 * b + 3]  # block 2 again, duplicates
-        + [b + 7, -1, b + 8]  # block 1 around padding
-        + [b + 14, b + 15, b + 16]  # across 16-token spans of a 32-token block
-    )
+    slots = [
+        *range(2 * b, 3 * b),  # block 2 in order
+        *(b - 1, b - 2, -1, 1),  # block 0, reversed, with padding
+        3 * b + 5 % b,  # a lone slot of block 3
+        *(2 * b + 3, 2 * b + 4, 2 * b + 3),  # block 2 again, duplicates
+        *(b + 7, -1, b + 8),  # block 1 around padding
+        *(b + 14, b + 15, b + 16),  # across 16-token spans of a 32-token block
+    ]
     _check_all_isas(kv, [s % (4 * b) if s >= 0 else s for s in slots], 7, layout)
 
 
 def test_chunk_size_larger_than_slots() -> None:
-    kv = _random_caches(
-        "vllm_cpu", 4, num_blocks=3, block_size=4, num_heads=2, head_size=8, dtype=torch.float16
-    )
-    per_layer, combined = _check_all_isas(kv, [5, 6, 7], 1000, "vllm_cpu")
+    kv = _caches("vllm_cpu", torch.float16, 4, 3, 4, 2, 8)
+    _per_layer, combined = _check_all_isas(kv, [5, 6, 7], 1000, "vllm_cpu")
     assert len(combined) == 1
 
 
 def test_combined_is_md5_of_layer_hex_digests() -> None:
-    kv = _random_caches(
-        "flash_attn", 5, num_blocks=2, block_size=4, num_heads=1, head_size=16, dtype=torch.float16
-    )
+    kv = _caches("flash_attn", torch.float16, 5, 2, 4, 1, 16)
     per_layer, combined = ops.kv_chunk_md5(kv, [0, 1, 2, 3, 4], 2, "flash_attn")
     for c in range(3):
         joined = "".join(per_layer[layer][c] for layer in range(5))
@@ -273,15 +243,7 @@ def test_combined_is_md5_of_layer_hex_digests() -> None:
 
 
 def test_thread_counts_agree() -> None:
-    kv = _random_caches(
-        "flash_attn",
-        20,
-        num_blocks=8,
-        block_size=4,
-        num_heads=2,
-        head_size=32,
-        dtype=torch.bfloat16,
-    )
+    kv = _caches("flash_attn", torch.bfloat16, 20, 8, 4, 2, 32)
     slots = list(range(32))
     before = _native.num_threads()
     try:
@@ -298,9 +260,7 @@ def test_thread_counts_agree() -> None:
 
 
 def test_zero_slots() -> None:
-    kv = _random_caches(
-        "flash_attn", 3, num_blocks=2, block_size=4, num_heads=1, head_size=8, dtype=torch.float16
-    )
+    kv = _caches("flash_attn", torch.float16, 3, 2, 4, 1, 8)
     assert ops.kv_chunk_md5(kv, torch.empty(0, dtype=torch.int64), 4, "flash_attn") == (
         [[], [], []],
         [],
@@ -310,26 +270,20 @@ def test_zero_slots() -> None:
 
 @pytest.mark.parametrize("bad", [8, 1000, -2])
 def test_out_of_range_slot_raises_index_error(bad: int) -> None:
-    kv = _random_caches(
-        "flash_attn", 2, num_blocks=2, block_size=4, num_heads=1, head_size=8, dtype=torch.float16
-    )
+    kv = _caches("flash_attn", torch.float16, 2, 2, 4, 1, 8)
     with pytest.raises(IndexError, match=rf"slot_mapping\[2\] = {bad} "):
         ops.kv_chunk_md5(kv, [0, 1, bad, 3], 2, "flash_attn")
 
 
 @pytest.mark.parametrize("chunk_size", [0, -4])
 def test_chunk_size_must_be_positive(chunk_size: int) -> None:
-    kv = _random_caches(
-        "mla", 1, num_blocks=2, block_size=4, num_heads=1, head_size=8, dtype=torch.float16
-    )
+    kv = _caches("mla", torch.float16, 1, 2, 4, 1, 8)
     with pytest.raises(ValueError, match="chunk_size must be >= 1"):
         ops.kv_chunk_md5(kv, [0, 1], chunk_size, "mla")
 
 
 def test_argument_types() -> None:
-    kv = _random_caches(
-        "mla", 1, num_blocks=2, block_size=4, num_heads=1, head_size=8, dtype=torch.float16
-    )
+    kv = _caches("mla", torch.float16, 1, 2, 4, 1, 8)
     with pytest.raises(TypeError, match="chunk_size"):
         ops.kv_chunk_md5(kv, [0, 1], 2.0, "mla")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="slot_mapping"):
@@ -343,9 +297,7 @@ def test_argument_types() -> None:
 
 
 def test_uint64_slots_are_checked_not_wrapped_into_padding() -> None:
-    kv = _random_caches(
-        "mla", 1, num_blocks=2, block_size=4, num_heads=1, head_size=8, dtype=torch.float16
-    )
+    kv = _caches("mla", torch.float16, 1, 2, 4, 1, 8)
     # 2**64 - 1 would become -1 (padding, silently skipped) in a plain cast to int64.
     with pytest.raises(ValueError, match="fit in int64"):
         ops.kv_chunk_md5(kv, torch.tensor([0, 2**64 - 1], dtype=torch.uint64), 2, "mla")
@@ -354,9 +306,7 @@ def test_uint64_slots_are_checked_not_wrapped_into_padding() -> None:
 
 
 def test_int32_slot_tensor() -> None:
-    kv = _random_caches(
-        "hnd", 2, num_blocks=2, block_size=4, num_heads=2, head_size=8, dtype=torch.float16
-    )
+    kv = _caches("hnd", torch.float16, 2, 2, 4, 2, 8)
     got = ops.kv_chunk_md5(kv, torch.tensor([7, -1, 0], dtype=torch.int32), 2, "hnd")
     assert got == ref.kv_chunk_md5(kv, [7, -1, 0], 2, "hnd")
 
@@ -368,9 +318,7 @@ def test_int32_slot_tensor() -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.uint8], ids=str)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_cuda_matches_cpu(layout: str, dtype: torch.dtype) -> None:
-    kv = _random_caches(
-        layout, 6, num_blocks=6, block_size=16, num_heads=2, head_size=32, dtype=dtype
-    )
+    kv = _caches(layout, dtype, 6, 6, 16, 2, 32)
     slots = torch.randperm(96, generator=torch.Generator().manual_seed(3))[:70]
     slots[5] = -1
     cpu = ops.kv_chunk_md5(kv, slots, 16, layout)
@@ -382,9 +330,7 @@ def test_cuda_matches_cpu(layout: str, dtype: torch.dtype) -> None:
 @pytest.mark.cuda
 @pytest.mark.parametrize("head_size", [1, 7, 55, 64, 65])
 def test_cuda_generic_path_lengths(head_size: int) -> None:
-    kv = _random_caches(
-        "mla", 3, num_blocks=3, block_size=4, num_heads=1, head_size=head_size, dtype=torch.uint8
-    )
+    kv = _caches("mla", torch.uint8, 3, 3, 4, 1, head_size)
     slots = [11, 0, -1, 5, 3]
     assert ops.kv_chunk_md5([t.cuda() for t in kv], slots, 2, "mla") == ref.kv_chunk_md5(
         kv, slots, 2, "mla"
@@ -393,17 +339,18 @@ def test_cuda_generic_path_lengths(head_size: int) -> None:
 
 @pytest.mark.cuda
 def test_cuda_out_of_range_slot() -> None:
-    kv = [t.cuda() for t in _random_caches("flash_attn", 2, 2, 4, 1, 64, torch.float16)]
+    kv = [t.cuda() for t in _caches("flash_attn", torch.float16, 2, 2, 4, 1, 64)]
     with pytest.raises(IndexError, match=r"slot_mapping\[3\] = 8 "):
         ops.kv_chunk_md5(kv, torch.tensor([0, 1, -1, 8], device="cuda"), 2, "flash_attn")
 
 
 @pytest.mark.cuda
 def test_cuda_zero_slots_and_padding() -> None:
-    kv = [t.cuda() for t in _random_caches("flash_attn", 2, 2, 4, 1, 64, torch.float16)]
+    kv = [t.cuda() for t in _caches("flash_attn", torch.float16, 2, 2, 4, 1, 64)]
     assert ops.kv_chunk_md5(
         kv, torch.empty(0, dtype=torch.int64, device="cuda"), 2, "flash_attn"
     ) == ([[], []], [])
     empty = hashlib.md5(b"").hexdigest()
     per_layer, _ = ops.kv_chunk_md5(kv, [-1, -1, 3], 2, "flash_attn")
-    assert per_layer[0][0] == empty and per_layer[1][0] == empty
+    assert per_layer[0][0] == empty
+    assert per_layer[1][0] == empty

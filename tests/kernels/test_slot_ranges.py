@@ -38,7 +38,9 @@ VALID = [
 @pytest.mark.parametrize(("text", "expected"), VALID)
 def test_parse_valid_forms(text: str, expected: list[int]) -> None:
     got = ops.parse_slot_mapping(text, 100)
-    assert got.dtype == torch.int64 and got.device.type == "cpu" and got.dim() == 1
+    assert got.dtype == torch.int64
+    assert got.device.type == "cpu"
+    assert got.dim() == 1
     assert got.tolist() == expected
     assert ref.parse_slot_mapping(text, 100) == expected
 
@@ -59,7 +61,8 @@ def test_parse_max_slots_boundary() -> None:
 
 def test_parse_ranges_form() -> None:
     got = parse_slot_ranges(" 4,[1, 3],,9", 10)
-    assert got.shape == (3, 2) and got.dtype == torch.int64
+    assert got.shape == (3, 2)
+    assert got.dtype == torch.int64
     assert got.tolist() == [[4, 4], [1, 3], [9, 9]]
     with pytest.raises(ValueError, match="max_slots"):
         parse_slot_ranges("[0,10]", 10)
@@ -100,7 +103,7 @@ MALFORMED = [
 def test_parse_malformed(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ops.parse_slot_mapping(text, 100)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError):  # noqa: PT011 - the reference's wording is not the contract
         ref.parse_slot_mapping(text, 100)
 
 
@@ -163,7 +166,7 @@ def test_parse_random_texts_agree_on_validity(text: str) -> None:
     if expected is not None and any(v > INT64_MAX for v in expected):
         expected = None  # the reference has no int64 limit
     if expected is None:
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError):  # noqa: PT011 - any malformed text; messages vary
             ops.parse_slot_mapping(text, 10**4)
     else:
         assert ops.parse_slot_mapping(text, 10**4).tolist() == expected
@@ -254,7 +257,8 @@ def test_round_trip_large_random() -> None:
 )
 def test_compress_ranges_named_cases(slots: list[int]) -> None:
     table = ops.compress_slot_ranges(slots)
-    assert table.dtype == torch.int64 and table.shape == (table.shape[0], 2)
+    assert table.dtype == torch.int64
+    assert table.shape == (table.shape[0], 2)
     assert table.tolist() == ref.compress_slot_ranges(slots)
 
 
@@ -316,7 +320,8 @@ def test_compress_ranges_large_round_trip() -> None:
 def test_expand_cpu() -> None:
     ranges = torch.tensor([[4, 4], [10, 13], [0, 1], [10, 10]])
     got = ops.expand_slot_ranges(ranges)
-    assert got.dtype == torch.int64 and got.tolist() == [4, 10, 11, 12, 13, 0, 1, 10]
+    assert got.dtype == torch.int64
+    assert got.tolist() == [4, 10, 11, 12, 13, 0, 1, 10]
     assert ops.expand_slot_ranges([[2, 3]]).tolist() == [2, 3]
     assert ops.expand_slot_ranges(torch.empty(0, 2, dtype=torch.int64)).tolist() == []
 
@@ -353,3 +358,21 @@ def test_expand_cuda_matches_cpu() -> None:
     cuda_from_cuda = ops.expand_slot_ranges(ranges.cuda(), device="cuda")
     assert torch.equal(cuda_from_cuda.cpu(), cpu)
     assert ops.expand_slot_ranges(ranges[:0], device="cuda").numel() == 0
+
+
+def test_compress_runs_ending_at_int64_max_do_not_overflow() -> None:
+    """Compress runs ending at int64 max do not overflow.
+
+    A run's last value is formed as start + (length - 1): for a run ending at INT64_MAX,
+    start + length would overflow int64 (undefined behaviour that UBSan reports).
+    """
+    tail = list(range(INT64_MAX - 6, INT64_MAX + 1))  # 7 values ending at INT64_MAX
+    slots = [3, 4, 5, 6, 9, *tail]
+    assert ops.compress_slot_mapping(slots) == [[3, 6], 9, [INT64_MAX - 6, INT64_MAX]]
+    assert ops.compress_slot_ranges(slots).tolist() == [
+        [3, 6],
+        [9, 9],
+        [INT64_MAX - 6, INT64_MAX],
+    ]
+    assert ops.compress_slot_mapping([INT64_MAX - 1, INT64_MAX]) == [INT64_MAX - 1, INT64_MAX]
+    assert ops.compress_slot_ranges(tail[-3:]).tolist() == [[INT64_MAX - 2, INT64_MAX]]

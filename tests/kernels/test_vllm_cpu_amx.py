@@ -10,16 +10,18 @@ index math, no AMX instruction is involved (the comparison with vLLM's own write
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
+from kernel_testlib import (
+    assert_all_same_bytes,
+    assert_same_bytes,
+    assert_untouched,
+    random_bits,
+    sentinel_like,
+)
 from lmcache_native import _native
 from lmcache_native.ops import (
     LAYOUTS,
-    copy_isa,
-    copy_set_isa,
-    copy_supported_isas,
     describe,
     kv_cache_shape,
     kv_chunk_md5,
@@ -32,28 +34,12 @@ from lmcache_native.ops.kv_chunk_md5 import md5_isa, md5_set_isa, md5_supported_
 from lmcache_native.testing import reference as ref
 
 AMX = "vllm_cpu_amx"
-SENTINEL = 0xA5
 NUM_BLOCKS, HEADS, HEAD = 4, 2, 32
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 BLOCKS = [32, 64]
-_INT_OF_WIDTH = {2: torch.int16, 4: torch.int32}
 
 
-@pytest.fixture(autouse=True, params=copy_supported_isas())
-def isa(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Forces the CPU copy instruction set (``sse2``, ``avx2``) for the test, then restores it."""
-    before = copy_isa()
-    copy_set_isa(request.param)
-    yield request.param
-    copy_set_isa(before)
-
-
-def random_bits(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor:
-    """Uniform random bit patterns of ``dtype`` (NaN/Inf patterns included)."""
-    width = torch.empty((), dtype=dtype).element_size()
-    gen = torch.Generator().manual_seed(seed)
-    raw = torch.randint(0, 256, (*shape, width), dtype=torch.uint8, generator=gen)
-    return raw.view(_INT_OF_WIDTH[width]).view(dtype).reshape(shape)
+pytestmark = pytest.mark.usefixtures("each_copy_isa")
 
 
 def caches(dtype: torch.dtype, block: int, layers: int = 2, seed: int = 0) -> list[torch.Tensor]:
@@ -61,24 +47,12 @@ def caches(dtype: torch.dtype, block: int, layers: int = 2, seed: int = 0) -> li
     return [random_bits(shape, dtype, seed + i) for i in range(layers)]
 
 
-def sentinel_like(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    t = torch.empty(shape, dtype=dtype)
-    t.view(torch.uint8).fill_(SENTINEL)
-    return t
-
-
-def assert_same_bytes(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    a = actual.contiguous().view(torch.uint8).reshape(-1)
-    e = expected.contiguous().view(torch.uint8).reshape(-1)
-    assert a.shape == e.shape
-    if not torch.equal(a, e):
-        bad = (a != e).nonzero().reshape(-1)
-        pytest.fail(f"{bad.numel()} bytes differ, first at byte {int(bad[0])}")
-
-
 def mixed_slots(block: int) -> list[int]:
-    """A whole block in order, a run across a 16-token group edge, lone slots, padding, the
-    last slot of the last block and slot 0."""
+    """Mixed slots.
+
+    A whole block in order, a run across a 16-token group edge, lone slots, padding, the
+    last slot of the last block and slot 0.
+    """
     last = NUM_BLOCKS * block - 1
     return [
         *range(block, 2 * block),  # block 1, in order
@@ -124,12 +98,11 @@ def test_gather_matches_reference(dtype: torch.dtype, block: int) -> None:
 def test_scatter_matches_reference(dtype: torch.dtype, block: int) -> None:
     cs = [sentinel_like(tuple(c.shape), dtype) for c in caches(dtype, block)]
     slots = mixed_slots(block)
-    chunk = random_bits(chunk_shape(cs, len(slots)), dtype, seed=9)
+    chunk = random_bits(chunk_shape(cs, len(slots)), dtype, 9)
     exp = [c.clone() for c in cs]
     ref.paged_kv_scatter(chunk, exp, slots, AMX)
     paged_kv_scatter(chunk, cs, torch.tensor(slots, dtype=torch.int32), AMX)
-    for got, want in zip(cs, exp, strict=True):
-        assert_same_bytes(got, want)
+    assert_all_same_bytes(cs, exp)
 
 
 @pytest.mark.parametrize("block", BLOCKS)
@@ -142,8 +115,7 @@ def test_whole_cache_round_trips(block: int) -> None:
     assert_same_bytes(chunk, expected_gather(src, slots.tolist()))
     dst = [sentinel_like(tuple(c.shape), torch.bfloat16) for c in src]
     paged_kv_scatter(chunk, dst, slots, AMX)
-    for d, s in zip(dst, src, strict=True):
-        assert_same_bytes(d, s)
+    assert_all_same_bytes(dst, src)
 
 
 # Uneven chunks over mixed_slots(block)'s tokens: empty, all padding, lone and tail chunks.
@@ -158,7 +130,8 @@ def test_gather_chunks_matches_per_chunk_reference(dtype: torch.dtype, block: in
     cs = caches(dtype, block, seed=2)
     slots = mixed_slots(block)
     sizes = chunk_sizes(len(slots), block)
-    assert slots[block] == -1 and sizes[2] == 1  # the one-token chunk is padding
+    assert slots[block] == -1
+    assert sizes[2] == 1
     outs = [sentinel_like(chunk_shape(cs, n), dtype) for n in sizes]
     paged_kv_gather_chunks(cs, torch.tensor(slots), outs, AMX)
     begin = 0
@@ -173,15 +146,14 @@ def test_scatter_chunks_matches_per_chunk_reference(dtype: torch.dtype, block: i
     cs = [sentinel_like(tuple(c.shape), dtype) for c in caches(dtype, block)]
     slots = mixed_slots(block)
     sizes = chunk_sizes(len(slots), block)
-    chunks = [random_bits(chunk_shape(cs, n), dtype, seed=20 + i) for i, n in enumerate(sizes)]
+    chunks = [random_bits(chunk_shape(cs, n), dtype, 20 + i) for i, n in enumerate(sizes)]
     exp = [c.clone() for c in cs]
     begin = 0
     for chunk, n in zip(chunks, sizes, strict=True):
         ref.paged_kv_scatter(chunk, exp, slots[begin : begin + n], AMX)
         begin += n
     paged_kv_scatter_chunks(chunks, cs, torch.tensor(slots), AMX)
-    for got, want in zip(cs, exp, strict=True):
-        assert_same_bytes(got, want)
+    assert_all_same_bytes(cs, exp)
 
 
 @pytest.mark.parametrize("md5", md5_supported_isas())
@@ -237,8 +209,7 @@ def test_last_slot_of_last_block_alone(block: int) -> None:
     paged_kv_scatter(out, dst, torch.tensor([-1, last]), AMX)
     exp = [sentinel_like(tuple(c.shape), torch.float16) for c in cs]
     ref.paged_kv_scatter(out, exp, [-1, last], AMX)
-    for got, want in zip(dst, exp, strict=True):
-        assert_same_bytes(got, want)
+    assert_all_same_bytes(dst, exp)
 
 
 @pytest.mark.parametrize("bad", [-2, NUM_BLOCKS * 32])
@@ -249,16 +220,15 @@ def test_bad_slot_raises_index_error_and_writes_nothing(bad: int) -> None:
     out = sentinel_like(chunk_shape(cs, 5), torch.bfloat16)
     with pytest.raises(IndexError, match=rf"slot_mapping\[3\] = {bad}"):
         paged_kv_gather(cs, slots, out, AMX)
-    assert_same_bytes(out, sentinel_like(tuple(out.shape), torch.bfloat16))
-    chunk = random_bits(tuple(out.shape), torch.bfloat16, seed=1)
+    assert_untouched([out])
+    chunk = random_bits(tuple(out.shape), torch.bfloat16, 1)
     with pytest.raises(IndexError, match=rf"slot_mapping\[3\] = {bad}"):
         paged_kv_scatter(chunk, cs, slots, AMX)
     with pytest.raises(IndexError, match=rf"slot_mapping\[3\] = {bad}"):
         paged_kv_scatter_chunks(
             [chunk[:, :, :2].contiguous(), chunk[:, :, 2:].contiguous()], cs, slots, AMX
         )
-    for c, b in zip(cs, before, strict=True):
-        assert_same_bytes(c, b)
+    assert_all_same_bytes(cs, before)
     with pytest.raises(IndexError, match=rf"slot_mapping\[3\] = {bad}"):
         kv_chunk_md5(cs, slots, 4, AMX)
 
@@ -292,12 +262,17 @@ def test_bindings_refuse_the_packed_layout_on_a_device() -> None:
     kv = describe(cs, AMX)
     slots = torch.tensor([0, 1], dtype=torch.int64)
     out = sentinel_like(chunk_shape(cs, 2), torch.bfloat16)
-    args = (kv.layer_ptrs, kv.flat, int(slots.data_ptr()), 2, 8)
-    with pytest.raises(ValueError, match="packed .* CPU caches"):
-        _native.C.paged_kv_gather(*args, int(out.data_ptr()), 0, 0, 0)
-    with pytest.raises(ValueError, match="packed .* CPU caches"):
-        _native.C.paged_kv_scatter(int(out.data_ptr()), *args, 0, 0, 0)
-    assert_same_bytes(out, sentinel_like(tuple(out.shape), torch.bfloat16))
+    args = (kv.layer_ptrs, kv.layout, int(slots.data_ptr()), 2, 8, int(out.data_ptr()))
+    cuda = (0, 0, 0, True)  # device, stream, bad_pos, blocking: refused before they are read
+    with pytest.raises(ValueError, match=r"packed .* CPU caches"):
+        _native.C.paged_kv_gather_cuda(*args, *cuda)
+    with pytest.raises(ValueError, match=r"packed .* CPU caches"):
+        _native.C.paged_kv_scatter_cuda(*args, *cuda)
+    with pytest.raises(ValueError, match=r"packed .* CPU caches"):
+        _native.C.kv_chunk_md5_cuda(
+            kv.layer_ptrs, 0, kv.layout, int(slots.data_ptr()), 2, 2, 0, 0, 0, 0
+        )
+    assert_untouched([out])
 
 
 @pytest.mark.cuda

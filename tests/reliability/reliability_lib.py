@@ -1,5 +1,7 @@
-"""Helpers of the reliability tests: a real `lmcache-native serve` process, memory and fd probes,
-the error-shape check, and a small paged KV cache read with plain torch indexing.
+"""Helpers of the reliability tests.
+
+A real `lmcache-native serve` process, memory and fd probes, the error-shape check, and a small
+paged KV cache read with plain torch indexing.
 
 KV rows are read and written here with plain torch indexing on a flat view of the flash-attn
 cache (``[2, num_slots, num_heads * head_size]`` per layer), never with the engine's kernels,
@@ -158,28 +160,31 @@ def assert_error_shape(response: Any, status: int | None = None) -> dict[str, An
     assert response.headers["content-type"].startswith("application/json"), response.headers
     body = response.json()
     assert isinstance(body, dict), body
-    assert isinstance(body.get("error"), str) and body["error"], body
-    assert isinstance(body.get("message"), str) and body["message"], body
+    assert isinstance(body.get("error"), str), body
+    assert body["error"], body
+    assert isinstance(body.get("message"), str), body
+    assert body["message"], body
     assert "Traceback" not in response.text
     return body
 
 
-def rss_bytes(pid: int | None = None) -> int:
-    """Current resident set size of ``pid`` (this process by default), from /proc."""
+def _status_bytes(field: str, pid: int | None) -> int:
+    """A ``kB`` field of ``/proc/<pid>/status`` (this process by default), in bytes."""
     with open(f"/proc/{pid or 'self'}/status", encoding="ascii") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/status")
+    raise RuntimeError(f"no {field} in /proc/status")
+
+
+def rss_bytes(pid: int | None = None) -> int:
+    """Current resident set size of ``pid`` (this process by default), from /proc."""
+    return _status_bytes("VmRSS", pid)
 
 
 def hwm_bytes(pid: int | None = None) -> int:
     """Peak resident set size (VmHWM) of ``pid`` (this process by default)."""
-    with open(f"/proc/{pid or 'self'}/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/status")
+    return _status_bytes("VmHWM", pid)
 
 
 def reset_hwm(pid: int | None = None) -> bool:

@@ -89,7 +89,8 @@ def _http(served: Served, method: str, target: str) -> RawResponse:
 
 def _alive(client: httpx.Client) -> None:
     r = client.get("/health")
-    assert r.status_code == 200 and r.json()["status"] == "ok"
+    assert r.status_code == 200
+    assert r.json()["status"] == "ok"
 
 
 # -- tokens_mock / tokens_input -------------------------------------------------------------------
@@ -114,7 +115,7 @@ def _alive(client: httpx.Client) -> None:
 )
 def test_tokens_mock_huge_or_negative(served, client, tokens_mock):
     for endpoint in ("/cache/store", "/cache/retrieve"):
-        r, growth, secs = _peak_growth(
+        r, growth, _secs = _peak_growth(
             served, lambda e=endpoint: client.post(e, params={"tokens_mock": tokens_mock})
         )
         body = assert_error_shape(r, 400)
@@ -123,7 +124,7 @@ def test_tokens_mock_huge_or_negative(served, client, tokens_mock):
     _alive(client)
 
 
-def test_tokens_input_of_a_million_items(served, client):
+def test_tokens_input_of_a_million_items(served):
     text = ",".join(["1"] * 1_000_000)  # ~2 MB of query
     r, growth, secs = _peak_growth(
         served, lambda: _http(served, "POST", "/cache/store?tokens_input=" + text)
@@ -161,7 +162,7 @@ def test_slot_mapping_of_a_million_items(served, client):
     ],
 )
 def test_slot_mapping_huge_ranges(served, client, slot_mapping):
-    r, growth, secs = _peak_growth(
+    r, growth, _secs = _peak_growth(
         served,
         lambda: client.get(
             "/cache/kvcache/check", params={"slot_mapping": slot_mapping, "chunk_size": 4}
@@ -267,11 +268,13 @@ def test_non_utf8_query(served, target):
     if body == b"Invalid HTTP request received.":
         # NOTE: raw bytes >= 0x80 in the request target are not HTTP/1.1 (RFC 9112); the
         # HTTP layer (h11) refuses them with a plain 400 before the app sees the request.
-        assert status == 400 and b"%" not in target
+        assert status == 400
+        assert b"%" not in target
         return
     if status >= 400:
         parsed = json.loads(body)
-        assert isinstance(parsed["error"], str) and isinstance(parsed["message"], str)
+        assert isinstance(parsed["error"], str)
+        assert isinstance(parsed["message"], str)
 
 
 @pytest.mark.parametrize(
@@ -384,8 +387,11 @@ def test_unknown_config_keys_with_every_type(client, value):
 
 @pytest.mark.parametrize("value", JSON_VALUES, ids=lambda v: json.dumps(v)[:20])
 def test_known_config_keys_with_every_type(client, value):
-    """Every mutable key, set to every JSON type: the right type within bounds is applied,
-    anything else is refused per key and leaves the value unchanged; never a 5xx."""
+    """Every mutable key, set to every JSON type.
+
+    The right type within bounds is applied, anything else is refused per key and leaves the value
+    unchanged; never a 5xx.
+    """
     before = client.get("/conf").json()
     mutable = [
         "max_local_cpu_size",
@@ -448,8 +454,11 @@ def test_config_values_beyond_representable_bounds(client, key, value):
     ],
 )
 def test_config_environment_values_that_would_crash_the_engine(var, raw, monkeypatch):
-    """Values that pass a naive type check but overflow later (int(inf * GB), a socket timeout
-    beyond time_t, JSON nesting beyond the recursion limit) are a ConfigError at load."""
+    """Values that pass a naive type check but overflow later (int(inf * GB).
+
+    A socket timeout beyond time_t, JSON nesting beyond the recursion limit) are a ConfigError at
+    load.
+    """
     from lmcache_native.config import LMCacheEngineConfig
     from lmcache_native.errors import ConfigError
 
@@ -551,8 +560,11 @@ def test_load_fs_chunks_not_a_yaml_config(client, tmp_path, content):
 
 
 def test_load_fs_chunks_yaml_bomb(served, client, tmp_path):
-    """Billion laughs: aliases that would expand exponentially stay references in PyYAML, and
-    the file is refused (not an fs:// config) without blowing up memory."""
+    """Billion laughs.
+
+    Aliases that would expand exponentially stay references in PyYAML, and the file is refused (not
+    an fs:// config) without blowing up memory.
+    """
     lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
     for i in range(1, 12):
         prev = f"*a{i - 1}"

@@ -1,6 +1,9 @@
-"""Security: loopback by default, the API key on every route and method (constant-time), no file
-contents / environment values / tracebacks / secrets in answers, the key never in logs or /conf,
-and no cross-site (CSRF) writes through non-JSON bodies."""
+"""Security.
+
+Loopback by default, the API key on every route and method (constant-time), no file contents /
+environment values / tracebacks / secrets in answers, the key never in logs or /conf, and no
+cross-site (CSRF) writes through non-JSON bodies.
+"""
 
 from __future__ import annotations
 
@@ -211,7 +214,8 @@ def _crawl(client: TestClient[Litestar], headers: dict[str, str] | None = None) 
     return "\n".join(out)
 
 
-def test_key_and_credentials_never_in_answers_or_logs(engine, caplog, monkeypatch):
+@pytest.mark.usefixtures("engine")
+def test_key_and_credentials_never_in_answers_or_logs(caplog, monkeypatch):
     monkeypatch.setenv(CANARY_ENV, CANARY)
     caplog.set_level(logging.DEBUG)
     cfg = _config(
@@ -246,8 +250,10 @@ def test_key_and_credentials_never_in_answers_or_logs(engine, caplog, monkeypatc
 
 
 def test_internal_errors_answer_without_traceback_or_detail(engine, caplog):
-    """An unexpected exception inside a handler is a 500 with the error shape, naming only the
-    exception type; its message and traceback go to the server log only."""
+    """An unexpected exception inside a handler is a 500 with the error shape.
+
+    Naming only the exception type; its message and traceback go to the server log only.
+    """
     detail = f"internal detail {FILE_SECRET} /very/private/path"
 
     def boom(*_a: Any, **_k: Any) -> Any:
@@ -274,9 +280,12 @@ def test_internal_errors_answer_without_traceback_or_detail(engine, caplog):
                 setattr(engine, attr, original)
             body = assert_error_shape(r, 500)
             assert "RuntimeError" in body["message"], body
-            assert FILE_SECRET not in r.text and "/very/private" not in r.text
-            assert "Traceback" not in r.text and 'File "' not in r.text
-    assert "Traceback" in caplog.text and FILE_SECRET in caplog.text  # logged on the server
+            assert FILE_SECRET not in r.text
+            assert "/very/private" not in r.text
+            assert "Traceback" not in r.text
+            assert 'File "' not in r.text
+    assert "Traceback" in caplog.text
+    assert FILE_SECRET in caplog.text  # logged on the server
 
 
 @pytest.mark.parametrize(
@@ -350,8 +359,11 @@ def test_load_fs_chunks_success_does_not_echo_the_config_file(engine, tmp_path):
 def test_json_endpoints_refuse_bodies_a_web_page_can_send_cross_site(
     engine, tmp_path, content_type
 ):
-    """A page in the operator's browser can POST these content types to 127.0.0.1 without a
-    CORS preflight: they must change nothing and read no file."""
+    """Bodies a cross-site page can send change nothing and read no file.
+
+    A page in the operator's browser can POST these content types to 127.0.0.1 without a CORS
+    preflight.
+    """
     cfg = _config()
     before = cfg.to_dict()
     headers = {"content-type": content_type} if content_type else {}
@@ -401,7 +413,7 @@ def test_no_cors_headers(engine):
 
 
 @pytest.mark.slow
-def test_serve_never_logs_the_key(tmp_path):
+def test_serve_never_logs_the_key():
     served = Served(
         "--log-level",
         "debug",

@@ -31,7 +31,8 @@ def test_unavailable_when_disabled() -> None:
 def test_counts_only_while_collecting() -> None:
     s = stats()
     s.record(["01", "02"])
-    assert s.status()["total_chunks"] == 0 and s.status()["is_collecting"] is False
+    assert s.status()["total_chunks"] == 0
+    assert s.status()["is_collecting"] is False
     s.start()
     s.record(["01", "02", "03"])
     s.record(["01", "02", "04"])
@@ -44,13 +45,14 @@ def test_counts_only_while_collecting() -> None:
         2,
     )
     assert st["reuse_rate"] == pytest.approx(2 / 7)
-    assert st["is_collecting"] is True and st["auto_exit_enabled"] is False
+    assert st["is_collecting"] is True
+    assert st["auto_exit_enabled"] is False
     s.stop()
     s.record(["09"])
     st = s.status()
-    assert (
-        st["is_collecting"] is False and st["total_chunks"] == 7 and st["stop_reason"] == "stopped"
-    )
+    assert st["is_collecting"] is False
+    assert st["total_chunks"] == 7
+    assert st["stop_reason"] == "stopped"
     s.reset()
     st = s.status()
     assert (st["requests"], st["total_chunks"], st["unique_chunks"]) == (0, 0, 0)
@@ -69,8 +71,10 @@ def test_auto_start_and_auto_exit_on_target() -> None:
     assert s.is_collecting
     s.record(["a3", "a4"])
     st = s.status()
-    assert st["is_collecting"] is False and st["stop_reason"] == "auto_exit_target_unique_chunks"
-    assert st["auto_exit_enabled"] is True and st["auto_exit_target_unique_chunks"] == 3
+    assert st["is_collecting"] is False
+    assert st["stop_reason"] == "auto_exit_target_unique_chunks"
+    assert st["auto_exit_enabled"] is True
+    assert st["auto_exit_target_unique_chunks"] == 3
     s.record(["a5"])
     assert s.status()["unique_chunks"] == 4
 
@@ -84,7 +88,8 @@ def test_auto_exit_on_timeout_read_live_from_config() -> None:
     cfg.update({"chunk_statistics_auto_exit_timeout_hours": 1e-7})  # 0.36 ms
     time.sleep(0.01)
     st = s.status()
-    assert st["is_collecting"] is False and st["stop_reason"] == "auto_exit_timeout"
+    assert st["is_collecting"] is False
+    assert st["stop_reason"] == "auto_exit_timeout"
     assert st["auto_exit_timeout_hours"] == 1e-7
 
 
@@ -102,7 +107,7 @@ def test_memory_is_bounded_by_the_bloom_filter() -> None:
     assert 10_000 <= st["unique_chunks"] <= 20_000
 
 
-def test_engine_records_requests_on_store(tmp_path) -> None:  # noqa: ANN001
+def test_engine_records_requests_on_store() -> None:
     cfg = LMCacheEngineConfig.from_defaults(
         enable_chunk_statistics=True, chunk_size=16, max_local_cpu_size=0.01
     )

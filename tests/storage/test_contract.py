@@ -6,7 +6,6 @@ import threading
 
 import pytest
 import torch
-from lmcache_native.engine.memory import ChunkBufferPool
 from lmcache_native.storage import StorageBackend
 
 from tests.storage.conftest import CHUNK_SHAPE, MakeChunk, key_of, random_bits, same_bytes
@@ -29,9 +28,12 @@ def test_put_get_round_trip_is_bit_identical(tier: StorageBackend, make_chunk: M
     assert same_bytes(got.tensor, expected)
     got.unref()
     st = tier.stats()
-    assert st["hits"] == 1 and st["puts"] == 1
-    assert st["put_bytes"] == expected.numel() * 2 and st["put_tokens"] == CHUNK_SHAPE[2]
-    assert st["get_bytes"] == expected.numel() * 2 and st["get_tokens"] == CHUNK_SHAPE[2]
+    assert st["hits"] == 1
+    assert st["puts"] == 1
+    assert st["put_bytes"] == expected.numel() * 2
+    assert st["put_tokens"] == CHUNK_SHAPE[2]
+    assert st["get_bytes"] == expected.numel() * 2
+    assert st["get_tokens"] == CHUNK_SHAPE[2]
 
 
 @pytest.mark.parametrize(
@@ -47,7 +49,8 @@ def test_dtypes_and_short_tail_chunk(
     buf.unref()
     got = tier.get(key_of(3))
     assert got is not None
-    assert got.tensor.dtype == dtype and tuple(got.tensor.shape) == shape
+    assert got.tensor.dtype == dtype
+    assert tuple(got.tensor.shape) == shape
     assert same_bytes(got.tensor, expected)
     got.unref()
 
@@ -60,7 +63,8 @@ def test_each_get_returns_a_reference_for_the_caller(
     buf.unref()
     a = tier.get(key_of(1))
     b = tier.get(key_of(1))
-    assert a is not None and b is not None
+    assert a is not None
+    assert b is not None
     a.unref()
     # b stays valid after a is dropped
     assert same_bytes(b.tensor, random_bits(CHUNK_SHAPE, torch.bfloat16, 1))
@@ -74,7 +78,8 @@ def test_put_existing_key_keeps_the_stored_chunk(
     assert tier.put(key_of(1), first)
     assert tier.put(key_of(1), first)
     got = tier.get(key_of(1))
-    assert got is not None and same_bytes(got.tensor, first.tensor)
+    assert got is not None
+    assert same_bytes(got.tensor, first.tensor)
     for b in (got, first, second):
         b.unref()
 
@@ -107,15 +112,16 @@ def test_batched_variants(tier: StorageBackend, make_chunk: MakeChunk) -> None:
     assert tier.batched_contains([key_of(0), key_of(9), key_of(2)]) == [True, False, True]
     got = tier.batched_get([key_of(2), key_of(9), key_of(0)])
     assert got[1] is None
-    assert got[0] is not None and same_bytes(got[0].tensor, bufs[2].tensor)
-    assert got[2] is not None and same_bytes(got[2].tensor, bufs[0].tensor)
+    assert got[0] is not None
+    assert same_bytes(got[0].tensor, bufs[2].tensor)
+    assert got[2] is not None
+    assert same_bytes(got[2].tensor, bufs[0].tensor)
     for b in [*bufs, got[0], got[2]]:
         b.unref()
 
 
-def test_concurrent_put_get_are_byte_identical(
-    tier: StorageBackend, pool: ChunkBufferPool, make_chunk: MakeChunk
-) -> None:
+@pytest.mark.usefixtures("pool")
+def test_concurrent_put_get_are_byte_identical(tier: StorageBackend, make_chunk: MakeChunk) -> None:
     expected = {i: random_bits(CHUNK_SHAPE, torch.bfloat16, i) for i in range(8)}
     errors: list[str] = []
 

@@ -31,7 +31,8 @@ def test_capacity_in_bytes_is_never_exceeded(make_chunk: MakeChunk) -> None:
     tier = LocalCPUBackend(3 * CHUNK_BYTES)
     fill(tier, make_chunk, list(range(10)))
     st = tier.stats()
-    assert st["num_chunks"] == 3 and st["used_bytes"] == 3 * CHUNK_BYTES
+    assert st["num_chunks"] == 3
+    assert st["used_bytes"] == 3 * CHUNK_BYTES
     assert st["evictions"] == 7
 
 
@@ -91,7 +92,7 @@ def test_chunk_larger_than_capacity_is_refused(make_chunk: MakeChunk) -> None:
     b.unref()
 
 
-def test_evicted_buffer_returns_to_the_pool(make_chunk: MakeChunk, pool) -> None:  # noqa: ANN001
+def test_evicted_buffer_returns_to_the_pool(make_chunk: MakeChunk, pool) -> None:
     tier = LocalCPUBackend(CHUNK_BYTES)
     fill(tier, make_chunk, [0])
     assert pool.used_bytes == CHUNK_BYTES

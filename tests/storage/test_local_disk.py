@@ -33,9 +33,8 @@ def test_index_survives_restart(
     assert again.stats()["used_bytes"] == sum(p.stat().st_size for p in d.iterdir())
     for i in range(3):
         got = again.get(key_of(i))
-        assert got is not None and same_bytes(
-            got.tensor, random_bits(CHUNK_SHAPE, torch.bfloat16, i)
-        )
+        assert got is not None
+        assert same_bytes(got.tensor, random_bits(CHUNK_SHAPE, torch.bfloat16, i))
         got.unref()
 
 
@@ -71,8 +70,11 @@ def test_flipped_byte_on_disk_is_a_miss_and_a_counter(
     used_before = pool.used_bytes
     assert tier.get(key_of(3)) is None
     st = tier.stats()
-    assert st["checksum_failures"] == 1 and st["misses"] == 1 and st["hits"] == 0
-    assert not path.exists() and not tier.contains(key_of(3))
+    assert st["checksum_failures"] == 1
+    assert st["misses"] == 1
+    assert st["hits"] == 0
+    assert not path.exists()
+    assert not tier.contains(key_of(3))
     assert st["used_bytes"] == 0
     assert pool.used_bytes == used_before  # the rejected buffer went back
 
@@ -103,7 +105,8 @@ def test_capacity_eviction_lru(
     assert sorted(tier.keys()) == sorted([key_of(0), key_of(2), key_of(3)])
     assert len(list((tmp_path / "d").iterdir())) == 3
     st = tier.stats()
-    assert st["evictions"] == 1 and st["used_bytes"] == 3 * size
+    assert st["evictions"] == 1
+    assert st["used_bytes"] == 3 * size
     assert tier.set_capacity(size) == 2
     assert tier.keys() == [key_of(3)]
     assert len(list((tmp_path / "d").iterdir())) == 1
@@ -132,4 +135,5 @@ def test_write_failure_is_counted_not_raised(
     assert tier.put(key_of(0), b) is False
     b.unref()
     st = tier.stats()
-    assert st["errors"] == 1 and st["used_bytes"] == 0
+    assert st["errors"] == 1
+    assert st["used_bytes"] == 0

@@ -31,7 +31,9 @@ def test_flipped_byte_in_redis_is_a_miss_and_a_counter(
     client.set(key_of(1), bytes(value))
     assert tier.get(key_of(1)) is None
     st = tier.stats()
-    assert st["checksum_failures"] == 1 and st["misses"] == 1 and st["errors"] == 0
+    assert st["checksum_failures"] == 1
+    assert st["misses"] == 1
+    assert st["errors"] == 0
     assert client.exists(key_of(1)) == 0  # deleted
     assert pool.used_bytes == 0
     client.close()
@@ -51,7 +53,7 @@ def test_redis_value_of_another_key_is_rejected(
 
 def test_redis_down_is_misses_and_errors_then_recovers(
     redis_server, pool: ChunkBufferPool, make_chunk: MakeChunk
-) -> None:  # noqa: ANN001
+) -> None:
     redis_server.start()
     tier = RemoteBackend(redis_server.url, pool.allocate, timeout_secs=1, retry_interval_secs=0.2)
     tier.clear()
@@ -67,14 +69,17 @@ def test_redis_down_is_misses_and_errors_then_recovers(
         assert tier.clear() == 0
         b.unref()
         st = tier.stats()
-        assert st["errors"] >= 1 and st["misses"] >= 1 and st["hits"] == 0
+        assert st["errors"] >= 1
+        assert st["misses"] >= 1
+        assert st["hits"] == 0
         assert tier.is_down
     finally:
         redis_server.start()
     time.sleep(0.25)  # past retry_interval_secs
     put(tier, make_chunk, 3)  # used again after recovery
     got = tier.get(key_of(3))
-    assert got is not None and same_bytes(got.tensor, random_bits(CHUNK_SHAPE, torch.bfloat16, 3))
+    assert got is not None
+    assert same_bytes(got.tensor, random_bits(CHUNK_SHAPE, torch.bfloat16, 3))
     got.unref()
     assert not tier.is_down
     tier.clear()
@@ -119,7 +124,8 @@ def test_timeout_change_reaches_the_client(
     tier = RemoteBackend(redis_url, pool.allocate, timeout_secs=5)
     tier.set_timeout(2)
     kwargs = tier._store._client.connection_pool.connection_kwargs
-    assert kwargs["socket_timeout"] == 2 and kwargs["socket_connect_timeout"] == 2
+    assert kwargs["socket_timeout"] == 2
+    assert kwargs["socket_connect_timeout"] == 2
     put(tier, make_chunk, 1)  # still works on the new client
     assert tier.contains(key_of(1))
     tier.close()

@@ -1,14 +1,15 @@
-"""RemoteBackend on a real 3-master Redis Cluster: slots, per-node batches, MOVED, node loss,
-``valkey://`` in cluster mode, and two ``serve`` processes sharing chunks through the cluster."""
+"""RemoteBackend on a real 3-master Redis Cluster.
+
+Slots, per-node batches, MOVED, node loss, ``valkey://`` in cluster mode, and two ``serve``
+processes sharing chunks through the cluster.
+"""
 
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from lmcache_native.engine.memory import ChunkBufferPool
 from lmcache_native.storage import RemoteBackend
 
 from tests.redis_servers import RedisClusterServers
+from tests.serve_testlib import wait_for_match
 from tests.storage.conftest import NAMESPACE, MakeChunk, key_of, same_bytes
 
 pytestmark = pytest.mark.redis
@@ -53,7 +55,7 @@ def _fill(
 
 
 def _node_of(redis_cluster: RedisClusterServers) -> dict[str, int]:
-    """key -> index of the node holding it, read from the servers themselves."""
+    """Key -> index of the node holding it, read from the servers themselves."""
     out = {}
     for idx, port in enumerate(redis_cluster.ports):
         for k in redis_cluster.keys_per_node()[port]:
@@ -82,17 +84,21 @@ def test_batched_contains_and_get_across_nodes(
     assert all(g is None for g in got[N_KEYS:])
     for i in range(N_KEYS):
         g = got[i]
-        assert g is not None and same_bytes(g.tensor, expected[i])
+        assert g is not None
+        assert same_bytes(g.tensor, expected[i])
         g.unref()
     st = cluster_backend.stats()
-    assert st["hits"] == N_KEYS and st["misses"] == 6 and st["errors"] == 0
+    assert st["hits"] == N_KEYS
+    assert st["misses"] == 6
+    assert st["errors"] == 0
 
 
-def test_moved_reply_is_followed(
-    cluster_backend: RemoteBackend, redis_cluster: RedisClusterServers, make_chunk: MakeChunk
-) -> None:
-    """A stale slot map (as after resharding) sends the batch to the wrong node; the MOVED
-    answer of the real server is followed and the chunk is still found."""
+@pytest.mark.usefixtures("redis_cluster")
+def test_moved_reply_is_followed(cluster_backend: RemoteBackend, make_chunk: MakeChunk) -> None:
+    """A stale slot map (as after resharding) sends the batch to the wrong node.
+
+    The MOVED answer of the real server is followed and the chunk is still found.
+    """
     expected = _fill(cluster_backend, make_chunk, 4)
     cluster = cluster_backend._store._cluster()
     key = key_of(2)
@@ -105,7 +111,8 @@ def test_moved_reply_is_followed(
     assert cluster.nodes_manager.slots_cache[slot][0].name == owner.name
     cluster.nodes_manager.slots_cache[slot] = [wrong]
     got = cluster_backend.get(key)
-    assert got is not None and same_bytes(got.tensor, expected[2])
+    assert got is not None
+    assert same_bytes(got.tensor, expected[2])
     got.unref()
     assert cluster_backend.stats()["errors"] == 0
 
@@ -119,7 +126,8 @@ def test_a_killed_node_is_a_miss_for_its_keys_only(
     victim = where[key_of(0)]
     lost = {i for i in range(N_KEYS) if where[key_of(i)] == victim}
     kept = set(range(N_KEYS)) - lost
-    assert lost and kept
+    assert lost
+    assert kept
     redis_cluster.nodes[victim].kill()
     try:
         keys = [key_of(i) for i in range(N_KEYS)]
@@ -130,13 +138,15 @@ def test_a_killed_node_is_a_miss_for_its_keys_only(
                 if i in lost:
                     assert g is None
                 else:
-                    assert g is not None and same_bytes(g.tensor, expected[i])
+                    assert g is not None
+                    assert same_bytes(g.tensor, expected[i])
                     g.unref()
             for i in sorted(lost)[:2]:
                 assert cluster_backend.get(key_of(i)) is None
             for i in sorted(kept)[:2]:
                 g = cluster_backend.get(key_of(i))
-                assert g is not None and same_bytes(g.tensor, expected[i])
+                assert g is not None
+                assert same_bytes(g.tensor, expected[i])
                 g.unref()
         # A put to the lost node is refused (a miss), a put elsewhere is stored.
         b = make_chunk(99)
@@ -144,7 +154,8 @@ def test_a_killed_node_is_a_miss_for_its_keys_only(
         assert cluster_backend.put(key_of(min(kept)), b) is True
         b.unref()
         st = cluster_backend.stats()
-        assert st["errors"] >= 1 and st["nodes_down"] == 1
+        assert st["errors"] >= 1
+        assert st["nodes_down"] == 1
         assert cluster_backend.is_down is False
         assert sorted(cluster_backend.keys()) == sorted(key_of(i) for i in kept)
     finally:
@@ -176,7 +187,8 @@ def test_valkey_url_in_cluster_mode(
         assert sum(1 for v in redis_cluster.keys_per_node().values() if v) >= 2
         assert backend.batched_contains([key_of(i) for i in range(9)]) == [True] * 8 + [False]
         got = backend.get(key_of(7))
-        assert got is not None and same_bytes(got.tensor, expected[7])
+        assert got is not None
+        assert same_bytes(got.tensor, expected[7])
         got.unref()
         assert backend.clear() == 8
         assert redis_cluster.keys_per_node() == {p: [] for p in redis_cluster.ports}
@@ -189,8 +201,10 @@ def test_valkey_url_in_cluster_mode(
 def test_wrong_password_is_an_error_without_the_password(
     redis_cluster: RedisClusterServers, pool: ChunkBufferPool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The servers have no password: AUTH fails, the tier answers misses, and the password
-    appears in no log line."""
+    """The servers have no password: AUTH fails, the tier answers misses.
+
+    The password appears in no log line.
+    """
     url = redis_cluster.url(userinfo="alice:s3cr3t-pw@")
     backend = RemoteBackend(url, pool.allocate, timeout_secs=2, namespace=NAMESPACE)
     try:
@@ -216,31 +230,27 @@ class _Serve:
     def __init__(self, config: Path, seed: int) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LMCACHE_")}
         self.proc = subprocess.Popen(
-            [str(SCRIPT), "serve", "--port", "0", "--config", str(config), "--seed", str(seed)]
-            + SHAPE,
+            [
+                str(SCRIPT),
+                "serve",
+                "--port",
+                "0",
+                "--config",
+                str(config),
+                "--seed",
+                str(seed),
+                *SHAPE,
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
             env=env,
         )
-        found: list[str] = []
-        done = threading.Event()
-
-        def read() -> None:
-            assert self.proc.stdout is not None
-            for line in self.proc.stdout:
-                m = re.search(r"listening on (http://\S+)", line)
-                if m and not found:
-                    found.append(m.group(1))
-                    done.set()
-            done.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        done.wait(120)
-        if not found:
+        url = wait_for_match(self.proc, r"listening on (http://\S+)", 120)
+        if url is None:
             self.stop()
             pytest.fail("serve did not start")
-        self.url = found[0]
+        self.url = url
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -1,5 +1,8 @@
-"""RemoteBackend through real Redis Sentinels: the master is SIGKILLed mid-run, Sentinel promotes
-the replica, and stores and loads resume with nothing corrupt served."""
+"""RemoteBackend through real Redis Sentinels.
+
+The master is SIGKILLed mid-run, Sentinel promotes the replica, and stores and loads resume with
+nothing corrupt served.
+"""
 
 from __future__ import annotations
 

@@ -1,14 +1,21 @@
-"""``lmcache-native bench``: every benchmark in one run, one table, ``--json`` and a PNG plot.
+"""The benchmarks of ``lmcache_native``, each implemented once, here.
 
-Two ways to get the figures (see :mod:`lmcache_native.bench.runner`):
+* :mod:`~lmcache_native.bench.paged_kv_copy`: ``paged_kv_gather`` / ``paged_kv_scatter``
+  against torch indexing and a contiguous copy (CUDA: also ``cudaMemcpyAsync``);
+* :mod:`~lmcache_native.bench.kv_chunk_md5`: ``kv_chunk_md5`` against single-thread
+  ``hashlib``, ``xxh3`` and a contiguous copy;
+* :mod:`~lmcache_native.bench.slot_ranges`: slot-string parse + compress against the
+  pure-Python reference and a contiguous copy of the bytes it moves;
+* :mod:`~lmcache_native.bench.engine`: ``CacheEngine`` store / retrieve / check against the
+  raw kernels and a contiguous copy;
+* :mod:`~lmcache_native.bench.runner`: ``lmcache-native bench``, all of them in one run and
+  one table (``--json``, ``--plot``).
 
-* ``scripts``: in a source checkout, run each ``benchmarks/bench_*.py`` as a subprocess with
-  ``--json`` and read the rows back (the project's own benchmarks, with their baselines);
-* ``builtin``: for an installed wheel (no ``benchmarks/`` folder), a minimal in-process set --
-  paged KV copy, ``kv_chunk_md5`` and slot ranges, each with the same-run baseline and limit.
-
-Either way every row carries our figure, the baseline, the limit and the ratios, in GB/s of
-bytes read plus bytes written (bytes hashed for MD5).
+Each module has a ``main(argv)`` (``benchmarks/bench_<name>.py`` calls it) and a
+``combined_row`` that turns its rows into rows of the combined table
+(:mod:`~lmcache_native.bench.rows`). Presets, the timer and the units live in
+:mod:`~lmcache_native.bench._util`, the table formatter and the plot in
+:mod:`~lmcache_native.bench.report`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,10 +45,13 @@ def format_value(v: object) -> str:
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = COLUMNS) -> str:
-    """Rows as a Markdown table (also readable in a terminal); text columns left-aligned."""
+    """Rows as a Markdown table (also readable in a terminal).
+
+    Columns holding text are left-aligned, numeric ones right-aligned.
+    """
     cells = [[format_value(r.get(c)) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    left = {"bench", "case", "goal"}
+    left = {c for c in columns if any(isinstance(r.get(c), str) and r.get(c) != "-" for r in rows)}
 
     def line(values: Sequence[str]) -> str:
         parts = [
@@ -69,6 +71,15 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = COLUMN
     return "\n".join([line(list(columns)), rule, *(line(r) for r in cells)])
 
 
+def print_table(
+    rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str | None = None
+) -> None:
+    """Prints :func:`format_table` with an optional title line."""
+    if title:
+        print(f"\n{title}")
+    print(format_table(rows, columns), flush=True)
+
+
 def legend(rows: Sequence[dict[str, Any]]) -> str:
     """One line per benchmark: what ours, the baseline and the limit are."""
     seen: dict[str, tuple[set[str], set[str], set[str]]] = {}
@@ -85,16 +96,10 @@ def legend(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def summary(rows: Sequence[dict[str, Any]]) -> str:
-    """``"N rows, goals met in A of B"``."""
+    """``"N rows; goal met in A of B rows with a goal"``."""
     judged = [r for r in rows if r.get("met") in ("yes", "no")]
     met = sum(r["met"] == "yes" for r in judged)
     return f"{len(rows)} rows; goal met in {met} of {len(judged)} rows with a goal"
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Writes ``payload`` as indented JSON (creating the folder)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
 
 
 def _short(names: set[str], fallback: str) -> str:

@@ -54,6 +54,7 @@ class Check:
     fix: str = ""
 
     def __post_init__(self) -> None:
+        """Refuses a status outside ``STATUSES``."""
         if self.status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
 

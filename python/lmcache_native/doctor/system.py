@@ -71,7 +71,7 @@ def check_python() -> Check:
 
 
 def check_torch() -> Check:
-    """torch version and the CUDA version it was built with."""
+    """The torch version and the CUDA version it was built with."""
     version = str(torch.__version__)
     cuda = torch.version.cuda
     detail = f"{version} ({'CUDA ' + cuda if cuda else 'CPU-only build'})"
@@ -92,7 +92,7 @@ def vllm_version() -> str | None:
 
 
 def check_vllm() -> Check:
-    """vLLM version; a warning when absent (the engine and ``serve`` work without it)."""
+    """The vLLM version; a warning when absent (the engine and ``serve`` work without it)."""
     version = vllm_version()
     if version is None:
         return Check(
@@ -108,7 +108,9 @@ def cuda_archs() -> list[str]:
     """The CUDA architectures the extension was compiled for (empty: none or unknown)."""
     from lmcache_native import _native
 
-    raw = getattr(_native.C, "CUDA_ARCHS", "")
+    # NOTE: _native imports the compiled module as ``C`` without re-exporting it for type
+    # checkers; read it from the module's namespace.
+    raw = getattr(vars(_native).get("C"), "CUDA_ARCHS", "")
     return [a for a in str(raw).replace(";", ",").split(",") if a]
 
 
@@ -197,7 +199,7 @@ def kernel_launch_check(device: torch.device) -> Check:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         got_cpu = got.cpu()
-    except Exception as exc:  # noqa: BLE001 - any failure to launch is the finding
+    except Exception as exc:
         return Check(
             name,
             FAIL,
@@ -300,7 +302,9 @@ def check_cpu_isa(flags: set[str]) -> Check:
             detail,
             "unset LMC_COPY_ISA (it forces the slower SSE2 copies on a CPU with AVX2)",
         )
-    if "avx512f" in flags and md5_isa() != "avx512" or "avx2" in flags and md5_isa() == "scalar":
+    if ("avx512f" in flags and md5_isa() != "avx512") or (
+        "avx2" in flags and md5_isa() == "scalar"
+    ):
         return Check(
             "cpu_isa",
             WARN,
@@ -311,14 +315,14 @@ def check_cpu_isa(flags: set[str]) -> Check:
 
 
 def _vllm_attn_isa(dtype: torch.dtype, block_size: int, head_size: int) -> str | None:
-    """vLLM's own choice of CPU attention ISA, or ``None`` when vLLM cannot be asked."""
+    """The choice vLLM itself makes of CPU attention ISA, or ``None`` when vLLM cannot be asked."""
     if vllm_version() is None:
         return None
     try:
         from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
 
         return str(_get_attn_isa(dtype, block_size, head_size, None))
-    except Exception:  # noqa: BLE001 - a vLLM without that helper or not for this platform
+    except Exception:
         return None
 
 

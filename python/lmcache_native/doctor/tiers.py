@@ -9,12 +9,14 @@ checked the way the engine will use it: a probe chunk is stored, read back, comp
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import shutil
 import socket
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -81,15 +83,33 @@ def _chunk_bytes(path: Path) -> int:
     return total
 
 
-def check_disk_tier(config: LMCacheEngineConfig) -> Check | None:
-    """The ``local_disk`` directory: a directory (or creatable), writable, room for its size.
+TierCheck = Callable[[LMCacheEngineConfig], "Check | None"]
+
+
+def _when_set(key: str) -> Callable[[Callable[[LMCacheEngineConfig, str], Check]], TierCheck]:
+    """Runs the decorated check with ``config[key]``; the check answers ``None`` when unset.
+
+    Args:
+        key: the config key naming the tier (``local_disk``, ``remote_url``).
 
     Returns:
-        ``None`` when no disk tier is configured.
+        A decorator turning ``check(config, value)`` into ``check(config)``.
     """
-    raw = config.get("local_disk")
-    if not raw:
-        return None
+
+    def decorate(check: Callable[[LMCacheEngineConfig, str], Check]) -> TierCheck:
+        @functools.wraps(check)
+        def run(config: LMCacheEngineConfig) -> Check | None:
+            value = config.get(key)
+            return check(config, str(value)) if value else None
+
+        return run
+
+    return decorate
+
+
+@_when_set("local_disk")
+def check_disk_tier(config: LMCacheEngineConfig, raw: str) -> Check:
+    """The ``local_disk`` directory: a directory (or creatable), writable, room for its size."""
     name = "tier.local_disk"
     path = Path(raw)
     size = int(float(config.get("max_local_disk_size")) * GB)
@@ -151,21 +171,15 @@ def _safe(text: str, url: str, shown: str) -> str:
     return text.replace(url, shown) if url else text
 
 
-def check_remote_tier(config: LMCacheEngineConfig) -> Check | None:
-    """``remote_url`` through :class:`RemoteBackend`: store, read back, compare, delete.
-
-    Returns:
-        ``None`` when no remote tier is configured.
-    """
+@_when_set("remote_url")
+def check_remote_tier(config: LMCacheEngineConfig, url: str) -> Check:
+    """``remote_url`` through :class:`RemoteBackend`: store, read back, compare, delete."""
     from lmcache_native.config import mask_url_credentials
     from lmcache_native.engine.memory import ChunkBufferPool
     from lmcache_native.storage import RemoteBackend
 
-    url = config.get("remote_url")
-    if not url:
-        return None
     name = "tier.remote"
-    shown = mask_url_credentials(str(url))
+    shown = mask_url_credentials(url)
     pool = ChunkBufferPool(1 << 20, pin_memory=False)
     storage_logger = logging.getLogger("lmcache_native.storage")
     captured = _Captured()
@@ -179,7 +193,7 @@ def check_remote_tier(config: LMCacheEngineConfig) -> Check | None:
                 timeout_secs=float(config.get("blocking_timeout_secs")),
                 extra_config=config.get("extra_config"),
             )
-        except Exception as exc:  # noqa: BLE001 - any refusal of the URL is the finding
+        except Exception as exc:
             return Check(
                 name,
                 FAIL,
@@ -270,7 +284,7 @@ def check_remote_nodes(config: LMCacheEngineConfig) -> list[Check]:
         try:
             client.ping()
             if spec.kind == "cluster" and state is None:
-                info = client.execute_command("CLUSTER INFO")  # parsed by redis-py: a dict
+                info = client.cluster("INFO")  # CLUSTER INFO, parsed by redis-py: a dict
                 state = str(info.get("cluster_state"))
         except redis.RedisError as exc:
             checks.append(

@@ -317,3 +317,54 @@ class ChunkHasher:
             prev = self._fn(data)
             out.append(ChunkSpan(start, end, prev.hex()))
         return out
+
+
+class ChunkNamer:
+    """The chunks and keys of one engine's requests.
+
+    Args:
+        algorithm: ``pre_caching_hash_algorithm``.
+        chunk_size: tokens per chunk.
+        prefix: ``(model_name, world_size, worker_id)``, the first fields of every key.
+        save_unfull: whether the last, shorter chunk counts (read per call; a runtime key).
+    """
+
+    def __init__(
+        self,
+        algorithm: str,
+        chunk_size: int,
+        prefix: tuple[str, int, int],
+        save_unfull: Callable[[], bool],
+    ) -> None:
+        """Names chunks of ``chunk_size`` tokens with ``algorithm`` under ``prefix``."""
+        self.hasher = ChunkHasher(algorithm)
+        self.chunk_size = chunk_size
+        self._prefix = prefix
+        self._save_unfull = save_unfull
+
+    def spans(
+        self,
+        tokens: Sequence[int] | torch.Tensor | np.ndarray,
+        extras: KeyExtras | None = None,
+        offset: int = 0,
+        prev_hash: str | None = None,
+        save_unfull: bool | None = None,
+    ) -> list[ChunkSpan]:
+        """The chunks of ``tokens`` (from request position ``offset``) and their hashes.
+
+        See :meth:`ChunkHasher.spans`; ``save_unfull`` overrides the configured value.
+        """
+        return self.hasher.spans(
+            tokens,
+            self.chunk_size,
+            self._save_unfull() if save_unfull is None else save_unfull,
+            extras,
+            offset=offset,
+            prev_hash=prev_hash,
+        )
+
+    def keys(self, spans: Sequence[ChunkSpan], dtype: torch.dtype) -> list[str]:
+        """The key strings of ``spans`` for KV of ``dtype``."""
+        model, world, worker = self._prefix
+        name = dtype_name(dtype)
+        return [CacheKey(model, world, worker, s.chunk_hash, name).to_string() for s in spans]

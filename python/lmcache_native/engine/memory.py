@@ -134,7 +134,8 @@ class ChunkBufferPool:
 
     def set_pin_memory(self, pin_memory: bool) -> None:
         """Switches page-locked allocation on or off; cached buffers of the other kind are
-        dropped so every later allocation has the requested kind."""
+        dropped so every later allocation has the requested kind.
+        """
         with self._lock:
             if bool(pin_memory) != self.pin_memory:
                 self.pin_memory = bool(pin_memory)

@@ -16,6 +16,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from lmcache_native._native import PagedKVLayout
+
 LAYOUTS: tuple[str, ...] = ("flash_attn", "flashinfer", "hnd", "mla", "vllm_cpu", "vllm_cpu_amx")
 
 #: Layouts that exist only as CPU caches (vLLM's AMX-packed cache): the CUDA twins refuse them.
@@ -25,8 +27,6 @@ CPU_ONLY_LAYOUTS: frozenset[str] = frozenset({"vllm_cpu_amx"})
 _AMX_GROUP = 16
 
 _RANK = {"flash_attn": 5, "flashinfer": 5, "hnd": 5, "mla": 3, "vllm_cpu": 4, "vllm_cpu_amx": 4}
-# Two-level strides of a layout without tiling: every group has one element (see _geometry).
-_PLAIN_PACKING = [1, 1, 0, 0, 1, 1, 0, 0]
 _SHAPE_DOC = {
     "flash_attn": "[2, num_blocks, block_size, num_heads, head_size]",
     "flashinfer": "[num_blocks, 2, block_size, num_heads, head_size]",
@@ -65,7 +65,8 @@ class PagedKV:
 
     Attributes:
         layer_ptrs: data pointer of each layer (same order as the input list).
-        flat: the 24 int64 values of ``PagedKVLayout`` (``csrc/kernels/paged_kv_layout.h``).
+        layout: the ``_C.PagedKVLayout`` of one layer (``csrc/kernels/paged_kv_layout.h``),
+            built by field name and checked by the binding.
         num_kv: 2 (K and V) or 1 (MLA).
         num_layers, num_blocks, block_size, num_heads, head_size: the cache geometry.
         dtype: element dtype of every layer.
@@ -73,7 +74,7 @@ class PagedKV:
     """
 
     layer_ptrs: list[int]
-    flat: list[int]
+    layout: PagedKVLayout
     num_kv: int
     num_layers: int
     num_blocks: int
@@ -103,33 +104,55 @@ class PagedKV:
         return (self.num_kv, self.num_layers, num_tokens, self.row_elems)
 
 
-def _geometry(t: torch.Tensor, layout: str) -> tuple[int, int, int, int, int, list[int]]:
-    """Returns (num_kv, num_blocks, block_size, num_heads, head_size, 18 layout values): the
-    10 stride values then the 8 two-level (packing) values, in the flat order."""
+def _both(x: int) -> tuple[int, int]:
+    """The same value for K and V."""
+    return (x, x)
+
+
+def _build(t: torch.Tensor, **fields: Any) -> PagedKVLayout:
+    """``PagedKVLayout(**fields)`` for cache ``t`` (its element size), refusing empty sizes."""
+    if min(fields["block_size"], fields["num_heads"], fields["head_size"]) <= 0:
+        raise ValueError(f"kv_caches has an empty dimension: shape {tuple(t.shape)}")
+    return PagedKVLayout(elem_size=t.element_size(), **fields)
+
+
+def _geometry(t: torch.Tensor, layout: str) -> PagedKVLayout:
+    """The layout of one layer's cache ``t``, from its shape and real element strides."""
     s = t.stride()
-    plain = _PLAIN_PACKING
     if layout == "flash_attn":
         kv2, n, b, h, d = t.shape
         if kv2 != 2:
             raise ValueError(
                 f"kv_caches: flash_attn dim 0 must be 2 (K, V), got shape {tuple(t.shape)}"
             )
-        return 2, n, b, h, d, [0, s[0], s[1], s[1], s[2], s[2], s[3], s[3], s[4], s[4], *plain]
-    if layout == "flashinfer":
-        n, kv2, b, h, d = t.shape
+        return _build(
+            t, num_kv=2, num_blocks=n, block_size=b, num_heads=h, head_size=d,
+            kv_offset=(0, s[0]), block_stride=_both(s[1]), token_stride=_both(s[2]),
+            head_stride=_both(s[3]), dim_stride=_both(s[4]),
+        )  # fmt: skip
+    if layout in ("flashinfer", "hnd"):
+        if layout == "flashinfer":
+            n, kv2, b, h, d = t.shape
+            token, head = s[2], s[3]
+        else:
+            n, kv2, h, b, d = t.shape
+            token, head = s[3], s[2]
         if kv2 != 2:
             raise ValueError(
-                f"kv_caches: flashinfer dim 1 must be 2 (K, V), got shape {tuple(t.shape)}"
+                f"kv_caches: {layout} dim 1 must be 2 (K, V), got shape {tuple(t.shape)}"
             )
-        return 2, n, b, h, d, [0, s[1], s[0], s[0], s[2], s[2], s[3], s[3], s[4], s[4], *plain]
-    if layout == "hnd":
-        n, kv2, h, b, d = t.shape
-        if kv2 != 2:
-            raise ValueError(f"kv_caches: hnd dim 1 must be 2 (K, V), got shape {tuple(t.shape)}")
-        return 2, n, b, h, d, [0, s[1], s[0], s[0], s[3], s[3], s[2], s[2], s[4], s[4], *plain]
+        return _build(
+            t, num_kv=2, num_blocks=n, block_size=b, num_heads=h, head_size=d,
+            kv_offset=(0, s[1]), block_stride=_both(s[0]), token_stride=_both(token),
+            head_stride=_both(head), dim_stride=_both(s[4]),
+        )  # fmt: skip
     if layout == "mla":
         n, b, d = t.shape
-        return 1, n, b, 1, d, [0, 0, s[0], s[0], s[1], s[1], 0, 0, s[2], s[2], *plain]
+        return _build(
+            t, num_kv=1, num_blocks=n, block_size=b, num_heads=1, head_size=d,
+            kv_offset=(0, 0), block_stride=_both(s[0]), token_stride=_both(s[1]),
+            head_stride=(0, 0), dim_stride=_both(s[2]),
+        )  # fmt: skip
     if layout in ("vllm_cpu", "vllm_cpu_amx"):
         n, h, b, d2 = t.shape
         if d2 % 2 != 0:
@@ -140,10 +163,14 @@ def _geometry(t: torch.Tensor, layout: str) -> tuple[int, int, int, int, int, li
                 f"kv_caches: {layout} needs each (block, head) region [block_size, "
                 f"2 * head_size] contiguous, got strides {tuple(s)}"
             )
-        if layout == "vllm_cpu":
-            # K is stored transposed [head_size, block_size], then V as [block_size, head_size].
-            return 2, n, b, h, d, [0, b * d, s[0], s[0], 1, d, s[1], s[1], b, 1, *plain]
-        return 2, n, b, h, d, _amx_values(t.element_size(), b, d, s[0], s[1])
+        if layout == "vllm_cpu_amx":
+            return _amx_layout(t.element_size(), n, b, h, d, s[0], s[1])
+        # K is stored transposed [head_size, block_size], then V as [block_size, head_size].
+        return _build(
+            t, num_kv=2, num_blocks=n, block_size=b, num_heads=h, head_size=d,
+            kv_offset=(0, b * d), block_stride=_both(s[0]), token_stride=(1, d),
+            head_stride=_both(s[1]), dim_stride=(b, 1),
+        )  # fmt: skip
     raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
 
 
@@ -173,8 +200,10 @@ def check_packing(layout: str, elem_size: int, block_size: int, head_size: int) 
         )
 
 
-def _amx_values(es: int, b: int, d: int, s_block: int, s_head: int) -> list[int]:
-    """The 18 layout values of vLLM's AMX-packed CPU cache (``vllm_cpu_amx``).
+def _amx_layout(
+    es: int, n: int, b: int, h: int, d: int, s_block: int, s_head: int
+) -> PagedKVLayout:
+    """The layout of vLLM's AMX-packed CPU cache (``vllm_cpu_amx``).
 
     Each (block, head) region holds K in its first ``block_size * head_size`` elements and V in
     the rest, packed for AMX B tiles (16 rows of 64 bytes), with ``p = 4 / elem_size`` elements
@@ -191,21 +220,17 @@ def _amx_values(es: int, b: int, d: int, s_block: int, s_head: int) -> list[int]
     Both are a two-level stride per coordinate: ``(x // group) * stride + (x % group) * inner``.
     """
     check_packing("vllm_cpu_amx", es, b, d)
+    if min(b, h, d) <= 0:
+        raise ValueError(f"kv_caches has an empty dimension: shape {(n, h, b, 2 * d)}")
     p = 4 // es
     g = _AMX_GROUP
-    # kv_offset, block, token (outer), head, dim (outer); then token group, token inner,
-    # dim group, dim inner; each [K, V].
-    return [
-        *(0, b * d),
-        *(s_block, s_block),
-        *(g * d, g * p),
-        *(s_head, s_head),
-        *(g * p, g * b),
-        *(g, p),
-        *(p, 1),
-        *(p, g),
-        *(1, p),
-    ]
+    # Each pair is (K, V).
+    return PagedKVLayout(
+        num_kv=2, num_blocks=n, block_size=b, num_heads=h, head_size=d, elem_size=es,
+        kv_offset=(0, b * d), block_stride=_both(s_block), head_stride=_both(s_head),
+        token_group=(g, p), token_stride=(g * d, g * p), token_inner=(p, 1),
+        dim_group=(p, g), dim_stride=(g * p, g * b), dim_inner=(1, p),
+    )  # fmt: skip
 
 
 def describe(kv_caches: Sequence[torch.Tensor], layout: str) -> PagedKV:
@@ -265,19 +290,16 @@ def describe(kv_caches: Sequence[torch.Tensor], layout: str) -> PagedKV:
             f"CPUs); the kernels do not read it on {first.device.type}, got a cache on "
             f"{first.device}"
         )
-    num_kv, n, b, h, d, st = _geometry(first, layout)
-    if b <= 0 or h <= 0 or d <= 0:
-        raise ValueError(f"kv_caches has an empty dimension: shape {tuple(first.shape)}")
-    flat = [num_kv, n, b, h, d, first.element_size(), *st]
+    geo = _geometry(first, layout)
     return PagedKV(
         layer_ptrs=[int(t.data_ptr()) for t in kv_caches],
-        flat=flat,
-        num_kv=num_kv,
+        layout=geo,
+        num_kv=geo.num_kv,
         num_layers=len(kv_caches),
-        num_blocks=n,
-        block_size=b,
-        num_heads=h,
-        head_size=d,
+        num_blocks=geo.num_blocks,
+        block_size=geo.block_size,
+        num_heads=geo.num_heads,
+        head_size=geo.head_size,
         dtype=first.dtype,
         device=first.device,
     )
@@ -295,8 +317,9 @@ def int64_slots(
     device: torch.device | str = "cpu",
     name: str = "slots",
 ) -> torch.Tensor:
-    """``slots`` (an integer tensor or array, or a sequence of ints) as a contiguous 1-D int64
-    tensor on ``device``.
+    """Converts ``slots`` to a contiguous 1-D int64 tensor on ``device``.
+
+    ``slots`` is an integer tensor or array, or a sequence of ints.
 
     Raises:
         TypeError: not integers, or not a tensor, array or sequence.

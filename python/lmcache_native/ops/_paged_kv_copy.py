@@ -1,14 +1,19 @@
-"""Argument checks and dispatch shared by ``paged_kv_gather`` and ``paged_kv_scatter``."""
+"""What ``paged_kv_gather`` and ``paged_kv_scatter`` share.
+
+Argument checks, the choice of the ``_C`` entry point (``<op>_cpu`` / ``<op>_cuda``) by the
+caches' device, and :class:`CopyHandle`, the completion of a copy that was only enqueued
+(``blocking=False``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from lmcache_native import _native
-from lmcache_native.ops._layout import PagedKV, describe, stream_of
+from lmcache_native.ops._layout import PagedKV, describe
 
 _SLOT_DTYPES = (torch.int32, torch.int64)
 
@@ -32,7 +37,9 @@ def check_slot_mapping(slot_mapping: object, kv: PagedKV) -> torch.Tensor:
     dev = slot_mapping.device
     if dev.type == "cpu":
         if kv.device.type != "cpu":
-            slot_mapping = slot_mapping.to(kv.device)
+            # NOTE: from pinned memory the copy is enqueued on the current stream, so a
+            # non-blocking copy never waits for the host here.
+            slot_mapping = slot_mapping.contiguous().pin_memory().to(kv.device, non_blocking=True)
     elif dev != kv.device:
         raise ValueError(
             f"slot_mapping must be on the cache's device ({kv.device}) or the CPU, got {dev}"
@@ -89,94 +96,174 @@ def check_chunk(name: str, chunk: object, kv: PagedKV, num_tokens: int | None) -
     return chunk
 
 
-@dataclass(frozen=True)
-class Launch:
-    """Where a paged copy runs.
+@dataclass
+class _Pending:
+    """A CUDA copy in flight.
 
-    Attributes:
-        device: -1 for the CPU twin, else the CUDA device index.
-        stream: the CUDA stream handle (0 for the CPU).
-        scratch: an int64 device word for the CUDA slot check (``None`` for the CPU); held here
-            so it stays allocated until the binding, which waits for the stream, returns.
+    Its event, the slot-check flag on its way to pinned host memory, the slots (to name a bad
+    one) and every tensor the copy reads or writes.
     """
 
-    device: int
-    stream: int
-    scratch: torch.Tensor | None
+    event: torch.cuda.Event
+    flag: torch.Tensor
+    slots: torch.Tensor
+    num_slots: int
+    keep: tuple[object, ...]
+
+
+class CopyHandle:
+    """The completion of a paged copy (returned by the ``paged_kv_*`` copies).
+
+    A CPU copy, or a CUDA copy with ``blocking=True`` (the default), has finished when the call
+    returns and its handle is already done. A CUDA copy with ``blocking=False`` is only enqueued
+    on the caller's current stream: work enqueued later on that stream runs after it without
+    any host wait, another stream can order itself after it with
+    ``stream.wait_event(handle.event)``, and the host waits with :meth:`wait` only where it must
+    (before reading a gathered CPU buffer, before reusing or freeing a buffer the copy reads,
+    before reporting a load finished). The slot check's result stays in device memory until
+    then, so an out-of-range slot raises its ``IndexError`` from :meth:`wait` (the copy wrote
+    nothing). The handle keeps the tensors the copy uses alive until :meth:`wait`.
+    """
+
+    __slots__ = ("_error", "_pending")
+
+    def __init__(self, pending: _Pending | None = None) -> None:
+        """A finished handle, or (internal) one for a copy in flight."""
+        self._pending = pending
+        self._error: str | None = None
 
     @property
-    def scratch_ptr(self) -> int:
-        """Address of ``scratch`` (0 for the CPU)."""
-        return 0 if self.scratch is None else int(self.scratch.data_ptr())
+    def event(self) -> torch.cuda.Event | None:
+        """The CUDA event recorded after the copy (``None`` once waited for, or never needed)."""
+        return None if self._pending is None else self._pending.event
+
+    def done(self) -> bool:
+        """True when the copy has finished (never blocks; a bad slot is raised by :meth:`wait`)."""
+        return self._pending is None or bool(self._pending.event.query())  # type: ignore[no-untyped-call]
+
+    def wait(self) -> None:
+        """Blocks the host until the copy finished.
+
+        Raises:
+            IndexError: a slot outside ``[-1, num_blocks * block_size)``; nothing was written.
+                Every later call raises it again.
+        """
+        p = self._pending
+        if p is not None:
+            p.event.synchronize()
+            bad = int(p.flag[0])  # the first bad position, or all ones (-1): none
+            if bad >= 0:
+                value = int(p.slots[bad])
+                self._error = _native.C.paged_kv_bad_slot_message(bad, value, p.num_slots)
+            self._pending = None
+        if self._error is not None:
+            raise IndexError(self._error)
 
 
-_CPU_LAUNCH = Launch(-1, 0, None)
+_DONE = CopyHandle()
+
+_Entry = Callable[..., None]
+#: Op -> (CPU entry point, CUDA entry point) of ``_C``; both take the caches, the slots, then
+#: the chunk buffers; the CUDA one then the device, stream, slot-check word and ``blocking``.
+_ENTRIES: dict[str, tuple[_Entry, _Entry]] = {
+    "paged_kv_gather": (_native.C.paged_kv_gather_cpu, _native.C.paged_kv_gather_cuda),
+    "paged_kv_gather_chunks": (
+        _native.C.paged_kv_gather_chunks_cpu,
+        _native.C.paged_kv_gather_chunks_cuda,
+    ),
+    "paged_kv_scatter": (_native.C.paged_kv_scatter_cpu, _native.C.paged_kv_scatter_cuda),
+    "paged_kv_scatter_chunks": (
+        _native.C.paged_kv_scatter_chunks_cpu,
+        _native.C.paged_kv_scatter_chunks_cuda,
+    ),
+}
 
 
-def _launch(op: str, kv: PagedKV) -> Launch:
+def _buffer_args(
+    name: str, buffers: object, kv: PagedKV, slots: torch.Tensor, batched: bool
+) -> tuple[tuple[object, ...], tuple[torch.Tensor, ...]]:
+    """The binding's buffer arguments and the checked tensors.
+
+    The arguments are one address, or (``batched``) the addresses and their token counts.
+    """
+    if not batched:
+        chunk = check_chunk(name, buffers, kv, slots.numel())
+        return (int(chunk.data_ptr()),), (chunk,)
+    if isinstance(buffers, torch.Tensor) or not isinstance(buffers, Sequence):
+        raise TypeError(f"{name} must be a list of chunk tensors, got {type(buffers).__name__}")
+    checked = tuple(check_chunk(f"{name}[{i}]", c, kv, None) for i, c in enumerate(buffers))
+    tokens = [int(t.shape[2]) for t in checked]
+    if sum(tokens) != slots.numel():
+        raise ValueError(
+            f"{name} hold {sum(tokens)} tokens in all (dimension 2 summed over {len(tokens)} "
+            f"chunks), but slot_mapping has {slots.numel()}"
+        )
+    return ([int(t.data_ptr()) for t in checked], tokens), checked
+
+
+def paged_copy(
+    op: str,
+    name: str,
+    kv_caches: Sequence[torch.Tensor],
+    slot_mapping: object,
+    buffers: object,
+    layout: str,
+    blocking: object,
+) -> CopyHandle:
+    """Checks every argument of the paged copy ``op`` and runs it on the caches' device.
+
+    Args:
+        op: ``paged_kv_gather``, ``paged_kv_scatter`` or their ``_chunks`` forms.
+        name: the buffers' argument name, for errors (``out``, ``outs``, ``chunk``, ``chunks``).
+        kv_caches: the per-layer caches.
+        slot_mapping: the slots.
+        buffers: one chunk tensor, or (``_chunks`` ops) a sequence of them.
+        layout: the caches' layout name.
+        blocking: wait for a CUDA copy (and raise a bad slot) before returning.
+
+    Returns:
+        The copy's handle (already done unless a CUDA copy with ``blocking=False``).
+
+    Raises:
+        TypeError: a bad type or dtype (``blocking`` not a bool).
+        ValueError: a bad shape, device or layout, or token counts that do not add up to
+            ``slot_mapping``'s length.
+        IndexError: (CPU or blocking) a slot outside the cache; nothing is written.
+        RuntimeError: a CUDA cache on a build without CUDA kernels, or a CUDA failure.
+    """
+    if not isinstance(blocking, bool):
+        raise TypeError(f"blocking must be a bool, got {type(blocking).__name__}")
+    kv = describe(kv_caches, layout)
+    slots = check_slot_mapping(slot_mapping, kv)
+    buffer_args, keep = _buffer_args(name, buffers, kv, slots, op.endswith("_chunks"))
+    args = (
+        kv.layer_ptrs,
+        kv.layout,
+        int(slots.data_ptr()),
+        int(slots.numel()),
+        int(slots.element_size()),
+        *buffer_args,
+    )
+    cpu_entry, cuda_entry = _ENTRIES[op]
     if kv.device.type == "cpu":
-        return _CPU_LAUNCH
+        cpu_entry(*args)
+        return _DONE
     if kv.device.type != "cuda":
         raise ValueError(f"kv_caches must be on the CPU or a CUDA device, got {kv.device}")
     _native.require_cuda(op)
-    return Launch(
-        int(kv.device.index if kv.device.index is not None else 0),
-        stream_of(kv.device),
-        torch.empty(1, dtype=torch.int64, device=kv.device),
-    )
-
-
-def prepare(
-    op: str,
-    name: str,
-    kv_caches: Sequence[torch.Tensor],
-    slot_mapping: object,
-    chunk: object,
-    layout: str,
-) -> tuple[PagedKV, torch.Tensor, torch.Tensor, Launch]:
-    """Checks every argument of a paged copy and returns what the binding needs.
-
-    Returns:
-        ``(kv, slots, chunk, launch)``.
-    """
-    kv = describe(kv_caches, layout)
-    slots = check_slot_mapping(slot_mapping, kv)
-    chunk_t = check_chunk(name, chunk, kv, slots.numel())
-    return kv, slots, chunk_t, _launch(op, kv)
-
-
-def prepare_chunks(
-    op: str,
-    name: str,
-    kv_caches: Sequence[torch.Tensor],
-    slot_mapping: object,
-    chunks: object,
-    layout: str,
-) -> tuple[PagedKV, torch.Tensor, list[int], list[int], Launch]:
-    """Checks every argument of a batched paged copy and returns what the binding needs.
-
-    Returns:
-        ``(kv, slots, chunk_ptrs, chunk_tokens, launch)``.
-
-    Raises:
-        TypeError: ``chunks`` is not a sequence of tensors, or a bad dtype.
-        ValueError: a bad shape or device, or token counts that do not add up to
-            ``slot_mapping``'s length.
-    """
-    kv = describe(kv_caches, layout)
-    slots = check_slot_mapping(slot_mapping, kv)
-    if isinstance(chunks, torch.Tensor) or not isinstance(chunks, Sequence):
-        raise TypeError(f"{name} must be a list of chunk tensors, got {type(chunks).__name__}")
-    ptrs: list[int] = []
-    tokens: list[int] = []
-    for i, c in enumerate(chunks):
-        t = check_chunk(f"{name}[{i}]", c, kv, None)
-        ptrs.append(int(t.data_ptr()))
-        tokens.append(int(t.shape[2]))
-    total = sum(tokens)
-    if total != slots.numel():
-        raise ValueError(
-            f"{name} hold {total} tokens in all (dimension 2 summed over {len(tokens)} chunks), "
-            f"but slot_mapping has {slots.numel()}"
+    dev = kv.device
+    with torch.cuda.device(dev):
+        stream = torch.cuda.current_stream(dev)
+        # The slot check's word: the first bad position, or all ones (-1) when none. A
+        # non-blocking copy reads it back later, so it starts as "none" for a copy of nothing.
+        bad_pos = torch.full((1,), -1, dtype=torch.int64, device=dev)
+        cuda_entry(
+            *args, dev.index or 0, int(stream.cuda_stream), int(bad_pos.data_ptr()), blocking
         )
-    return kv, slots, ptrs, tokens, _launch(op, kv)
+        if blocking:
+            return _DONE
+        flag = torch.empty(1, dtype=torch.int64, pin_memory=True)
+        flag.copy_(bad_pos, non_blocking=True)
+        event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+        event.record(stream)
+    return CopyHandle(_Pending(event, flag, slots, kv.num_slots, (bad_pos, *keep)))

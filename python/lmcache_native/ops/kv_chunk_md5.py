@@ -59,7 +59,7 @@ def kv_chunk_md5(
     num_tokens = int(slots.numel())
     if paged.device.type == "cpu":
         return _native.C.kv_chunk_md5_cpu(
-            paged.layer_ptrs, paged.flat, int(slots.data_ptr()), num_tokens, chunk_size
+            paged.layer_ptrs, paged.layout, int(slots.data_ptr()), num_tokens, chunk_size
         )
     if paged.device.type != "cuda":
         raise ValueError(f"kv_caches must be on the CPU or a CUDA device, got {paged.device}")
@@ -87,7 +87,7 @@ def _kv_chunk_md5_cuda(
         _native.C.kv_chunk_md5_cuda(
             paged.layer_ptrs,
             int(layer_ptrs.data_ptr()),
-            paged.flat,
+            paged.layout,
             int(slots.data_ptr()),
             num_tokens,
             chunk_size,

@@ -6,19 +6,23 @@ from collections.abc import Sequence
 
 import torch
 
-from lmcache_native import _native
-from lmcache_native.ops._paged_kv_copy import prepare, prepare_chunks
+from lmcache_native.ops._paged_kv_copy import CopyHandle, paged_copy
 
 
 def paged_kv_gather(
-    kv_caches: Sequence[torch.Tensor], slot_mapping: torch.Tensor, out: torch.Tensor, layout: str
-) -> None:
+    kv_caches: Sequence[torch.Tensor],
+    slot_mapping: torch.Tensor,
+    out: torch.Tensor,
+    layout: str,
+    *,
+    blocking: bool = True,
+) -> CopyHandle:
     """Copies the KV rows of ``slot_mapping``'s slots out of every layer into ``out``.
 
     ``out[kv, layer, i] = row(layer, kv, slot_mapping[i])`` for every token ``i`` whose slot is
     not ``-1``; rows of padding tokens (slot ``-1``) are left untouched. All layers are copied
     in one call by the CPU twin (CPU cache) or the CUDA kernel (CUDA cache, on the current
-    stream; the call returns after the copy finished).
+    stream; by default the call returns after the copy finished).
 
     Args:
         kv_caches: one paged cache per layer, shaped as ``layout`` requires (see
@@ -31,27 +35,19 @@ def paged_kv_gather(
             cache's CUDA device or in pinned CPU memory for a CUDA cache.
         layout: ``"flash_attn"``, ``"flashinfer"``, ``"hnd"``, ``"mla"``, ``"vllm_cpu"`` or
             ``"vllm_cpu_amx"`` (CPU caches only; a ``ValueError`` on a CUDA cache).
+        blocking: ``False`` only enqueues a CUDA copy (see :class:`~lmcache_native.ops.CopyHandle`).
+
+    Returns:
+        The copy's handle, already done unless ``blocking=False`` on CUDA.
 
     Raises:
         TypeError: an argument of the wrong type or dtype.
         ValueError: a wrong shape, device, layout, or a non-contiguous ``out``.
-        IndexError: a slot outside ``[-1, num_blocks * block_size)``; nothing is written.
+        IndexError: a slot outside ``[-1, num_blocks * block_size)``; nothing is written
+            (from :meth:`CopyHandle.wait` for a non-blocking CUDA copy).
         RuntimeError: a CUDA cache on a build without CUDA kernels, or a CUDA failure.
     """
-    kv, slots, out_t, launch = prepare(
-        "paged_kv_gather", "out", kv_caches, slot_mapping, out, layout
-    )
-    _native.C.paged_kv_gather(
-        kv.layer_ptrs,
-        kv.flat,
-        int(slots.data_ptr()),
-        int(slots.numel()),
-        int(slots.element_size()),
-        int(out_t.data_ptr()),
-        launch.device,
-        launch.stream,
-        launch.scratch_ptr,
-    )
+    return paged_copy("paged_kv_gather", "out", kv_caches, slot_mapping, out, layout, blocking)
 
 
 def paged_kv_gather_chunks(
@@ -59,7 +55,9 @@ def paged_kv_gather_chunks(
     slot_mapping: torch.Tensor,
     outs: Sequence[torch.Tensor],
     layout: str,
-) -> None:
+    *,
+    blocking: bool = True,
+) -> CopyHandle:
     """Gathers consecutive runs of ``slot_mapping`` into many chunk buffers in one native call.
 
     ``outs[c]`` receives the next ``n_c = outs[c].shape[2]`` tokens: with
@@ -77,28 +75,19 @@ def paged_kv_gather_chunks(
             contiguous, the cache's dtype, with ``sum(n_c) == num_tokens`` (``n_c`` may be 0);
             on the CPU for a CPU cache, on the cache's CUDA device or in pinned CPU memory for a
             CUDA cache.
-        layout: ``"flash_attn"``, ``"flashinfer"``, ``"hnd"``, ``"mla"``, ``"vllm_cpu"`` or
-            ``"vllm_cpu_amx"`` (CPU caches only; a ``ValueError`` on a CUDA cache).
+        layout: as for :func:`paged_kv_gather`.
+        blocking: as for :func:`paged_kv_gather`.
+
+    Returns:
+        As for :func:`paged_kv_gather`.
 
     Raises:
         TypeError: an argument of the wrong type or dtype (``outs`` not a list of tensors).
         ValueError: a wrong shape, device or layout, a non-contiguous buffer, or token counts
             that do not add up to ``num_tokens``.
-        IndexError: a slot outside ``[-1, num_blocks * block_size)``; nothing is written.
-        RuntimeError: a CUDA cache on a build without CUDA kernels, or a CUDA failure.
+        IndexError: as for :func:`paged_kv_gather`.
+        RuntimeError: as for :func:`paged_kv_gather`.
     """
-    kv, slots, ptrs, tokens, launch = prepare_chunks(
-        "paged_kv_gather_chunks", "outs", kv_caches, slot_mapping, outs, layout
-    )
-    _native.C.paged_kv_gather_chunks(
-        kv.layer_ptrs,
-        kv.flat,
-        int(slots.data_ptr()),
-        int(slots.numel()),
-        int(slots.element_size()),
-        ptrs,
-        tokens,
-        launch.device,
-        launch.stream,
-        launch.scratch_ptr,
+    return paged_copy(
+        "paged_kv_gather_chunks", "outs", kv_caches, slot_mapping, outs, layout, blocking
     )

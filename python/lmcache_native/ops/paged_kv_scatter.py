@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from lmcache_native import _native
-from lmcache_native.ops._paged_kv_copy import prepare, prepare_chunks
+from lmcache_native.ops._paged_kv_copy import CopyHandle, paged_copy
 
 
 def paged_kv_scatter(
@@ -15,14 +15,16 @@ def paged_kv_scatter(
     kv_caches: Sequence[torch.Tensor],
     slot_mapping: torch.Tensor,
     layout: str,
-) -> None:
+    *,
+    blocking: bool = True,
+) -> CopyHandle:
     """Copies ``chunk``'s rows into the slots of ``slot_mapping`` in every layer.
 
     ``row(layer, kv, slot_mapping[i]) = chunk[kv, layer, i]`` for every token ``i`` whose slot
     is not ``-1``; padding tokens (slot ``-1``) leave the cache untouched. All layers are copied
     in one call by the CPU twin (CPU cache) or the CUDA kernel (CUDA cache, on the current
-    stream; the call returns after the copy finished). Two tokens naming the same slot write
-    the same row; which one wins is unspecified.
+    stream; by default the call returns after the copy finished). Two tokens naming the same
+    slot write the same row; which one wins is unspecified.
 
     Args:
         chunk: ``[num_kv, num_layers, num_tokens, num_heads * head_size]`` contiguous, the
@@ -33,29 +35,19 @@ def paged_kv_scatter(
             any 1/2/4/8-byte dtype; may be non-contiguous views.
         slot_mapping: ``[num_tokens]`` int32 or int64 slots (``block * block_size + offset``),
             on the cache's device or the CPU.
-        layout: ``"flash_attn"``, ``"flashinfer"``, ``"hnd"``, ``"mla"``, ``"vllm_cpu"`` or
-            ``"vllm_cpu_amx"`` (CPU caches only; a ``ValueError`` on a CUDA cache).
+        layout: as for :func:`~lmcache_native.ops.paged_kv_gather`.
+        blocking: as for :func:`~lmcache_native.ops.paged_kv_gather`.
+
+    Returns:
+        As for :func:`~lmcache_native.ops.paged_kv_gather`.
 
     Raises:
         TypeError: an argument of the wrong type or dtype.
         ValueError: a wrong shape, device, layout, or a non-contiguous ``chunk``.
-        IndexError: a slot outside ``[-1, num_blocks * block_size)``; nothing is written.
-        RuntimeError: a CUDA cache on a build without CUDA kernels, or a CUDA failure.
+        IndexError: as for :func:`~lmcache_native.ops.paged_kv_gather`.
+        RuntimeError: as for :func:`~lmcache_native.ops.paged_kv_gather`.
     """
-    kv, slots, chunk_t, launch = prepare(
-        "paged_kv_scatter", "chunk", kv_caches, slot_mapping, chunk, layout
-    )
-    _native.C.paged_kv_scatter(
-        int(chunk_t.data_ptr()),
-        kv.layer_ptrs,
-        kv.flat,
-        int(slots.data_ptr()),
-        int(slots.numel()),
-        int(slots.element_size()),
-        launch.device,
-        launch.stream,
-        launch.scratch_ptr,
-    )
+    return paged_copy("paged_kv_scatter", "chunk", kv_caches, slot_mapping, chunk, layout, blocking)
 
 
 def paged_kv_scatter_chunks(
@@ -63,7 +55,9 @@ def paged_kv_scatter_chunks(
     kv_caches: Sequence[torch.Tensor],
     slot_mapping: torch.Tensor,
     layout: str,
-) -> None:
+    *,
+    blocking: bool = True,
+) -> CopyHandle:
     """Scatters many chunk buffers into consecutive runs of ``slot_mapping`` in one native call.
 
     ``chunks[c]`` supplies the next ``n_c = chunks[c].shape[2]`` tokens: with
@@ -81,30 +75,21 @@ def paged_kv_scatter_chunks(
         kv_caches: one paged cache per layer, as for :func:`paged_kv_scatter`.
         slot_mapping: ``[num_tokens]`` int32 or int64 slots, on the cache's device or the CPU;
             ``-1`` is padding (the cache is left untouched for that token).
-        layout: ``"flash_attn"``, ``"flashinfer"``, ``"hnd"``, ``"mla"``, ``"vllm_cpu"`` or
-            ``"vllm_cpu_amx"`` (CPU caches only; a ``ValueError`` on a CUDA cache).
+        layout: as for :func:`~lmcache_native.ops.paged_kv_gather`.
+        blocking: as for :func:`~lmcache_native.ops.paged_kv_gather`.
+
+    Returns:
+        As for :func:`~lmcache_native.ops.paged_kv_gather`.
 
     Raises:
         TypeError: an argument of the wrong type or dtype (``chunks`` not a list of tensors).
         ValueError: a wrong shape, device or layout, a non-contiguous buffer, or token counts
             that do not add up to ``num_tokens``.
-        IndexError: a slot outside ``[-1, num_blocks * block_size)``; nothing is written.
-        RuntimeError: a CUDA cache on a build without CUDA kernels, or a CUDA failure.
+        IndexError: as for :func:`~lmcache_native.ops.paged_kv_gather`.
+        RuntimeError: as for :func:`~lmcache_native.ops.paged_kv_gather`.
     """
-    kv, slots, ptrs, tokens, launch = prepare_chunks(
-        "paged_kv_scatter_chunks", "chunks", kv_caches, slot_mapping, chunks, layout
-    )
-    _native.C.paged_kv_scatter_chunks(
-        ptrs,
-        tokens,
-        kv.layer_ptrs,
-        kv.flat,
-        int(slots.data_ptr()),
-        int(slots.numel()),
-        int(slots.element_size()),
-        launch.device,
-        launch.stream,
-        launch.scratch_ptr,
+    return paged_copy(
+        "paged_kv_scatter_chunks", "chunks", kv_caches, slot_mapping, chunks, layout, blocking
     )
 
 

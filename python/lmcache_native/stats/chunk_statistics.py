@@ -23,7 +23,6 @@ from rbloom import Bloom
 from lmcache_native.config import LMCacheEngineConfig
 from lmcache_native.errors import StatisticsUnavailableError
 
-DEFAULT_EXPECTED_ITEMS = 10_000_000
 DEFAULT_FALSE_POSITIVE_RATE = 0.001
 
 
@@ -38,17 +37,14 @@ class ChunkStatistics:
 
     Args:
         config: the engine config (``enable_chunk_statistics`` and the auto-exit keys).
-        expected_items: Bloom filter sizing (``extra_config["chunk_statistics_expected_items"]``
-            overrides the default).
+        expected_items: Bloom filter sizing (default: ``chunk_statistics_expected_items``).
     """
 
     def __init__(self, config: LMCacheEngineConfig, expected_items: int | None = None) -> None:
+        """Statistics per ``config``; collecting starts now when auto-start is on."""
         self._config = config
         self.available: bool = bool(config.get("enable_chunk_statistics"))
-        self._expected = int(
-            expected_items
-            or config.extra("chunk_statistics_expected_items", DEFAULT_EXPECTED_ITEMS)
-        )
+        self._expected = int(expected_items or config.get("chunk_statistics_expected_items"))
         self._lock = threading.Lock()
         self._bloom: Bloom | None = None
         self._collecting = False
@@ -129,8 +125,10 @@ class ChunkStatistics:
     # -- recording -----------------------------------------------------------------------------
 
     def record(self, chunk_hashes: Iterable[str | int]) -> None:
-        """Counts one request carrying ``chunk_hashes`` (hex strings or ints); no-op unless
-        collecting."""
+        """Counts one request carrying ``chunk_hashes`` (hex strings or ints).
+
+        A no-op unless collecting.
+        """
         if not self.available:
             return
         t0 = time.perf_counter()

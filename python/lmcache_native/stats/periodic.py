@@ -84,8 +84,11 @@ class _Entry:
         return t is not None and t.is_alive()
 
     def status(self) -> dict[str, Any]:
-        """LMCache's ``PeriodicThread.get_status()`` fields, plus ``healthy``, ``alive`` and
-        ``thread_id``."""
+        """This thread's status.
+
+        LMCache's ``PeriodicThread.get_status()`` fields, plus ``healthy``, ``alive`` and
+        ``thread_id``.
+        """
         runs = self._runs()
         now = time.time()
         running = self.is_running
@@ -136,6 +139,7 @@ class PeriodicThreadRegistry:
     """The background threads of one engine (thread-safe)."""
 
     def __init__(self) -> None:
+        """An empty registry."""
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
 
@@ -200,8 +204,11 @@ class PeriodicThreadRegistry:
         return [e.status() for e in entries]
 
     def summary(self, statuses: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        """Counts: ``total_count``, ``running_count``, ``active_count`` and ``by_level``
-        (level -> total/running/active), as LMCache reports them."""
+        """Counts of the threads, as LMCache reports them.
+
+        ``total_count``, ``running_count``, ``active_count`` and ``by_level`` (level ->
+        total/running/active).
+        """
         all_status = self.statuses() if statuses is None else statuses
         by_level: dict[str, dict[str, int]] = {}
         for level in ThreadLevel:
@@ -219,8 +226,11 @@ class PeriodicThreadRegistry:
         }
 
     def unhealthy(self) -> list[dict[str, Any]]:
-        """Critical and high threads that are running but not active (LMCache's health rule),
-        plus those that died without being stopped."""
+        """The threads that are not healthy.
+
+        Critical and high threads that are running but not active (LMCache's health rule), plus
+        those that died without being stopped.
+        """
         out = []
         for s in self.statuses():
             if s["level"] not in (ThreadLevel.CRITICAL.value, ThreadLevel.HIGH.value):
@@ -244,13 +254,6 @@ class PeriodicThread:
 
     ``fn`` returns a short message (or ``None``); an exception counts as a failed run (logged)
     and the thread keeps going.
-
-    Args:
-        name: the thread's name.
-        interval: seconds between runs.
-        fn: the work of one run.
-        level: its importance.
-        init_wait: seconds before the first run.
     """
 
     def __init__(
@@ -261,6 +264,15 @@ class PeriodicThread:
         level: ThreadLevel = ThreadLevel.MEDIUM,
         init_wait: float = 0.0,
     ) -> None:
+        """Prepares the thread; ``start`` runs it.
+
+        Args:
+            name: the thread's name.
+            interval: seconds between runs.
+            fn: the work of one run.
+            level: its importance.
+            init_wait: seconds before the first run.
+        """
         if interval <= 0:
             raise ValueError(f"interval must be positive, got {interval}")
         self.name = name
@@ -309,7 +321,7 @@ class PeriodicThread:
         try:
             message = self._fn() or ""
             ok = True
-        except Exception as exc:  # noqa: BLE001 - a failed run is recorded, the thread goes on
+        except Exception as exc:
             logger.exception("periodic thread %s: run failed", self.name)
             message = f"{type(exc).__name__}: {exc}"
             ok = False

@@ -53,8 +53,10 @@ def is_secret_name(name: str) -> bool:
 
 
 def mask_urls(value: str) -> str:
-    """Replaces the credentials of every ``scheme://user:pw@host`` in ``value`` with
-    ``user:***`` (``***`` when there is no user name)."""
+    """Masks the credentials of every URL in ``value``.
+
+    Those of ``scheme://user:pw@host`` become ``user:***`` (``***`` when there is no user name).
+    """
 
     def repl(m: re.Match[str]) -> str:
         user, colon, _ = m.group("userinfo").partition(":")
@@ -65,8 +67,11 @@ def mask_urls(value: str) -> str:
 
 
 def redact_value(name: str, value: Any) -> Any:
-    """``value`` as shown under ``name``: masked entirely when the name looks secret, with
-    URL credentials masked otherwise; dicts and lists are redacted item by item."""
+    """``value`` as shown under ``name``.
+
+    Masked entirely when the name looks secret, with URL credentials masked otherwise; dicts
+    and lists are redacted item by item.
+    """
     if is_secret_name(name):
         return SECRET_MASK if value not in (None, "") else value
     if isinstance(value, str):

@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 import numpy as np
 import torch
 
+from lmcache_native.config import size_bytes
 from lmcache_native.storage.policies import make_policy
 
 
@@ -128,6 +129,12 @@ class StorageBackend(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Releases resources (buffers, files, connections)."""
 
+    def apply_config(self, name: str, value: Any) -> None:  # noqa: B027 - optional hook
+        """Reacts to a runtime change of configuration key ``name`` (its own keys only).
+
+        The engine passes every change to every tier; a tier ignores keys it does not use.
+        """
+
     def batched_contains(self, keys: Sequence[str]) -> list[bool]:
         """``contains`` for each key."""
         return [self.contains(k) for k in keys]
@@ -180,6 +187,9 @@ class BoundedBackend(StorageBackend, Generic[E]):
         policy: ``cache_policy`` name (LRU, LFU, FIFO).
     """
 
+    #: The configuration key (a size in GB) that resizes this tier at runtime, if any.
+    capacity_key: ClassVar[str | None] = None
+
     def __init__(self, capacity_bytes: int, policy: str) -> None:
         super().__init__()
         self._lock = threading.Lock()
@@ -192,6 +202,11 @@ class BoundedBackend(StorageBackend, Generic[E]):
     def capacity_bytes(self) -> int:
         """Capacity in bytes."""
         return self._capacity
+
+    def apply_config(self, name: str, value: Any) -> None:
+        """A change of :attr:`capacity_key` resizes the tier (evicting down to the new size)."""
+        if name == self.capacity_key:
+            self.set_capacity(size_bytes(value))
 
     def set_capacity(self, capacity_bytes: int) -> int:
         """Changes the capacity, evicting down to it. Returns entries evicted."""
@@ -231,6 +246,17 @@ class BoundedBackend(StorageBackend, Generic[E]):
     @abstractmethod
     def _dispose_one(self, entry: E) -> None:
         """Frees one entry already removed from the index (outside the lock)."""
+
+    def clear(self) -> int:
+        """Deletes every entry (not counted as evictions); returns how many were deleted."""
+        with self._lock:
+            victims = list(self._index.values())
+            self._index.clear()
+            self._policy.clear()
+            self._used = 0
+        for e in victims:
+            self._dispose_one(e)
+        return len(victims)
 
     def _dispose(self, victims: list[E]) -> None:
         """Counts ``victims`` as evictions and frees each (outside the lock)."""

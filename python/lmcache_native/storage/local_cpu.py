@@ -21,6 +21,7 @@ class LocalCPUBackend(BoundedBackend[ChunkBufferLike]):
     """
 
     name = "LocalCPUBackend"
+    capacity_key = "max_local_cpu_size"
 
     def __init__(self, capacity_bytes: int, policy: str = "LRU") -> None:
         super().__init__(capacity_bytes, policy)
@@ -85,16 +86,6 @@ class LocalCPUBackend(BoundedBackend[ChunkBufferLike]):
             return False
         buf.unref()
         return True
-
-    def clear(self) -> int:
-        with self._lock:
-            bufs = list(self._index.values())
-            self._index.clear()
-            self._policy.clear()
-            self._used = 0
-        for b in bufs:
-            b.unref()
-        return len(bufs)
 
     def close(self) -> None:
         self.clear()

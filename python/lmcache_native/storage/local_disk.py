@@ -56,6 +56,7 @@ class LocalDiskBackend(BoundedBackend[_Entry]):
     """
 
     name = "LocalDiskBackend"
+    capacity_key = "max_local_disk_size"
 
     def __init__(
         self,
@@ -192,16 +193,6 @@ class LocalDiskBackend(BoundedBackend[_Entry]):
         if entry is None:
             return False
         return self._forget(key, entry, unlink=True)
-
-    def clear(self) -> int:
-        with self._lock:
-            victims = list(self._index.values())
-            self._index.clear()
-            self._policy.clear()
-            self._used = 0
-        for e in victims:
-            self._unlink(e.filename)
-        return len(victims)
 
     # -- internals -----------------------------------------------------------------------------
 

@@ -244,7 +244,8 @@ class StorageManager:
 
     def mark_suspect(self, keys: Sequence[str]) -> None:
         """Marks ``keys`` as possibly damaged in the tiers that list them (a read of the first
-        failed): the next store of each rewrites it. The most recent 65536 marks are kept."""
+        failed): the next store of each rewrites it. The most recent 65536 marks are kept.
+        """
         with self._lock:
             for k in keys:
                 self._suspect[k] = None
@@ -342,7 +343,7 @@ class StorageManager:
                             continue
                         try:
                             self._put_lower(tier, key, buf, rewrite)
-                        except Exception:  # noqa: BLE001 - a tier bug must not kill the writer
+                        except Exception:
                             logger.exception("StorageManager: %s.put(%s) failed", tier.name, key)
                             with self._written:
                                 self._write_failures += 1
@@ -367,7 +368,8 @@ class StorageManager:
 
     def writer_stats(self) -> tuple[int, int, float]:
         """``(queued writes finished, writes a tier raised on, time of the last finished write
-        or 0.0)`` of the background writer."""
+        or 0.0)`` of the background writer.
+        """
         with self._written:
             return self._done_count, self._write_failures, self._last_write_time
 
@@ -402,5 +404,5 @@ class StorageManager:
         for b in self._backends:
             try:
                 b.close()
-            except Exception:  # noqa: BLE001 - close the others regardless
+            except Exception:
                 logger.exception("StorageManager: closing %s failed", b.name)

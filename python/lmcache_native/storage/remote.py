@@ -57,12 +57,18 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class _FSStore:
-    """A directory of chunk files."""
+class FSStore:
+    """A directory of chunk files (the ``fs://`` store).
 
-    def __init__(self, path: Path) -> None:
+    Args:
+        path: the directory.
+        create: create it when missing (the tier does; the ``fs://`` import only reads).
+    """
+
+    def __init__(self, path: Path, create: bool = True) -> None:
         self.path = path
-        self.path.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.path.mkdir(parents=True, exist_ok=True)
 
     def set_timeout(self, timeout_secs: float) -> None:
         return
@@ -91,7 +97,12 @@ class _FSStore:
             return False
         return True
 
-    def _files(self) -> list[str]:
+    def chunk_files(self) -> list[str]:
+        """Names of the complete chunk files (no temporaries, no symlinks), unordered.
+
+        Raises:
+            OSError: the directory cannot be listed.
+        """
         with os.scandir(self.path) as it:
             return [
                 de.name
@@ -103,7 +114,7 @@ class _FSStore:
 
     def keys(self, prefix: str) -> list[str]:
         out = []
-        for name in self._files():
+        for name in self.chunk_files():
             try:
                 key = read_chunk_header_file(self.path / name).key
             except (CorruptChunkError, OSError):
@@ -166,7 +177,7 @@ class RemoteBackend(StorageBackend):
         self.spec: RemoteSpec = parse_remote_url(url, extra_config)
         if self.spec.kind == "fs":
             assert self.spec.path is not None
-            self._store: Any = _FSStore(self.spec.path)
+            self._store: Any = FSStore(self.spec.path)
         elif self.spec.kind == "cluster":
             self._store = ClusterStore(
                 self.spec, timeout_secs, self._retry_interval, self._on_node_error
@@ -182,6 +193,11 @@ class RemoteBackend(StorageBackend):
     def set_timeout(self, timeout_secs: float) -> None:
         """Applies a new ``blocking_timeout_secs`` to subsequent calls."""
         self._store.set_timeout(float(timeout_secs))
+
+    def apply_config(self, name: str, value: Any) -> None:
+        """A change of ``blocking_timeout_secs`` reaches the next calls."""
+        if name == "blocking_timeout_secs":
+            self.set_timeout(float(value))
 
     def _on_node_error(self, op: str, node: str, exc: BaseException) -> None:
         self._count(errors=1)
@@ -297,4 +313,4 @@ class RemoteBackend(StorageBackend):
         return {"down": int(self.is_down), "nodes_down": int(self._store.nodes_down())}
 
 
-__all__ = ["RemoteBackend", "fs_url_path"]
+__all__ = ["FSStore", "RemoteBackend", "fs_url_path"]

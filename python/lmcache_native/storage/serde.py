@@ -294,7 +294,7 @@ def write_chunk_file(
     return len(header) + pv.nbytes
 
 
-def _read_exact(f, n: int) -> bytes:  # noqa: ANN001 - a raw binary file
+def _read_exact(f, n: int) -> bytes:
     data = f.read(n)
     if data is None or len(data) != n:
         raise CorruptChunkError("chunk file truncated")
@@ -312,7 +312,7 @@ def read_chunk_header_file(path: Path, expected_key: str | None = None) -> Chunk
         return _read_header(f, expected_key)
 
 
-def _read_header(f, expected_key: str | None) -> ChunkHeader:  # noqa: ANN001
+def _read_header(f, expected_key: str | None) -> ChunkHeader:
     prefix = _read_exact(f, FIXED_LEN)
     header_len = header_len_of(prefix)
     header = parse_header(prefix + _read_exact(f, header_len - FIXED_LEN), expected_key)

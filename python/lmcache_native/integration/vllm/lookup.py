@@ -12,7 +12,10 @@ Wire format (little-endian), one request and one reply per round trip on a kept-
 
     request   u32 magic "LMC2" | u32 num_tokens | u32 req_id_len | u32 extras_len
               | num_tokens * i64 token ids | req_id (UTF-8) | extras (UTF-8 JSON, may be empty)
-    reply     i64 hit_tokens   | i64 min_retrieve_tokens
+    reply     i64 hit_tokens   | i64 min_retrieve_tokens | i64 below_cpu
+
+``below_cpu`` is 1 when some chunk of the hit is listed only below the CPU tier (disk, Redis,
+``fs://``), so its load reads storage (the scheduler may then load it asynchronously).
 
 ``req_id`` names the request whose lookup this is (the worker holds the chunks it reported for
 that request until its load); ``extras`` are the request's key extras
@@ -44,15 +47,21 @@ logger = logging.getLogger("lmcache_native.integration.vllm")
 
 _MAGIC = 0x32434D4C  # "LMC2"
 _REQ = struct.Struct("<IIII")
-_REPLY = struct.Struct("<qq")
+_REPLY = struct.Struct("<qqq")
 # NOTE: bounds one request (a prompt of 16M tokens); larger is a protocol error, not a prompt.
 MAX_LOOKUP_TOKENS = 1 << 24
 MAX_LOOKUP_TEXT = 1 << 20  # request id and extras, bytes each
 
 #: Signature of what a worker answers: (request id, token ids, key extras) -> (hit tokens,
-#: min_retrieve_tokens). Token ids come as a list in-process, as an int64 array over the socket.
-#: (Typed ``Any`` so that functions taking either form fit.)
-LookupFn = Callable[[str, Any, KeyExtras | None], tuple[int, int]]
+#: min_retrieve_tokens[, below_cpu]). Token ids come as a list in-process, as an int64 array
+#: over the socket. (Typed ``Any`` so that functions taking either form fit.)
+LookupFn = Callable[[str, Any, KeyExtras | None], tuple[int, ...]]
+
+
+def _answer(reply: tuple[int, ...]) -> tuple[int, int, bool]:
+    """A worker's answer as (hit tokens, min_retrieve_tokens, below_cpu)."""
+    return int(reply[0]), int(reply[1]), bool(reply[2]) if len(reply) > 2 else False
+
 
 _local_lock = threading.Lock()
 _local: dict[tuple[str, int], LookupFn] = {}
@@ -174,11 +183,11 @@ class LookupServer:
                 raw_extras = _recv_exact(conn, n_extras)
                 try:
                     extras = KeyExtras.from_dict(json.loads(raw_extras)) if raw_extras else None
-                    hit, min_retrieve = self._fn(req_id, tokens, extras)
+                    hit, min_retrieve, below = _answer(self._fn(req_id, tokens, extras))
                 except Exception:  # noqa: BLE001 - a failed lookup is a miss, never a crash
                     logger.exception("lookup failed; answering 0 tokens")
-                    hit, min_retrieve = 0, 0
-                conn.sendall(_REPLY.pack(int(hit), int(min_retrieve)))
+                    hit, min_retrieve, below = 0, 0, False
+                conn.sendall(_REPLY.pack(hit, min_retrieve, int(below)))
         except (ConnectionError, OSError):
             return
         except Exception:  # noqa: BLE001 - the server thread never dies of one connection
@@ -233,7 +242,7 @@ class LookupClient:
 
     def _remote(
         self, rank: int, req_id: str, tokens: Sequence[int], extras: KeyExtras | None
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int, int]:
         sock = self._socks.get(rank)
         if sock is None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -249,17 +258,28 @@ class LookupClient:
         ex = b"" if extras is None or extras.empty else json.dumps(extras.to_dict()).encode()
         try:
             sock.sendall(_REQ.pack(_MAGIC, len(tokens), len(rid), len(ex)) + payload + rid + ex)
-            hit, min_retrieve = _REPLY.unpack(_recv_exact(sock, _REPLY.size))
+            hit, min_retrieve, below = _REPLY.unpack(_recv_exact(sock, _REPLY.size))
         except OSError:
             self._socks.pop(rank, None)
             sock.close()
             raise
-        return hit, min_retrieve
+        return hit, min_retrieve, below
 
     def lookup(
         self, tokens: Sequence[int], req_id: str = "", extras: KeyExtras | None = None
     ) -> tuple[int, int]:
         """The prefix (in tokens) that every worker holds, and the largest min_retrieve_tokens.
+
+        See :meth:`lookup_tiers`, which also tells whether the hit reads storage.
+        """
+        hit, min_retrieve, _ = self.lookup_tiers(tokens, req_id, extras)
+        return hit, min_retrieve
+
+    def lookup_tiers(
+        self, tokens: Sequence[int], req_id: str = "", extras: KeyExtras | None = None
+    ) -> tuple[int, int, bool]:
+        """The prefix (in tokens) that every worker holds, the largest min_retrieve_tokens, and
+        whether some worker's hit has a chunk listed only below its CPU tier.
 
         Args:
             tokens: the prompt's token ids.
@@ -271,11 +291,12 @@ class LookupClient:
         """
         hit: int | None = None
         min_retrieve = 0
+        below = False
         for rank in range(self.world_size):
             with _local_lock:
                 fn = _local.get((self.engine_id, rank))
             try:
-                h, m = (
+                h, m, b = _answer(
                     fn(req_id, tokens, extras)
                     if fn is not None
                     else self._remote(rank, req_id, tokens, extras)
@@ -289,10 +310,11 @@ class LookupClient:
                         self.engine_id,
                         e,
                     )
-                return 0, 0
+                return 0, 0, False
             hit = h if hit is None else min(hit, h)
             min_retrieve = max(min_retrieve, m)
-        return hit or 0, min_retrieve
+            below = below or b
+        return hit or 0, min_retrieve, below
 
     def close(self) -> None:
         """Closes the connections."""

@@ -71,6 +71,8 @@ class LoadSpec:
         start: first token position to write (vLLM already holds ``[0, start)``).
         end: one past the last token position to write (``end <= len(token_ids)``).
         extras: the request's key extras (salt, LoRA adapter, multimodal items), if any.
+        async_load: load in the background and report the request in ``get_finished`` (vLLM
+            holds it in ``WAITING_FOR_REMOTE_KVS`` until then).
     """
 
     req_id: str
@@ -79,12 +81,12 @@ class LoadSpec:
     start: int
     end: int
     extras: KeyExtras | None = None
+    async_load: bool = False
 
 
 @dataclass
 class SaveSpec:
-    """Store a request's computed prefix after this step's forward: what is new since its last
-    SaveSpec.
+    """Store a request's computed prefix after this step's forward (what is new since before).
 
     The worker keeps each request's token ids and block ids; a SaveSpec replaces them from
     ``start`` (tokens) and ``block_start`` (blocks) on. The first SaveSpec of a request has both
@@ -120,8 +122,14 @@ class LMCacheNativeConnectorMetadata(KVConnectorMetadata):
         saves: requests to store after the forward.
         released: requests whose looked-up chunks the workers may stop holding (finished, or
             not loading after all).
+        delayed_free: finished requests whose blocks vLLM keeps until the workers report their
+            stores done (``get_finished``'s first set).
+        preempted: requests vLLM preempted this step (their blocks may be reused by its
+            forward, so their background stores must finish before it).
     """
 
     loads: list[LoadSpec] = field(default_factory=list)
     saves: list[SaveSpec] = field(default_factory=list)
     released: list[str] = field(default_factory=list)
+    delayed_free: list[str] = field(default_factory=list)
+    preempted: list[str] = field(default_factory=list)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -29,6 +29,7 @@ from lmcache_native.integration.vllm.metadata import (
     LoadSpec,
     SaveSpec,
 )
+from lmcache_native.integration.vllm.modes import ASYNC_LOADING, ASYNC_SAVING, enabled
 from lmcache_native.integration.vllm.stats import LMCacheNativeStats
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ class _LoadPlan:
     hit: int  # stored prefix length (tokens), as the workers reported
     local: int  # tokens vLLM already had (block aligned)
     claimed: int  # tokens claimed beyond ``local``
+    async_load: bool = False  # loaded in the background (a chunk is below the CPU tier)
 
 
 @dataclass
@@ -130,6 +132,7 @@ class SchedulerSide:
         loads: bool = True,
         saves: bool = True,
     ) -> None:
+        """Connects the lookup client; nothing is planned yet."""
         self.config = config
         self.loads = loads
         self.saves = saves
@@ -144,9 +147,15 @@ class SchedulerSide:
         self._building: LMCacheNativeConnectorMetadata | None = None
         self._released: list[str] = []  # leases the workers may let go, sent with the next step
         self._failed_logged: set[str] = set()
-        # req_id -> (prompt length, hit, min_retrieve, expiry on ``clock``)
-        self._lookup_cache: dict[str, tuple[int, int, int, float]] = {}
+        # req_id -> (prompt length, hit, min_retrieve, below the CPU tier, expiry on ``clock``)
+        self._lookup_cache: dict[str, tuple[int, int, int, bool, float]] = {}
         self.clock = time.monotonic
+        # Asynchronous modes (see :mod:`.modes`).
+        self.async_loading = loads and enabled(config, ASYNC_LOADING)
+        self.async_saving = saves and enabled(config, ASYNC_SAVING)
+        self._async_loading: set[str] = set()  # requests vLLM holds for a background load
+        self._pending_loads: list[_Tracker] = []  # background loads for the next metadata
+        self._delayed: list[str] = []  # finished requests whose blocks wait for their stores
 
     # -- admission ---------------------------------------------------------------------------
 
@@ -166,7 +175,7 @@ class SchedulerSide:
             return 0
         prompt = request.prompt_token_ids
         assert prompt is not None
-        hit, min_retrieve = self._cached_lookup(request, prompt)
+        hit, min_retrieve, below = self._cached_lookup(request, prompt)
         # NOTE: vLLM must compute at least the last prompt token to sample the next one.
         claimable = min(hit, len(prompt) - 1)
         claimed = max(0, claimable - num_computed_tokens)
@@ -175,11 +184,22 @@ class SchedulerSide:
                 self._release(request.request_id)
             return 0
         self._plans[request.request_id] = _LoadPlan(
-            hit=hit, local=num_computed_tokens, claimed=claimed
+            hit=hit,
+            local=num_computed_tokens,
+            claimed=claimed,
+            async_load=self.async_loading and below,
         )
         return claimed
 
-    def _cached_lookup(self, request: Request, prompt: Sequence[int]) -> tuple[int, int]:
+    def load_is_async(self, request: Request) -> bool:
+        """Whether the load :meth:`get_num_new_matched_tokens` just planned is async.
+
+        vLLM then holds the request until a worker reports it loaded.
+        """
+        plan = self._plans.get(request.request_id)
+        return plan is not None and plan.async_load
+
+    def _cached_lookup(self, request: Request, prompt: Sequence[int]) -> tuple[int, int, bool]:
         """The workers' answer for ``request``, from the lookup cache while it is fresh.
 
         vLLM asks again for a request it could not admit yet (no free blocks) every step; the
@@ -190,11 +210,11 @@ class SchedulerSide:
         req_id = request.request_id
         now = self.clock()
         cached = self._lookup_cache.get(req_id)
-        if cached is not None and cached[0] == len(prompt) and cached[3] > now:
+        if cached is not None and cached[0] == len(prompt) and cached[4] > now:
             self.stats.cached_lookups += 1
             self.vllm_stats.add("lookup_cache_hits")
-            return cached[1], cached[2]
-        hit, min_retrieve = self.client.lookup(prompt, req_id, request_extras(request))
+            return cached[1], cached[2], cached[3]
+        hit, min_retrieve, below = self.client.lookup_tiers(prompt, req_id, request_extras(request))
         self.stats.lookups += 1
         self.stats.lookup_hit_tokens += hit
         self.vllm_stats.add("lookups")
@@ -202,9 +222,9 @@ class SchedulerSide:
         ttl = float(self.config.extra("lookup_cache_secs", 2.0))
         if ttl > 0 and req_id:
             if len(self._lookup_cache) >= _LOOKUP_CACHE_MAX:
-                self._lookup_cache = {r: e for r, e in self._lookup_cache.items() if e[3] > now}
-            self._lookup_cache[req_id] = (len(prompt), hit, min_retrieve, now + ttl)
-        return hit, min_retrieve
+                self._lookup_cache = {r: e for r, e in self._lookup_cache.items() if e[4] > now}
+            self._lookup_cache[req_id] = (len(prompt), hit, min_retrieve, below, now + ttl)
+        return hit, min_retrieve, below
 
     def _release(self, req_id: str) -> None:
         """Lets the workers drop what they hold for ``req_id``; forgets its cached lookup."""
@@ -218,8 +238,10 @@ class SchedulerSide:
     def plan_failed_load(
         self, request: Request, blocks: KVCacheBlocks, num_external_tokens: int
     ) -> None:
-        """After a failure while planning a load vLLM already accepted: a load of nothing, so
-        the worker reports the accepted tokens' blocks and vLLM recomputes them."""
+        """After a failure while planning a load vLLM already accepted: a load of nothing.
+
+        The worker then reports the accepted tokens' blocks and vLLM recomputes them.
+        """
         plan = self._plans.pop(request.request_id, None)
         if num_external_tokens <= 0:
             return
@@ -236,6 +258,8 @@ class SchedulerSide:
             start=start,
             end=start + num_external_tokens,
         )
+        if plan is not None and plan.async_load:
+            self._park(tracker)
 
     def update_state_after_alloc(
         self, request: Request, blocks: KVCacheBlocks, num_external_tokens: int
@@ -270,6 +294,8 @@ class SchedulerSide:
             # A load of nothing: the worker reports the window's blocks, vLLM recomputes them.
             tracker.load = LoadSpec(req_id, [], tracker.block_ids, start, end)
             self._release(req_id)
+            if plan.async_load:
+                self._park(tracker)
             return
         chunk = self.chunk_size
         fetch = min(plan.hit, (end + chunk - 1) // chunk * chunk)
@@ -283,8 +309,24 @@ class SchedulerSide:
             end=end,
             extras=tracker.extras,
         )
+        if plan.async_load:
+            self._park(tracker)
         self.stats.claimed_tokens += num_external_tokens
         self.stats.load_requests += 1
+
+    def _park(self, tracker: _Tracker) -> None:
+        """Makes ``tracker``'s load a background one, sent with the next metadata.
+
+        vLLM does not schedule the request until a worker reports it loaded.
+        """
+        assert tracker.load is not None
+        tracker.load.async_load = True
+        self._async_loading.add(tracker.load.req_id)
+        self._pending_loads.append(tracker)
+
+    def loads_finished(self, req_ids: Iterable[str]) -> None:
+        """The workers reported these requests' background loads done."""
+        self._async_loading.difference_update(req_ids)
 
     # -- per step ----------------------------------------------------------------------------
 
@@ -345,7 +387,7 @@ class SchedulerSide:
             computed = computed_before + scheduled.get(req_id, 0)
             try:
                 spec = self._save_spec(tracker, computed)
-            except Exception as e:  # noqa: BLE001 - one request's save is lost, not the step
+            except Exception as e:  # one request's save is lost, not the step
                 self._log_failure("planning a save", e)
                 return
             if spec is not None:
@@ -370,20 +412,40 @@ class SchedulerSide:
                 tracker.block_ids.extend(new_blocks[0])
             visit(req_id, cached.num_computed_tokens[i])
 
+        for tracker in self._pending_loads:
+            if tracker.load is not None:  # background loads: their requests are not scheduled
+                tracker.load.block_ids = list(tracker.block_ids)
+                meta.loads.append(tracker.load)
+                tracker.load = None
+        self._pending_loads = []
         for req_id in scheduler_output.finished_req_ids:
             self._trackers.pop(req_id, None)
         self._plans.clear()
         self._building = None
-        meta.released, self._released = self._released, []
+        self._take_lists(meta, scheduler_output)
         return meta
 
+    def _take_lists(
+        self, meta: LMCacheNativeConnectorMetadata, scheduler_output: SchedulerOutput | None
+    ) -> None:
+        """Hands ``meta`` the leases to release, the delayed frees and the preempted requests."""
+        meta.released, self._released = self._released, []
+        meta.delayed_free, self._delayed = self._delayed, []
+        preempted = (
+            getattr(scheduler_output, "preempted_req_ids", None) if self.async_saving else None
+        )
+        meta.preempted = sorted(preempted or ())
+
     def salvage_meta(self) -> LMCacheNativeConnectorMetadata:
-        """After ``build_connector_meta`` failed: what it had built (loads vLLM was promised
-        must still reach the workers, which report what they cannot fill)."""
+        """After ``build_connector_meta`` failed: what it had built.
+
+        Loads vLLM was promised must still reach the workers, which report what they cannot
+        fill.
+        """
         meta, self._building = self._building, None
         self._plans.clear()
         meta = meta if meta is not None else LMCacheNativeConnectorMetadata()
-        meta.released, self._released = self._released, []
+        self._take_lists(meta, None)
         return meta
 
     def _log_failure(self, what: str, exc: BaseException) -> None:
@@ -392,12 +454,27 @@ class SchedulerSide:
             self._failed_logged.add(cause)
             logger.error("LMCacheNativeConnector: %s failed: %r", what, exc, exc_info=exc)
 
-    def request_finished(self, request: Request) -> None:
-        """Forgets ``request`` (its saves already ran in the step that computed them); the
-        workers let go of what they held for it."""
-        self._trackers.pop(request.request_id, None)
-        self._plans.pop(request.request_id, None)
-        self._release(request.request_id)
+    def request_finished(self, request: Request) -> bool:
+        """Forgets ``request``; the workers let go of what they held for it.
+
+        Returns:
+            Whether vLLM must keep its blocks until the workers report its stores done (with
+            ``enable_async_saving``, for a request that had stores; never for one vLLM holds
+            for a background load, whose blocks vLLM frees once that load is reported).
+        """
+        req_id = request.request_id
+        tracker = self._trackers.pop(req_id, None)
+        self._plans.pop(req_id, None)
+        self._release(req_id)
+        delay = (
+            self.async_saving
+            and tracker is not None
+            and tracker.saved_upto > 0
+            and req_id not in self._async_loading
+        )
+        if delay:
+            self._delayed.append(req_id)
+        return delay
 
     def close(self) -> None:
         """Closes the lookup connections."""

@@ -21,8 +21,10 @@ Threads, for ``--seconds``:
 Exit status 0 only when there were no mismatches, no stalls, no unexpected exceptions, no
 admin API 5xx, and RSS / fd growth after warm-up stayed within bounds.
 
-    .venv/bin/python benchmarks/soak.py --seconds 600          # the recorded run
-    .venv/bin/python benchmarks/soak.py --seconds 60 --json    # what CI runs
+    .venv/bin/python tests/reliability/soak_lib.py --seconds 600          # the recorded run
+    .venv/bin/python tests/reliability/soak_lib.py --seconds 60 --json    # what the test runs
+
+``test_soak.py`` runs it as a separate process (its RSS and fd figures are its own).
 
 A Redis server is started on a free port unless ``--redis-url`` names one (``--no-redis``:
 CPU + disk only).
@@ -180,8 +182,10 @@ class Shadow:
 
 
 def chunk_content(key: str) -> torch.Tensor:
-    """``[2, NUM_LAYERS, CHUNK, ROW]`` bf16 whose bytes depend only on ``key`` (all bit
-    patterns, NaN/Inf included)."""
+    """``[2, NUM_LAYERS, CHUNK, ROW]`` bf16 whose bytes depend only on ``key``.
+
+    Every bit pattern can occur, NaN and Inf included.
+    """
     gen = torch.Generator().manual_seed(xxhash.xxh3_64_intdigest(key.encode()) & ((1 << 63) - 1))
     nbytes = 2 * NUM_LAYERS * CHUNK * ROW * 2
     raw = torch.randint(0, 256, (nbytes,), dtype=torch.uint8, generator=gen)
@@ -283,7 +287,7 @@ class Soak:
     def _run(self, name: str, fn: Any) -> None:
         try:
             fn()
-        except Exception:  # noqa: BLE001 - any exception is a soak failure, reported
+        except Exception:  # any exception is a soak failure, reported
             self.results.fail("error", f"{name}: {traceback.format_exc()}")
             self.stop.set()
 

@@ -1,0 +1,373 @@
+"""Batched copies between vLLM's paged cache and the storage tiers, under pool pressure.
+
+A store gathers every chunk it writes in one native call (``ops.paged_kv_gather_chunks``) into
+pooled chunk buffers, then puts each into storage; a retrieve fetches the chunks of the stored
+prefix and scatters them in one native call (``ops.paged_kv_scatter_chunks``). When the
+chunk-buffer pool runs out mid-batch, the batch so far is copied and released first and the
+allocation asked again, as one chunk at a time would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lmcache_native import ops
+from lmcache_native.engine.keys import ChunkSpan
+from lmcache_native.engine.memory import ChunkBuffer
+from lmcache_native.engine.slots import batch_slots, padding_counts
+from lmcache_native.stats.metrics import EngineMetrics
+from lmcache_native.storage import StorageManager
+from lmcache_native.storage.base import ChunkBufferLike
+
+logger = logging.getLogger(__name__)
+
+_StoreItem = tuple[ChunkSpan, str, ChunkBuffer]
+_LoadItem = tuple[ChunkSpan, ChunkBufferLike, str]
+
+
+@contextlib.contextmanager
+def _unref_on_error(batch: list[Any], pos: int) -> Iterator[None]:
+    """Drops the buffer at ``pos`` of each item of ``batch`` when the block raises."""
+    try:
+        yield
+    except BaseException:
+        for item in batch:
+            item[pos].unref()
+        raise
+
+
+@dataclass(frozen=True)
+class KVState:
+    """A snapshot of the registered caches."""
+
+    names: list[str]
+    caches: list[torch.Tensor]
+    layout: str
+    paged: ops.PagedKV
+
+    def chunk_shape(self, num_tokens: int) -> tuple[int, int, int, int]:
+        """The shape of a chunk buffer of ``num_tokens`` tokens."""
+        return self.paged.chunk_shape(num_tokens)
+
+    def fits(self, shape: tuple[int, ...], dtype: torch.dtype) -> bool:
+        """Whether a chunk of ``shape`` and ``dtype`` belongs to these caches."""
+        num_tokens = shape[2] if len(shape) == 4 else -1
+        return shape == self.chunk_shape(num_tokens) and dtype == self.paged.dtype
+
+
+@dataclass
+class StoreOutcome:
+    """What a store wrote: tokens stored, chunks not written, and why not (first reason)."""
+
+    stored_tokens: int = 0
+    skipped: int = 0
+    reason: str | None = None
+
+
+class Transfer:
+    """The store and retrieve copies of one engine.
+
+    Args:
+        manager: the tiers (and the pool, through :meth:`StorageManager.allocate`).
+        metrics: where copy times, bytes and per-tier hits are counted.
+    """
+
+    def __init__(self, manager: StorageManager, metrics: EngineMetrics) -> None:
+        """Copies through ``manager``'s tiers, counting into ``metrics``."""
+        self._manager = manager
+        self.metrics = metrics
+
+    def allocate(self, shape: Sequence[int], dtype: torch.dtype) -> ChunkBuffer | None:
+        """A pooled chunk buffer (one reference), or ``None`` when the pool has no room."""
+        return self._manager.allocate(shape, dtype)  # type: ignore[return-value]
+
+    # -- store ---------------------------------------------------------------------------------
+
+    def why_not_writable(self) -> str | None:
+        """Why no tier would accept a chunk now, or ``None`` when some tier would."""
+        manager = self._manager
+        cpu = manager.cpu
+        active = [b for b in manager.backend_names() if not manager.is_bypassed(b)]
+        if cpu is not None and cpu.name in active and not cpu.hot_cache_enabled:
+            active.remove(cpu.name)
+            if not active:
+                return "hot cache disabled"
+        if not active:
+            return "no storage backend"
+        return None
+
+    def store(
+        self,
+        kv: KVState,
+        slot_mapping: torch.Tensor,
+        slots: torch.Tensor,
+        spans: Sequence[ChunkSpan],
+        keys: Sequence[str],
+    ) -> StoreOutcome:
+        """Copies the chunks of ``spans`` that storage lacks out of the paged cache.
+
+        Chunks the CPU tier holds are skipped; a chunk only a lower tier lists is copied again
+        and that tier's copy rewritten (it was not loaded from there, so it may be corrupt or
+        gone). A chunk with a padding slot (-1) ends the store (its KV is not in the cache).
+
+        Args:
+            kv: the registered caches.
+            slot_mapping: the request's slots as given (any device; the copy reads them there).
+            slots: the same slots, checked, as a CPU int64 tensor.
+            spans: the chunks to store.
+            keys: their keys.
+        """
+        present, rewrite_flags = self._manager.store_plan(list(keys))
+        rewrite = {k for k, r in zip(keys, rewrite_flags, strict=True) if r}
+        out = StoreOutcome()
+        pads = padding_counts(slots)
+        batch: list[_StoreItem] = []
+        stop: tuple[str, int] | None = None  # (reason, chunks left) when the store ends early
+        with _unref_on_error(batch, 2):
+            for i, (span, key) in enumerate(zip(spans, keys, strict=True)):
+                if present[i]:
+                    out.skipped += 1
+                    continue
+                if pads[span.end] != pads[span.start]:
+                    stop = ("padding slots", len(spans) - i)
+                    break
+                shape = kv.chunk_shape(span.num_tokens)
+                buf = self.allocate(shape, kv.paged.dtype)
+                if buf is None and batch:
+                    # NOTE: the pool is full and the batch holds buffers the CPU tier cannot
+                    # evict yet: store them first, then ask again (as one chunk at a time would).
+                    todo = batch[:]
+                    batch.clear()
+                    self._store_batch(kv, slot_mapping, todo, rewrite, out)
+                    buf = self.allocate(shape, kv.paged.dtype)
+                if buf is None:
+                    stop = ("out of memory", len(spans) - i)
+                    break
+                batch.append((span, key, buf))
+        if batch:
+            self._store_batch(kv, slot_mapping, batch, rewrite, out)
+        skipped_stores = self.metrics.skipped_stores
+        if stop is not None:
+            out.reason = out.reason or stop[0]
+            out.skipped += stop[1]
+            skipped_stores.labels(reason=stop[0]).inc(stop[1])
+        if out.skipped and out.reason is None and out.stored_tokens == 0:
+            out.reason = "already stored"
+            skipped_stores.labels(reason="already stored").inc(out.skipped)
+        return out
+
+    def _store_batch(
+        self,
+        kv: KVState,
+        slot_mapping: torch.Tensor,
+        batch: list[_StoreItem],
+        rewrite: set[str],
+        out: StoreOutcome,
+    ) -> None:
+        """Gathers ``batch``'s chunks in one native call and puts each into storage.
+
+        Takes over the batch's buffer references (each is dropped right after its put, so the
+        CPU tier may evict it again; all are dropped on an error). Adds to ``out``.
+        """
+        m = self.metrics
+        released = 0
+        stored_tokens = stored_bytes = 0
+        try:
+            t0 = time.perf_counter()
+            ops.paged_kv_gather_chunks(
+                kv.caches,
+                batch_slots(slot_mapping, [span for span, _, _ in batch]),
+                [buf.tensor for _, _, buf in batch],
+                kv.layout,
+            )
+            m.copy_seconds.labels(direction="gather").observe(time.perf_counter() - t0)
+            m.copy_bytes.labels(direction="gather").inc(sum(buf.nbytes for _, _, buf in batch))
+            for span, key, buf in batch:
+                written = self._manager.put(key, buf, rewrite=key in rewrite)
+                buf.unref()
+                released += 1
+                if not written:
+                    out.reason = out.reason or self.why_not_writable() or "storage full"
+                    out.skipped += 1
+                    m.skipped_stores.labels(reason=out.reason).inc()
+                    continue
+                stored_tokens += span.num_tokens
+                stored_bytes += buf.nbytes
+        finally:
+            for _, _, buf in batch[released:]:
+                buf.unref()
+        if stored_tokens:
+            out.stored_tokens += stored_tokens
+            m.stored_tokens.inc(stored_tokens)
+            m.stored_bytes.inc(stored_bytes)
+
+    # -- lookup --------------------------------------------------------------------------------
+
+    def lookup_held(self, keys: Sequence[str], held: list[ChunkBufferLike] | None) -> int:
+        """How many leading ``keys`` the tiers list, from their indexes only.
+
+        No payload is read or verified: the CPU tier's index is asked first, then every lower
+        tier once for the remaining keys (one batched existence query each: the disk index, one
+        Redis pipeline, one listing of an ``fs://`` directory). A chunk listed below the CPU
+        tier is fetched (verified, promoted) by the later retrieve, which reports it when that
+        fails. With ``held``, the CPU-tier buffer of each chunk of the reported prefix that the
+        CPU tier holds is appended with one reference (eviction skips it until the caller
+        drops it).
+        """
+        manager = self._manager
+        cpu = manager.cpu
+        if cpu is not None and manager.is_bypassed(cpu.name):
+            cpu = None
+        bufs: list[ChunkBufferLike] = []
+        try:
+            hit = 0
+            if cpu is not None:
+                for key in keys:
+                    buf = cpu.get(key)
+                    if buf is None:
+                        break
+                    bufs.append(buf)
+                    hit += 1
+            if hit < len(keys):
+                n_cpu = hit
+                hit += manager.lookup_prefix(list(keys[n_cpu:]))
+                if cpu is not None and held is not None:
+                    # A chunk the CPU tier got back between the two queries is held as well.
+                    for key in keys[n_cpu:hit]:
+                        buf = cpu.get(key)
+                        if buf is not None:
+                            bufs.append(buf)
+        except BaseException:
+            for b in bufs:
+                b.unref()
+            raise
+        if held is not None:
+            held.extend(bufs)
+        else:
+            for b in bufs:
+                b.unref()
+        return hit
+
+    # -- retrieve ------------------------------------------------------------------------------
+
+    def retrieve(
+        self,
+        kv: KVState,
+        slot_mapping: torch.Tensor,
+        slots: torch.Tensor,
+        spans: Sequence[ChunkSpan],
+        keys: Sequence[str],
+    ) -> int:
+        """Loads the chunks of ``spans`` into their slots, in order, up to the first missing.
+
+        Chunks are fetched CPU tier first (lower tiers promoted into it). Slots of -1 are left
+        untouched; a chunk whose slots are all -1 is only checked for presence, not read. A
+        chunk no tier can deliver marks the rest of the prefix suspect (the next store rewrites
+        it); one of the wrong shape is dropped from storage.
+
+        Args:
+            kv: the registered caches.
+            slot_mapping: the request's slots as given (any device).
+            slots: the same slots, checked, as a CPU int64 tensor.
+            spans: the chunks to load.
+            keys: their keys.
+
+        Returns:
+            The number of leading tokens loaded (or found present, for all-padding chunks).
+        """
+        manager = self._manager
+        pads = padding_counts(slots)
+        loaded = 0
+        batch: list[_LoadItem] = []
+        with _unref_on_error(batch, 1):
+            for idx, (span, key) in enumerate(zip(spans, keys, strict=True)):
+                if pads[span.end] - pads[span.start] == span.num_tokens:
+                    if not manager.contains(key):
+                        break
+                    loaded = span.end
+                    continue
+                failed = manager.failed_allocations
+                got = manager.get(key)
+                if got is None and batch and manager.failed_allocations != failed:
+                    # NOTE: no host memory to read a lower-tier chunk into while the batch
+                    # holds buffers: load and release them first, then ask again (as one chunk
+                    # at a time would).
+                    todo = batch[:]
+                    batch.clear()
+                    self._retrieve_batch(kv, slot_mapping, todo)
+                    got = manager.get(key)
+                if got is None:
+                    # NOTE: a tier may list the rest of this prefix with damaged copies too:
+                    # the next store rewrites them instead of skipping them.
+                    manager.mark_suspect(list(keys[idx:]))
+                    break
+                buf, tier = got
+                if not self._fits(kv, span, key, buf, tier):
+                    break
+                batch.append((span, buf, tier))
+                loaded = span.end
+        if batch:
+            self._retrieve_batch(kv, slot_mapping, batch)
+        hit_chunks = sum(1 for s in spans if s.end <= loaded)
+        self.metrics.miss_chunks.inc(len(spans) - hit_chunks)
+        return loaded
+
+    def _fits(
+        self, kv: KVState, span: ChunkSpan, key: str, buf: ChunkBufferLike, tier: str
+    ) -> bool:
+        """Whether ``buf`` has the chunk's shape and dtype; if not it is dropped from storage."""
+        expected = kv.chunk_shape(span.num_tokens)
+        if tuple(buf.tensor.shape) == expected and buf.tensor.dtype == kv.paged.dtype:
+            return True
+        logger.warning(
+            "CacheEngine: chunk %s from %s has shape %s %s, expected %s %s; dropped",
+            key,
+            tier,
+            tuple(buf.tensor.shape),
+            buf.tensor.dtype,
+            expected,
+            kv.paged.dtype,
+        )
+        buf.unref()
+        self.metrics.rejected_chunks.inc()
+        self._manager.remove(key)
+        return False
+
+    def _retrieve_batch(
+        self, kv: KVState, slot_mapping: torch.Tensor, batch: list[_LoadItem]
+    ) -> None:
+        """Scatters ``batch``'s chunks into their slots in one native call.
+
+        Drops the batch's buffer references (also on an error) and counts the hits per tier.
+        """
+        try:
+            t0 = time.perf_counter()
+            ops.paged_kv_scatter_chunks(
+                [buf.tensor for _, buf, _ in batch],
+                kv.caches,
+                batch_slots(slot_mapping, [span for span, _, _ in batch]),
+                kv.layout,
+            )
+            self.metrics.copy_seconds.labels(direction="scatter").observe(time.perf_counter() - t0)
+        finally:
+            for _, buf, _ in batch:
+                buf.unref()
+        per_tier: dict[str, list[int]] = {}  # tier -> [chunks, tokens, bytes]
+        for span, buf, tier in batch:
+            acc = per_tier.setdefault(tier, [0, 0, 0])
+            acc[0] += 1
+            acc[1] += span.num_tokens
+            acc[2] += buf.nbytes
+        m = self.metrics
+        m.copy_bytes.labels(direction="scatter").inc(sum(acc[2] for acc in per_tier.values()))
+        for tier, (chunks, tokens, nbytes) in per_tier.items():
+            m.hit_chunks.labels(tier=tier).inc(chunks)
+            m.retrieved_tokens.labels(tier=tier).inc(tokens)
+            m.retrieved_bytes.labels(tier=tier).inc(nbytes)

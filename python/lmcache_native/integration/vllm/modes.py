@@ -1,0 +1,34 @@
+"""The connector's asynchronous modes and the config keys that turn them on.
+
+``enable_async_loading`` (LMCache's key, default off as in LMCache): a hit with a chunk listed
+only below the CPU tier (disk, Redis, ``fs://``) is loaded in the background; vLLM parks the
+request (``WAITING_FOR_REMOTE_KVS``) until the worker reports it loaded. A hit the CPU tier holds
+whole loads synchronously before the forward (a memory copy: faster than a scheduler round trip).
+
+``enable_async_saving`` (default off): ``wait_for_save`` hands a step's stores to a background
+thread (hashing, copy out of vLLM's blocks, checksums, disk and Redis writes) and returns. A
+finished request's blocks stay allocated until its stores are done (``request_finished`` returns
+delayed free, the worker reports it in ``get_finished``); a preempted request's stores are
+finished before the next forward may overwrite its blocks (``handle_preemptions``).
+
+Either key can be given as an engine config key (YAML, ``LMCACHE_ENABLE_ASYNC_LOADING``,
+``lmcache.``-prefixed ``kv_connector_extra_config``) where the engine defines it, or in
+``extra_config``.
+"""
+
+from __future__ import annotations
+
+from lmcache_native.config import CONFIG_DEFINITIONS, LMCacheEngineConfig
+
+ASYNC_LOADING = "enable_async_loading"
+ASYNC_SAVING = "enable_async_saving"
+
+
+def enabled(config: LMCacheEngineConfig, name: str) -> bool:
+    """Whether the mode ``name`` is on (its key, or an ``extra_config`` entry; default off)."""
+    if name in CONFIG_DEFINITIONS and config.get(name):
+        return True
+    value = (config.get("extra_config") or {}).get(name, False)
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
