@@ -1,12 +1,13 @@
 #include "common/thread_pool.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdlib>
 #include <exception>
 #include <mutex>
-#include <pthread.h>
 #include <thread>
 #include <vector>
 
@@ -177,8 +178,7 @@ void set_num_threads(int n) {
   Pool::instance().resize(n);
 }
 
-void parallel_for(int64_t n, int64_t min_grain,
-                  const std::function<void(int64_t, int64_t)>& fn) {
+void parallel_for(int64_t n, int64_t min_grain, const std::function<void(int64_t, int64_t)>& fn) {
   Pool::instance().run(n, min_grain, fn);
 }
 

@@ -145,8 +145,7 @@ int main(int argc, char** argv) {
   phase_exceptions(rounds / 4 + 1);
   g_done.store(true);
   watchdog.join();
-  const double s =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("thread_pool_stress: %ld parallel_for calls checked in %.1f s, no failure\n",
               g_progress.load(), s);
   return 0;
