@@ -52,7 +52,7 @@ run_pytest() {
     -p no:cacheprovider --capture=sys --timeout=300 -q "$@" 2>&1 | tee "$out"
   rc="${PIPESTATUS[0]}"
   set -e
-  summary+=("$what: $(grep -E '^=+ .*(passed|failed|error).* =+$' "$out" | tail -1 | tr -d '=' || true)")
+  summary+=("$what: $(grep -E '[0-9]+ (passed|failed|error)' "$out" | tail -1 | tr -d '=' || true)")
   if [ "$rc" != 0 ]; then
     echo "sanitize.sh: pytest $what failed (exit $rc; 124 = timed out, 134 = a sanitizer report)" >&2
     grep -E 'ERROR: AddressSanitizer|runtime error:|Sanitizer: CHECK failed' "$out" >&2 || true
