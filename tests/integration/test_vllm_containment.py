@@ -21,13 +21,9 @@ pytest.importorskip("vllm")
 
 import lmcache_native.ops as ops
 from lmcache_native.config import LMCacheEngineConfig
+from lmcache_native.integration.vllm import metadata as md
 from lmcache_native.integration.vllm.connector import LMCacheNativeConnector
 from lmcache_native.integration.vllm.lookup import LookupServer
-from lmcache_native.integration.vllm.metadata import (
-    LMCacheNativeConnectorMetadata,
-    LoadSpec,
-    SaveSpec,
-)
 from lmcache_native.integration.vllm.scheduler import SchedulerSide
 from lmcache_native.integration.vllm.worker import WorkerSide
 
@@ -61,14 +57,16 @@ def test_native_copy_failures_are_contained(
     worker = _worker()
     conn = _connector(worker)
     tokens = list(range(2000, 2128))
-    save = SaveSpec("s", tokens, [1, 2, 3, 4], num_prompt_tokens=128)
-    load = LoadSpec("l", tokens, [8, 9, 10, 11], start=0, end=127)
+    save = md.SaveSpec("s", tokens, [1, 2, 3, 4], num_prompt_tokens=128)
+    load = md.LoadSpec("l", tokens, [8, 9, 10, 11], start=0, end=127)
     with monkeypatch.context() as m:
         m.setattr(ops, "paged_kv_gather_chunks", _boom)
         caplog.set_level(logging.ERROR, logger="lmcache_native.integration.vllm")
         for i in range(2):  # the same cause twice: counted twice, logged once
             conn.bind_connector_metadata(
-                LMCacheNativeConnectorMetadata(saves=[SaveSpec(f"s{i}", tokens, [1, 2, 3, 4], 128)])
+                md.LMCacheNativeConnectorMetadata(
+                    saves=[md.SaveSpec(f"s{i}", tokens, [1, 2, 3, 4], 128)]
+                )
             )
             conn.wait_for_save()  # does not raise
     assert worker.stats.store_failures == 2
@@ -76,18 +74,18 @@ def test_native_copy_failures_are_contained(
     assert len(errors) == 1
     assert "RuntimeError" in errors[0].getMessage()
     # Stored for real now, then a load whose scatter raises: its whole window is reported.
-    conn.bind_connector_metadata(LMCacheNativeConnectorMetadata(saves=[save]))
+    conn.bind_connector_metadata(md.LMCacheNativeConnectorMetadata(saves=[save]))
     conn.wait_for_save()
     assert worker.engine.lookup(tokens) == 128
     with monkeypatch.context() as m:
         m.setattr(ops, "paged_kv_scatter_chunks", _boom)
-        conn.bind_connector_metadata(LMCacheNativeConnectorMetadata(loads=[load]))
+        conn.bind_connector_metadata(md.LMCacheNativeConnectorMetadata(loads=[load]))
         conn.start_load_kv(None)  # does not raise
     assert conn.get_block_ids_with_load_errors() == {8, 9, 10, 11}
     assert worker.stats.load_failures == 1
     assert worker.stats.load_failed_tokens == 127
     # Without the fault the same load fills the window.
-    conn.bind_connector_metadata(LMCacheNativeConnectorMetadata(loads=[load]))
+    conn.bind_connector_metadata(md.LMCacheNativeConnectorMetadata(loads=[load]))
     conn.start_load_kv(None)
     assert conn.get_block_ids_with_load_errors() == set()
     assert worker.stats.loaded_tokens == 127
@@ -100,9 +98,9 @@ def test_worker_methods_never_raise(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("start_load_kv", "wait_for_save", "finished", "take_load_errors", "close"):
         monkeypatch.setattr(worker, name, _boom)
     monkeypatch.setattr(worker, "register_kv_caches", _boom)
-    spec = LoadSpec("x", list(range(64)), [3, 4], start=0, end=63)
+    spec = md.LoadSpec("x", list(range(64)), [3, 4], start=0, end=63)
     conn.bind_connector_metadata(
-        LMCacheNativeConnectorMetadata(loads=[spec], saves=[SaveSpec("y", [1], [1], 1)])
+        md.LMCacheNativeConnectorMetadata(loads=[spec], saves=[md.SaveSpec("y", [1], [1], 1)])
     )
     conn.start_load_kv(None)
     conn.wait_for_save()
@@ -114,22 +112,9 @@ def test_worker_methods_never_raise(monkeypatch: pytest.MonkeyPatch) -> None:
     assert worker.engine is None
     assert "setup failed" in (worker.disabled_reason or "")
     monkeypatch.undo()
-    conn.bind_connector_metadata(LMCacheNativeConnectorMetadata(loads=[spec]))
+    conn.bind_connector_metadata(md.LMCacheNativeConnectorMetadata(loads=[spec]))
     conn.start_load_kv(None)
     assert conn.get_block_ids_with_load_errors() == {3, 4}  # disabled: every load is reported
-
-
-def _request(req_id: str, prompt: list[int]) -> SimpleNamespace:
-    return SimpleNamespace(
-        request_id=req_id,
-        prompt_token_ids=prompt,
-        all_token_ids=list(prompt),
-        num_prompt_tokens=len(prompt),
-        mm_features=[],
-        lora_request=None,
-        cache_salt=None,
-        prompt_embeds=None,
-    )
 
 
 def _output(req_id: str, blocks: list[int], computed: int, scheduled: int) -> SimpleNamespace:
@@ -152,7 +137,7 @@ def test_scheduler_methods_never_raise(tmp_path: Path, monkeypatch: pytest.Monke
     conn = _connector(sched=sched)
     blocks = SimpleNamespace(get_block_ids=lambda: ([1, 2, 3, 4, 5, 6, 7],))
     try:
-        req = _request("a", list(range(200)))
+        req = vt.request("a", list(range(200)))
         # A lookup that raises is a miss.
         with monkeypatch.context() as m:
             m.setattr(sched.client, "lookup_tiers", _boom)
@@ -172,7 +157,7 @@ def test_scheduler_methods_never_raise(tmp_path: Path, monkeypatch: pytest.Monke
         assert worker.take_load_errors() == {1, 2, 3, 4, 5, 6}
         worker.close()
         # build_connector_meta raising after the loads were taken: they are salvaged.
-        req2 = _request("b", list(range(300, 500)))
+        req2 = vt.request("b", list(range(300, 500)))
         assert conn.get_num_new_matched_tokens(req2, 0) == (192, False)
         conn.update_state_after_alloc(req2, blocks, 192)
         with monkeypatch.context() as m:

@@ -66,17 +66,9 @@ class _SlotLog(logging.Handler):
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return vt.write_model(tmp_path_factory.mktemp("tiny-llama"))
-
-
-@pytest.fixture(scope="module")
 def baseline(model: str) -> dict[str, list[int]]:
     """Tokens each prompt generates with no connector."""
-    with vt.in_process_llm(model, None) as llm:
-        return {
-            name: vt.generate(llm, p)[0] for name, p in (("P", P), ("Q", Q), ("R1", R1), ("R2", R2))
-        }
+    return vt.baseline(model, {"P": P, "Q": Q, "R1": R1, "R2": R2})
 
 
 @pytest.fixture(scope="module")
@@ -397,12 +389,7 @@ _MP_DRIVER = textwrap.dedent(
 
 def test_multiprocess_mode(model: str, baseline: dict[str, list[int]], tmp_path: Path) -> None:
     port = vt.free_port()
-    cfg = {
-        "chunk_size": vt.CHUNK_SIZE,
-        "max_local_cpu_size": 0.05,
-        "internal_api_server_enabled": True,
-        "internal_api_server_port_start": port - 1,
-    }
+    cfg = vt.admin_api_config(port)
     args = {
         "engine": vt.engine_kwargs(model, cfg),
         "prompt": P,

@@ -40,14 +40,8 @@ REMOTE_TIER = "RemoteBackend"
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return vt.write_model(tmp_path_factory.mktemp("tiny-llama"))
-
-
-@pytest.fixture(scope="module")
 def baseline(model: str) -> dict[str, list[int]]:
-    with vt.in_process_llm(model, None) as llm:
-        return {name: vt.generate(llm, p)[0] for name, p in PROMPTS.items()}
+    return vt.baseline(model, PROMPTS)
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+import vllm_testlib as vt
 
 pytest.importorskip("vllm")
 
@@ -24,7 +25,13 @@ from lmcache_native.integration.vllm.layerwise import (
     StoreJob,
 )
 from lmcache_native.integration.vllm.layerwise_load import LayerwiseLoad, LoadJob
-from lmcache_native.integration.vllm.metadata import slot_mapping
+from lmcache_native.integration.vllm.layerwise_pipeline import LayerwisePipeline
+from lmcache_native.integration.vllm.metadata import (
+    LMCacheNativeConnectorMetadata,
+    LoadSpec,
+    SaveSpec,
+    slot_mapping,
+)
 
 pytestmark = pytest.mark.vllm
 
@@ -285,3 +292,38 @@ def test_a_short_last_chunk_loads_and_stores_layer_by_layer(dtype: torch.dtype) 
         assert _same(_rows(caches, dst), expected)
     finally:
         engine.close()
+
+
+# -- the worker side's layer-wise pipeline (vLLM's per-step call order, without vLLM) -------
+
+
+def test_pipeline_saves_per_layer_and_reports_what_a_layerwise_load_misses() -> None:
+    worker, caches = vt.unit_worker("layerwise-unit", 16, 5, max_local_cpu_size=0.01)
+    try:
+        pipe = LayerwisePipeline(worker)
+        tokens = list(range(3000, 3192))  # 3 chunks
+        # A step that saves the first two chunks: planned at the first layer, copied per layer.
+        meta = LMCacheNativeConnectorMetadata(
+            saves=[SaveSpec("a", tokens[:128], [1, 2, 3, 4], num_prompt_tokens=128)]
+        )
+        expected = _rows({"l0": caches[0], "l1": caches[1]}, slot_mapping([1, 2, 3, 4], 32, 128))
+        for name in ("l0", "l1"):
+            pipe.save_kv_layer(name, meta)
+        pipe.wait_for_save(meta)
+        assert worker.stats.stored_tokens == 128
+        assert pipe._saver is not None
+        assert pipe._saver.layers_saved == 2
+        # A step that loads all three chunks into blocks 8..13: the third was never stored.
+        spec = LoadSpec("b", tokens, [8, 9, 10, 11, 12, 13], start=32, end=191)
+        pipe.start_load_kv(LMCacheNativeConnectorMetadata(loads=[spec]))
+        pipe.wait_for_layer_load("l1")
+        pipe.wait_for_layer_load("l0")
+        pipe.finish_loads()
+        assert worker.stats.loaded_tokens == 128 - 32
+        assert worker.stats.load_failed_tokens == 191 - 128
+        assert worker.take_load_errors() == {12, 13}
+        assert worker.leased_requests == []
+        got = _rows({"l0": caches[0], "l1": caches[1]}, slot_mapping([8, 9, 10, 11], 32, 128))
+        assert _same(got[:, :, 32:], expected[:, :, 32:].contiguous())
+    finally:
+        worker.close()

@@ -9,6 +9,7 @@ evicted and the load would come back short. The lease ends with the load, with
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import vllm_testlib as vt
@@ -16,11 +17,7 @@ import vllm_testlib as vt
 pytest.importorskip("vllm")
 
 from lmcache_native.config import LMCacheEngineConfig
-from lmcache_native.integration.vllm.metadata import (
-    LMCacheNativeConnectorMetadata,
-    LoadSpec,
-    SaveSpec,
-)
+from lmcache_native.integration.vllm import metadata as md
 from lmcache_native.integration.vllm.worker import WorkerSide
 
 pytestmark = pytest.mark.vllm
@@ -55,14 +52,14 @@ def _worker() -> tuple[WorkerSide, _Clock]:
 
 
 def _store(worker: WorkerSide, *names: str) -> None:
-    saves = [SaveSpec(f"s-{n}", PROMPTS[n], BLOCKS[n], num_prompt_tokens=128) for n in names]
-    worker.wait_for_save(LMCacheNativeConnectorMetadata(saves=saves))
+    saves = [md.SaveSpec(f"s-{n}", PROMPTS[n], BLOCKS[n], num_prompt_tokens=128) for n in names]
+    worker.wait_for_save(md.LMCacheNativeConnectorMetadata(saves=saves))
 
 
 def _load(worker: WorkerSide, req_id: str, name: str) -> tuple[int, set[int]]:
     before = worker.stats.loaded_tokens
-    spec = LoadSpec(req_id, PROMPTS[name], [30, 31, 32, 33], start=0, end=127)
-    worker.start_load_kv(LMCacheNativeConnectorMetadata(loads=[spec]))
+    spec = md.LoadSpec(req_id, PROMPTS[name], [30, 31, 32, 33], start=0, end=127)
+    worker.start_load_kv(md.LMCacheNativeConnectorMetadata(loads=[spec]))
     return worker.stats.loaded_tokens - before, worker.take_load_errors()
 
 
@@ -113,7 +110,7 @@ def test_leases_end_with_request_finished_or_vllm_finished_ids() -> None:
     assert buf.refcount == 1 + 2 + 1  # the tier, two leases, this read
     buf.unref()
     # The scheduler's request_finished arrives as ``released`` with the next step.
-    worker.wait_for_save(LMCacheNativeConnectorMetadata(released=["r1"]))
+    worker.wait_for_save(md.LMCacheNativeConnectorMetadata(released=["r1"]))
     assert worker.leased_requests == ["r2"]
     worker.finished({"r2"})
     assert worker.leased_requests == []
@@ -133,17 +130,8 @@ def test_scheduler_releases_what_it_will_not_load(tmp_path, monkeypatch) -> None
     sched = SchedulerSide(LMCacheEngineConfig.from_defaults(chunk_size=CHUNK), "lease-s", 1, 32)
     try:
 
-        def req(rid: str) -> SimpleNamespace:
-            return SimpleNamespace(
-                request_id=rid,
-                prompt_token_ids=list(range(200)),
-                all_token_ids=list(range(200)),
-                num_prompt_tokens=200,
-                mm_features=[],
-                lora_request=None,
-                cache_salt=None,
-                prompt_embeds=None,
-            )
+        def req(rid: str) -> Any:
+            return vt.request(rid, list(range(200)))
 
         blocks = SimpleNamespace(get_block_ids=lambda: ([1, 2, 3, 4, 5, 6, 7],))
         a, b, c = req("a"), req("b"), req("c")

@@ -11,7 +11,6 @@ release or its end.
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -21,11 +20,7 @@ import vllm_testlib as vt
 pytest.importorskip("vllm")
 
 from lmcache_native.engine import CacheEngine
-from lmcache_native.integration.vllm.metadata import (
-    LMCacheNativeConnectorMetadata,
-    LoadSpec,
-    SaveSpec,
-)
+from lmcache_native.integration.vllm import metadata as md
 from lmcache_native.integration.vllm.worker import WorkerSide
 from lmcache_native.storage.serde import chunk_filename
 
@@ -45,8 +40,8 @@ def _worker(**cfg: Any) -> WorkerSide:
 def _store_then_drop_cpu(worker: WorkerSide) -> CacheEngine:
     engine = worker.engine
     assert engine is not None
-    save = SaveSpec("s", PROMPT, BLOCKS, num_prompt_tokens=len(PROMPT))
-    worker.wait_for_save(LMCacheNativeConnectorMetadata(saves=[save]))
+    save = md.SaveSpec("s", PROMPT, BLOCKS, num_prompt_tokens=len(PROMPT))
+    worker.wait_for_save(md.LMCacheNativeConnectorMetadata(saves=[save]))
     assert engine.flush(timeout=30)
     engine.clear([CPU])
     assert engine.storage.stats()[CPU]["num_chunks"] == 0
@@ -55,8 +50,8 @@ def _store_then_drop_cpu(worker: WorkerSide) -> CacheEngine:
 
 def _load(worker: WorkerSide, req_id: str) -> tuple[int, set[int]]:
     before = worker.stats.loaded_tokens
-    spec = LoadSpec(req_id, PROMPT, [10, 11, 12, 13], start=0, end=127)
-    worker.start_load_kv(LMCacheNativeConnectorMetadata(loads=[spec]))
+    spec = md.LoadSpec(req_id, PROMPT, [10, 11, 12, 13], start=0, end=127)
+    worker.start_load_kv(md.LMCacheNativeConnectorMetadata(loads=[spec]))
     return worker.stats.loaded_tokens - before, worker.take_load_errors()
 
 
@@ -97,8 +92,8 @@ def test_cpu_tier_chunks_are_held_by_the_lookup(tmp_path: Path) -> None:
     worker = _worker(local_disk=str(tmp_path / "disk"))
     engine = worker.engine
     assert engine is not None
-    save = SaveSpec("s", PROMPT, BLOCKS, num_prompt_tokens=len(PROMPT))
-    worker.wait_for_save(LMCacheNativeConnectorMetadata(saves=[save]))
+    save = md.SaveSpec("s", PROMPT, BLOCKS, num_prompt_tokens=len(PROMPT))
+    worker.wait_for_save(md.LMCacheNativeConnectorMetadata(saves=[save]))
     assert engine.flush(timeout=30)  # the disk writer let its references go
     cpu = engine.storage.cpu
     assert cpu is not None
@@ -161,23 +156,10 @@ def side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
         yield s, store, clock
 
 
-def _request(req_id: str, prompt: list[int]) -> SimpleNamespace:
-    return SimpleNamespace(
-        request_id=req_id,
-        prompt_token_ids=prompt,
-        all_token_ids=list(prompt),
-        num_prompt_tokens=len(prompt),
-        mm_features=[],
-        lora_request=None,
-        cache_salt=None,
-        prompt_embeds=None,
-    )
-
-
 def test_a_waiting_request_is_answered_from_the_cache(side: Any) -> None:
     s, store, clock = side
     store.hit = 192
-    req = _request("a", list(range(200)))
+    req = vt.request("a", list(range(200)))
     for _ in range(3):  # vLLM asks every step while the request waits for blocks
         assert s.get_num_new_matched_tokens(req, 0) == 192
     assert store.asked == 1
@@ -192,20 +174,20 @@ def test_a_waiting_request_is_answered_from_the_cache(side: Any) -> None:
 def test_the_cache_is_keyed_by_request_and_length_and_dropped_at_the_end(side: Any) -> None:
     s, store, _ = side
     store.hit = 192
-    assert s.get_num_new_matched_tokens(_request("a", list(range(200))), 0) == 192
-    assert s.get_num_new_matched_tokens(_request("b", list(range(200))), 0) == 192
+    assert s.get_num_new_matched_tokens(vt.request("a", list(range(200))), 0) == 192
+    assert s.get_num_new_matched_tokens(vt.request("b", list(range(200))), 0) == 192
     assert store.asked == 2  # another request asks again
-    assert s.get_num_new_matched_tokens(_request("a", list(range(150))), 0) == 149
+    assert s.get_num_new_matched_tokens(vt.request("a", list(range(150))), 0) == 149
     assert store.asked == 3  # another length asks again
-    s.request_finished(_request("a", list(range(150))))
-    assert s.get_num_new_matched_tokens(_request("a", list(range(150))), 0) == 149
+    s.request_finished(vt.request("a", list(range(150))))
+    assert s.get_num_new_matched_tokens(vt.request("a", list(range(150))), 0) == 149
     assert store.asked == 4  # finished: forgotten
 
 
 def test_a_lookup_whose_lease_is_released_is_not_reused(side: Any) -> None:
     s, store, _ = side
     store.hit = 64
-    req = _request("a", list(range(200)))
+    req = vt.request("a", list(range(200)))
     assert s.get_num_new_matched_tokens(req, 64) == 0  # vLLM holds it all: the lease goes
     assert s.get_num_new_matched_tokens(req, 64) == 0
     assert store.asked == 2

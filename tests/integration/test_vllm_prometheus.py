@@ -25,13 +25,7 @@ def test_prometheus_scrapes_a_vllm_worker(tmp_path: Path) -> None:
     require_prometheus()
     model = vt.write_model(tmp_path / "tiny-llama")
     port = vt.free_port()
-    cfg = {
-        "chunk_size": vt.CHUNK_SIZE,
-        "max_local_cpu_size": 0.05,
-        "internal_api_server_enabled": True,
-        "internal_api_server_port_start": port - 1,
-        "enable_chunk_statistics": True,
-    }
+    cfg = vt.admin_api_config(port, enable_chunk_statistics=True)
     with vt.in_process_llm(model, cfg) as llm:
         worker = vt.worker_connector().worker_side
         assert worker.engine is not None, worker.disabled_reason

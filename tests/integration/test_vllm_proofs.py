@@ -49,11 +49,6 @@ BF16: dict[str, Any] = {"dtype": "bfloat16", "block_size": 64}
 BATCH_MAX_TOKENS = 48
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return vt.write_model(tmp_path_factory.mktemp("tiny-llama"))
-
-
 def _generate_batch(
     llm: Any,
     prompts: list[list[int]],
@@ -157,13 +152,9 @@ def test_cache_salt_isolates_tenants(
         (tokens,), _ = salt[name]["result"]
         assert tokens == pressure_baseline["salted"], name
         assert salt[name]["failed"] == 0, name
-    assert salt["a"]["loaded"] == 0
-    assert salt["a"]["stored"] == FULL
     # The same prompt with another salt, or none, loads nothing of what "a" stored...
-    assert salt["b"]["loaded"] == 0
-    assert salt["b"]["stored"] == FULL
-    assert salt["none"]["loaded"] == 0
-    assert salt["none"]["stored"] == FULL
+    for name in ("a", "b", "none"):
+        assert (salt[name]["loaded"], salt[name]["stored"]) == (0, FULL), name
     # ...and with salt "a" again it loads it.
     assert salt["a_again"]["loaded"] == FULL
     assert salt["a_again"]["stored"] == 0
@@ -372,12 +363,8 @@ def test_lora_requests_are_cached_per_adapter(lora: dict[str, Any]) -> None:
     for name, r in runs.items():
         assert r["tokens"] == lora["baseline"][name], name
     # The base model's chunks do not serve an adapter, nor one adapter's the other's...
-    assert runs["none"]["stored"] == FULL
-    assert runs["none"]["loaded"] == 0
-    assert runs["a1"]["stored"] == FULL
-    assert runs["a1"]["loaded"] == 0
-    assert runs["a2"]["stored"] == FULL
-    assert runs["a2"]["loaded"] == 0
+    for name in ("none", "a1", "a2"):
+        assert (runs[name]["stored"], runs[name]["loaded"]) == (FULL, 0), name
     # ...and the same adapter loads its own.
     assert runs["a1_again"]["loaded"] == FULL
     assert runs["a1_again"]["cached"] == FULL

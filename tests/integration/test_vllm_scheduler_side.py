@@ -53,21 +53,6 @@ def side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
         yield s, store
 
 
-def _request(req_id: str, prompt: list[int] | None, **kw: Any) -> SimpleNamespace:
-    fields = {
-        "request_id": req_id,
-        "prompt_token_ids": prompt,
-        "all_token_ids": list(prompt or []),
-        "num_prompt_tokens": len(prompt or []),
-        "mm_features": [],
-        "lora_request": None,
-        "cache_salt": None,
-        "prompt_embeds": None,
-    }
-    fields.update(kw)
-    return SimpleNamespace(**fields)
-
-
 def _blocks(ids: list[int]) -> SimpleNamespace:
     return SimpleNamespace(get_block_ids=lambda: (list(ids),))
 
@@ -96,7 +81,7 @@ def _output(
 def test_claim_excludes_last_token_and_vllm_prefix(side: Any) -> None:
     s, store = side
     prompt = list(range(192))  # 3 chunks exactly
-    req = _request("a", prompt)
+    req = vt.request("a", prompt)
     store.hit = 192
     assert s.get_num_new_matched_tokens(req, 0) == 191  # the last token is always computed
     assert s.get_num_new_matched_tokens(req, 64) == 127  # beyond vLLM's own 64
@@ -109,7 +94,7 @@ def test_claim_excludes_last_token_and_vllm_prefix(side: Any) -> None:
 
 def test_min_retrieve_tokens_from_the_worker(side: Any) -> None:
     s, store = side
-    req = _request("a", list(range(300)))
+    req = vt.request("a", list(range(300)))
     store.hit, store.min_retrieve = 128, 129
     assert s.get_num_new_matched_tokens(req, 0) == 0
     store.min_retrieve = 128
@@ -120,8 +105,8 @@ def test_prompt_embeds_are_not_looked_up(side: Any) -> None:
     s, store = side
     store.hit = 128
     for req in (
-        _request("e", None, all_token_ids=[], num_prompt_tokens=0),
-        _request("f", list(range(200)), prompt_embeds=object()),
+        vt.request("e", None, all_token_ids=[], num_prompt_tokens=0),
+        vt.request("f", list(range(200)), prompt_embeds=object()),
     ):
         assert s.get_num_new_matched_tokens(req, 0) == 0
     assert store.asked == []
@@ -133,10 +118,10 @@ def test_salt_lora_and_multimodal_requests_are_looked_up_with_their_extras(side:
     feature = SimpleNamespace(identifier="img-1", mm_position=SimpleNamespace(offset=10, length=20))
     lora = SimpleNamespace(lora_name="sql", lora_int_id=4, lora_path="/a")
     reqs = [
-        _request("p", list(range(200))),
-        _request("s", list(range(200)), cache_salt="tenant-a"),
-        _request("l", list(range(200)), lora_request=lora),
-        _request("m", list(range(200)), mm_features=[feature]),
+        vt.request("p", list(range(200))),
+        vt.request("s", list(range(200)), cache_salt="tenant-a"),
+        vt.request("l", list(range(200)), lora_request=lora),
+        vt.request("m", list(range(200)), mm_features=[feature]),
     ]
     for req in reqs:
         assert s.get_num_new_matched_tokens(req, 0) == 128
@@ -157,7 +142,7 @@ def test_salt_lora_and_multimodal_requests_are_looked_up_with_their_extras(side:
 def test_load_window_and_saves_of_one_request(side: Any) -> None:
     s, store = side
     prompt = list(range(1000, 1200))  # 200 tokens: 3 full chunks + 8
-    req = _request("r", prompt)
+    req = vt.request("r", prompt)
     store.hit = 192
     assert s.get_num_new_matched_tokens(req, 32) == 160  # vLLM holds the first block
     blocks = list(range(10, 17))  # 7 blocks hold 224 slots
@@ -194,12 +179,18 @@ def test_load_window_and_saves_of_one_request(side: Any) -> None:
     )
 
 
-def test_no_load_when_vllm_declines_and_chunked_prefill_saves(side: Any) -> None:
+def _ask(side: Any, req_id: str, prompt_len: int, hit: int) -> tuple[Any, Any, list[int]]:
+    """A new request whose lookup the worker answers with ``hit`` tokens (checked)."""
     s, store = side
-    prompt = list(range(300))
-    req = _request("c", prompt)
-    store.hit = 0
-    assert s.get_num_new_matched_tokens(req, 0) == 0
+    prompt = list(range(prompt_len))
+    req = vt.request(req_id, prompt)
+    store.hit = hit
+    assert s.get_num_new_matched_tokens(req, 0) == hit
+    return s, req, prompt
+
+
+def test_no_load_when_vllm_declines_and_chunked_prefill_saves(side: Any) -> None:
+    s, req, prompt = _ask(side, "c", 300, hit=0)
     s.update_state_after_alloc(req, _blocks([1, 2, 3, 4]), 0)
     # Chunked prefill: 100 tokens per step.
     meta = s.build_connector_meta(_output(new=[("c", [1, 2, 3, 4], 0)], scheduled={"c": 100}))
@@ -226,7 +217,7 @@ def test_no_load_when_vllm_declines_and_chunked_prefill_saves(side: Any) -> None
 def test_preempted_request_resumes_with_its_new_blocks(side: Any) -> None:
     s, store = side
     prompt = list(range(128))
-    req = _request("p", prompt)
+    req = vt.request("p", prompt)
     store.hit = 0
     s.get_num_new_matched_tokens(req, 0)
     s.update_state_after_alloc(req, _blocks([1, 2, 3, 4]), 0)
@@ -259,7 +250,7 @@ def test_roles_producer_never_loads_consumer_never_saves(tmp_path: Path, monkeyp
     try:
         for loads, saves in ((False, True), (True, False), (True, True)):
             s = SchedulerSide(config, "roles", 1, BLOCK, loads=loads, saves=saves)
-            req = _request(f"r{loads}{saves}", prompt)
+            req = vt.request(f"r{loads}{saves}", prompt)
             claimed = s.get_num_new_matched_tokens(req, 0)
             assert claimed == (192 if loads else 0)
             blocks = list(range(7))
@@ -279,11 +270,7 @@ def test_roles_producer_never_loads_consumer_never_saves(tmp_path: Path, monkeyp
 
 
 def test_a_claim_vllm_grew_is_reported_not_loaded(side: Any) -> None:
-    s, store = side
-    prompt = list(range(200))
-    req = _request("g", prompt)
-    store.hit = 128
-    assert s.get_num_new_matched_tokens(req, 0) == 128
+    s, req, _ = _ask(side, "g", 200, hit=128)
     blocks = list(range(1, 8))
     s.update_state_after_alloc(req, _blocks(blocks), 160)  # more than was found
     meta = s.build_connector_meta(_output(new=[("g", blocks, 160)], scheduled={"g": 40}))

@@ -29,11 +29,6 @@ FULL = 192
 TOPIC = "kv-events"
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return vt.write_model(tmp_path_factory.mktemp("tiny-llama"))
-
-
 def _metrics(llm: Any) -> dict[str, float]:
     """The connector's counters as vLLM's Prometheus registry holds them (what ``/metrics`` serves).
 

@@ -327,3 +327,48 @@ def lookup_scheduler(name: str, lookup: Any, **extra_config: Any) -> Iterator[An
             side.close()
     finally:
         server.stop()
+
+
+def baseline(model: str, prompts: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Tokens each prompt generates on ``model`` with no connector, by prompt name."""
+    with in_process_llm(model, None) as llm:
+        return {name: generate(llm, p)[0] for name, p in prompts.items()}
+
+
+def admin_api_config(port: int, **extra: Any) -> dict[str, Any]:
+    """Connector config with a 0.05 GB CPU tier and the admin API on ``port``.
+
+    Args:
+        port: the admin API port (the worker of rank 0 serves ``port_start + 1``).
+        **extra: further config keys.
+    """
+    return {
+        "chunk_size": CHUNK_SIZE,
+        "max_local_cpu_size": 0.05,
+        "internal_api_server_enabled": True,
+        "internal_api_server_port_start": port - 1,
+        **extra,
+    }
+
+
+def request(req_id: str, prompt: list[int] | None, **fields: Any) -> Any:
+    """A stand-in for vLLM's ``Request`` with the fields the connector reads.
+
+    Args:
+        req_id: the request id.
+        prompt: the prompt's token ids (``None``: a prompt given as embeddings).
+        **fields: fields to set or override (``cache_salt``, ``lora_request``, ...).
+    """
+    from types import SimpleNamespace
+
+    base: dict[str, Any] = {
+        "request_id": req_id,
+        "prompt_token_ids": prompt,
+        "all_token_ids": list(prompt or []),
+        "num_prompt_tokens": len(prompt or []),
+        "mm_features": [],
+        "lora_request": None,
+        "cache_salt": None,
+        "prompt_embeds": None,
+    }
+    return SimpleNamespace(**{**base, **fields})

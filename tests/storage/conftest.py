@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import torch
@@ -32,11 +34,20 @@ def key_of(i: int) -> str:
     return f"{NAMESPACE}{i:016x}@bfloat16"
 
 
+def put_chunks(tier: StorageBackend, make_chunk: MakeChunk, *ids: int) -> None:
+    """Puts chunk ``i`` under ``key_of(i)`` for each id; the tier must accept each."""
+    for i in ids:
+        b = make_chunk(i)
+        assert tier.put(key_of(i), b)
+        b.unref()
+
+
 @pytest.fixture
 def pool() -> ChunkBufferPool:
     return ChunkBufferPool(64 << 20, pin_memory=False)
 
 
+T = TypeVar("T")
 MakeChunk = Callable[..., ChunkBuffer]
 
 
@@ -111,12 +122,21 @@ def tier(
 # -- real Redis Cluster and Sentinel topologies (tests/redis_servers.py) ------------------------
 
 
+def _started(
+    topology: Callable[[Path], AbstractContextManager[T]],
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+) -> Iterator[T]:
+    """``topology`` started in a new directory ``name`` for the session, stopped after."""
+    require_binaries()
+    with topology(tmp_path_factory.mktemp(name)) as servers:
+        yield servers
+
+
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
     """A session-wide 3-master Redis Cluster; a test that kills a node must ``restart()`` it."""
-    require_binaries()
-    with RedisClusterServers(tmp_path_factory.mktemp("redis-cluster")) as cluster:
-        yield cluster
+    yield from _started(RedisClusterServers, tmp_path_factory, "redis-cluster")
 
 
 @pytest.fixture
@@ -129,9 +149,7 @@ def redis_cluster_url(redis_cluster: RedisClusterServers) -> str:
 @pytest.fixture(scope="session")
 def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelServers]:
     """A session-wide master + replica + 3 Sentinels (never failed over; see the failover test)."""
-    require_binaries()
-    with SentinelServers(tmp_path_factory.mktemp("redis-sentinel")) as servers:
-        yield servers
+    yield from _started(SentinelServers, tmp_path_factory, "redis-sentinel")
 
 
 @pytest.fixture

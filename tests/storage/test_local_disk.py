@@ -6,28 +6,33 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 from lmcache_native.engine.memory import ChunkBufferPool
 from lmcache_native.storage import LocalDiskBackend
 from lmcache_native.storage.serde import chunk_filename
 
-from tests.storage.conftest import CHUNK_SHAPE, MakeChunk, key_of, random_bits, same_bytes
+from tests.storage.conftest import (
+    CHUNK_SHAPE,
+    MakeChunk,
+    key_of,
+    put_chunks,
+    random_bits,
+    same_bytes,
+)
 
 
-def put_all(tier: LocalDiskBackend, make_chunk: MakeChunk, ids: list[int]) -> None:
-    for i in ids:
-        b = make_chunk(i)
-        assert tier.put(key_of(i), b)
-        b.unref()
+@pytest.fixture
+def three_on_disk(tmp_path: Path, pool: ChunkBufferPool, make_chunk: MakeChunk) -> LocalDiskBackend:
+    """A disk tier in ``tmp_path/disk`` holding chunks 0, 1 and 2."""
+    tier = LocalDiskBackend(tmp_path / "disk", 1 << 20, pool.allocate)
+    put_chunks(tier, make_chunk, 0, 1, 2)
+    return tier
 
 
-def test_index_survives_restart(
-    tmp_path: Path, pool: ChunkBufferPool, make_chunk: MakeChunk
-) -> None:
-    d = tmp_path / "disk"
-    tier = LocalDiskBackend(d, 1 << 20, pool.allocate)
-    put_all(tier, make_chunk, [0, 1, 2])
-    tier.close()
+def test_index_survives_restart(three_on_disk: LocalDiskBackend, pool: ChunkBufferPool) -> None:
+    d = three_on_disk.path
+    three_on_disk.close()
     again = LocalDiskBackend(d, 1 << 20, pool.allocate)
     assert sorted(again.keys()) == sorted(key_of(i) for i in range(3))
     assert again.stats()["used_bytes"] == sum(p.stat().st_size for p in d.iterdir())
@@ -39,11 +44,9 @@ def test_index_survives_restart(
 
 
 def test_restart_drops_temp_files_and_bad_files(
-    tmp_path: Path, pool: ChunkBufferPool, make_chunk: MakeChunk
+    three_on_disk: LocalDiskBackend, pool: ChunkBufferPool
 ) -> None:
-    d = tmp_path / "disk"
-    tier = LocalDiskBackend(d, 1 << 20, pool.allocate)
-    put_all(tier, make_chunk, [0, 1, 2])
+    d = three_on_disk.path
     # a write interrupted by a crash, a truncated chunk, a chunk copied under another key's name,
     # and an unrelated file that is not ours
     (d / f".{chunk_filename(key_of(7))}.tmp.123.abcd").write_bytes(b"partial")
@@ -62,7 +65,7 @@ def test_flipped_byte_on_disk_is_a_miss_and_a_counter(
     tmp_path: Path, pool: ChunkBufferPool, make_chunk: MakeChunk
 ) -> None:
     tier = LocalDiskBackend(tmp_path, 1 << 20, pool.allocate)
-    put_all(tier, make_chunk, [3])
+    put_chunks(tier, make_chunk, 3)
     path = tmp_path / chunk_filename(key_of(3))
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x10
@@ -83,7 +86,7 @@ def test_file_deleted_behind_the_index_is_a_miss(
     tmp_path: Path, pool: ChunkBufferPool, make_chunk: MakeChunk
 ) -> None:
     tier = LocalDiskBackend(tmp_path, 1 << 20, pool.allocate)
-    put_all(tier, make_chunk, [4])
+    put_chunks(tier, make_chunk, 4)
     os.unlink(tmp_path / chunk_filename(key_of(4)))
     assert tier.get(key_of(4)) is None
     assert not tier.contains(key_of(4))
@@ -94,14 +97,14 @@ def test_capacity_eviction_lru(
     tmp_path: Path, pool: ChunkBufferPool, make_chunk: MakeChunk
 ) -> None:
     probe = LocalDiskBackend(tmp_path / "probe", 1 << 20, pool.allocate)
-    put_all(probe, make_chunk, [0])
+    put_chunks(probe, make_chunk, 0)
     size = probe.stats()["used_bytes"]
     tier = LocalDiskBackend(tmp_path / "d", 3 * size, pool.allocate)
-    put_all(tier, make_chunk, [0, 1, 2])
+    put_chunks(tier, make_chunk, 0, 1, 2)
     got = tier.get(key_of(0))
     assert got is not None
     got.unref()
-    put_all(tier, make_chunk, [3])
+    put_chunks(tier, make_chunk, 3)
     assert sorted(tier.keys()) == sorted([key_of(0), key_of(2), key_of(3)])
     assert len(list((tmp_path / "d").iterdir())) == 3
     st = tier.stats()
@@ -113,12 +116,10 @@ def test_capacity_eviction_lru(
 
 
 def test_restart_over_capacity_evicts_oldest(
-    tmp_path: Path, pool: ChunkBufferPool, make_chunk: MakeChunk
+    three_on_disk: LocalDiskBackend, pool: ChunkBufferPool
 ) -> None:
-    d = tmp_path / "disk"
-    tier = LocalDiskBackend(d, 1 << 20, pool.allocate)
-    put_all(tier, make_chunk, [0, 1, 2])
-    size = tier.stats()["used_bytes"] // 3
+    d = three_on_disk.path
+    size = three_on_disk.stats()["used_bytes"] // 3
     for age, i in enumerate([2, 0, 1]):  # 2 oldest, then 0, then 1
         os.utime(d / chunk_filename(key_of(i)), (1_000_000 + age, 1_000_000 + age))
     again = LocalDiskBackend(d, 2 * size, pool.allocate)

@@ -3,29 +3,36 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import redis
 import torch
 from lmcache_native.engine.memory import ChunkBufferPool
 from lmcache_native.storage import RemoteBackend
 from lmcache_native.storage.serde import chunk_filename
 
+from tests.storage import conftest
 from tests.storage.conftest import CHUNK_SHAPE, MakeChunk, key_of, random_bits, same_bytes
 
 
-def put(tier: RemoteBackend, make_chunk: MakeChunk, i: int) -> None:
-    b = make_chunk(i)
-    assert tier.put(key_of(i), b)
-    b.unref()
+@pytest.fixture
+def redis_with_one(
+    redis_url: str, pool: ChunkBufferPool, make_chunk: MakeChunk
+) -> Iterator[tuple[RemoteBackend, redis.Redis]]:
+    """A Redis tier holding chunk 1, and a plain client of the same server."""
+    tier = RemoteBackend(redis_url, pool.allocate, timeout_secs=2)
+    conftest.put_chunks(tier, make_chunk, 1)
+    client = redis.Redis.from_url(redis_url)
+    yield tier, client
+    client.close()
 
 
 def test_flipped_byte_in_redis_is_a_miss_and_a_counter(
-    redis_url: str, pool: ChunkBufferPool, make_chunk: MakeChunk
+    redis_with_one: tuple[RemoteBackend, redis.Redis], pool: ChunkBufferPool
 ) -> None:
-    tier = RemoteBackend(redis_url, pool.allocate, timeout_secs=2)
-    put(tier, make_chunk, 1)
-    client = redis.Redis.from_url(redis_url)
+    tier, client = redis_with_one
     value = bytearray(client.get(key_of(1)))
     value[-5] ^= 0x04
     client.set(key_of(1), bytes(value))
@@ -36,19 +43,15 @@ def test_flipped_byte_in_redis_is_a_miss_and_a_counter(
     assert st["errors"] == 0
     assert client.exists(key_of(1)) == 0  # deleted
     assert pool.used_bytes == 0
-    client.close()
 
 
 def test_redis_value_of_another_key_is_rejected(
-    redis_url: str, pool: ChunkBufferPool, make_chunk: MakeChunk
+    redis_with_one: tuple[RemoteBackend, redis.Redis],
 ) -> None:
-    tier = RemoteBackend(redis_url, pool.allocate, timeout_secs=2)
-    put(tier, make_chunk, 1)
-    client = redis.Redis.from_url(redis_url)
+    tier, client = redis_with_one
     client.set(key_of(2), client.get(key_of(1)))
     assert tier.get(key_of(2)) is None
     assert tier.stats()["checksum_failures"] == 1
-    client.close()
 
 
 def test_redis_down_is_misses_and_errors_then_recovers(
@@ -57,7 +60,7 @@ def test_redis_down_is_misses_and_errors_then_recovers(
     redis_server.start()
     tier = RemoteBackend(redis_server.url, pool.allocate, timeout_secs=1, retry_interval_secs=0.2)
     tier.clear()
-    put(tier, make_chunk, 1)
+    conftest.put_chunks(tier, make_chunk, 1)
     redis_server.stop()
     try:
         b = make_chunk(2)
@@ -76,7 +79,7 @@ def test_redis_down_is_misses_and_errors_then_recovers(
     finally:
         redis_server.start()
     time.sleep(0.25)  # past retry_interval_secs
-    put(tier, make_chunk, 3)  # used again after recovery
+    conftest.put_chunks(tier, make_chunk, 3)  # used again after recovery
     got = tier.get(key_of(3))
     assert got is not None
     assert same_bytes(got.tensor, random_bits(CHUNK_SHAPE, torch.bfloat16, 3))
@@ -92,7 +95,7 @@ def test_clear_touches_only_its_namespace(
     for url in (redis_url, f"fs://{tmp_path}"):
         mine = RemoteBackend(url, pool.allocate, namespace="test-model@1@0@")
         other = RemoteBackend(url, pool.allocate, namespace="other@1@0@")
-        put(mine, make_chunk, 1)
+        conftest.put_chunks(mine, make_chunk, 1)
         b = make_chunk(2)
         assert other.put("other@1@0@00ff@bfloat16", b)
         b.unref()
@@ -108,7 +111,7 @@ def test_fs_flipped_byte_is_a_miss_and_a_counter(
     tmp_path: Path, pool: ChunkBufferPool, make_chunk: MakeChunk
 ) -> None:
     tier = RemoteBackend(f"fs://{tmp_path}", pool.allocate)
-    put(tier, make_chunk, 5)
+    conftest.put_chunks(tier, make_chunk, 5)
     path = tmp_path / chunk_filename(key_of(5))
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
@@ -126,6 +129,6 @@ def test_timeout_change_reaches_the_client(
     kwargs = tier._store._client.connection_pool.connection_kwargs
     assert kwargs["socket_timeout"] == 2
     assert kwargs["socket_connect_timeout"] == 2
-    put(tier, make_chunk, 1)  # still works on the new client
+    conftest.put_chunks(tier, make_chunk, 1)  # still works on the new client
     assert tier.contains(key_of(1))
     tier.close()

@@ -45,7 +45,7 @@ import torch
 from lmcache_native import ops
 from lmcache_native.bench import _util as bu
 from lmcache_native.bench.report import print_table
-from lmcache_native.bench.rows import at_least, goal_scope, make_row, number
+from lmcache_native.bench.rows import at_least, figures, goal_scope, make_row, number
 from lmcache_native.config import LMCacheEngineConfig
 from lmcache_native.engine import CacheEngine, EngineMetadata
 
@@ -276,9 +276,7 @@ def combined_row(row: dict[str, Any], device: str) -> dict[str, Any]:
     return make_row(
         "engine",
         f"{op} ({tier} tier)" if tier not in (None, "-") else op,
-        ours=number(row.get("engine_GB/s")),
-        baseline=number(row.get("raw_GB/s")),
-        limit=number(row.get("limit_GB/s")),
+        **figures(row, "engine_GB/s", "raw_GB/s", "limit_GB/s"),
         names=(f"CacheEngine.{op}", f"raw {raw.get(op, 'kernel')}", "contiguous copy"),
         tokens=tokens,
         block=p.get("block_size"),

@@ -40,7 +40,7 @@ import xxhash
 from lmcache_native import _native
 from lmcache_native.bench import _util as bu
 from lmcache_native.bench.report import print_table
-from lmcache_native.bench.rows import at_least, goal_scope, make_row, number
+from lmcache_native.bench.rows import at_least, figures, goal_scope, make_row, number
 from lmcache_native.ops import LAYOUTS, kv_cache_shape, kv_chunk_md5
 from lmcache_native.ops.kv_chunk_md5 import md5_isa, md5_set_isa, md5_supported_isas
 
@@ -260,9 +260,7 @@ def combined_row(row: dict[str, Any], device: str) -> dict[str, Any]:
     return make_row(
         "md5",
         f"{row.get('layout')} {row.get('isa')}",
-        ours=number(row.get("ours_GBps")),
-        baseline=number(row.get("hashlib_GBps")),
-        limit=number(row.get("limit_GBps")),
+        **figures(row, "ours_GBps", "hashlib_GBps", "limit_GBps"),
         names=("kv_chunk_md5", "hashlib.md5, 1 thread", "contiguous copy"),
         tokens=row.get("tokens"),
         block=block,

@@ -50,7 +50,7 @@ from lmcache_native.bench._util import (
     write_json,
 )
 from lmcache_native.bench.report import print_table
-from lmcache_native.bench.rows import all_of, at_least, goal_scope, make_row, number
+from lmcache_native.bench.rows import all_of, at_least, figures, goal_scope, make_row, number
 from lmcache_native.bench.torch_baselines import torch_put_rows, torch_rows
 from lmcache_native.ops import (
     LAYOUTS,
@@ -317,17 +317,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark's options (beside ``add_common_args``)."""
     add_common_args(parser)
     parser.add_argument("--tokens", type=parse_int_list, default=None, help="e.g. 1024,8192,32k")
-    parser.add_argument(
-        "--layouts",
-        type=parse_str_list,
-        default=None,
-        help="default: flash_attn,vllm_cpu (any of lmcache_native.ops.LAYOUTS, e.g. vllm_cpu_amx)",
-    )
-    parser.add_argument(
-        "--directions",
-        type=parse_str_list,
-        default=["gather", "scatter"],
-        help="gather,scatter,both",
+    add_layout_args(
+        parser,
+        None,
+        "default: flash_attn,vllm_cpu (any of lmcache_native.ops.LAYOUTS, e.g. vllm_cpu_amx)",
     )
     parser.add_argument(
         "--block-sizes", type=parse_int_list, default=None, help="override the preset's block size"
@@ -346,6 +339,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--compare-isa",
         action="store_true",
         help="cpu: also time ours on the SSE2 path in the same round-robin (sse2_GBps, ours/sse2)",
+    )
+
+
+def add_layout_args(
+    parser: argparse.ArgumentParser, layouts: list[str] | None, layouts_help: str
+) -> None:
+    """Adds ``--layouts`` (default ``layouts``) and ``--directions`` (gather, scatter, both)."""
+    parser.add_argument("--layouts", type=parse_str_list, default=layouts, help=layouts_help)
+    parser.add_argument(
+        "--directions",
+        type=parse_str_list,
+        default=["gather", "scatter"],
+        help="copy directions: gather,scatter,both (both: one of each at once)",
     )
 
 
@@ -444,9 +450,7 @@ def combined_row(row: dict[str, Any], device: str) -> dict[str, Any]:
     return make_row(
         "copy",
         f"{row.get('layout')} {direction}",
-        ours=number(row.get("ours_GBps")),
-        baseline=number(row.get("baseline_GBps")),
-        limit=number(row.get("limit_GBps")),
+        **figures(row, "ours_GBps", "baseline_GBps", "limit_GBps"),
         names=(
             "paged_kv_gather + scatter" if direction == "both" else f"paged_kv_{direction}",
             "torch indexing per layer",

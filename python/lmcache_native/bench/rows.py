@@ -109,6 +109,15 @@ def make_row(
     return row
 
 
+def figures(row: dict[str, Any], ours: str, baseline: str, limit: str) -> dict[str, float | None]:
+    """``ours``, ``baseline`` and ``limit`` of a benchmark's ``row`` (its keys for them given)."""
+    return {
+        "ours": number(row.get(ours)),
+        "baseline": number(row.get(baseline)),
+        "limit": number(row.get(limit)),
+    }
+
+
 def number(v: Any) -> float | None:
     """A JSON-like number as float; ``None`` for missing, NaN or non-numbers."""
     if isinstance(v, bool) or not isinstance(v, int | float):

@@ -43,6 +43,7 @@ from lmcache_native.bench._util import (
     parse_int_list,
     parse_str_list,
 )
+from lmcache_native.bench.paged_kv_copy import add_layout_args
 
 #: What is measured: the same with and without ``--quick``.
 SIZES: dict[str, Any] = {
@@ -84,17 +85,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=SIZES["block_sizes"],
         help="copy sweep block sizes (default 16,32)",
     )
-    parser.add_argument(
-        "--layouts",
-        type=parse_str_list,
-        default=["flash_attn", "vllm_cpu"],
-        help="copy layouts (default flash_attn,vllm_cpu; mla for MLA presets)",
-    )
-    parser.add_argument(
-        "--directions",
-        type=parse_str_list,
-        default=["gather", "scatter"],
-        help="copy directions: gather,scatter,both",
+    add_layout_args(
+        parser,
+        ["flash_attn", "vllm_cpu"],
+        "copy layouts (default flash_attn,vllm_cpu; mla for MLA presets)",
     )
     parser.add_argument(
         "--slots", type=int, default=SIZES["slots"], help="slots per slot string (1M)"

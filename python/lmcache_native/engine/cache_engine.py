@@ -40,7 +40,7 @@ from lmcache_native.engine.metadata import EngineMetadata, RetrieveResult, Store
 from lmcache_native.engine.monitoring import start_background_threads, storage_gauges
 from lmcache_native.engine.slots import check_slot_mapping, list_to_array
 from lmcache_native.engine.switches import EngineSwitches
-from lmcache_native.engine.transfer import KVState, Transfer
+from lmcache_native.engine.transfer import CopyRequest, KVState, Transfer
 from lmcache_native.errors import NoKVCacheError
 from lmcache_native.stats.chunk_statistics import ChunkStatistics
 from lmcache_native.stats.metrics import EngineMetrics
@@ -345,7 +345,7 @@ class CacheEngine(EngineSwitches, EngineViews):
             return StoreResult(n, 0, len(spans), why_not)
         keys = self._names.keys(spans, kv.paged.dtype)
         slot_mapping_dev = slot_mapping if isinstance(slot_mapping, torch.Tensor) else slots
-        out = self._transfer.store(kv, slot_mapping_dev, slots, spans, keys)
+        out = self._transfer.store(CopyRequest(kv, slot_mapping_dev, slots, spans, keys))
         reason = out.reason
         if reason is None and not save_unfull and n % self._chunk_size != 0:
             reason = "unfull chunk not saved"
@@ -447,7 +447,7 @@ class CacheEngine(EngineSwitches, EngineViews):
                 return RetrieveResult(n, 0, mask, "below min_retrieve_tokens")
             spans, keys = spans[:hit], keys[:hit]
         slot_mapping_dev = slot_mapping if isinstance(slot_mapping, torch.Tensor) else slots
-        loaded = self._transfer.retrieve(kv, slot_mapping_dev, slots, spans, keys)
+        loaded = self._transfer.retrieve(CopyRequest(kv, slot_mapping_dev, slots, spans, keys))
         mask[:loaded] = True
         return RetrieveResult(n, loaded, mask)
 

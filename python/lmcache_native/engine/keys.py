@@ -111,6 +111,7 @@ class CacheKey:
         return cls(model, world_size, worker_id, h, dt)
 
     def __str__(self) -> str:
+        """The key string (:meth:`to_string`)."""
         return self.to_string()
 
 
@@ -259,6 +260,7 @@ class ChunkHasher:
     """
 
     def __init__(self, algorithm: str = "builtin") -> None:
+        """Hashes with ``algorithm``; raises ValueError for an unknown name."""
         try:
             self._fn = HASH_FUNCTIONS[algorithm]
         except KeyError:

@@ -37,6 +37,7 @@ class ChunkBuffer:
     def __init__(
         self, pool: ChunkBufferPool, raw: torch.Tensor, shape: Sequence[int], dtype: torch.dtype
     ) -> None:
+        """Wraps ``tensor`` with one reference held by the creator."""
         self._pool = pool
         self._raw = raw
         self._refs = 1
@@ -84,6 +85,7 @@ class ChunkBuffer:
                 self._raw = torch.empty(0, dtype=torch.uint8)
 
     def __repr__(self) -> str:
+        """A short description for logs."""
         return (
             f"ChunkBuffer(shape={tuple(self.tensor.shape)}, dtype={self.tensor.dtype}, "
             f"refs={self._refs})"
@@ -100,6 +102,7 @@ class ChunkBufferPool:
     """
 
     def __init__(self, capacity_bytes: int, pin_memory: bool | None = None) -> None:
+        """A pool of at most ``capacity_bytes``."""
         if capacity_bytes < 0:
             raise ValueError(f"capacity_bytes must be >= 0, got {capacity_bytes}")
         self._lock = threading.Lock()
@@ -133,8 +136,10 @@ class ChunkBufferPool:
         return self._cached
 
     def set_pin_memory(self, pin_memory: bool) -> None:
-        """Switches page-locked allocation on or off; cached buffers of the other kind are
-        dropped so every later allocation has the requested kind.
+        """Switches page-locked allocation on or off.
+
+        Cached buffers of the other kind are dropped, so every later allocation has the
+        requested kind.
         """
         with self._lock:
             if bool(pin_memory) != self.pin_memory:

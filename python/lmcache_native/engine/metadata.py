@@ -36,6 +36,7 @@ class EngineMetadata:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        """Checks the fields."""
         if not self.model_name:
             raise ValueError("model_name must be non-empty")
         if self.world_size < 1 or not 0 <= self.worker_id < self.world_size:

@@ -62,6 +62,25 @@ class KVState:
         return shape == self.chunk_shape(num_tokens) and dtype == self.paged.dtype
 
 
+@dataclass(frozen=True)
+class CopyRequest:
+    """One store or retrieve, checked.
+
+    Attributes:
+        kv: the registered caches.
+        slot_mapping: the request's slots as given (any device; the copy reads them there).
+        slots: the same slots, checked, as a CPU int64 tensor.
+        spans: the chunks to copy.
+        keys: their keys.
+    """
+
+    kv: KVState
+    slot_mapping: torch.Tensor
+    slots: torch.Tensor
+    spans: Sequence[ChunkSpan]
+    keys: Sequence[str]
+
+
 @dataclass
 class StoreOutcome:
     """What a store wrote: tokens stored, chunks not written, and why not (first reason)."""
@@ -103,31 +122,18 @@ class Transfer:
             return "no storage backend"
         return None
 
-    def store(
-        self,
-        kv: KVState,
-        slot_mapping: torch.Tensor,
-        slots: torch.Tensor,
-        spans: Sequence[ChunkSpan],
-        keys: Sequence[str],
-    ) -> StoreOutcome:
+    def store(self, req: CopyRequest) -> StoreOutcome:
         """Copies the chunks of ``spans`` that storage lacks out of the paged cache.
 
         Chunks the CPU tier holds are skipped; a chunk only a lower tier lists is copied again
         and that tier's copy rewritten (it was not loaded from there, so it may be corrupt or
         gone). A chunk with a padding slot (-1) ends the store (its KV is not in the cache).
-
-        Args:
-            kv: the registered caches.
-            slot_mapping: the request's slots as given (any device; the copy reads them there).
-            slots: the same slots, checked, as a CPU int64 tensor.
-            spans: the chunks to store.
-            keys: their keys.
         """
+        kv, slot_mapping, spans, keys = req.kv, req.slot_mapping, req.spans, req.keys
         present, rewrite_flags = self._manager.store_plan(list(keys))
         rewrite = {k for k, r in zip(keys, rewrite_flags, strict=True) if r}
         out = StoreOutcome()
-        pads = padding_counts(slots)
+        pads = padding_counts(req.slots)
         batch: list[_StoreItem] = []
         stop: tuple[str, int] | None = None  # (reason, chunks left) when the store ends early
         with _unref_on_error(batch, 2):
@@ -257,14 +263,7 @@ class Transfer:
 
     # -- retrieve ------------------------------------------------------------------------------
 
-    def retrieve(
-        self,
-        kv: KVState,
-        slot_mapping: torch.Tensor,
-        slots: torch.Tensor,
-        spans: Sequence[ChunkSpan],
-        keys: Sequence[str],
-    ) -> int:
+    def retrieve(self, req: CopyRequest) -> int:
         """Loads the chunks of ``spans`` into their slots, in order, up to the first missing.
 
         Chunks are fetched CPU tier first (lower tiers promoted into it). Slots of -1 are left
@@ -272,18 +271,12 @@ class Transfer:
         chunk no tier can deliver marks the rest of the prefix suspect (the next store rewrites
         it); one of the wrong shape is dropped from storage.
 
-        Args:
-            kv: the registered caches.
-            slot_mapping: the request's slots as given (any device).
-            slots: the same slots, checked, as a CPU int64 tensor.
-            spans: the chunks to load.
-            keys: their keys.
-
         Returns:
             The number of leading tokens loaded (or found present, for all-padding chunks).
         """
+        kv, slot_mapping, spans, keys = req.kv, req.slot_mapping, req.spans, req.keys
         manager = self._manager
-        pads = padding_counts(slots)
+        pads = padding_counts(req.slots)
         loaded = 0
         batch: list[_LoadItem] = []
         with _unref_on_error(batch, 1):

@@ -54,6 +54,26 @@ def _histogram_parts(hist: Histogram) -> tuple[list[tuple[str, float]], float]:
     return buckets, total
 
 
+# lmcache:<name> gauge -> (help, chunk statistics status field, divisor)
+_STATISTICS_GAUGES = (
+    ("chunk_statistics_total_requests", "Requests seen by chunk statistics", "requests", 1),
+    ("chunk_statistics_total_chunks", "Chunks seen by chunk statistics", "total_chunks", 1),
+    (
+        "chunk_statistics_unique_chunks",
+        "Distinct chunks seen (Bloom filter estimate)",
+        "unique_chunks",
+        1,
+    ),
+    ("chunk_statistics_reuse_rate", "Share of chunks seen before (0 to 1)", "reuse_rate", 1),
+    (
+        "chunk_statistics_bloom_filter_size_mb",
+        "Memory of the Bloom filter (MiB)",
+        "bloom_filter_bytes",
+        1024 * 1024,
+    ),
+)
+
+
 class LMCacheCollector(Collector):
     """LMCache's in-process metric names, derived from :class:`EngineMetrics` at scrape time.
 
@@ -162,30 +182,9 @@ class LMCacheCollector(Collector):
                 "1 while chunk statistics are collected",
                 1.0 if st.get("is_collecting") else 0.0,
             ),
-            (
-                "chunk_statistics_total_requests",
-                "Requests seen by chunk statistics",
-                float(st.get("requests", 0)),
-            ),
-            (
-                "chunk_statistics_total_chunks",
-                "Chunks seen by chunk statistics",
-                float(st.get("total_chunks", 0)),
-            ),
-            (
-                "chunk_statistics_unique_chunks",
-                "Distinct chunks seen (Bloom filter estimate)",
-                float(st.get("unique_chunks", 0)),
-            ),
-            (
-                "chunk_statistics_reuse_rate",
-                "Share of chunks seen before (0 to 1)",
-                float(st.get("reuse_rate", 0.0)),
-            ),
-            (
-                "chunk_statistics_bloom_filter_size_mb",
-                "Memory of the Bloom filter (MiB)",
-                float(st.get("bloom_filter_bytes", 0)) / (1024 * 1024),
+            *(
+                (name, doc, float(st.get(field, 0)) / scale)
+                for name, doc, field, scale in _STATISTICS_GAUGES
             ),
         ]
         histograms = (

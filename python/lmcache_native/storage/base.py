@@ -32,16 +32,21 @@ class ChunkBufferLike(Protocol):
     nbytes: int
 
     @property
-    def num_tokens(self) -> int: ...
+    def num_tokens(self) -> int:
+        """Tokens the chunk covers."""
 
-    def byte_view(self) -> np.ndarray: ...
+    def byte_view(self) -> np.ndarray:
+        """The payload as a flat uint8 array (no copy)."""
 
-    def ref(self) -> ChunkBufferLike: ...
+    def ref(self) -> ChunkBufferLike:
+        """Takes one more reference; returns the buffer."""
 
-    def unref(self) -> None: ...
+    def unref(self) -> None:
+        """Drops one reference (the memory is reused at zero)."""
 
     @property
-    def refcount(self) -> int: ...
+    def refcount(self) -> int:
+        """Current references."""
 
 
 #: Allocates a buffer of (shape, dtype) with one reference, or returns None when out of memory.
@@ -93,6 +98,7 @@ class StorageBackend(ABC):
     name: ClassVar[str] = "StorageBackend"
 
     def __init__(self) -> None:
+        """Starts with zeroed counters."""
         self._stats = TierStats()
         self._stats_lock = threading.Lock()
 
@@ -179,7 +185,7 @@ class BoundedBackend(StorageBackend, Generic[E]):
     """A tier with an in-memory index (key -> entry ``E``), a byte capacity and an eviction policy.
 
     Subclasses keep ``_index``, ``_used`` and ``_policy`` consistent under ``_lock`` and implement
-    :meth:`_pick_victims_locked` (remove entries in policy order) and :meth:`_dispose_one` (free
+    :meth:`_entry_size` (and :meth:`_evictable`, for entries in use) and :meth:`_dispose_one` (free
     one removed entry, called outside the lock).
 
     Args:
@@ -191,6 +197,7 @@ class BoundedBackend(StorageBackend, Generic[E]):
     capacity_key: ClassVar[str | None] = None
 
     def __init__(self, capacity_bytes: int, policy: str) -> None:
+        """An empty tier of ``capacity_bytes`` evicting by ``policy``."""
         super().__init__()
         self._lock = threading.Lock()
         self._index: dict[str, E] = {}
@@ -217,14 +224,17 @@ class BoundedBackend(StorageBackend, Generic[E]):
         return len(victims)
 
     def contains(self, key: str) -> bool:
+        """Whether ``key`` is stored (from the index; the payload is not read)."""
         with self._lock:
             return key in self._index
 
     def batched_contains(self, keys: Sequence[str]) -> list[bool]:
+        """``contains`` for each key, in one pass."""
         with self._lock:
             return [k in self._index for k in keys]
 
     def keys(self) -> list[str]:
+        """The stored keys."""
         with self._lock:
             return list(self._index)
 
@@ -237,11 +247,42 @@ class BoundedBackend(StorageBackend, Generic[E]):
             }
 
     @abstractmethod
+    def _entry_size(self, entry: E) -> int:
+        """Bytes ``entry`` counts against the capacity."""
+
+    def _evictable(self, entry: E) -> bool:  # noqa: ARG002 - a hook
+        """Whether ``entry`` may be evicted now (all may, unless a tier says otherwise)."""
+        return True
+
     def _pick_victims_locked(self, need: int, all_or_nothing: bool = False) -> list[E]:
-        """Removes entries in policy order until ``need`` bytes are freed; returns them.
+        """Removes evictable entries in policy order until ``need`` bytes are freed.
 
         With ``all_or_nothing``, removes nothing unless ``need`` bytes can be freed.
+
+        Returns:
+            The removed entries (to be disposed of outside the lock).
         """
+        if need <= 0:
+            return []
+        chosen: list[str] = []
+        freed = 0
+        for key in self._policy.candidates():
+            if freed >= need:
+                break
+            entry = self._index[key]
+            if not self._evictable(entry):
+                continue
+            chosen.append(key)
+            freed += self._entry_size(entry)
+        if all_or_nothing and freed < need:
+            return []
+        victims = []
+        for key in chosen:
+            entry = self._index.pop(key)
+            self._used -= self._entry_size(entry)
+            self._policy.on_remove(key)
+            victims.append(entry)
+        return victims
 
     @abstractmethod
     def _dispose_one(self, entry: E) -> None:
@@ -270,6 +311,7 @@ class RateLimitedLogger:
     """Logs at most one message per ``interval`` seconds per tag, counting what it suppressed."""
 
     def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+        """Logs to ``logger`` at most once per ``interval`` seconds per tag."""
         self._logger = logger
         self._interval = interval
         self._last: dict[str, float] = {}

@@ -1,5 +1,6 @@
-"""LocalCPUBackend: chunk buffers in host memory, a byte capacity, an eviction policy, and the
-hot-cache switch.
+"""LocalCPUBackend: chunk buffers in host memory.
+
+A byte capacity, an eviction policy, and the hot-cache switch.
 
 The tier holds one reference on each stored buffer. Eviction skips buffers that someone else
 still references (a retrieve being scattered, a background write being serialized), so memory
@@ -24,6 +25,7 @@ class LocalCPUBackend(BoundedBackend[ChunkBufferLike]):
     capacity_key = "max_local_cpu_size"
 
     def __init__(self, capacity_bytes: int, policy: str = "LRU") -> None:
+        """An empty CPU tier (hot cache on)."""
         super().__init__(capacity_bytes, policy)
         self._hot = True
 
@@ -43,6 +45,7 @@ class LocalCPUBackend(BoundedBackend[ChunkBufferLike]):
     # -- interface -----------------------------------------------------------------------------
 
     def get(self, key: str) -> ChunkBufferLike | None:
+        """The chunk under ``key`` with one reference for the caller, or ``None`` on a miss."""
         with self._lock:
             buf = self._index.get(key)
             if buf is not None:
@@ -55,6 +58,7 @@ class LocalCPUBackend(BoundedBackend[ChunkBufferLike]):
         return buf
 
     def put(self, key: str, buf: ChunkBufferLike) -> bool:
+        """Stores ``buf`` under ``key``; ``True`` when the tier holds it afterwards."""
         victims: list[ChunkBufferLike] = []
         with self._lock:
             if not self._hot:
@@ -80,6 +84,7 @@ class LocalCPUBackend(BoundedBackend[ChunkBufferLike]):
         return True
 
     def remove(self, key: str) -> bool:
+        """Deletes ``key``; ``True`` when something was deleted."""
         with self._lock:
             buf = self._pop_locked(key)
         if buf is None:
@@ -88,6 +93,7 @@ class LocalCPUBackend(BoundedBackend[ChunkBufferLike]):
         return True
 
     def close(self) -> None:
+        """Releases the tier's resources."""
         self.clear()
 
     def evict_bytes(self, nbytes: int) -> int:
@@ -109,29 +115,11 @@ class LocalCPUBackend(BoundedBackend[ChunkBufferLike]):
             self._policy.on_remove(key)
         return buf
 
-    def _pick_victims_locked(
-        self, need: int, all_or_nothing: bool = False
-    ) -> list[ChunkBufferLike]:
-        """Removes entries in policy order, skipping referenced buffers, until ``need`` bytes.
+    def _entry_size(self, entry: ChunkBufferLike) -> int:
+        return entry.nbytes
 
-        With ``all_or_nothing``, removes nothing unless ``need`` bytes can be freed.
-        """
-        if need <= 0:
-            return []
-        chosen: list[str] = []
-        freed = 0
-        for key in self._policy.candidates():
-            if freed >= need:
-                break
-            buf = self._index[key]
-            if buf.refcount > 1:  # being read or written elsewhere: never evicted
-                continue
-            chosen.append(key)
-            freed += buf.nbytes
-        if all_or_nothing and freed < need:
-            return []
-        victims = [b for b in (self._pop_locked(k) for k in chosen) if b is not None]
-        return victims
+    def _evictable(self, entry: ChunkBufferLike) -> bool:
+        return entry.refcount <= 1  # being read or written elsewhere: never evicted
 
     def _dispose_one(self, entry: ChunkBufferLike) -> None:
         entry.unref()

@@ -66,6 +66,7 @@ class LocalDiskBackend(BoundedBackend[_Entry]):
         policy: str = "LRU",
         fsync: bool = False,
     ) -> None:
+        """Opens ``path`` (created if missing) and rebuilds the index from its files."""
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self._allocator = allocator
@@ -121,6 +122,7 @@ class LocalDiskBackend(BoundedBackend[_Entry]):
     # -- interface -----------------------------------------------------------------------------
 
     def get(self, key: str) -> ChunkBufferLike | None:
+        """The chunk under ``key`` with one reference for the caller, or ``None`` on a miss."""
         with self._lock:
             entry = self._index.get(key)
         if entry is None:
@@ -152,6 +154,7 @@ class LocalDiskBackend(BoundedBackend[_Entry]):
         return buf
 
     def put(self, key: str, buf: ChunkBufferLike) -> bool:
+        """Stores ``buf`` under ``key``; ``True`` when the tier holds it afterwards."""
         with self._lock:
             if key in self._index:
                 self._policy.on_access(key)
@@ -188,6 +191,7 @@ class LocalDiskBackend(BoundedBackend[_Entry]):
         return True
 
     def remove(self, key: str) -> bool:
+        """Deletes ``key``; ``True`` when something was deleted."""
         with self._lock:
             entry = self._index.get(key)
         if entry is None:
@@ -207,25 +211,8 @@ class LocalDiskBackend(BoundedBackend[_Entry]):
             self._unlink(entry.filename)
         return True
 
-    def _pick_victims_locked(self, need: int, all_or_nothing: bool = False) -> list[_Entry]:
-        if need <= 0:
-            return []
-        chosen: list[str] = []
-        freed = 0
-        for key in self._policy.candidates():
-            if freed >= need:
-                break
-            chosen.append(key)
-            freed += self._index[key].size
-        if all_or_nothing and freed < need:
-            return []
-        victims = []
-        for key in chosen:
-            entry = self._index.pop(key)
-            self._used -= entry.size
-            self._policy.on_remove(key)
-            victims.append(entry)
-        return victims
+    def _entry_size(self, entry: _Entry) -> int:
+        return entry.size
 
     def _dispose_one(self, entry: _Entry) -> None:
         self._unlink(entry.filename)

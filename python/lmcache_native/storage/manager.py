@@ -62,6 +62,7 @@ class StorageManager:
         writer_queue_size: int = 256,
         async_writes: bool = True,
     ) -> None:
+        """Puts ``backends`` behind one interface; starts the writer thread if needed."""
         names = [b.name for b in backends]
         if len(set(names)) != len(names):
             raise ValueError(f"backend names must be unique, got {names}")
@@ -243,8 +244,10 @@ class StorageManager:
         return skip, rewrite
 
     def mark_suspect(self, keys: Sequence[str]) -> None:
-        """Marks ``keys`` as possibly damaged in the tiers that list them (a read of the first
-        failed): the next store of each rewrites it. The most recent 65536 marks are kept.
+        """Marks ``keys`` as possibly damaged in the tiers that list them.
+
+        A read of the first failed: the next store of each rewrites it. The most recent 65536
+        marks are kept.
         """
         with self._lock:
             for k in keys:
@@ -367,8 +370,11 @@ class StorageManager:
         return self._closed
 
     def writer_stats(self) -> tuple[int, int, float]:
-        """``(queued writes finished, writes a tier raised on, time of the last finished write
-        or 0.0)`` of the background writer.
+        """The background writer's figures.
+
+        Returns:
+            ``(queued writes finished, writes a tier raised on, time of the last finished
+            write or 0.0)``.
         """
         with self._written:
             return self._done_count, self._write_failures, self._last_write_time

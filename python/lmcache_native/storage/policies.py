@@ -40,30 +40,37 @@ class LRUPolicy(EvictionPolicy):
     """Least recently used (inserted or read) goes first."""
 
     def __init__(self) -> None:
+        """An empty order."""
         self._order: OrderedDict[str, None] = OrderedDict()
 
     def on_insert(self, key: str) -> None:
+        """Records a new ``key``."""
         self._order[key] = None
         self._order.move_to_end(key)
 
     def on_access(self, key: str) -> None:
+        """Records a read of ``key``."""
         if key in self._order:
             self._order.move_to_end(key)
 
     def on_remove(self, key: str) -> None:
+        """Forgets ``key``."""
         self._order.pop(key, None)
 
     def candidates(self) -> Iterator[str]:
+        """Keys in eviction order, first victim first."""
         return iter(self._order)
 
     def clear(self) -> None:
+        """Forgets every key."""
         self._order.clear()
 
 
 class FIFOPolicy(LRUPolicy):
     """First inserted goes first; reads do not change the order."""
 
-    def on_access(self, key: str) -> None:
+    def on_access(self, key: str) -> None:  # noqa: ARG002 - reads do not reorder FIFO
+        """Records a read of ``key``."""
         return
 
 
@@ -74,6 +81,7 @@ class LFUPolicy(EvictionPolicy):
     """
 
     def __init__(self) -> None:
+        """An empty order."""
         self._freq: dict[str, int] = {}
         self._buckets: dict[int, OrderedDict[str, None]] = {}
 
@@ -87,6 +95,7 @@ class LFUPolicy(EvictionPolicy):
             del self._buckets[f]
 
     def on_insert(self, key: str) -> None:
+        """Records a new ``key``."""
         if key in self._freq:
             self.on_access(key)
             return
@@ -94,6 +103,7 @@ class LFUPolicy(EvictionPolicy):
         self._bucket_add(key, 1)
 
     def on_access(self, key: str) -> None:
+        """Records a read of ``key``."""
         f = self._freq.get(key)
         if f is None:
             return
@@ -102,15 +112,18 @@ class LFUPolicy(EvictionPolicy):
         self._bucket_add(key, f + 1)
 
     def on_remove(self, key: str) -> None:
+        """Forgets ``key``."""
         f = self._freq.pop(key, None)
         if f is not None:
             self._bucket_del(key, f)
 
     def candidates(self) -> Iterator[str]:
+        """Keys in eviction order, first victim first."""
         for f in sorted(self._buckets):
             yield from self._buckets[f]
 
     def clear(self) -> None:
+        """Forgets every key."""
         self._freq.clear()
         self._buckets.clear()
 

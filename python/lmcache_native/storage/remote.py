@@ -1,7 +1,9 @@
-"""RemoteBackend: a store shared by instances, holding chunks in the checksummed format of
-:mod:`.serde`: one Redis/Valkey server (``redis://``, ``rediss://``, ``unix://``, ``valkey://``),
-a Sentinel-managed master (``redis-sentinel://``), a Redis/Valkey Cluster
-(``redis-cluster://``, ``valkey://`` with ``valkey_mode: cluster``) or an ``fs://`` directory.
+"""RemoteBackend: a store shared by instances.
+
+It holds chunks in the checksummed format of :mod:`.serde`: one Redis/Valkey server
+(``redis://``, ``rediss://``, ``unix://``, ``valkey://``), a Sentinel-managed master
+(``redis-sentinel://``), a Redis/Valkey Cluster (``redis-cluster://``, ``valkey://`` with
+``valkey_mode: cluster``) or an ``fs://`` directory.
 :mod:`.remote_url` reads the URL forms; :mod:`.remote_redis` holds the Redis stores.
 
 Redis is reached through redis-py with socket timeouts of ``blocking_timeout_secs`` and no
@@ -66,20 +68,25 @@ class FSStore:
     """
 
     def __init__(self, path: Path, create: bool = True) -> None:
+        """Opens the directory ``path``."""
         self.path = path
         if create:
             self.path.mkdir(parents=True, exist_ok=True)
 
-    def set_timeout(self, timeout_secs: float) -> None:
+    def set_timeout(self, timeout_secs: float) -> None:  # noqa: ARG002 - the stores' interface
+        """No timeout: file calls are local."""
         return
 
     def exists(self, key: str) -> bool:
+        """Whether ``key`` is stored."""
         return (self.path / chunk_filename(key)).is_file()
 
     def exists_many(self, keys: Sequence[str]) -> list[bool]:
+        """Whether each of ``keys`` is stored (one round trip per server)."""
         return [self.exists(k) for k in keys]
 
     def load(self, key: str, allocator: Allocator) -> ChunkBufferLike | None:
+        """The verified chunk under ``key`` in a buffer from ``allocator``, or ``None``."""
         try:
             buf, _ = read_chunk_file(self.path / chunk_filename(key), key, allocator)
         except FileNotFoundError:
@@ -87,10 +94,12 @@ class FSStore:
         return buf
 
     def save(self, key: str, buf: ChunkBufferLike) -> bool:
+        """Writes ``buf`` under ``key``; ``True`` on success."""
         write_chunk_file(self.path / chunk_filename(key), key, buf.tensor)
         return True
 
     def delete(self, key: str) -> bool:
+        """Deletes ``key``; ``True`` when it existed."""
         try:
             os.unlink(self.path / chunk_filename(key))
         except FileNotFoundError:
@@ -113,6 +122,7 @@ class FSStore:
             ]
 
     def keys(self, prefix: str) -> list[str]:
+        """The stored keys under ``prefix``."""
         out = []
         for name in self.chunk_files():
             try:
@@ -124,15 +134,18 @@ class FSStore:
         return out
 
     def clear(self, prefix: str) -> int:
+        """Deletes the keys under ``prefix``; returns how many."""
         n = 0
         for key in self.keys(prefix):
             n += self.delete(key)
         return n
 
     def nodes_down(self) -> int:
+        """Nodes currently skipped after a failure (0 for a single server)."""
         return 0
 
     def close(self) -> None:
+        """Closes the connections."""
         return
 
 
@@ -166,6 +179,7 @@ class RemoteBackend(StorageBackend):
         retry_interval_secs: float = 1.0,
         extra_config: Mapping[str, Any] | None = None,
     ) -> None:
+        """Connects lazily to the store ``url`` names."""
         super().__init__()
         self.url = url
         self._allocator = allocator
@@ -240,9 +254,11 @@ class RemoteBackend(StorageBackend):
     # -- interface -----------------------------------------------------------------------------
 
     def contains(self, key: str) -> bool:
+        """Whether ``key`` is stored (from the index; the payload is not read)."""
         return self._guard("contains", lambda: self._store.exists(key), False)
 
     def batched_contains(self, keys: Sequence[str]) -> list[bool]:
+        """``contains`` for each key, in one pass."""
         if not keys:
             return []
         return self._guard("contains", lambda: self._store.exists_many(keys), [False] * len(keys))
@@ -265,6 +281,7 @@ class RemoteBackend(StorageBackend):
         return buf
 
     def get(self, key: str) -> ChunkBufferLike | None:
+        """The chunk under ``key`` with one reference for the caller, or ``None`` on a miss."""
         buf = self._guard(
             "get",
             lambda: self._decode_or_drop(key, lambda: self._store.load(key, self._allocator)),
@@ -290,6 +307,7 @@ class RemoteBackend(StorageBackend):
         return [self._finish_get(b) for b in bufs]
 
     def put(self, key: str, buf: ChunkBufferLike) -> bool:
+        """Stores ``buf`` under ``key``; ``True`` when the tier holds it afterwards."""
         ok = bool(self._guard("put", lambda: self._store.save(key, buf), False))
         if ok:
             self._count_put(buf)
@@ -298,15 +316,19 @@ class RemoteBackend(StorageBackend):
         return ok
 
     def remove(self, key: str) -> bool:
+        """Deletes ``key``; ``True`` when something was deleted."""
         return self._guard("remove", lambda: self._store.delete(key), False)
 
     def clear(self) -> int:
+        """Deletes every entry this tier owns; returns how many were deleted."""
         return self._guard("clear", lambda: self._store.clear(self._namespace), 0)
 
     def keys(self) -> list[str]:
+        """The stored keys."""
         return self._guard("keys", lambda: self._store.keys(self._namespace), [])
 
     def close(self) -> None:
+        """Releases the tier's resources."""
         self._store.close()
 
     def _size_stats(self) -> dict[str, int]:

@@ -68,6 +68,7 @@ def _redis_glob_escape(text: str) -> str:
 
 
 def decode_value(data: Any, key: str, allocator: Allocator) -> ChunkBufferLike | None:
+    """A stored value (header + payload) as a verified chunk buffer, ``None`` for no value."""
     if data is None:
         return None
     if not isinstance(data, bytes):  # decode_responses is off: always bytes
@@ -84,6 +85,7 @@ class RedisStore:
     """
 
     def __init__(self, spec: RemoteSpec, timeout_secs: float) -> None:
+        """A client of the server (or Sentinel-managed master) ``spec`` names."""
         if spec.kind not in ("redis", "sentinel"):
             raise ValueError(f"RedisStore cannot serve a {spec.kind} URL")
         self._spec = spec
@@ -94,14 +96,15 @@ class RedisStore:
         kwargs = _client_kwargs(timeout_secs)
         if spec.kind == "sentinel":
             assert spec.service_name is not None
-            sentinel = Sentinel(
+            sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py's
                 list(spec.nodes),
                 sentinel_kwargs=_client_kwargs(timeout_secs),
                 username=spec.username,
                 password=spec.password,
                 **kwargs,
             )
-            return sentinel.master_for(spec.service_name)
+            master: redis.Redis = sentinel.master_for(spec.service_name)  # type: ignore[no-untyped-call]
+            return master
         if spec.redis_url is not None:
             return redis.Redis.from_url(spec.redis_url, **kwargs)
         host, port = spec.nodes[0]
@@ -115,19 +118,23 @@ class RedisStore:
         )
 
     def set_timeout(self, timeout_secs: float) -> None:
+        """Applies ``timeout_secs`` to the next calls."""
         old, self._client = self._client, self._connect(timeout_secs)
         old.close()
 
     def exists(self, key: str) -> bool:
+        """Whether ``key`` is stored."""
         return bool(self._client.exists(key))
 
     def exists_many(self, keys: Sequence[str]) -> list[bool]:
+        """Whether each of ``keys`` is stored (one round trip per server)."""
         pipe = self._client.pipeline(transaction=False)
         for k in keys:
             pipe.exists(k)
         return [bool(x) for x in pipe.execute()]
 
     def load(self, key: str, allocator: Allocator) -> ChunkBufferLike | None:
+        """The verified chunk under ``key`` in a buffer from ``allocator``, or ``None``."""
         return decode_value(self._client.get(key), key, allocator)
 
     def load_raw_many(self, keys: Sequence[str]) -> list[Any]:
@@ -135,19 +142,23 @@ class RedisStore:
         return list(self._client.mget(list(keys))) if keys else []
 
     def save(self, key: str, buf: ChunkBufferLike) -> bool:
+        """Writes ``buf`` under ``key``; ``True`` on success."""
         self._client.set(key, encode(key, buf.tensor))
         return True
 
     def delete(self, key: str) -> bool:
+        """Deletes ``key``; ``True`` when it existed."""
         return bool(self._client.delete(key))
 
     def keys(self, prefix: str) -> list[str]:
+        """The stored keys under ``prefix``."""
         pattern = _redis_glob_escape(prefix) + "*"
         return [
             k.decode("utf-8", "replace") for k in self._client.scan_iter(match=pattern, count=1000)
         ]
 
     def clear(self, prefix: str) -> int:
+        """Deletes the keys under ``prefix``; returns how many."""
         keys = self.keys(prefix)
         n = 0
         for i in range(0, len(keys), 512):
@@ -155,9 +166,11 @@ class RedisStore:
         return n
 
     def nodes_down(self) -> int:
+        """Nodes currently skipped after a failure (0 for a single server)."""
         return 0
 
     def close(self) -> None:
+        """Closes the connections."""
         self._client.close()
 
 
@@ -181,6 +194,7 @@ class ClusterStore:
         node_retry_secs: float = 1.0,
         on_node_error: NodeErrorHook | None = None,
     ) -> None:
+        """A client of the cluster ``spec`` names."""
         if spec.kind != "cluster":
             raise ValueError(f"ClusterStore cannot serve a {spec.kind} URL")
         self._spec = spec
@@ -198,7 +212,10 @@ class ClusterStore:
             if self._client is None:
                 try:
                     self._client = RedisCluster(
-                        startup_nodes=[ClusterNode(h, p) for h, p in self._spec.nodes],
+                        startup_nodes=[
+                            ClusterNode(h, p)  # type: ignore[no-untyped-call]
+                            for h, p in self._spec.nodes
+                        ],
                         username=self._spec.username,
                         password=self._spec.password,
                         require_full_coverage=False,
@@ -211,6 +228,7 @@ class ClusterStore:
             return self._client
 
     def set_timeout(self, timeout_secs: float) -> None:
+        """Applies ``timeout_secs`` to the next calls."""
         with self._lock:
             self._timeout = float(timeout_secs)
             old, self._client = self._client, None
@@ -251,7 +269,7 @@ class ClusterStore:
         for i, key in enumerate(keys):
             try:
                 node: ClusterNode | None = cluster.nodes_manager.get_node_from_slot(
-                    cluster.keyslot(key)
+                    cluster.keyslot(key)  # type: ignore[no-untyped-call]
                 )
             except (RedisClusterException, IndexError):
                 node = None  # slot not covered: a miss
@@ -301,9 +319,11 @@ class ClusterStore:
     # -- byte-level operations ---------------------------------------------------------------
 
     def exists(self, key: str) -> bool:
+        """Whether ``key`` is stored."""
         return self.exists_many([key])[0]
 
     def exists_many(self, keys: Sequence[str]) -> list[bool]:
+        """Whether each of ``keys`` is stored (one round trip per server)."""
         replies = self._per_node(
             "contains",
             keys,
@@ -324,6 +344,7 @@ class ClusterStore:
         )
 
     def load(self, key: str, allocator: Allocator) -> ChunkBufferLike | None:
+        """The verified chunk under ``key`` in a buffer from ``allocator``, or ``None``."""
         return decode_value(self.load_raw_many([key])[0], key, allocator)
 
     def save(self, key: str, buf: ChunkBufferLike) -> bool:
@@ -340,6 +361,7 @@ class ClusterStore:
         )
 
     def delete(self, key: str) -> bool:
+        """Deletes ``key``; ``True`` when it existed."""
         return bool(
             self._per_node(
                 "remove",
@@ -351,7 +373,8 @@ class ClusterStore:
         )
 
     def _primaries(self, cluster: RedisCluster) -> list[ClusterNode]:
-        return [n for n in cluster.get_primaries() if not self._node_is_down(n)]
+        primaries = cluster.get_primaries()  # type: ignore[no-untyped-call]
+        return [n for n in primaries if not self._node_is_down(n)]
 
     def _node_keys(self, cluster: RedisCluster, node: ClusterNode, prefix: str) -> list[str]:
         pattern = _redis_glob_escape(prefix) + "*"
@@ -359,6 +382,7 @@ class ClusterStore:
         return [k.decode("utf-8", "replace") for k in conn.scan_iter(match=pattern, count=1000)]
 
     def keys(self, prefix: str) -> list[str]:
+        """The stored keys under ``prefix``."""
         cluster = self._cluster()
         out: list[str] = []
         for node in self._primaries(cluster):
@@ -369,6 +393,7 @@ class ClusterStore:
         return out
 
     def clear(self, prefix: str) -> int:
+        """Deletes the keys under ``prefix``; returns how many."""
         cluster = self._cluster()
         n = 0
         for node in self._primaries(cluster):
@@ -386,6 +411,7 @@ class ClusterStore:
         return n
 
     def close(self) -> None:
+        """Closes the connections."""
         with self._lock:
             client, self._client = self._client, None
         if client is not None:

@@ -125,7 +125,7 @@ def fs_url_path(url: str) -> Path:
     if not url.startswith(FS_SCHEME):
         raise ValueError("not an fs:// URL")
     rest = url[len(FS_SCHEME) :]
-    authority, slash, path = rest.partition("/")
+    authority, _slash, path = rest.partition("/")
     if _FS_AUTHORITY.fullmatch(authority):
         path = re.split(r"[?#]", path, maxsplit=1)[0]
         if not path:

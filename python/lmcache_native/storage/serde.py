@@ -23,6 +23,7 @@ import struct
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import quote
 
 import numpy as np
@@ -150,7 +151,7 @@ def header_len_of(prefix: bytes | memoryview) -> int:
         raise CorruptChunkError(f"unsupported format version {version}")
     if not FIXED_LEN < header_len <= MAX_HEADER_LEN:
         raise CorruptChunkError(f"bad header length {header_len}")
-    return header_len
+    return int(header_len)
 
 
 def parse_header(data: bytes | memoryview, expected_key: str | None = None) -> ChunkHeader:
@@ -294,11 +295,11 @@ def write_chunk_file(
     return len(header) + pv.nbytes
 
 
-def _read_exact(f, n: int) -> bytes:
+def _read_exact(f: BinaryIO, n: int) -> bytes:
     data = f.read(n)
     if data is None or len(data) != n:
         raise CorruptChunkError("chunk file truncated")
-    return data
+    return bytes(data)
 
 
 def read_chunk_header_file(path: Path, expected_key: str | None = None) -> ChunkHeader:
@@ -312,7 +313,7 @@ def read_chunk_header_file(path: Path, expected_key: str | None = None) -> Chunk
         return _read_header(f, expected_key)
 
 
-def _read_header(f, expected_key: str | None) -> ChunkHeader:
+def _read_header(f: BinaryIO, expected_key: str | None) -> ChunkHeader:
     prefix = _read_exact(f, FIXED_LEN)
     header_len = header_len_of(prefix)
     header = parse_header(prefix + _read_exact(f, header_len - FIXED_LEN), expected_key)

@@ -178,7 +178,15 @@ class LayerwisePipeline:
         if planned:
             if self._saver is None:
                 self._saver = LayerwiseSaver(w.engine, caches)
-            self._saver.begin([job for _, job in planned])
+            try:
+                self._saver.begin([job for _, job in planned])
+            except Exception as e:  # the planned saves are stored from vLLM's cache instead
+                logger.warning(
+                    "layer-wise save: planning the copies failed (%s: %s); this step stores "
+                    "from vLLM's cache after the forward",
+                    type(e).__name__,
+                    e,
+                )
         return planned
 
     def wait_for_save(self, meta: LMCacheNativeConnectorMetadata) -> None:
