@@ -1,5 +1,7 @@
 #include "common/thread_pool.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -27,8 +29,14 @@ class Pool {
  public:
   static Pool& instance() {
     // NOTE: leaked on purpose so no worker is joined during interpreter teardown.
-    static Pool* pool = new Pool(default_threads());
-    return *pool;
+    static Pool* first = [] {
+      Pool* p = new Pool(default_threads());
+      current_.store(p);
+      pthread_atfork(nullptr, nullptr, &after_fork_in_child);
+      return p;
+    }();
+    (void)first;
+    return *current_.load();
   }
 
   int size() const { return size_.load(); }
@@ -37,7 +45,6 @@ class Pool {
     std::lock_guard<std::mutex> call(call_mu_);
     stop_workers();
     size_.store(n);
-    start_workers();
   }
 
   void run(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
@@ -56,6 +63,7 @@ class Pool {
       fn(0, n);
       return;
     }
+    if (static_cast<int>(workers_.size()) + 1 != size_.load()) start_workers();
     const int64_t num_slices = std::min<int64_t>(max_slices, int64_t{threads} * 4);
     {
       std::lock_guard<std::mutex> lk(mu_);
@@ -76,11 +84,28 @@ class Pool {
   }
 
  private:
-  explicit Pool(int n) : size_(n) { start_workers(); }
+  // Workers start on the first call that needs them (and again after a resize), under call_mu_.
+  explicit Pool(int n) : size_(n) {}
+
+  // In a forked child only the forking thread exists: the parent's workers are gone and its
+  // mutexes may be held by threads that no longer exist. The child leaks that pool and starts
+  // a fresh one of the same size; its workers start on its first parallel_for.
+  static void after_fork_in_child() { current_.store(new Pool(current_.load()->size())); }
 
   void start_workers() {
-    stopping_ = false;
-    for (int i = 1; i < size_.load(); ++i) workers_.emplace_back([this] { loop(); });
+    uint64_t generation;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stopping_ = false;
+      generation = generation_;
+    }
+    // NOTE: a new worker waits for a job posted after it started. Were it to take the last,
+    // finished generation for a new job, it would count itself out of active_ for it as well as
+    // for the next job, and that job's caller would wait for active_ == 0 forever (or return
+    // while a slice still runs).
+    for (int i = static_cast<int>(workers_.size()) + 1; i < size_.load(); ++i) {
+      workers_.emplace_back([this, generation] { loop(generation); });
+    }
   }
 
   void stop_workers() {
@@ -111,8 +136,7 @@ class Pool {
     tls_in_pool = was_in_pool;
   }
 
-  void loop() {
-    uint64_t seen = 0;
+  void loop(uint64_t seen) {
     for (;;) {
       {
         std::unique_lock<std::mutex> lk(mu_);
@@ -128,6 +152,7 @@ class Pool {
     }
   }
 
+  static std::atomic<Pool*> current_;
   std::atomic<int> size_;
   std::vector<std::thread> workers_;
   std::mutex call_mu_;
@@ -142,6 +167,8 @@ class Pool {
   std::exception_ptr error_;
 };
 
+std::atomic<Pool*> Pool::current_{nullptr};
+
 }  // namespace
 
 int num_threads() { return Pool::instance().size(); }
@@ -151,8 +178,7 @@ void set_num_threads(int n) {
   Pool::instance().resize(n);
 }
 
-void parallel_for(int64_t n, int64_t min_grain,
-                  const std::function<void(int64_t, int64_t)>& fn) {
+void parallel_for(int64_t n, int64_t min_grain, const std::function<void(int64_t, int64_t)>& fn) {
   Pool::instance().run(n, min_grain, fn);
 }
 
