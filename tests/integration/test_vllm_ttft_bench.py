@@ -30,7 +30,7 @@ def test_bad_tier_or_mode_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -
 def test_quick_keeps_a_smoke_run_small() -> None:
     args = vllm_ttft.parse_args(["--quick"])
     assert (args.repeat, args.prompt_tokens, args.concurrency) == (1, 256, [1, 4])
-    assert args.mixed_concurrency == [4]
+    assert (args.miss_repeat, args.mixed_concurrency) == (1, [4])
     assert args.tiers == ["cpu", "disk"]
 
 

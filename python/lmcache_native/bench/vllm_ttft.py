@@ -114,10 +114,7 @@ def prompt(seed: int, n: int) -> list[int]:
 
 @contextlib.contextmanager
 def redis_server(workdir: Path) -> Iterator[str | None]:
-    """A ``redis-server`` on a free 127.0.0.1 port, stopped on exit; yields its URL.
-
-    Yields ``None`` (after printing why) when the binary is absent.
-    """
+    """A ``redis-server`` on a free 127.0.0.1 port, stopped on exit: its URL (None: no binary)."""
     binary = shutil.which("redis-server")
     if binary is None:
         print("redis rows skipped: no redis-server binary on PATH", file=sys.stderr)
@@ -369,7 +366,7 @@ class ConnectorRun:
         alone: list[float] = []
         beside: list[float] = []
         tok_s: list[float] = []
-        for _ in range(args.repeat):
+        for _ in range(args.miss_repeat):
             alone += self.batch(self.setup.fresh(half), out=args.mixed_output_tokens).ttft_s
             prompts = self.setup.fresh(half) + self.hits[:half]
             b = self.batch(prompts, CLEARED["disk"], args.mixed_output_tokens)
@@ -397,7 +394,8 @@ def connector_rows(setup: Setup, mode: str) -> list[dict[str, Any]]:
         if worker is None or worker.engine is None:
             raise RuntimeError(f"connector disabled: {getattr(worker, 'disabled_reason', None)}")
         run = ConnectorRun(setup, mode, llm, worker, log, hits)
-        run.batch(setup.fresh(1))  # warm-up
+        for warm in [setup.fresh(1)] * 2:  # warm-up: a miss, then its hit
+            run.batch(warm)
         rows = [ttft_row(mode, "miss (store)", len(hits), [run.batch(hits)])]
         for tier in args.tiers:
             if tier != "redis" or setup.redis_url is not None:
@@ -411,12 +409,14 @@ def baseline_rows(setup: Setup, mode: str) -> list[dict[str, Any]]:
     args = setup.args
     rows = []
     with engine(setup, mode) as llm:
-        run_batch(llm, setup.fresh(1))  # warm-up
+        for warm in [setup.fresh(1)] * 2:  # warm-up: twice (a hit with prefix_cache)
+            run_batch(llm, warm)
+        repeat = args.miss_repeat if mode == "recompute" else args.repeat
         for n in args.concurrency:
             prompts = setup.fresh(n)
             if mode == "prefix_cache":
                 run_batch(llm, prompts)
-            batches = [run_batch(llm, prompts) for _ in range(args.repeat)]
+            batches = [run_batch(llm, prompts) for _ in range(repeat)]
             rows.append(ttft_row(mode, "-" if mode == "recompute" else "vLLM", n, batches))
     return rows
 
@@ -427,7 +427,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--model", choices=sorted(MODELS), default="small")
     p.add_argument("--prompt-tokens", type=int, default=512)
     p.add_argument("--chunk-size", type=int, default=256)
-    p.add_argument("--repeat", type=int, default=1, help="timed batches per row")
+    p.add_argument("--repeat", type=int, default=3, help="timed batches per row of hits")
+    p.add_argument("--miss-repeat", type=int, default=1, help="...of misses (recompute, mixed)")
     p.add_argument("--concurrency", type=parse_int_list, default=[1, 4, 16])
     mixed_help = "mixed-load batch sizes (default: the largest --concurrency; 0: none)"
     p.add_argument("--mixed-concurrency", type=parse_int_list, default=None, help=mixed_help)
@@ -446,7 +447,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         if any(v not in known for v in value):
             p.error(f"{name}: choose from {', '.join(known)} (got {', '.join(value)})")
     if args.quick:
-        args.repeat, args.prompt_tokens = 1, min(args.prompt_tokens, 256)
+        args.repeat = args.miss_repeat = 1
+        args.prompt_tokens = min(args.prompt_tokens, 256)
         args.concurrency = [c for c in args.concurrency if c <= 4] or [1]
         args.tiers = [t for t in args.tiers if t != "redis"] or args.tiers
     if args.mixed_concurrency is None:
@@ -479,17 +481,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     title = (
         f"vLLM TTFT, model {args.model} ({args.dtype}), {args.prompt_tokens}-token prompts, "
         f"chunk {args.chunk_size}, N requests per batch via add_request, median over "
-        f"{args.repeat} batch(es) x N requests; {info['cpu']} ({info['cpu_count']} cores, "
+        f"{args.repeat} batch(es) x N requests ({args.miss_repeat} for recompute); "
+        f"{info['cpu']} ({info['cpu_count']} cores, "
         f"load {info['load_average']})"
     )
     print_table([r for r in rows if r["table"] == "ttft"], TTFT_COLUMNS, title)
     mixed = [r for r in rows if r["table"] == "mixed"]
+    out = f"{args.mixed_output_tokens} output tokens each, {args.miss_repeat} batch(es)"
     if mixed:
-        print_table(
-            mixed,
-            MIXED_COLUMNS,
-            f"mixed load: N/2 misses beside N/2 disk-tier hits, {args.mixed_output_tokens} "
-            "output tokens each; TTFT of the misses",
-        )
+        title = f"mixed load: N/2 misses beside N/2 disk-tier hits, {out}; TTFT of the misses"
+        print_table(mixed, MIXED_COLUMNS, title)
     write_json(args.json, benchmark="vllm_ttft", args=args, rows=rows)
     return 0
