@@ -1,0 +1,1 @@
+"""Naive references the kernel tests compare the compiled kernels against."""

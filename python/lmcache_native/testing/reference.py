@@ -95,8 +95,10 @@ def set_kv_row(layer: torch.Tensor, layout: str, kv: int, slot: int, row: torch.
 
 
 def amx_index(kv: int, offset: int, dim: int, block_size: int, head_size: int, pack: int) -> int:
-    """Element index, inside one (block, head) region of vLLM's AMX-packed CPU cache, of token
-    ``offset`` of the block and dimension ``dim`` of K (``kv`` 0) or V (``kv`` 1).
+    """Element index of one value in vLLM's AMX-packed CPU cache.
+
+    The index is inside one (block, head) region, of token ``offset`` of the block and dimension
+    ``dim`` of K (``kv`` 0) or V (``kv`` 1).
 
     vLLM's ``cpu_attn_reshape_and_cache`` for the ``amx`` ISA packs each region (``2 *
     block_size * head_size`` elements, K first) for AMX B tiles of 16 rows of 64 bytes, with

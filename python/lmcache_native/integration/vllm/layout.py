@@ -127,7 +127,7 @@ def _one_layer(name: str, t: torch.Tensor, geo: LayerGeometry) -> tuple[str, tor
 
     h, d = geo.num_kv_heads, geo.head_size
     if t.dim() == 4:
-        b, heads, n, c = shape
+        _, heads, n, c = shape
         if heads != h or c != 2 * d or not _block_multiple(n, geo.block_size):
             raise UnsupportedLayoutError(
                 f"{what}: expected [num_blocks, {h}, block_size, {2 * d}] "
@@ -152,7 +152,7 @@ def _one_layer(name: str, t: torch.Tensor, geo: LayerGeometry) -> tuple[str, tor
         if t.stride(3) != 1:
             raise UnsupportedLayoutError(f"{what}: the K|V dimension must be contiguous")
         # [B, H, N, 2D] -> [B, H, N, 2, D] -> [2, B, N, H, D]: K and V as two strided halves.
-        view = t.unflatten(3, (2, d)).permute(3, 0, 2, 1, 4)
+        view = t.view(*t.shape[:3], 2, d).permute(3, 0, 2, 1, 4)
         return "flash_attn", view
     if t.dim() == 5:
         is_fa = shape[0] == 2 and shape[3] == h and shape[4] == d

@@ -184,13 +184,13 @@ class LookupServer:
                 try:
                     extras = KeyExtras.from_dict(json.loads(raw_extras)) if raw_extras else None
                     hit, min_retrieve, below = _answer(self._fn(req_id, tokens, extras))
-                except Exception:  # noqa: BLE001 - a failed lookup is a miss, never a crash
+                except Exception:
                     logger.exception("lookup failed; answering 0 tokens")
                     hit, min_retrieve, below = 0, 0, False
                 conn.sendall(_REPLY.pack(hit, min_retrieve, int(below)))
         except (ConnectionError, OSError):
             return
-        except Exception:  # noqa: BLE001 - the server thread never dies of one connection
+        except Exception:
             logger.exception("lookup server %s: connection failed", self.path)
             return
         finally:
@@ -278,8 +278,11 @@ class LookupClient:
     def lookup_tiers(
         self, tokens: Sequence[int], req_id: str = "", extras: KeyExtras | None = None
     ) -> tuple[int, int, bool]:
-        """The prefix (in tokens) that every worker holds, the largest min_retrieve_tokens, and
-        whether some worker's hit has a chunk listed only below its CPU tier.
+        """What every worker holds of a prompt, and from which tiers.
+
+        Returns the prefix (in tokens) that every worker holds, the largest
+        min_retrieve_tokens, and whether some worker's hit has a chunk listed only below its CPU
+        tier.
 
         Args:
             tokens: the prompt's token ids.
@@ -301,7 +304,7 @@ class LookupClient:
                     if fn is not None
                     else self._remote(rank, req_id, tokens, extras)
                 )
-            except Exception as e:  # noqa: BLE001 - a lookup that fails is a miss
+            except Exception as e:
                 if rank not in self._warned:
                     self._warned.add(rank)
                     logger.warning(
