@@ -428,7 +428,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--prompt-tokens", type=int, default=512)
     p.add_argument("--chunk-size", type=int, default=256)
     p.add_argument("--repeat", type=int, default=3, help="timed batches per row of hits")
-    p.add_argument("--miss-repeat", type=int, default=1, help="...of misses (recompute, mixed)")
+    p.add_argument("--miss-repeat", type=int, default=2, help="...of misses (recompute, mixed)")
     p.add_argument("--concurrency", type=parse_int_list, default=[1, 4, 16])
     mixed_help = "mixed-load batch sizes (default: the largest --concurrency; 0: none)"
     p.add_argument("--mixed-concurrency", type=parse_int_list, default=None, help=mixed_help)
