@@ -21,8 +21,8 @@ Goals (verdict per row): with async loads a miss's TTFT beside cold-tier hits is
 TTFT alone; a disk-tier hit loads at 0.8x or more of the raw sequential read bandwidth of the
 same chunk files (plain Python reads right after the batch: both read from the same page-cache
 state, which is warm, the files having just been written and read; nothing is dropped).
-``load_GBps`` is the KV bytes the connector loaded over the seconds its loads took (read, xxh3
-check, promotion, copy into vLLM's blocks), from the worker's own per-request log records.
+``load_GBps`` is the KV bytes the connector loaded over the seconds its loads took (``retrieve``:
+fetch, xxh3 check, copy into vLLM's blocks), from the worker's own per-request log records.
 """
 
 from __future__ import annotations
@@ -428,7 +428,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--prompt-tokens", type=int, default=512)
     p.add_argument("--chunk-size", type=int, default=256)
     p.add_argument("--repeat", type=int, default=3, help="timed batches per row of hits")
-    p.add_argument("--miss-repeat", type=int, default=2, help="...of misses (recompute, mixed)")
+    p.add_argument("--miss-repeat", type=int, default=2, help="same, recompute and mixed rows")
     p.add_argument("--concurrency", type=parse_int_list, default=[1, 4, 16])
     mixed_help = "mixed-load batch sizes (default: the largest --concurrency; 0: none)"
     p.add_argument("--mixed-concurrency", type=parse_int_list, default=None, help=mixed_help)
