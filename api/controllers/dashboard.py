@@ -1,6 +1,6 @@
-"""The dashboard: ``GET /dashboard`` and its script and style sheet (``api/dashboard/``).
+"""The dashboard: ``GET /dashboard``, its script modules and style sheet (``api/dashboard/``).
 
-The three files are a static shell that holds no data: the page reads everything through the
+The files are a static shell that holds no data: the page reads everything through the
 admin API's own endpoints, sending the API key the operator types (kept in the tab's memory).
 So the shell is served without the key (a browser cannot attach a header to a page load), and
 every data call still needs it. The files are package data, read from disk once per request;
@@ -10,12 +10,25 @@ nothing is fetched from the network and there is no build step.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from litestar import Controller, Response, get
+import anyio.to_thread
+from litestar import Controller, Request, Response, get
 from lmcache_native.api.security import PUBLIC_ROUTE_OPT
 
 DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard"
-"""Where ``index.html``, ``dashboard.js`` and ``dashboard.css`` are installed."""
+"""Where ``index.html``, the ``*.js`` modules and ``dashboard.css`` are installed."""
+
+SCRIPTS = (
+    "dashboard.js",
+    "format.js",
+    "api.js",
+    "charts.js",
+    "metrics.js",
+    "panels.js",
+    "checksum.js",
+)
+"""The page's ES modules: ``dashboard.js`` is the entry, it imports the others."""
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -52,10 +65,13 @@ class DashboardController(Controller):
         """The page (HTML)."""
         return _asset("index.html", "text/html")
 
-    @get("/dashboard.js", sync_to_thread=True, opt=_OPT)
-    def script(self) -> Response[bytes]:
-        """The page's script."""
-        return _asset("dashboard.js", "text/javascript")
+    # NOTE: async with an explicit thread, as Litestar 2.25 wraps a sync handler once per path
+    # and a handler with several paths then returns an un-awaited coroutine.
+    @get([f"/{name}" for name in SCRIPTS], opt=_OPT)
+    async def script(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+        """One of the page's script modules (only the names in ``SCRIPTS`` are routed)."""
+        name = request.url.path.rsplit("/", 1)[1]
+        return await anyio.to_thread.run_sync(_asset, name, "text/javascript")
 
     @get("/dashboard.css", sync_to_thread=True, opt=_OPT)
     def style(self) -> Response[bytes]:

@@ -14,14 +14,18 @@ import pytest
 from api_testlib import assert_error, make_config
 from litestar import Litestar
 from litestar.testing import TestClient
-from lmcache_native.api.controllers.dashboard import CONTENT_SECURITY_POLICY, DASHBOARD_DIR
+from lmcache_native.api.controllers.dashboard import (
+    CONTENT_SECURITY_POLICY,
+    DASHBOARD_DIR,
+    SCRIPTS,
+)
 from lmcache_native.api.openapi import openapi_document
 from lmcache_native.engine import CacheEngine
 
 ASSETS = {
     "/dashboard": "text/html; charset=utf-8",
-    "/dashboard/dashboard.js": "text/javascript; charset=utf-8",
     "/dashboard/dashboard.css": "text/css; charset=utf-8",
+    **{f"/dashboard/{name}": "text/javascript; charset=utf-8" for name in SCRIPTS},
 }
 KEY = "dashboard-test-key"
 
@@ -100,24 +104,39 @@ class _Page(HTMLParser):
             self.script_text += data.strip()
 
 
+def _script(name: str) -> str:
+    return (DASHBOARD_DIR / name).read_text(encoding="utf-8")
+
+
+def test_every_module_is_served_and_imported():
+    assert sorted(p.name for p in DASHBOARD_DIR.glob("*.js")) == sorted(SCRIPTS)
+    imported = {"dashboard.js"}
+    for name in SCRIPTS:
+        for target in re.findall(r'^import (?:.* from )?"([^"]+)";$', _script(name), flags=re.M):
+            assert target.startswith("./"), (name, target)
+            assert target[2:] in SCRIPTS, (name, target)
+            imported.add(target[2:])
+    assert imported == set(SCRIPTS)
+
+
 def test_page_has_no_inline_code_and_only_local_urls():
     page = _Page()
     page.feed((DASHBOARD_DIR / "index.html").read_text(encoding="utf-8"))
-    assert page.scripts == [{"src": "/dashboard/dashboard.js", "defer": None}]
+    assert page.scripts == [{"type": "module", "src": "/dashboard/dashboard.js"}]
     assert page.script_text == ""
     assert page.bad_attrs == []
     assert "<style" not in (DASHBOARD_DIR / "index.html").read_text(encoding="utf-8")
     for url in page.urls:
         assert url.startswith("/dashboard/") or url == "data:,", url
-    # Every element the script looks up exists in the page.
-    script = (DASHBOARD_DIR / "dashboard.js").read_text(encoding="utf-8")
+    # Every element the scripts look up exists in the page.
+    script = "\n".join(_script(name) for name in SCRIPTS)
     for name in set(re.findall(r'\$\("([a-z0-9-]+)"\)', script)):
         assert name in page.ids, name
 
 
-def test_script_uses_no_html_sinks_no_storage_and_no_remote_urls():
-    script = (DASHBOARD_DIR / "dashboard.js").read_text(encoding="utf-8")
-    code = re.sub(r"/\*.*?\*/", "", script, flags=re.S)  # the header comment names them
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_script_uses_no_html_sinks_no_storage_and_no_remote_urls(name):
+    code = re.sub(r"/\*.*?\*/", "", _script(name), flags=re.S)  # header comments name them
     for sink in (
         "innerHTML",
         "outerHTML",
@@ -131,6 +150,6 @@ def test_script_uses_no_html_sinks_no_storage_and_no_remote_urls():
         "indexedDB",
     ):
         assert sink not in code, sink
-    for name in ("dashboard.js", "dashboard.css", "index.html"):
-        text = (DASHBOARD_DIR / name).read_text(encoding="utf-8")
-        assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/|@import|url\(", text), name
+    for asset in (name, "dashboard.css", "index.html"):
+        text = (DASHBOARD_DIR / asset).read_text(encoding="utf-8")
+        assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/|@import|url\(", text), asset

@@ -133,7 +133,14 @@ def _public_paths(app: Litestar) -> set[str]:
 def test_every_route_and_method_requires_the_key(secured):
     # Only the dashboard's static shell (no data) is public; see test_dashboard.py.
     public = _public_paths(secured.app)
-    assert public == {"/dashboard", "/dashboard/dashboard.js", "/dashboard/dashboard.css"}
+    assert public == {
+        "/dashboard",
+        "/dashboard/dashboard.css",
+        *(
+            f"/dashboard/{name}.js"
+            for name in ("dashboard", "format", "api", "charts", "metrics", "panels", "checksum")
+        ),
+    }
     routes = [(m, p) for m, p in _routes(secured.app) if p not in public]
     assert len(routes) >= 30
     paths = {p for _, p in routes}
