@@ -233,6 +233,7 @@ SCRIPTS = (
     "bench_kv_chunk_md5.py",
     "bench_slot_ranges.py",
     "bench_engine.py",
+    "bench_connector_async.py",
     "bench_connector_lookup.py",
     "bench_connector_save.py",
     "bench_vllm_ttft.py",
@@ -308,3 +309,23 @@ def test_time_interleaved_samples_until_min_time_within_max_rounds(
     assert len(capped["slow"].samples) == 5
     plain = _util.time_interleaved(fns, warmup=0, repeat=3)
     assert len(plain["fast"].samples) == 3
+
+
+def test_connector_async_runs_both_modes_of_every_case(tmp_path: Path) -> None:
+    """The smallest run: every case in both modes, with positive forward-thread figures."""
+    from lmcache_native.bench import connector_async
+
+    out = tmp_path / "async.json"
+    small = ["--tokens", "256", "--layers", "1", "--heads", "1", "--head-size", "16"]
+    assert connector_async.main([*small, "--repeat", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    cases = ("cpu-tier load", "disk-tier load", "save")
+    assert [(r["case"], r["mode"]) for r in rows] == [
+        (c, m) for c in cases for m in ("sync", "async")
+    ]
+    for r in rows:
+        assert r["forward_ms"] > 0
+        assert r["done_ms"] >= r["forward_ms"]
+        assert r["sync/ours"] == pytest.approx(r["sync_forward_ms"] / r["forward_ms"])
+    cpu = [r for r in rows if r["case"] == "cpu-tier load"]
+    assert all(r["limit_ms"] > 0 for r in cpu)
