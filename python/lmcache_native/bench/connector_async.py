@@ -91,7 +91,7 @@ def _loads(
     name: str,
     tokens: list[int],
     blocks: list[int],
-    before: Callable[[], None],
+    before: Callable[[], object],
 ) -> dict[str, tuple[float, float]]:
     """Median (forward, done) seconds of sync and async loads of ``tokens`` into ``blocks``."""
     out: dict[str, tuple[float, float]] = {}
