@@ -15,7 +15,6 @@ import math
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -287,11 +286,13 @@ def test_time_interleaved_settles_on_cpu_only_and_runs_set_up_untimed(
     assert events == ["x", "x"]
 
 
-def test_settle_sleeps() -> None:
+def test_settle_sleeps(monkeypatch: pytest.MonkeyPatch) -> None:
     """settle() pauses for the given time (the pause is what lets spinning pools sleep)."""
-    t0 = time.perf_counter()
+    slept: list[float] = []
+    monkeypatch.setattr(_util.time, "sleep", slept.append)
     _util.settle(0.03)
-    assert time.perf_counter() - t0 >= 0.03
+    _util.settle(0.0)
+    assert slept == [0.03]
 
 
 def test_time_interleaved_samples_until_min_time_within_max_rounds(
@@ -299,12 +300,21 @@ def test_time_interleaved_samples_until_min_time_within_max_rounds(
 ) -> None:
     """Short cases get more rounds (every function ``min_time`` of samples), never past the cap."""
     monkeypatch.setattr(_util, "settle", lambda _seconds=0.0: None)
-    fns = {"fast": lambda: time.sleep(0.001), "slow": lambda: time.sleep(0.004)}
+    # A fake clock: "fast" takes 1 ms and "slow" 4 ms of it, whatever the machine does.
+    now = [0.0]
+    monkeypatch.setattr(_util.time, "perf_counter", lambda: now[0])
+
+    def advance(seconds: float) -> None:
+        now[0] += seconds
+
+    fns = {"fast": lambda: advance(0.001), "slow": lambda: advance(0.004)}
     out = _util.time_interleaved(fns, warmup=0, repeat=2, min_time=0.03)
     n = len(out["fast"].samples)
-    assert n == len(out["slow"].samples) > 2  # round-robin: one sample of each per round
-    assert sum(out["fast"].samples) >= 0.03  # the faster one decides when to stop
-    assert sum(out["fast"].samples[:-1]) < 0.03  # and it stopped at the first round past it
+    assert n == len(out["slow"].samples)  # round-robin: one sample of each per round
+    # The faster one decides when to stop: the first round where its samples reach 30 ms.
+    assert n == 30
+    assert out["fast"].samples == pytest.approx([0.001] * 30)
+    assert out["slow"].samples == pytest.approx([0.004] * 30)
     capped = _util.time_interleaved(fns, warmup=0, repeat=2, min_time=10.0, max_rounds=5)
     assert len(capped["slow"].samples) == 5
     plain = _util.time_interleaved(fns, warmup=0, repeat=3)
