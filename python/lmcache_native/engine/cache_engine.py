@@ -183,6 +183,14 @@ class CacheEngine(EngineSwitches, EngineViews):
             raise NoKVCacheError()
         return kv
 
+    def registered_kv(self) -> KVState:
+        """The registered caches: their names, the layout's views of them and the layout.
+
+        Raises:
+            NoKVCacheError: none registered.
+        """
+        return self._require_kv()
+
     @property
     def num_slots(self) -> int:
         """Slots per layer of the registered cache.

@@ -65,7 +65,7 @@ class LayerwisePipeline:
             return None
         if self._caches is None:
             # NOTE: the caches the engine registered (the detected layout's views of vLLM's).
-            kv = engine._require_kv()
+            kv = engine.registered_kv()
             self._caches = LayerCaches.of(dict(zip(kv.names, kv.caches, strict=True)), kv.layout)
         return self._caches
 
