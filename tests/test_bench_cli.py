@@ -235,6 +235,7 @@ SCRIPTS = (
     "bench_connector_async.py",
     "bench_connector_lookup.py",
     "bench_connector_save.py",
+    "bench_vllm_layerwise.py",
     "bench_vllm_ttft.py",
     "run_all.py",
 )
@@ -339,3 +340,36 @@ def test_connector_async_runs_both_modes_of_every_case(tmp_path: Path) -> None:
         assert r["sync/ours"] == pytest.approx(r["sync_forward_ms"] / r["forward_ms"])
     cpu = [r for r in rows if r["case"] == "cpu-tier load"]
     assert all(r["limit_ms"] > 0 for r in cpu)
+
+
+def test_vllm_layerwise_prints_its_table(capsys: pytest.CaptureFixture[str]) -> None:
+    """The smallest run: the header line and the three-row table of milliseconds."""
+    from lmcache_native.bench import vllm_layerwise
+
+    small = ["--tokens", "256", "--layers", "2", "--heads", "1", "--head-size", "16"]
+    assert vllm_layerwise.main([*small, "--dtype", "float32", "--repeat", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("256 tokens x 2 layers, float32, ")
+    assert lines[1:3] == ["| path | whole-forward (ms) | layer-wise (ms) |", "|---|---|---|"]
+    rows = [ln.split(" | ") for ln in lines[3:]]
+    assert [r[0] for r in rows] == [
+        "| load: forward may start after",
+        "| load: every layer in",
+        "| save: copy-out + commit",
+    ]
+    for r in rows:  # at this size a figure may print as 0.0 ms, never negative
+        assert float(r[1]) >= 0
+        assert float(r[2].split()[0]) >= 0
+    assert rows[0][2].endswith("(layer 0) |")
+    assert rows[2][2].split()[1] == "(commit"
+
+
+def test_vllm_layerwise_rejects_tokens_off_the_block_size(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from lmcache_native.bench import vllm_layerwise
+
+    with pytest.raises(SystemExit) as exc:
+        vllm_layerwise.main(["--tokens", "100"])
+    assert exc.value.code == 2
+    assert "--tokens must be a positive multiple of the block size 32" in capsys.readouterr().err
