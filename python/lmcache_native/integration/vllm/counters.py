@@ -43,45 +43,52 @@ class WorkerStats:
     delayed_frees: int = 0
 
 
+#: ``(attribute, metric name, help text)`` of each of :class:`ConnectorMetrics`' counters.
+COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("lookups", "lmcache_vllm_lookups", "Scheduler lookups answered by this worker"),
+    (
+        "lookup_tokens",
+        "lmcache_vllm_lookup_loadable_tokens",
+        "Tokens lookups reported loadable (listed in a tier's index)",
+    ),
+    ("loaded_tokens", "lmcache_vllm_loaded_tokens", "Tokens loaded into vLLM's KV cache"),
+    (
+        "load_failed_tokens",
+        "lmcache_vllm_load_failed_tokens",
+        "Planned tokens a load could not fill (reported to vLLM as invalid blocks)",
+    ),
+    ("stored_tokens", "lmcache_vllm_stored_tokens", "Tokens of vLLM's KV cache newly stored"),
+    (
+        "load_failures",
+        "lmcache_vllm_load_failures",
+        "Loads that raised (their blocks were reported to vLLM and recomputed)",
+    ),
+    (
+        "store_failures",
+        "lmcache_vllm_store_failures",
+        "Stores that raised (nothing more of that step's request was stored)",
+    ),
+)
+
+
 class ConnectorMetrics:
     """The connector's Prometheus counters, in the engine's registry (served at ``/metrics``).
+
+    One ``Counter`` per row of :data:`COUNTERS`, under the row's attribute name.
 
     Args:
         registry: the engine's ``metrics.registry``.
     """
 
+    lookups: Counter
+    lookup_tokens: Counter
+    loaded_tokens: Counter
+    load_failed_tokens: Counter
+    stored_tokens: Counter
+    load_failures: Counter
+    store_failures: Counter
+
     def __init__(self, registry: CollectorRegistry) -> None:
         """Registers the counters."""
-        self.lookups = Counter(
-            "lmcache_vllm_lookups", "Scheduler lookups answered by this worker", registry=registry
-        )
-        self.lookup_tokens = Counter(
-            "lmcache_vllm_lookup_loadable_tokens",
-            "Tokens lookups reported loadable (listed in a tier's index)",
-            registry=registry,
-        )
-        self.loaded_tokens = Counter(
-            "lmcache_vllm_loaded_tokens",
-            "Tokens loaded into vLLM's KV cache",
-            registry=registry,
-        )
-        self.load_failed_tokens = Counter(
-            "lmcache_vllm_load_failed_tokens",
-            "Planned tokens a load could not fill (reported to vLLM as invalid blocks)",
-            registry=registry,
-        )
-        self.stored_tokens = Counter(
-            "lmcache_vllm_stored_tokens",
-            "Tokens of vLLM's KV cache newly stored",
-            registry=registry,
-        )
-        self.load_failures = Counter(
-            "lmcache_vllm_load_failures",
-            "Loads that raised (their blocks were reported to vLLM and recomputed)",
-            registry=registry,
-        )
-        self.store_failures = Counter(
-            "lmcache_vllm_store_failures",
-            "Stores that raised (nothing more of that step's request was stored)",
-            registry=registry,
-        )
+        for attr, name, documentation in COUNTERS:
+            setattr(self, attr, Counter(name, documentation, registry=registry))
