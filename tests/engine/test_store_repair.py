@@ -41,8 +41,10 @@ def test_one_store_repairs_a_prefix_corrupt_on_disk(
     dst = torch.arange(128, 192)
     assert e.retrieve(TOKENS, dst).num_retrieved == 0  # chunk 0 fails its checksum: a miss
     assert not paths[0].exists()
-    # The later chunks are still listed by the disk tier (nobody read them yet)...
-    assert e.storage.backend("LocalDiskBackend").batched_contains(keys[1:]) == [True] * 3
+    # The reads ahead of chunk 0 checked the later chunks too: damaged, deleted, not loaded...
+    assert e.storage.backend("LocalDiskBackend").batched_contains(keys) == [False] * 4
+    assert not any(p.exists() for p in paths)
+    assert e.storage.backend("LocalCPUBackend").batched_contains(keys) == [False] * 4
     # ...and one store takes all four again: the CPU tier holds them, the disk copies are new.
     result = e.store(TOKENS, src)
     assert result.num_stored_tokens == 64

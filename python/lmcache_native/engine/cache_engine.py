@@ -470,6 +470,7 @@ class CacheEngine(EngineSwitches, EngineViews):
         self._config.remove_listener(self._on_config_change)
         if self._stats_thread is not None:
             self._stats_thread.stop()
+        self._transfer.close()
         self._manager.close()
 
     def __enter__(self) -> CacheEngine:

@@ -2,7 +2,8 @@
 
 A store gathers every chunk it writes in one native call (``ops.paged_kv_gather_chunks``) into
 pooled chunk buffers, then puts each into storage; a retrieve fetches the chunks of the stored
-prefix and scatters them in one native call (``ops.paged_kv_scatter_chunks``). When the
+prefix (those below the CPU tier read ahead on a few threads, :mod:`.fetch`) and scatters them
+in one native call (``ops.paged_kv_scatter_chunks``). When the
 chunk-buffer pool runs out mid-batch, the batch so far is copied and released first and the
 allocation asked again, as one chunk at a time would.
 """
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 
 from lmcache_native import ops
+from lmcache_native.engine.fetch import FetchPool, ReadAhead
 from lmcache_native.engine.keys import ChunkSpan
 from lmcache_native.engine.memory import ChunkBuffer
 from lmcache_native.engine.slots import batch_slots, padding_counts
@@ -102,6 +104,11 @@ class Transfer:
         """Copies through ``manager``'s tiers, counting into ``metrics``."""
         self._manager = manager
         self.metrics = metrics
+        self._fetch = FetchPool()  # reads ahead of retrieves, below the CPU tier
+
+    def close(self) -> None:
+        """Stops the read-ahead threads (after the reads in flight)."""
+        self._fetch.close()
 
     def allocate(self, shape: Sequence[int], dtype: torch.dtype) -> ChunkBuffer | None:
         """A pooled chunk buffer (one reference), or ``None`` when the pool has no room."""
@@ -277,24 +284,30 @@ class Transfer:
         kv, slot_mapping, spans, keys = req.kv, req.slot_mapping, req.spans, req.keys
         manager = self._manager
         pads = padding_counts(req.slots)
+        padding = [pads[s.end] - pads[s.start] == s.num_tokens for s in spans]
+        ahead = ReadAhead(
+            manager, self._fetch, [k for k, p in zip(keys, padding, strict=True) if not p]
+        )
+        failed = manager.failed_allocations
         loaded = 0
         batch: list[_LoadItem] = []
-        with _unref_on_error(batch, 1):
+        with _unref_on_error(batch, 1), contextlib.closing(ahead):
             for idx, (span, key) in enumerate(zip(spans, keys, strict=True)):
-                if pads[span.end] - pads[span.start] == span.num_tokens:
+                if padding[idx]:
                     if not manager.contains(key):
                         break
                     loaded = span.end
                     continue
-                failed = manager.failed_allocations
-                got = manager.get(key)
+                got = ahead.get(key)
                 if got is None and batch and manager.failed_allocations != failed:
-                    # NOTE: no host memory to read a lower-tier chunk into while the batch
-                    # holds buffers: load and release them first, then ask again (as one chunk
-                    # at a time would).
+                    # NOTE: no host memory to read a lower-tier chunk into while the batch and
+                    # the reads ahead hold buffers: load and release them first, then ask again
+                    # (as one chunk at a time would).
+                    ahead.close()
                     todo = batch[:]
                     batch.clear()
                     self._retrieve_batch(kv, slot_mapping, todo)
+                    failed = manager.failed_allocations
                     got = manager.get(key)
                 if got is None:
                     # NOTE: a tier may list the rest of this prefix with damaged copies too:

@@ -1,0 +1,112 @@
+"""Read-ahead of a retrieve's chunks from the tiers below the CPU tier, on a few threads.
+
+A retrieve consumes its chunks in prefix order; a chunk the CPU tier lacks costs a file read or
+a Redis GET plus its xxh3 check. :class:`ReadAhead` starts those reads on a small shared pool
+(:class:`FetchPool`) a few chunks ahead of the consumer, so the reads of one request overlap
+each other (queue depth for a disk, round trips for Redis) and the consumer's own work. Results
+come back in the consumer's order and mean exactly what ``StorageManager.get`` returns; chunks
+read ahead but never consumed (the prefix stopped earlier) are released by :meth:`ReadAhead.close`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from lmcache_native.storage import StorageManager
+from lmcache_native.storage.base import ChunkBufferLike
+
+FETCH_THREADS = 4  # reads in flight at once, over every retrieve of the engine
+WINDOW = 4  # chunks read ahead of the one being consumed (bounds the buffers held early)
+
+Fetched = tuple[ChunkBufferLike, str] | None
+
+
+class FetchPool:
+    """The engine's read-ahead threads, started on first use (again in a forked child)."""
+
+    def __init__(self, threads: int = FETCH_THREADS) -> None:
+        """A pool of ``threads`` reader threads (none started yet)."""
+        self._threads = threads
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pid = 0
+        self._closed = False
+
+    def submit(self, manager: StorageManager, key: str) -> Future[Fetched] | None:
+        """``manager.get(key)`` on a reader thread; ``None`` once the pool is closed."""
+        with self._lock:
+            if self._closed:
+                return None
+            if self._pool is None or self._pid != os.getpid():
+                # NOTE: a forked child inherits the executor but not its threads: start anew.
+                self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="lmcn-fetch")
+                self._pid = os.getpid()
+            return self._pool.submit(manager.get, key)
+
+    def close(self) -> None:
+        """Waits for the reads in flight and stops the threads. Idempotent."""
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None and self._pid == os.getpid():
+            pool.shutdown(wait=True)
+
+
+class ReadAhead:
+    """One retrieve's reads: ``get(key)`` in prefix order, lower-tier chunks read ahead.
+
+    Args:
+        manager: the tiers.
+        pool: the engine's reader threads.
+        keys: the keys the consumer will ``get``, in order (it may stop early).
+    """
+
+    def __init__(self, manager: StorageManager, pool: FetchPool, keys: Sequence[str]) -> None:
+        """Plans the reads: only keys the CPU tier lacks go to the reader threads."""
+        self._manager = manager
+        self._pool = pool
+        cpu = manager.cpu
+        in_cpu = cpu.batched_contains(keys) if cpu is not None else [False] * len(keys)
+        ahead = [k for k, hit in zip(keys, in_cpu, strict=True) if not hit]
+        # NOTE: one lower-tier chunk gains nothing from a thread hand-off.
+        self._ahead = ahead if len(ahead) > 1 else []
+        self._pos = {k: i for i, k in enumerate(self._ahead)}
+        self._next = 0
+        self._futures: dict[str, Future[Fetched]] = {}
+
+    def get(self, key: str) -> Fetched:
+        """What ``manager.get(key)`` returns, from a read started ahead when there is one."""
+        pos = self._pos.get(key)
+        if pos is not None:
+            self._submit_until(pos + WINDOW)
+            future = self._futures.pop(key, None)
+            if future is not None:
+                return future.result()
+        return self._manager.get(key)
+
+    def _submit_until(self, end: int) -> None:
+        while self._next < min(end, len(self._ahead)):
+            key = self._ahead[self._next]
+            self._next += 1
+            future = self._pool.submit(self._manager, key)
+            if future is not None:
+                self._futures[key] = future
+
+    def close(self) -> None:
+        """Stops reading ahead; waits for the reads never consumed and releases their buffers.
+
+        Later ``get`` calls read inline (a retrieve short of pool memory calls it to free what
+        was read ahead before it asks again).
+        """
+        self._ahead, self._pos = [], {}
+        futures, self._futures = self._futures, {}
+        for future in futures.values():
+            try:
+                got = future.result()
+            except Exception:  # an unconsumed read's failure changes nothing
+                continue
+            if got is not None:
+                got[0].unref()
