@@ -2,9 +2,10 @@
 
 One engine per vLLM worker. It owns the registered per-layer paged caches, the chunk-buffer
 pool, the storage tiers (through :class:`~lmcache_native.storage.StorageManager`), the chunk
-statistics and the metrics. This module keeps registration, keys, store, retrieve, lookup and
+statistics and the metrics. This module keeps registration, keys, retrieve, lookup and
 close; the rest lives beside it:
 
+* :mod:`.stores`: store, and the same store in two steps (copy out, then commit; :mod:`.staged`);
 * :mod:`.transfer`: the batched copies (``ops.paged_kv_gather_chunks`` on store,
   ``ops.paged_kv_scatter_chunks`` on retrieve) and what happens when the pool runs out;
 * :mod:`.slots`: the one slot-mapping check;
@@ -36,9 +37,10 @@ from lmcache_native.config import LMCacheEngineConfig, size_bytes
 from lmcache_native.engine.admin import EngineViews
 from lmcache_native.engine.keys import ChunkNamer, ChunkSpan, KeyExtras, tokens_to_array
 from lmcache_native.engine.memory import ChunkBufferPool
-from lmcache_native.engine.metadata import EngineMetadata, RetrieveResult, StoreResult
+from lmcache_native.engine.metadata import EngineMetadata, RetrieveResult
 from lmcache_native.engine.monitoring import start_background_threads, storage_gauges
 from lmcache_native.engine.slots import check_slot_mapping, list_to_array
+from lmcache_native.engine.stores import EngineStores
 from lmcache_native.engine.switches import EngineSwitches
 from lmcache_native.engine.transfer import CopyRequest, KVState, Transfer
 from lmcache_native.errors import NoKVCacheError
@@ -51,7 +53,7 @@ from lmcache_native.storage.factory import build_tiers
 logger = logging.getLogger(__name__)
 
 
-class CacheEngine(EngineSwitches, EngineViews):
+class CacheEngine(EngineSwitches, EngineViews, EngineStores):
     """The KV-cache engine of one worker.
 
     Args:
@@ -294,70 +296,6 @@ class CacheEngine(EngineSwitches, EngineViews):
                 ops.compress_slot_mapping(slots),
             )
         return kv, arr, slots
-
-    def store(
-        self,
-        tokens: Sequence[int] | torch.Tensor,
-        slot_mapping: torch.Tensor,
-        extras: KeyExtras | None = None,
-        *,
-        offset: int = 0,
-        prev_hash: str | None = None,
-    ) -> StoreResult:
-        """Copies the KV of ``tokens`` out of the paged cache into storage.
-
-        Chunks storage holds are skipped (see :meth:`.transfer.Transfer.store`); without a CPU
-        tier, chunks any active tier lists are skipped. The last chunk is stored only when it
-        is full or ``save_unfull_chunk`` is on. A chunk with a padding slot (-1) ends the store.
-        The call's time and speed are recorded.
-
-        Args:
-            tokens: the request's token ids, ``[num_tokens]``.
-            slot_mapping: ``[num_tokens]`` int slots of the tokens in the paged cache (any
-                device).
-            extras: salt, LoRA adapter, multimodal items, mixed into the keys.
-            offset: request position of ``tokens[0]`` (a chunk boundary) when continuing a
-                request's chain.
-            prev_hash: the hash of the chunk before ``offset``.
-
-        Returns:
-            What was stored, and why not more.
-
-        Raises:
-            NoKVCacheError: no caches registered.
-            InvalidSlotsError: a slot outside the cache.
-        """
-        t0 = time.perf_counter()
-        result = self._store(tokens, slot_mapping, extras, offset, prev_hash)
-        self.metrics.observe_op("store", time.perf_counter() - t0, result.num_stored_tokens)
-        return result
-
-    def _store(
-        self,
-        tokens: Sequence[int] | torch.Tensor,
-        slot_mapping: torch.Tensor,
-        extras: KeyExtras | None,
-        offset: int,
-        prev_hash: str | None,
-    ) -> StoreResult:
-        kv, arr, slots = self._begin_copy("store", tokens, slot_mapping)
-        n = int(arr.shape[0])
-        save_unfull = bool(self._config.get("save_unfull_chunk"))
-        spans = self._names.spans(arr, extras, offset, prev_hash, save_unfull)
-        self.statistics.record(s.chunk_hash for s in spans)
-        if not spans:
-            return StoreResult(n, 0, 0, "shorter than chunk_size" if n else None)
-        why_not = "frozen" if self._manager.frozen else self._transfer.why_not_writable()
-        if why_not is not None:
-            self.metrics.skipped_stores.labels(reason=why_not).inc(len(spans))
-            return StoreResult(n, 0, len(spans), why_not)
-        keys = self._names.keys(spans, kv.paged.dtype)
-        slot_mapping_dev = slot_mapping if isinstance(slot_mapping, torch.Tensor) else slots
-        out = self._transfer.store(CopyRequest(kv, slot_mapping_dev, slots, spans, keys))
-        reason = out.reason
-        if reason is None and not save_unfull and n % self._chunk_size != 0:
-            reason = "unfull chunk not saved"
-        return StoreResult(n, out.stored_tokens, out.skipped, reason)
 
     # -- lookup ---------------------------------------------------------------------------------
 

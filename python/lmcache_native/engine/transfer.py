@@ -1,20 +1,23 @@
 """Batched copies between vLLM's paged cache and the storage tiers, under pool pressure.
 
 A store gathers every chunk it writes in one native call (``ops.paged_kv_gather_chunks``) into
-pooled chunk buffers, then puts each into storage; a retrieve fetches the chunks of the stored
-prefix (those below the CPU tier read ahead on a few threads, :mod:`.fetch`) and scatters them
-in one native call (``ops.paged_kv_scatter_chunks``). When the
-chunk-buffer pool runs out mid-batch, the batch so far is copied and released first and the
-allocation asked again, as one chunk at a time would.
+pooled chunk buffers (``stage``), then puts each into storage (``commit``: at once, or later
+from another thread, see :mod:`.staged`); a retrieve fetches the chunks of the stored prefix
+(those below the CPU tier read ahead on a few threads, :mod:`.fetch`) and scatters them in one
+native call (``ops.paged_kv_scatter_chunks``). When the chunk-buffer pool runs out mid-batch,
+the batch so far is copied and released first and the allocation asked again, as one chunk at a
+time would.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -24,13 +27,13 @@ from lmcache_native.engine.fetch import FetchPool, ReadAhead
 from lmcache_native.engine.keys import ChunkSpan
 from lmcache_native.engine.memory import ChunkBuffer
 from lmcache_native.engine.slots import batch_slots, padding_counts
+from lmcache_native.engine.staged import PendingCopy, StagedChunk, StagedStore, StoreOutcome
 from lmcache_native.stats.metrics import EngineMetrics
 from lmcache_native.storage import StorageManager
 from lmcache_native.storage.base import ChunkBufferLike
 
 logger = logging.getLogger(__name__)
 
-_StoreItem = tuple[ChunkSpan, str, ChunkBuffer]
 _LoadItem = tuple[ChunkSpan, ChunkBufferLike, str]
 
 
@@ -43,6 +46,11 @@ def _unref_on_error(batch: list[Any], pos: int) -> Iterator[None]:
         for item in batch:
             item[pos].unref()
         raise
+
+
+def _wait_all(copies: Sequence[PendingCopy]) -> None:
+    for c in copies:
+        c.wait()
 
 
 @dataclass(frozen=True)
@@ -83,15 +91,6 @@ class CopyRequest:
     keys: Sequence[str]
 
 
-@dataclass
-class StoreOutcome:
-    """What a store wrote: tokens stored, chunks not written, and why not (first reason)."""
-
-    stored_tokens: int = 0
-    skipped: int = 0
-    reason: str | None = None
-
-
 class Transfer:
     """The store and retrieve copies of one engine.
 
@@ -105,6 +104,8 @@ class Transfer:
         self._manager = manager
         self.metrics = metrics
         self._fetch = FetchPool()  # reads ahead of retrieves, below the CPU tier
+        self._claimed: set[str] = set()  # keys staged stores are about to put
+        self._claim_lock = threading.Lock()
 
     def close(self) -> None:
         """Stops the read-ahead threads (after the reads in flight)."""
@@ -132,90 +133,179 @@ class Transfer:
     def store(self, req: CopyRequest) -> StoreOutcome:
         """Copies the chunks of ``spans`` that storage lacks out of the paged cache.
 
-        Chunks the CPU tier holds are skipped; a chunk only a lower tier lists is copied again
-        and that tier's copy rewritten (it was not loaded from there, so it may be corrupt or
-        gone). A chunk with a padding slot (-1) ends the store (its KV is not in the cache).
+        :meth:`stage` and :meth:`commit` in a row.
+        """
+        staged = StagedStore(int(req.slots.numel()))
+        self.stage(req, staged)
+        return self.commit(staged)
+
+    def stage(
+        self, req: CopyRequest, staged: StagedStore, *, copy: bool = True, blocking: bool = True
+    ) -> None:
+        """Takes a pool buffer for each chunk of ``spans`` that storage lacks, and fills them.
+
+        Chunks the CPU tier holds, or another staged store is about to put, are skipped; a
+        chunk only a lower tier lists is copied again and that tier's copy rewritten (it was
+        not loaded from there, so it may be corrupt or gone). A chunk with a padding slot (-1)
+        ends the store (its KV is not in the cache). The chunks are copied out in one native
+        gather (a CUDA one only enqueued unless ``blocking``; its handle goes to
+        ``staged.copies``); when the pool runs out mid-batch, the batch so far is copied and put
+        first and the allocation asked again, as one chunk at a time would. Without ``copy``
+        the buffers are only taken (the caller fills them, or :meth:`fill` does) and the store
+        stops where the pool runs out.
         """
         kv, slot_mapping, spans, keys = req.kv, req.slot_mapping, req.spans, req.keys
-        present, rewrite_flags = self._manager.store_plan(list(keys))
-        rewrite = {k for k, r in zip(keys, rewrite_flags, strict=True) if r}
-        out = StoreOutcome()
+        present, rewrite = self._manager.store_plan(list(keys))
+        out = staged.outcome
         pads = padding_counts(req.slots)
-        batch: list[_StoreItem] = []
-        stop: tuple[str, int] | None = None  # (reason, chunks left) when the store ends early
-        with _unref_on_error(batch, 2):
+        batch = staged.chunks
+        staged.source = req
+        try:
             for i, (span, key) in enumerate(zip(spans, keys, strict=True)):
                 if present[i]:
                     out.skipped += 1
                     continue
                 if pads[span.end] != pads[span.start]:
-                    stop = ("padding slots", len(spans) - i)
+                    staged.stop = ("padding slots", len(spans) - i)
                     break
+                if not self._claim(key):
+                    out.skipped += 1
+                    continue
                 shape = kv.chunk_shape(span.num_tokens)
                 buf = self.allocate(shape, kv.paged.dtype)
-                if buf is None and batch:
+                if buf is None and batch and copy:
                     # NOTE: the pool is full and the batch holds buffers the CPU tier cannot
                     # evict yet: store them first, then ask again (as one chunk at a time would).
                     todo = batch[:]
                     batch.clear()
-                    self._store_batch(kv, slot_mapping, todo, rewrite, out)
+                    self._guarded(todo, partial(self._gather, kv, slot_mapping, todo, True))
+                    self._put(todo, out)
                     buf = self.allocate(shape, kv.paged.dtype)
                 if buf is None:
-                    stop = ("out of memory", len(spans) - i)
+                    self._unclaim([key])
+                    staged.stop = ("out of memory", len(spans) - i)
                     break
-                batch.append((span, key, buf))
+                batch.append(StagedChunk(span, key, rewrite[i], buf))
+            if batch and copy:
+                handle = self._gather(kv, slot_mapping, batch, blocking)
+                if not blocking:
+                    staged.copies.append(handle)
+        except BaseException:
+            self.release(staged)
+            raise
+
+    def fill(self, staged: StagedStore) -> None:
+        """Copies a store staged without ``copy`` out of the paged cache (blocking)."""
+        req = staged.source
+        if req is not None and staged.chunks:
+            self._guarded(
+                staged.chunks,
+                lambda: self._gather(req.kv, req.slot_mapping, staged.chunks, True),
+                staged,
+            )
+
+    def commit(self, staged: StagedStore) -> StoreOutcome:
+        """Puts a staged store's chunks into the tiers (after its copies finished).
+
+        Each buffer reference is dropped right after its put, so the CPU tier may evict it
+        again (all are dropped on an error). Counts what was not stored and why.
+        """
+        batch, staged.chunks = staged.chunks, []
+        out = staged.outcome
         if batch:
-            self._store_batch(kv, slot_mapping, batch, rewrite, out)
+            self._guarded(batch, partial(_wait_all, staged.copies))
+            self._put(batch, out)
         skipped_stores = self.metrics.skipped_stores
-        if stop is not None:
-            out.reason = out.reason or stop[0]
-            out.skipped += stop[1]
-            skipped_stores.labels(reason=stop[0]).inc(stop[1])
+        if staged.stop is not None:
+            reason, chunks = staged.stop
+            out.reason = out.reason or reason
+            out.skipped += chunks
+            skipped_stores.labels(reason=reason).inc(chunks)
         if out.skipped and out.reason is None and out.stored_tokens == 0:
             out.reason = "already stored"
             skipped_stores.labels(reason="already stored").inc(out.skipped)
         return out
 
-    def _store_batch(
+    def release(self, staged: StagedStore) -> None:
+        """Drops a staged store that will not be committed (its buffers and claimed keys)."""
+        batch, staged.chunks = staged.chunks, []
+        self._drop(batch)
+
+    def _claim(self, key: str) -> bool:
+        """Marks ``key`` as being stored; ``False`` when another staged store has it."""
+        with self._claim_lock:
+            if key in self._claimed:
+                return False
+            self._claimed.add(key)
+            return True
+
+    def _unclaim(self, keys: Sequence[str]) -> None:
+        with self._claim_lock:
+            self._claimed.difference_update(keys)
+
+    def _drop(self, batch: Sequence[StagedChunk]) -> None:
+        """Drops ``batch``'s buffer references and the claims on its keys."""
+        for c in batch:
+            c.buf.unref()
+        self._unclaim([c.key for c in batch])
+
+    def _guarded(
+        self, batch: list[StagedChunk], run: Callable[[], object], staged: StagedStore | None = None
+    ) -> None:
+        """Runs ``run``; on an error drops ``batch`` (emptying ``staged``) and raises."""
+        try:
+            run()
+        except BaseException:
+            if staged is not None:
+                staged.chunks = []
+            self._drop(batch)
+            raise
+
+    def _gather(
         self,
         kv: KVState,
         slot_mapping: torch.Tensor,
-        batch: list[_StoreItem],
-        rewrite: set[str],
-        out: StoreOutcome,
-    ) -> None:
-        """Gathers ``batch``'s chunks in one native call and puts each into storage.
+        batch: Sequence[StagedChunk],
+        blocking: bool,
+    ) -> ops.CopyHandle:
+        """Copies ``batch``'s chunks out of the paged cache in one native call."""
+        m = self.metrics
+        t0 = time.perf_counter()
+        handle = ops.paged_kv_gather_chunks(
+            kv.caches,
+            batch_slots(slot_mapping, [c.span for c in batch]),
+            [c.buf.tensor for c in batch],
+            kv.layout,
+            blocking=blocking,
+        )
+        m.copy_seconds.labels(direction="gather").observe(time.perf_counter() - t0)
+        m.copy_bytes.labels(direction="gather").inc(sum(c.buf.nbytes for c in batch))
+        return handle
 
-        Takes over the batch's buffer references (each is dropped right after its put, so the
-        CPU tier may evict it again; all are dropped on an error). Adds to ``out``.
+    def _put(self, batch: list[StagedChunk], out: StoreOutcome) -> None:
+        """Puts each of ``batch``'s chunks into storage, dropping its buffer after its put.
+
+        Takes over the batch's buffer references and key claims (all dropped on an error).
+        Adds to ``out``.
         """
         m = self.metrics
         released = 0
         stored_tokens = stored_bytes = 0
         try:
-            t0 = time.perf_counter()
-            ops.paged_kv_gather_chunks(
-                kv.caches,
-                batch_slots(slot_mapping, [span for span, _, _ in batch]),
-                [buf.tensor for _, _, buf in batch],
-                kv.layout,
-            )
-            m.copy_seconds.labels(direction="gather").observe(time.perf_counter() - t0)
-            m.copy_bytes.labels(direction="gather").inc(sum(buf.nbytes for _, _, buf in batch))
-            for span, key, buf in batch:
-                written = self._manager.put(key, buf, rewrite=key in rewrite)
-                buf.unref()
+            for c in batch:
+                written = self._manager.put(c.key, c.buf, rewrite=c.rewrite)
+                c.buf.unref()
+                self._unclaim([c.key])
                 released += 1
                 if not written:
                     out.reason = out.reason or self.why_not_writable() or "storage full"
                     out.skipped += 1
                     m.skipped_stores.labels(reason=out.reason).inc()
                     continue
-                stored_tokens += span.num_tokens
-                stored_bytes += buf.nbytes
+                stored_tokens += c.span.num_tokens
+                stored_bytes += c.buf.nbytes
         finally:
-            for _, _, buf in batch[released:]:
-                buf.unref()
+            self._drop(batch[released:])
         if stored_tokens:
             out.stored_tokens += stored_tokens
             m.stored_tokens.inc(stored_tokens)
