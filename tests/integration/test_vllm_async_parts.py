@@ -4,14 +4,18 @@ Worker side (a real engine over vLLM-shaped CPU caches and a real disk tier): a 
 of chunks only the disk tier holds fills exactly the planned blocks and names its request once in
 ``get_finished``'s second set; one that fails names it too and reports the blocks it could not
 fill; a background store is counted once done, a request whose blocks vLLM held for it is named
-once in ``get_finished``'s first set only after its stores are done, and ``close`` finishes the
-stores still queued. Scheduler side: a hit below the CPU tier is claimed as an async load, sent
-to the workers although vLLM does not schedule the request, and a finished request with stores
-gets a delayed free that the next metadata carries.
+once in ``get_finished``'s first set once its stores are copied out, and ``close`` finishes the
+stores still queued. An async save copies its chunks out in ``wait_for_save`` (the blocks may be
+overwritten right after; the commit on the background thread stores the KV as it was), and one
+that finds the pool full skips its chunks instead of waiting. Scheduler side: a hit below the CPU
+tier is claimed as an async load, sent to the workers although vLLM does not schedule the
+request, and a finished request with stores gets a delayed free that the next metadata carries
+only where the copy may outlive ``wait_for_save`` (CUDA), not on the CPU.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,6 +34,7 @@ from lmcache_native.integration.vllm.metadata import (
     LoadSpec,
     SaveSpec,
 )
+from lmcache_native.integration.vllm.saving import copies_outlive_save
 from lmcache_native.integration.vllm.scheduler import SchedulerSide
 from lmcache_native.integration.vllm.worker import WorkerSide
 
@@ -137,6 +142,66 @@ def test_background_saves_and_delayed_free(tmp_path: Path) -> None:
     reopened.close()
 
 
+def _gate_commits(monkeypatch: pytest.MonkeyPatch, engine: CacheEngine) -> tuple[Any, list[str]]:
+    """Holds every ``commit_store`` until the returned event is set; lists the threads' names."""
+    gate, threads = threading.Event(), []
+    commit = engine.commit_store
+
+    def held(staged: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        assert gate.wait(WAIT_SECS)
+        return commit(staged)
+
+    monkeypatch.setattr(engine, "commit_store", held)
+    return gate, threads
+
+
+def test_async_save_copies_out_in_wait_for_save_and_commits_behind_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker = _worker(tmp_path, extra_config={"enable_async_saving": True})
+    engine = worker.engine
+    assert engine is not None
+    gate, threads = _gate_commits(monkeypatch, engine)
+    original = _sums(worker, 1, 192)
+    save = SaveSpec("a", PROMPT, [1, 2, 3, 4, 5, 6], num_prompt_tokens=len(PROMPT))
+    worker.wait_for_save(LMCacheNativeConnectorMetadata(saves=[save]))
+    # The copy is done: vLLM may give the blocks to another request right away.
+    for cache in engine.registered_kv().caches:
+        cache.zero_()
+    assert _sums(worker, 1, 192) != original
+    # Had vLLM held "a"'s blocks (as on CUDA), they would go back now: its commit still waits.
+    worker.wait_for_save(LMCacheNativeConnectorMetadata(delayed_free=["a"]))
+    assert worker.get_finished({"a"})[0] == {"a"}
+    assert (worker.stats.stored_tokens, worker.stats.async_saves) == (0, 0)
+    gate.set()
+    worker.wait_saves()
+    assert (worker.stats.stored_tokens, worker.stats.async_saves) == (192, 1)
+    assert threads
+    assert all(t.startswith("lmcn-save") for t in threads)
+    # What was stored is the KV as it was before the blocks were overwritten.
+    slots = torch.arange(20 * BLOCK, 20 * BLOCK + 192)
+    assert engine.retrieve(PROMPT, slots).num_retrieved == 192
+    assert _sums(worker, 20, 192) == original
+    worker.close()
+
+
+def test_async_saves_on_a_full_pool_skip_their_chunks_and_never_wait(tmp_path: Path) -> None:
+    # A pool smaller than one chunk (2 layers x 2 x 2 heads x 16 x 64 tokens x 4 bytes).
+    worker = _worker(tmp_path, extra_config={"enable_async_saving": True}, max_local_cpu_size=1e-5)
+    engine = worker.engine
+    assert engine is not None
+    save = SaveSpec("a", PROMPT, [1, 2, 3, 4, 5, 6], num_prompt_tokens=len(PROMPT))
+    worker.wait_for_save(LMCacheNativeConnectorMetadata(saves=[save]))
+    worker.wait_saves()
+    assert (worker.stats.store_requests, worker.stats.stored_tokens) == (1, 0)
+    assert worker.stats.store_failures == 0
+    label = {"reason": "out of memory"}
+    assert engine.metrics.value("lmcache_skipped_store_chunks_total", label) == 3
+    assert engine.pool.used_bytes == 0
+    worker.close()
+
+
 def _request(req_id: str, prompt: list[int]) -> SimpleNamespace:
     return SimpleNamespace(
         request_id=req_id,
@@ -174,6 +239,10 @@ def test_scheduler_plans_async_loads_and_delayed_frees(
         chunk_size=CHUNK, extra_config={"enable_async_loading": True, "enable_async_saving": True}
     )
     sched = SchedulerSide(config, "async-s", 1, BLOCK)
+    # On the CPU an async save's copy is done when wait_for_save returns: no block is held for
+    # it; the blocks are held where the copy may outlive wait_for_save (CUDA).
+    assert sched.hold_blocks is False
+    sched.hold_blocks = copies_outlive_save("cuda")
     blocks = SimpleNamespace(get_block_ids=lambda: ([1, 2, 3, 4, 5, 6, 7],))
     try:
         req = _request("a", list(range(200)))

@@ -327,3 +327,67 @@ def test_pipeline_saves_per_layer_and_reports_what_a_layerwise_load_misses() -> 
         assert _same(got[:, :, 32:], expected[:, :, 32:].contiguous())
     finally:
         worker.close()
+
+
+def test_pipeline_with_async_saves_commits_the_layer_copies_in_the_background(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    worker, caches = vt.unit_worker(
+        "layerwise-async",
+        16,
+        6,
+        max_local_cpu_size=0.01,
+        extra_config={"enable_async_saving": True},
+    )
+    engine = worker.engine
+    try:
+        assert worker.async_saving
+        gate, threads = threading.Event(), []
+        commit = engine.commit_store
+
+        def held(staged: object) -> object:
+            threads.append(threading.current_thread().name)
+            assert gate.wait(60)
+            return commit(staged)
+
+        monkeypatch.setattr(engine, "commit_store", held)
+        pipe = LayerwisePipeline(worker)
+        tokens = list(range(4000, 4192))  # 3 chunks
+        both = {"l0": caches[0], "l1": caches[1]}
+        expected = _rows(both, slot_mapping([1, 2, 3, 4, 5, 6], 32, 192))
+        # Step 1 saves two chunks layer by layer; step 2 the third, but only layer 0 is saved
+        # by the forward (its store is copied out of vLLM's cache in wait_for_save instead).
+        step1 = LMCacheNativeConnectorMetadata(
+            saves=[SaveSpec("a", tokens[:128], [1, 2, 3, 4], num_prompt_tokens=192)]
+        )
+        for name in ("l0", "l1"):
+            pipe.save_kv_layer(name, step1)
+        pipe.wait_for_save(step1)
+        step2 = LMCacheNativeConnectorMetadata(
+            saves=[
+                SaveSpec("a", tokens[128:], [5, 6], start=128, block_start=4, num_prompt_tokens=192)
+            ]
+        )
+        pipe.save_kv_layer("l0", step2)
+        pipe.wait_for_save(step2)
+        # Both steps are copied out: the caches may be overwritten before any commit ran.
+        for c in caches:
+            c.zero_()
+        assert worker.stats.stored_tokens == 0
+        gate.set()
+        worker.wait_saves()
+        assert worker.stats.stored_tokens == 192
+        assert worker.stats.async_saves == 2
+        assert len(threads) == 2
+        assert all(t.startswith("lmcn-save") for t in threads)
+        assert pipe._saver is not None
+        assert pipe._saver.layers_saved == 3
+        # Step 1's chunks came from the layer copies, step 2's from one batched gather.
+        assert engine.metrics.value("lmcache_copy_seconds_count", {"direction": "gather"}) == 1
+        dst = slot_mapping([8, 9, 10, 11, 12, 13], 32, 192)
+        assert engine.retrieve(tokens, dst).num_retrieved == 192
+        assert _same(_rows(both, dst), expected)
+        # No buffer is left behind: the pool holds the CPU tier's three chunks only.
+        assert engine.pool.used_bytes == 3 * int(engine.metadata_dict()["chunk_bytes"])
+    finally:
+        worker.close()

@@ -2,11 +2,14 @@
 
 vLLM calls ``save_kv_layer`` right after each attention layer of the forward has written its
 KV. With ``use_layerwise`` on, the connector plans the step's stores at the first such call
-(chunk hashes and keys, which chunks the hot tier already holds, a pool buffer for each chunk
-to store) and then copies every layer's rows of those chunks out of vLLM's cache as soon as
-that layer is written: one native gather of that layer alone (``ops.paged_kv_gather``) into
-layer-major rows, then one native scatter of the rows into the chunk buffers' layer views.
-``wait_for_save`` only puts the filled buffers into the tiers. Chunk keys, chunk buffers
+(``CacheEngine.stage_store`` without its copy: chunk keys, which chunks storage lacks, a pool
+buffer for each) and then copies every layer's rows of those chunks out of vLLM's cache as soon
+as that layer is written: one native gather of that layer alone (``ops.paged_kv_gather``) into
+layer-major rows, then one native scatter of the rows into the chunk buffers' layer views. On
+CUDA the gather is only enqueued (``blocking=False``) and the scatter waits for the commit.
+``wait_for_save`` commits the filled buffers (``CacheEngine.commit_store``, the same commit as a
+whole-forward store), on the forward thread or, with ``enable_async_saving``, on the background
+save thread. Chunk keys, chunk buffers
 (``[num_kv, num_layers, num_tokens, row]``) and checksums are the same in both modes, so a
 prefix stored layer-wise loads with ``use_layerwise`` off and the reverse.
 
@@ -16,7 +19,7 @@ Layer-wise loads are in :mod:`.layerwise_load`.
 from __future__ import annotations
 
 import logging
-import time
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -24,9 +27,9 @@ import torch
 
 from lmcache_native import ops
 from lmcache_native.engine import CacheEngine
-from lmcache_native.engine.keys import ChunkSpan, KeyExtras
+from lmcache_native.engine.keys import KeyExtras
 from lmcache_native.engine.metadata import StoreResult
-from lmcache_native.storage.base import ChunkBufferLike
+from lmcache_native.engine.staged import StagedStore
 
 logger = logging.getLogger("lmcache_native.integration.vllm")
 
@@ -151,19 +154,6 @@ class StoreJob:
 
 
 @dataclass
-class _Planned:
-    """A job's chunks, decided (and their buffers taken) before the forward writes them."""
-
-    num_spans: int
-    reason: str | None  # why nothing at all is stored (frozen, short), else None
-    todo: list[tuple[ChunkSpan, str, bool, ChunkBufferLike]] = field(default_factory=list)
-    # (span, key, rewrite, its chunk buffer) of each chunk to store
-    skipped: int = 0  # chunks the hot tier holds
-    stop: str | None = None  # why the chunks after ``todo`` are not stored
-    stopped: int = 0  # chunks not stored for ``stop``
-
-
-@dataclass
 class _Group:
     """The step's chunks of one token count, filled together one layer at a time."""
 
@@ -173,15 +163,81 @@ class _Group:
     rows: torch.Tensor | None = None  # [num_layers, num_kv, len(bufs) * num_tokens, row]
     slot_map: torch.Tensor | None = None
 
+    def relayout(self, caches: LayerCaches, layer: int) -> None:
+        """Scatters ``layer``'s copied-out rows into the chunk buffers' layer views (CPU)."""
+        assert self.rows is not None  # set by ``LayerwiseSaver.begin``
+        views, layout = caches.chunk_layer_views(self.bufs, layer)
+        chunk = self.rows[layer].view(caches.paged.num_kv, len(self.bufs), self.num_tokens, -1)
+        ops.paged_kv_scatter(chunk, views, torch.arange(self.num_tokens), layout)
+
+
+class _StepCopies:
+    """A step's per-layer copies out of a CUDA cache, still in flight (a ``PendingCopy``).
+
+    Each layer's copy into the staging rows is only enqueued (``blocking=False``);
+    :meth:`wait`, called by the commit of the step's first store just before the puts read
+    the chunk buffers, waits for them and lays the rows out into the buffers, then gives the
+    staging buffer back for a later step.
+    """
+
+    def __init__(self, caches: LayerCaches, staging: Staging, free: list[Staging]) -> None:
+        """No copies yet; ``staging`` goes back to ``free`` once they are done."""
+        self._caches = caches
+        self._staging = staging
+        self._free = free
+        self._pending: list[tuple[ops.CopyHandle, _Group, int]] = []
+        self._lock = threading.Lock()
+        self._finished = False
+        self._error: BaseException | None = None
+        self.taken = False  # a staged store commits after :meth:`wait`
+
+    def add(self, handle: ops.CopyHandle, group: _Group, layer: int) -> None:
+        """A layer's copy of ``group`` in flight."""
+        self._pending.append((handle, group, layer))
+
+    @property
+    def pending(self) -> bool:
+        """Whether copies were added and not waited for."""
+        return bool(self._pending)
+
+    def done(self) -> bool:
+        """Whether every copy out of vLLM's cache finished (never blocks)."""
+        return all(h.done() for h, _, _ in self._pending)
+
+    def wait(self, relayout: bool = True) -> None:
+        """Waits for the copies and (``relayout``) fills the chunk buffers; once.
+
+        Raises:
+            IndexError: a bad slot (every later call raises it again).
+        """
+        with self._lock:
+            if not self._finished:
+                self._finished = True
+                pending, self._pending = self._pending, []
+                try:
+                    for handle, group, layer in pending:
+                        handle.wait()
+                        if relayout:
+                            group.relayout(self._caches, layer)
+                except BaseException as e:
+                    self._error = e
+                finally:
+                    self._free.append(self._staging)
+        if self._error is not None:
+            raise self._error
+
 
 class LayerwiseSaver:
     """Copies a step's chunks to store out of vLLM's cache layer by layer, commits them after.
 
     One saver per worker; one step at a time: :meth:`begin` (before the first layer is saved)
-    plans the step and takes a pool buffer for each chunk to store, :meth:`save_layer` copies
-    that layer of every planned chunk into its buffer (a native gather out of vLLM's cache into
-    layer-major rows, then a native scatter into the buffers' layer views), :meth:`store` puts
-    a job's filled buffers into the tiers, :meth:`end` lets unused buffers go.
+    stages the step's stores (``CacheEngine.stage_store`` without a copy: keys, the chunks
+    storage lacks, a pool buffer for each), :meth:`save_layer` copies that layer of every
+    staged chunk into its buffer (a native gather out of vLLM's cache into layer-major rows,
+    then a native scatter into the buffers' layer views; on CUDA the gather is only enqueued
+    and the scatter waits for the commit), :meth:`take` hands a job's staged store over for
+    ``CacheEngine.commit_store`` (now, or on another thread), :meth:`store` does both, and
+    :meth:`end` lets the buffers of stores not taken go.
 
     Args:
         engine: the worker's engine (keys, tiers, metrics).
@@ -192,10 +248,12 @@ class LayerwiseSaver:
         """A saver with no step begun."""
         self.engine = engine
         self.caches = caches
-        self._plans: dict[int, _Planned] = {}  # id(job) -> plan
+        self._staged: dict[int, StagedStore] = {}  # id(job) -> its staged store
         self._jobs: list[StoreJob] = []  # keeps the ids above valid
         self._groups: list[_Group] = []
-        self._buffer = Staging(caches)
+        # Staging rows not in use; a step whose CUDA copies are in flight holds its own.
+        self._free: list[Staging] = []
+        self._step: _StepCopies | None = None
         self._captured: list[bool] = []
         self.layers_saved = 0  # layers copied out (tests, logs)
 
@@ -215,150 +273,118 @@ class LayerwiseSaver:
         return sum(len(g.bufs) * g.num_tokens for g in self._groups)
 
     def begin(self, jobs: Sequence[StoreJob]) -> None:
-        """Plans ``jobs``: which chunks each stores (hot-tier hits and padding are left out).
+        """Stages ``jobs``: which chunks each stores (stored chunks and padding are left out).
 
-        Nothing is copied yet; :meth:`save_layer` copies each layer of the planned chunks.
+        Nothing is copied yet; :meth:`save_layer` copies each layer of the staged chunks.
         """
         self.end()
+        eng = self.engine
         groups: dict[int, _Group] = {}
-        for job in jobs:
-            plan = self._plan(job)
-            for span, _, _, buf in plan.todo:
-                g = groups.setdefault(span.num_tokens, _Group(span.num_tokens))
-                g.bufs.append(buf.tensor)
-                g.slots.append(job.slots[span.start : span.end])
-            self._plans[id(job)] = plan
         self._jobs = list(jobs)
+        for job in jobs:
+            staged = eng.stage_store(
+                job.tokens,
+                job.slots,
+                job.extras,
+                offset=job.offset,
+                prev_hash=job.prev_hash,
+                copy=False,
+            )
+            self._staged[id(job)] = staged
+            for c in staged.chunks:
+                g = groups.setdefault(c.span.num_tokens, _Group(c.span.num_tokens))
+                g.bufs.append(c.buf.tensor)
+                g.slots.append(job.slots[c.span.start : c.span.end])
         self._groups = list(groups.values())
         p = self.caches.paged
+        staging = self._free.pop() if self._free else Staging(self.caches)
+        self._step = _StepCopies(self.caches, staging, self._free)
         per_token = p.num_layers * p.num_kv * p.row_elems
-        total = sum(len(g.bufs) * g.num_tokens for g in self._groups)
-        flat = self._buffer.flat(total * per_token)
+        flat = staging.flat(self.planned_tokens * per_token)
         offset = 0
         for g in self._groups:
             n = len(g.bufs) * g.num_tokens
             g.rows = flat[offset : offset + n * per_token].view(
                 p.num_layers, p.num_kv, n, p.row_elems
             )
-            g.slot_map = torch.cat(g.slots)
+            # NOTE: on CUDA the slots go to the device once, not with every layer's copy.
+            g.slot_map = torch.cat(g.slots).to(p.device)
             offset += n * per_token
         self._captured = [False] * self.caches.num_layers
 
-    def _plan(self, job: StoreJob) -> _Planned:
-        eng = self.engine
-        n = len(job.tokens)
-        spans = eng.chunk_spans(job.tokens, job.extras, job.offset, job.prev_hash)
-        eng.statistics.record(s.chunk_hash for s in spans)
-        if not spans:
-            return _Planned(0, "shorter than chunk_size" if n else None)
-        storage = eng.storage
-        if storage.frozen:
-            return _Planned(len(spans), "frozen")
-        keys = eng.span_keys(spans)
-        skip, rewrite = storage.store_plan(keys)
-        plan = _Planned(len(spans), None)
-        pad = (job.slots < 0).tolist()
-        paged = self.caches.paged
-        for i, (span, key) in enumerate(zip(spans, keys, strict=True)):
-            if skip[i]:
-                plan.skipped += 1
-                continue
-            stop = "padding slots" if any(pad[span.start : span.end]) else None
-            buf = None
-            if stop is None:
-                buf = storage.allocate(paged.chunk_shape(span.num_tokens), paged.dtype)
-                stop = "out of memory" if buf is None else None
-            if buf is None:
-                plan.stop, plan.stopped = stop, len(spans) - i
-                break
-            plan.todo.append((span, key, rewrite[i], buf))
-        return plan
-
     def save_layer(self, layer_name: str) -> bool:
-        """Copies ``layer_name``'s rows of the planned chunks out of vLLM's cache.
+        """Copies ``layer_name``'s rows of the staged chunks out of vLLM's cache.
+
+        On the CPU the rows are in the chunk buffers when it returns; on CUDA the copy is
+        only enqueued on the current stream and the commit finishes it (:class:`_StepCopies`).
 
         Returns:
             Whether the layer belongs to the step (an unknown layer, or no step begun: no-op).
         """
         i = self.caches.index.get(layer_name)
-        if i is None or not self._captured:
+        step = self._step
+        if i is None or not self._captured or step is None:
             return False
         c = self.caches
         for g in self._groups:
             assert g.rows is not None  # set by begin
             assert g.slot_map is not None
-            ops.paged_kv_gather([c.caches[i]], g.slot_map, g.rows[i].unsqueeze(1), c.layout)
-            views, layout = c.chunk_layer_views(g.bufs, i)
-            chunk = g.rows[i].view(c.paged.num_kv, len(g.bufs), g.num_tokens, -1)
-            ops.paged_kv_scatter(chunk, views, torch.arange(g.num_tokens), layout)
+            handle = ops.paged_kv_gather(
+                [c.caches[i]], g.slot_map, g.rows[i].unsqueeze(1), c.layout, blocking=False
+            )
+            if c.paged.device.type == "cpu":
+                g.relayout(c, i)
+            else:
+                step.add(handle, g, i)
         self._captured[i] = True
         self.layers_saved += 1
         return True
 
-    def store(self, job: StoreJob) -> StoreResult:
-        """Stores ``job`` like ``CacheEngine.store`` would, from the copied-out layers.
+    def take(self, job: StoreJob) -> StagedStore:
+        """``job``'s staged store, for ``CacheEngine.commit_store`` (now or on another thread).
 
-        A job that was not planned by :meth:`begin`, or a step whose forward did not save every
-        layer, is stored by ``CacheEngine.store`` from vLLM's cache (the same chunks).
+        Its copies out of vLLM's cache may still be in flight on CUDA (``copy_done``). A job
+        that was not staged by :meth:`begin` is staged now, and one of a step whose forward
+        did not save every layer is copied out of vLLM's cache now (the same chunks).
         """
         eng = self.engine
-        plan = self._plans.pop(id(job), None)
-        if plan is None or not self.complete:
-            if plan is not None:
-                for *_, buf in plan.todo:
-                    buf.unref()
-            return eng.store(
-                job.tokens, job.slots, job.extras, offset=job.offset, prev_hash=job.prev_hash
+        staged = self._staged.pop(id(job), None)
+        if staged is None:
+            return eng.stage_store(
+                job.tokens,
+                job.slots,
+                job.extras,
+                offset=job.offset,
+                prev_hash=job.prev_hash,
+                blocking=False,
             )
-        t0 = time.perf_counter()
-        eng.metrics.requests.labels(op="store").inc()
-        result = self._commit(job, plan)
-        eng.metrics.observe_op("store", time.perf_counter() - t0, result.num_stored_tokens)
-        return result
+        step = self._step
+        if not self.complete:
+            eng.fill_store(staged)
+        elif staged.chunks:
+            nbytes = sum(b.nbytes for b in staged.buffers)
+            eng.metrics.copy_bytes.labels(direction="gather").inc(nbytes)
+            if step is not None and step.pending:
+                step.taken = True
+                staged.copies.append(step)
+        return staged
 
-    def _commit(self, job: StoreJob, plan: _Planned) -> StoreResult:
-        eng = self.engine
-        n = len(job.tokens)
-        m = eng.metrics
-        if plan.reason is not None:
-            if plan.num_spans:
-                m.skipped_stores.labels(reason=plan.reason).inc(plan.num_spans)
-            return StoreResult(n, 0, plan.num_spans, plan.reason)
-        stored = nbytes = 0
-        skipped = plan.skipped + plan.stopped
-        reason: str | None = None
-        try:
-            for span, key, rewrite, buf in plan.todo:
-                if eng.storage.put(key, buf, rewrite=rewrite):
-                    stored += span.num_tokens
-                    nbytes += buf.nbytes
-                else:
-                    reason = reason or "storage full"
-                    skipped += 1
-                    m.skipped_stores.labels(reason="storage full").inc()
-        finally:
-            for *_, buf in plan.todo:
-                buf.unref()
-        if stored:
-            m.stored_tokens.inc(stored)
-            m.stored_bytes.inc(nbytes)
-            m.copy_bytes.labels(direction="gather").inc(nbytes)
-        if plan.stop is not None:
-            reason = reason or plan.stop
-            m.skipped_stores.labels(reason=plan.stop).inc(plan.stopped)
-        if plan.skipped and reason is None and stored == 0:
-            reason = "already stored"
-            m.skipped_stores.labels(reason=reason).inc(plan.skipped)
-        if reason is None and not eng.config.get("save_unfull_chunk") and n % eng.chunk_size:
-            reason = "unfull chunk not saved"
-        return StoreResult(n, stored, skipped, reason)
+    def store(self, job: StoreJob) -> StoreResult:
+        """Stores ``job`` like ``CacheEngine.store`` would, from the copied-out layers."""
+        return self.engine.commit_store(self.take(job))
 
     def end(self) -> None:
-        """Forgets the step (plans, and the buffers of chunks not stored)."""
-        for plan in self._plans.values():
-            for *_, buf in plan.todo:
-                buf.unref()
-        self._plans.clear()
+        """Forgets the step (the buffers of stores not taken go back to the pool)."""
+        for staged in self._staged.values():
+            self.engine.release_store(staged)
+        self._staged.clear()
+        step, self._step = self._step, None
+        if step is not None and not step.taken:
+            # NOTE: copies nobody commits may still write the staging rows: wait before reuse.
+            try:
+                step.wait(relayout=False)
+            except Exception as e:  # a bad slot: the stores were dropped anyway
+                logger.debug("layer-wise save: a dropped copy failed: %r", e)
         self._jobs = []
         self._groups = []
         self._captured = []

@@ -12,8 +12,9 @@ that onto the worker side:
   asked for), the loads are counted and what they could not fill is reported, as before.
 - The first ``save_kv_layer`` of a step plans the step's saves (the request states advance as in
   ``wait_for_save``) and each call copies that layer out (:class:`~.layerwise.LayerwiseSaver`);
-  ``wait_for_save`` stores the planned saves from the copied layers. A step in which no layer
-  was saved stores the whole-forward way.
+  ``wait_for_save`` commits the planned saves from the copied layers, on the forward thread or
+  (``enable_async_saving``) on the background save thread. A step in which no layer was saved
+  stores the whole-forward way.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from lmcache_native.engine.metadata import StoreResult
@@ -190,10 +192,11 @@ class LayerwisePipeline:
         return planned
 
     def wait_for_save(self, meta: LMCacheNativeConnectorMetadata) -> None:
-        """Stores this step's saves from the copied layers (whole-forward when none was).
+        """Commits this step's saves from the copied layers (whole-forward when none was).
 
-        Layer-wise stores are committed here, on the forward thread (the copies out of vLLM's
-        blocks are done; the tiers below the CPU write in the background as always).
+        The copies out of vLLM's blocks are done (or, on CUDA, enqueued): each store's filled
+        buffers are committed (``CacheEngine.commit_store``) here, on the forward thread, or
+        with ``enable_async_saving`` on the background save thread.
         """
         self.finish_loads()
         planned, self._planned = self._planned, None
@@ -205,18 +208,30 @@ class LayerwisePipeline:
         saver = self._saver
         try:
             for p, job in planned:
-
-                def store(*_args: Any, _job: StoreJob = job, **_kw: Any) -> StoreResult:
-                    assert saver is not None  # planned saves have a saver
-                    return saver.store(_job)
-
                 try:
-                    w._store_planned(p, store)
+                    self._save(p, job, saver)
                 except Exception as e:  # a lost store is only a later miss
                     w._failed("store", e)
         finally:
             if saver is not None:
                 saver.end()
+
+    def _save(self, p: PlannedSave, job: StoreJob, saver: LayerwiseSaver | None) -> None:
+        """Commits ``p`` (staged as ``job``) now, or hands its commit to the background."""
+        w = self.worker
+        if saver is None:  # planning failed: stored from vLLM's cache
+            if w.async_saving:
+                w._stage_planned(p)
+            else:
+                w._store_planned(p)
+        elif w.async_saving:
+            w._stage_planned(p, partial(saver.take, job))
+        else:
+
+            def store(*_args: Any, **_kw: Any) -> StoreResult:
+                return saver.store(job)
+
+            w._store_planned(p, store)
 
     def close(self) -> None:
         """Waits for a load still running (its counts and reports are kept)."""

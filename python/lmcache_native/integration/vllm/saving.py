@@ -5,14 +5,16 @@ chunk-hash chain (:class:`SaveState`) and hands the engine only what is new sinc
 last full stored chunk, so a request's saves cost what they add. A failed store is counted
 (``lmcache_vllm_store_failures_total``) and logged once per cause, never raised.
 
-With ``enable_async_saving`` (see :mod:`.modes`), ``wait_for_save`` only plans each store (the
-request's state, its slots, the chain hash of its new chunks) and hands it to one background
-thread, in order: the copy out of vLLM's blocks, the chunk keys, checksums, the CPU tier and the
-disk and Redis writes run there. The blocks stay valid meanwhile: a finished request's are held
-by vLLM until :meth:`SavePath.finished_sending` names it (delayed free), a preempted request's
-stores are waited for by :meth:`SavePath.wait_saves` before the forward that may reuse them, and
-a running request's stored positions are never rewritten. Counts, logs and KV events of a
-background store are taken on the forward thread once it is done; ``close`` waits for all.
+With ``enable_async_saving`` (see :mod:`.modes`), ``wait_for_save`` copies each store's chunks
+out of vLLM's blocks into pool buffers (``CacheEngine.stage_store``: the chunk keys, which
+chunks storage lacks, one native gather) and hands the commit (``CacheEngine.commit_store``:
+checksums, the CPU tier, the disk and Redis writes) to one background thread, in order. On the
+CPU the copy is done when ``wait_for_save`` returns, so vLLM may reuse the blocks at once. On
+CUDA the copy is only enqueued on the forward's stream; until it is done a finished request's
+blocks are held by vLLM (delayed free: :meth:`SavePath.finished_sending` names it once its
+copies are done) and a preempted request's stores are waited for by :meth:`SavePath.wait_saves`
+before the forward that may reuse them. Counts, logs and KV events of a background store are
+taken on the forward thread once it is done; ``close`` waits for all.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from lmcache_native.engine.metadata import StoreResult
+from lmcache_native.engine.staged import StagedStore
 from lmcache_native.integration.vllm.events import StoreWatch
 from lmcache_native.integration.vllm.metadata import (
     LMCacheNativeConnectorMetadata,
@@ -55,6 +58,7 @@ class PlannedSave:
         full_end: end of the last full chunk (``n`` rounded down to ``chunk_size``).
         next_hash: the chain hash at ``full_end`` once stored.
         prev_hash: the chain hash at ``begin`` (``None`` at 0).
+        staged: with async saves, the store copied out of vLLM's blocks, to commit.
     """
 
     req_id: str
@@ -66,6 +70,7 @@ class PlannedSave:
     full_end: int
     next_hash: str | None
     prev_hash: str | None = None
+    staged: StagedStore | None = None
 
 
 @dataclass
@@ -107,14 +112,59 @@ class SavePath(WorkerState):
         if not self.async_saving:
             self._store_planned(planned)
             return
+        self._stage_planned(planned)
+
+    def _stage_planned(
+        self, p: PlannedSave, stage: Callable[[], StagedStore] | None = None
+    ) -> None:
+        """Copies ``p``'s chunks out of vLLM's blocks now; commits them in the background.
+
+        ``stage`` stages the store (default: ``CacheEngine.stage_store`` of ``p``, a CUDA copy
+        only enqueued).
+        """
+        engine = self.engine
+        assert engine is not None
         # The chain moves on now: the next step's plan continues from it (a store that fails
         # later leaves a gap, a later miss, never a wrong key).
-        st = planned.state
-        st.hashed_upto, st.prev_hash = max(planned.begin, planned.full_end), planned.next_hash
+        st = p.state
+        st.hashed_upto, st.prev_hash = max(p.begin, p.full_end), p.next_hash
+        watch = self._watch(p)
+        t0 = time.perf_counter()
+        if stage is None:
+            staged = engine.stage_store(
+                p.tokens, p.slots, st.extras, offset=p.begin, prev_hash=p.prev_hash, blocking=False
+            )
+        else:
+            staged = stage()
+        p.staged = staged
+        seconds = time.perf_counter() - t0
         if self._save_pool is None:
             self._save_pool = ThreadPoolExecutor(1, thread_name_prefix="lmcn-save")
-        ready = _step_done(self._device)
-        self._save_jobs.append((planned, self._save_pool.submit(self._run_store, planned, ready)))
+        try:
+            future = self._save_pool.submit(self._commit_staged, p, seconds, watch)
+        except BaseException:
+            engine.release_store(staged)
+            raise
+        self._save_jobs.append((p, future))
+
+    def _commit_staged(
+        self, p: PlannedSave, seconds: float, watch: StoreWatch | None
+    ) -> _StoreDone:
+        """Commits ``p``'s staged store (on the background thread)."""
+        engine = self.engine
+        assert engine is not None
+        assert p.staged is not None
+        t0 = time.perf_counter()
+        result = engine.commit_store(p.staged)
+        return _StoreDone(p, result, seconds + time.perf_counter() - t0, watch)
+
+    def _watch(self, p: PlannedSave) -> StoreWatch | None:
+        """Before ``p``'s store: which of its chunks the store tier holds (KV events only)."""
+        engine = self.engine
+        assert engine is not None
+        if not self.events_enabled:
+            return None
+        return self.kv_events.watch(engine, p.tokens, p.state.extras, p.begin, p.prev_hash)
 
     def _plan_save(self, spec: SaveSpec, save_decode: bool) -> PlannedSave | None:
         """Applies ``spec`` to the request's state; what to store now (``None``: nothing)."""
@@ -160,29 +210,16 @@ class SavePath(WorkerState):
 
     def _store_planned(self, p: PlannedSave, store: StoreFn | None = None) -> None:
         """Stores what :meth:`_plan_save` planned (through ``store``, default the engine's)."""
-        done = self._run_store(p, None, store)
-        p.state.hashed_upto, p.state.prev_hash = max(p.begin, p.full_end), p.next_hash
-        self._account_store(done)
-
-    def _run_store(
-        self, p: PlannedSave, ready: torch.cuda.Event | None = None, store: StoreFn | None = None
-    ) -> _StoreDone:
-        """Runs ``p``'s store (on the forward thread, or the background one after ``ready``)."""
         engine = self.engine
         assert engine is not None
-        if ready is not None:
-            ready.synchronize()  # the forward that wrote these blocks is done
-        extras = p.state.extras
-        watch = (
-            self.kv_events.watch(engine, p.tokens, extras, p.begin, p.prev_hash)
-            if self.events_enabled
-            else None
-        )
+        watch = self._watch(p)
         t0 = time.perf_counter()
         result = (store or engine.store)(
-            p.tokens, p.slots, extras, offset=p.begin, prev_hash=p.prev_hash
+            p.tokens, p.slots, p.state.extras, offset=p.begin, prev_hash=p.prev_hash
         )
-        return _StoreDone(p, result, time.perf_counter() - t0, watch)
+        done = _StoreDone(p, result, time.perf_counter() - t0, watch)
+        p.state.hashed_upto, p.state.prev_hash = max(p.begin, p.full_end), p.next_hash
+        self._account_store(done)
 
     def _account_store(self, done: _StoreDone) -> None:
         """Counts, reports and logs a store that ran (on the forward thread)."""
@@ -212,14 +249,15 @@ class SavePath(WorkerState):
         self._save_jobs = pending
 
     def finished_sending(self) -> set[str]:
-        """Requests whose blocks vLLM held for their stores, now all done (each named once).
+        """Requests whose blocks vLLM held for their stores, now copied out (each named once).
 
-        For ``get_finished``'s first set.
+        For ``get_finished``'s first set. A store whose copy out of vLLM's blocks is done no
+        longer needs them, even while its commit still runs.
         """
         self.finished_saves()
         if not self._sending:
             return set()
-        busy = {planned.req_id for planned, _ in self._save_jobs}
+        busy = {p.req_id for p, _ in self._save_jobs if not _copied(p)}
         done = self._sending - busy
         self._sending -= done
         self.stats.delayed_frees += len(done)
@@ -241,10 +279,22 @@ class SavePath(WorkerState):
             self._save_pool = None
 
 
-def _step_done(device: torch.device) -> torch.cuda.Event | None:
-    """On CUDA, an event after the work queued so far on the current stream (the forward)."""
-    if device.type != "cuda":
-        return None
-    event = torch.cuda.Event()  # type: ignore[no-untyped-call]
-    event.record(torch.cuda.current_stream(device))
-    return event
+def _copied(p: PlannedSave) -> bool:
+    """Whether ``p``'s store no longer reads vLLM's blocks (its copy out of them is done)."""
+    return p.staged is not None and p.staged.copy_done()
+
+
+def copies_outlive_save(device_type: str | None = None) -> bool:
+    """Whether an async save's copy out of vLLM's blocks may still run after ``wait_for_save``.
+
+    Only on CUDA (the copy is enqueued on the forward's stream); then a finished request's
+    blocks are held by vLLM until the copy is done (delayed free). ``device_type`` defaults to
+    vLLM's platform's.
+    """
+    if device_type is None:
+        try:
+            from vllm.platforms import current_platform
+        except ImportError:  # not inside vLLM
+            return False
+        device_type = str(current_platform.device_type)
+    return device_type == "cuda"

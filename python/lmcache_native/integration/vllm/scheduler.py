@@ -30,6 +30,7 @@ from lmcache_native.integration.vllm.metadata import (
     SaveSpec,
 )
 from lmcache_native.integration.vllm.modes import ASYNC_LOADING, ASYNC_SAVING, enabled
+from lmcache_native.integration.vllm.saving import copies_outlive_save
 from lmcache_native.integration.vllm.stats import LMCacheNativeStats
 
 if TYPE_CHECKING:
@@ -153,6 +154,8 @@ class SchedulerSide:
         # Asynchronous modes (see :mod:`.modes`).
         self.async_loading = loads and enabled(config, ASYNC_LOADING)
         self.async_saving = saves and enabled(config, ASYNC_SAVING)
+        # Blocks are held for async saves only where their copy may outlive ``wait_for_save``.
+        self.hold_blocks = self.async_saving and copies_outlive_save()
         self._async_loading: set[str] = set()  # requests vLLM holds for a background load
         self._pending_loads: list[_Tracker] = []  # background loads for the next metadata
         self._delayed: list[str] = []  # finished requests whose blocks wait for their stores
@@ -432,7 +435,7 @@ class SchedulerSide:
         meta.released, self._released = self._released, []
         meta.delayed_free, self._delayed = self._delayed, []
         preempted = (
-            getattr(scheduler_output, "preempted_req_ids", None) if self.async_saving else None
+            getattr(scheduler_output, "preempted_req_ids", None) if self.hold_blocks else None
         )
         meta.preempted = sorted(preempted or ())
 
@@ -459,15 +462,16 @@ class SchedulerSide:
 
         Returns:
             Whether vLLM must keep its blocks until the workers report its stores done (with
-            ``enable_async_saving``, for a request that had stores; never for one vLLM holds
-            for a background load, whose blocks vLLM frees once that load is reported).
+            ``enable_async_saving`` on CUDA, where their copy may outlive ``wait_for_save``, for
+            a request that had stores; never for one vLLM holds for a background load, whose
+            blocks vLLM frees once that load is reported).
         """
         req_id = request.request_id
         tracker = self._trackers.pop(req_id, None)
         self._plans.pop(req_id, None)
         self._release(req_id)
         delay = (
-            self.async_saving
+            self.hold_blocks
             and tracker is not None
             and tracker.saved_upto > 0
             and req_id not in self._async_loading
