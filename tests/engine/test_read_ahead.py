@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -106,3 +107,52 @@ def test_a_forked_child_starts_its_own_reader_threads(
         os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def _disk_and_cpu(make_engine: MakeEngine, tmp_path: Path, seed: int) -> object:
+    e = make_engine(random_cache(seed), local_disk=str(tmp_path / "disk"))
+    assert e.store(TOKENS, torch.arange(64)).num_stored_tokens == 64
+    assert e.flush(timeout=30)
+    e.clear(["LocalCPUBackend"])
+    return e
+
+
+def test_prefetch_promotes_the_chunks_into_the_cpu_tier(
+    make_engine: MakeEngine, tmp_path: Path
+) -> None:
+    e = _disk_and_cpu(make_engine, tmp_path, 46)
+    keys = e.chunk_keys(TOKENS)
+    cpu = e.storage.backend("LocalCPUBackend")
+    assert e.prefetch(TOKENS, start=20) == 3  # chunk 0 ends at 16: vLLM holds it
+    deadline = time.monotonic() + 30
+    while cpu.batched_contains(keys) != [False, True, True, True]:  # the reads run meanwhile
+        assert time.monotonic() < deadline, cpu.batched_contains(keys)
+        time.sleep(0.01)
+
+
+def test_a_retrieve_waits_for_a_prefetch_instead_of_reading_again(
+    make_engine: MakeEngine, tmp_path: Path
+) -> None:
+    e = _disk_and_cpu(make_engine, tmp_path, 47)
+    reads = _spy_reader_threads(e)
+    assert e.prefetch(TOKENS) == 4
+    dst = torch.arange(128, 192)
+    assert e.retrieve(TOKENS, dst).num_retrieved == 64
+    assert len(reads) == 4  # each chunk read from disk once
+    cache = dict(zip(e.registered_kv().names, e.registered_kv().caches, strict=True))
+    assert same_bytes(read_rows(cache, dst), read_rows(cache, torch.arange(64)))
+
+
+def test_prefetch_without_a_cpu_tier_to_keep_reads_starts_nothing(
+    make_engine: MakeEngine, tmp_path: Path
+) -> None:
+    e, _ = _disk_only(make_engine, tmp_path, 48)
+    assert e.prefetch(TOKENS) == 0
+    e2 = _disk_and_cpu(make_engine, tmp_path / "b", 49)
+    e2.set_hot_cache(False)
+    assert e2.prefetch(TOKENS) == 0
+    e2.set_hot_cache(True)
+    assert not e2.bypass_add("LocalCPUBackend")  # (it was not bypassed before)
+    assert e2.prefetch(TOKENS) == 0
+    assert e2.bypass_remove("LocalCPUBackend")
+    assert e2.prefetch(TOKENS) == 4

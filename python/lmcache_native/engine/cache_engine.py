@@ -340,6 +340,21 @@ class CacheEngine(EngineSwitches, EngineViews, EngineStores):
         n, spans, keys = self._lookup_keys(tokens, extras)
         return self._lookup_done(t0, n, spans, self._transfer.lookup_held(keys, held))
 
+    def prefetch(
+        self, tokens: Sequence[int] | torch.Tensor, extras: KeyExtras | None = None, start: int = 0
+    ) -> int:
+        """Starts reading the chunks of ``tokens`` past ``start`` up into the CPU tier; no wait.
+
+        For loads about to happen one after another (the requests of one vLLM step): their
+        disk reads and Redis GETs run at once on the reader threads, and each
+        :meth:`retrieve` waits for a read started here instead of repeating it. Chunks the
+        CPU tier holds, and all chunks while it is off, bypassed or not keeping reads, are
+        left alone. Returns how many reads were started.
+        """
+        arr = tokens_to_array(list_to_array(tokens))
+        spans = [s for s in self._names.spans(arr, extras) if s.end > start]
+        return self._transfer.promote(self._names.keys(spans, self._key_dtype()))
+
     def retrieve(
         self,
         tokens: Sequence[int] | torch.Tensor,

@@ -111,6 +111,10 @@ class Transfer:
         """Stops the read-ahead threads (after the reads in flight)."""
         self._fetch.close()
 
+    def promote(self, keys: Sequence[str]) -> int:
+        """Starts reading ``keys`` into the CPU tier on the reader threads (see :mod:`.fetch`)."""
+        return self._fetch.promote(self._manager, keys)
+
     def allocate(self, shape: Sequence[int], dtype: torch.dtype) -> ChunkBuffer | None:
         """A pooled chunk buffer (one reference), or ``None`` when the pool has no room."""
         return self._manager.allocate(shape, dtype)  # type: ignore[return-value]
