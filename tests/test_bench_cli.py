@@ -340,6 +340,9 @@ def test_connector_async_runs_both_modes_of_every_case(tmp_path: Path) -> None:
         assert r["sync/ours"] == pytest.approx(r["sync_forward_ms"] / r["forward_ms"])
     cpu = [r for r in rows if r["case"] == "cpu-tier load"]
     assert all(r["limit_ms"] > 0 for r in cpu)
+    # A save's forward-thread time stands next to a memcpy of the same bytes.
+    saves = [r for r in rows if r["case"] == "save"]
+    assert all(r["limit/forward"] == pytest.approx(r["limit_ms"] / r["forward_ms"]) for r in saves)
 
 
 def test_vllm_layerwise_prints_its_table(capsys: pytest.CaptureFixture[str]) -> None:
