@@ -24,6 +24,7 @@ import torch
 
 from lmcache_native import ops
 from lmcache_native.engine.fetch import FetchPool, ReadAhead
+from lmcache_native.engine.inflight import InFlightCopies
 from lmcache_native.engine.keys import ChunkSpan
 from lmcache_native.engine.memory import ChunkBuffer
 from lmcache_native.engine.slots import batch_slots, padding_counts
@@ -104,12 +105,14 @@ class Transfer:
         self._manager = manager
         self.metrics = metrics
         self._fetch = FetchPool()  # reads ahead of retrieves, below the CPU tier
+        self._inflight = InFlightCopies()  # buffers CUDA scatters still read
         self._claimed: set[str] = set()  # keys staged stores are about to put
         self._claim_lock = threading.Lock()
 
     def close(self) -> None:
-        """Stops the read-ahead threads (after the reads in flight)."""
+        """Stops the read-ahead threads (after the reads in flight); waits for the scatters."""
         self._fetch.close()
+        self._inflight.reap(wait=True)
 
     def promote(self, keys: Sequence[str]) -> int:
         """Starts reading ``keys`` into the CPU tier on the reader threads (see :mod:`.fetch`)."""
@@ -382,6 +385,7 @@ class Transfer:
         ahead = ReadAhead(
             manager, self._fetch, [k for k, p in zip(keys, padding, strict=True) if not p]
         )
+        self._inflight.reap()
         failed = manager.failed_allocations
         loaded = 0
         batch: list[_LoadItem] = []
@@ -393,14 +397,17 @@ class Transfer:
                     loaded = span.end
                     continue
                 got = ahead.get(key)
-                if got is None and batch and manager.failed_allocations != failed:
-                    # NOTE: no host memory to read a lower-tier chunk into while the batch and
-                    # the reads ahead hold buffers: load and release them first, then ask again
-                    # (as one chunk at a time would).
+                held = batch or self._inflight.pending()
+                if got is None and held and manager.failed_allocations != failed:
+                    # NOTE: no host memory to read a lower-tier chunk into while the batch, the
+                    # reads ahead and earlier scatters hold buffers: load and release them
+                    # first, then ask again (as one chunk at a time would).
                     ahead.close()
                     todo = batch[:]
                     batch.clear()
-                    self._retrieve_batch(kv, slot_mapping, todo)
+                    if todo:
+                        self._retrieve_batch(kv, slot_mapping, todo)
+                    self._inflight.reap(wait=True)
                     failed = manager.failed_allocations
                     got = manager.get(key)
                 if got is None:
@@ -445,20 +452,27 @@ class Transfer:
     ) -> None:
         """Scatters ``batch``'s chunks into their slots in one native call.
 
-        Drops the batch's buffer references (also on an error) and counts the hits per tier.
+        Drops the batch's buffer references (on an error at once; after a CUDA copy once it has
+        run, see :mod:`.inflight`) and counts the hits per tier.
         """
+        bufs = [buf for _, buf, _ in batch]
         try:
             t0 = time.perf_counter()
-            ops.paged_kv_scatter_chunks(
-                [buf.tensor for _, buf, _ in batch],
+            handle = ops.paged_kv_scatter_chunks(
+                [buf.tensor for buf in bufs],
                 kv.caches,
                 batch_slots(slot_mapping, [span for span, _, _ in batch]),
                 kv.layout,
+                blocking=False,  # enqueued on the caller's stream: nothing reads it before
             )
-            self.metrics.copy_seconds.labels(direction="scatter").observe(time.perf_counter() - t0)
-        finally:
-            for _, buf, _ in batch:
+            if handle.done():  # a CPU copy (a CUDA one's enqueue time is not its copy time)
+                seconds = time.perf_counter() - t0
+                self.metrics.copy_seconds.labels(direction="scatter").observe(seconds)
+        except BaseException:
+            for buf in bufs:
                 buf.unref()
+            raise
+        self._inflight.add(handle, bufs)
         per_tier: dict[str, list[int]] = {}  # tier -> [chunks, tokens, bytes]
         for span, buf, tier in batch:
             acc = per_tier.setdefault(tier, [0, 0, 0])
