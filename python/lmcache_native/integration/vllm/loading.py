@@ -9,14 +9,18 @@ A load planned ``async_load`` (see :mod:`.modes`) runs on a background thread in
 reads or Redis GETs, their verification and the copy into the request's blocks (which vLLM does
 not touch while the request waits for them). :meth:`LoadPath.finished_loads`, called from
 ``get_finished`` on the forward thread, collects the loads that are done, counts them, reports
-what they could not fill and names their requests for vLLM's ``finished_recving``.
+what they could not fill and names their requests for vLLM's ``finished_recving``. In a step
+without a forward, :meth:`LoadPath.wait_for_loads` first waits a moment (without the GIL) for one
+of them to finish: vLLM's idle engine loop would otherwise run step after step and hold the GIL
+the loads need between their native calls (see :mod:`.modes`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 
 import torch
 
@@ -125,6 +129,24 @@ class LoadPath(WorkerState):
             self._fail_load_raised(spec)
             return
         self._async_loads[spec.req_id] = (spec, future)
+
+    def wait_for_loads(self, timeout: float) -> bool:
+        """Waits up to ``timeout`` seconds until a background load is done (GIL released).
+
+        Returns at once when none is running or one is done already.
+
+        Returns:
+            Whether a background load is done (to be collected by :meth:`finished_loads`).
+        """
+        running = []
+        for _, future in self._async_loads.values():
+            if future is None or future.done():
+                return True
+            running.append(future)
+        if not running or timeout <= 0:
+            return False
+        done, _ = wait_futures(running, timeout, FIRST_COMPLETED)
+        return bool(done)
 
     def finished_loads(self) -> set[str]:
         """Requests whose background loads are done (each named once), for ``finished_recving``.

@@ -126,6 +126,8 @@ class LMCacheNativeConnectorMetadata(KVConnectorMetadata):
             stores done (``get_finished``'s first set).
         preempted: requests vLLM preempted this step (their blocks may be reused by its
             forward, so their background stores must finish before it).
+        idle: vLLM scheduled no tokens this step (no forward runs): the workers may wait a
+            moment for a background load before they answer ``get_finished``.
     """
 
     loads: list[LoadSpec] = field(default_factory=list)
@@ -133,3 +135,4 @@ class LMCacheNativeConnectorMetadata(KVConnectorMetadata):
     released: list[str] = field(default_factory=list)
     delayed_free: list[str] = field(default_factory=list)
     preempted: list[str] = field(default_factory=list)
+    idle: bool = False

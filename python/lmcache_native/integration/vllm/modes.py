@@ -4,6 +4,11 @@
 only below the CPU tier (disk, Redis, ``fs://``) is loaded in the background; vLLM parks the
 request (``WAITING_FOR_REMOTE_KVS``) until the worker reports it loaded. A hit the CPU tier holds
 whole loads synchronously before the forward (a memory copy: faster than a scheduler round trip).
+While vLLM has nothing to compute its engine loop turns around at once, step after step; in such a
+step (no tokens scheduled) the worker waits, without the GIL, up to ``async_load_idle_wait_ms``
+(``extra_config``, default 5; 0 turns it off) for a background load to finish before it answers
+``get_finished``, so the idle loop does not take the GIL from the loads it waits for, and a load
+that finishes is reported in that step. A step that runs a forward never waits.
 
 ``enable_async_saving`` (default off): ``wait_for_save`` hands a step's stores to a background
 thread (hashing, copy out of vLLM's blocks, checksums, disk and Redis writes) and returns. A
@@ -22,6 +27,9 @@ from lmcache_native.config import CONFIG_DEFINITIONS, LMCacheEngineConfig
 
 ASYNC_LOADING = "enable_async_loading"
 ASYNC_SAVING = "enable_async_saving"
+IDLE_WAIT = "async_load_idle_wait_ms"
+IDLE_WAIT_DEFAULT_MS = 5.0
+_IDLE_WAIT_MAX_MS = 1000.0
 
 
 def enabled(config: LMCacheEngineConfig, name: str) -> bool:
@@ -32,3 +40,22 @@ def enabled(config: LMCacheEngineConfig, name: str) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes", "on")
     return bool(value)
+
+
+def idle_wait_secs(config: LMCacheEngineConfig) -> float:
+    """Seconds an idle step waits for a background load (``async_load_idle_wait_ms``).
+
+    Raises:
+        ValueError: the value is not a number of milliseconds from 0 to 1000.
+    """
+    value = config.extra(IDLE_WAIT, IDLE_WAIT_DEFAULT_MS)
+    try:
+        ms = float(value)
+    except (TypeError, ValueError):
+        ms = -1.0
+    if isinstance(value, bool) or not 0.0 <= ms <= _IDLE_WAIT_MAX_MS:
+        raise ValueError(
+            f"extra_config.{IDLE_WAIT} must be a number of milliseconds from 0 to "
+            f"{_IDLE_WAIT_MAX_MS:g} (got {value!r})"
+        )
+    return ms / 1e3

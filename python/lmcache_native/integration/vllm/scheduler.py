@@ -374,10 +374,14 @@ class SchedulerSide:
     def build_connector_meta(
         self, scheduler_output: SchedulerOutput
     ) -> LMCacheNativeConnectorMetadata:
-        """This step's loads and saves; clears the step's load plans."""
-        meta = LMCacheNativeConnectorMetadata()
-        self._building = meta
+        """This step's loads and saves; clears the step's load plans.
+
+        A step that schedules no tokens is marked ``idle``: no forward runs, so the workers may
+        wait a moment for a background load (see :mod:`.modes`).
+        """
         scheduled = scheduler_output.num_scheduled_tokens
+        meta = LMCacheNativeConnectorMetadata(idle=not any(scheduled.values()))
+        self._building = meta
 
         def visit(req_id: str, computed_before: int) -> None:
             tracker = self._trackers.get(req_id)

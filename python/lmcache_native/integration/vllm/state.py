@@ -22,7 +22,12 @@ from lmcache_native.engine.keys import KeyExtras
 from lmcache_native.integration.vllm.counters import ConnectorMetrics, WorkerStats
 from lmcache_native.integration.vllm.events import KVEventLog
 from lmcache_native.integration.vllm.metadata import LoadSpec
-from lmcache_native.integration.vllm.modes import ASYNC_SAVING, enabled
+from lmcache_native.integration.vllm.modes import (
+    ASYNC_LOADING,
+    ASYNC_SAVING,
+    enabled,
+    idle_wait_secs,
+)
 from lmcache_native.integration.vllm.stats import LMCacheNativeStats
 from lmcache_native.storage.base import ChunkBufferLike
 
@@ -117,6 +122,11 @@ class WorkerState:
         self._async_loads: dict[str, tuple[LoadSpec, Future[tuple[int, float] | None] | None]]
         self._async_loads = {}
         self._load_pool: ThreadPoolExecutor | None = None
+        # How long ``get_finished`` of a step without a forward waits for a background load,
+        # and whether this step is one (told by ``wait_for_save``'s metadata, used once).
+        async_loading = loads and enabled(config, ASYNC_LOADING)
+        self.idle_wait = idle_wait_secs(config) if async_loading else 0.0
+        self._idle_step = False
         # Background stores (see :mod:`.saving`), in order, and the finished requests whose
         # blocks vLLM holds until their stores are done.
         self.async_saving = saves and enabled(config, ASYNC_SAVING)

@@ -12,7 +12,10 @@ found stay referenced, so eviction skips them until the request's load, ``reques
 failed load because the chunks were evicted in between.
 
 Loads run in ``start_load_kv`` (:mod:`.loading`), which vLLM calls before the forward of a step
-that has loads; saves run in ``wait_for_save`` (:mod:`.saving`) after the forward. No exception
+that has loads; saves run in ``wait_for_save`` (:mod:`.saving`) after the forward. In a step
+without a forward ``get_finished`` first waits a moment for a background load (see
+:mod:`.modes`); ``wait_for_save``, which vLLM calls in every step just before it, tells it from the
+step's metadata (``idle``). No exception
 of a load or a store leaves the worker side: a failed load is reported as blocks to recompute, a
 failed store is counted and logged once per cause. KV events come from :mod:`.events`.
 """
@@ -39,6 +42,7 @@ from lmcache_native.integration.vllm.geometry import (
 from lmcache_native.integration.vllm.layout import UnsupportedLayoutError, detect_layout
 from lmcache_native.integration.vllm.loading import LoadPath
 from lmcache_native.integration.vllm.lookup import LookupServer
+from lmcache_native.integration.vllm.metadata import LMCacheNativeConnectorMetadata
 from lmcache_native.integration.vllm.saving import SavePath
 from lmcache_native.integration.vllm.state import unref_all
 from lmcache_native.integration.vllm.stats import LMCacheNativeKVEvents, LMCacheNativeStats
@@ -241,13 +245,26 @@ class WorkerSide(LoadPath, SavePath):
         for req_id in finished_req_ids:
             self._saves.pop(req_id, None)
 
+    def wait_for_save(self, meta: LMCacheNativeConnectorMetadata) -> None:
+        """Stores what this step computed (see :mod:`.saving`); notes whether it ran a forward.
+
+        vLLM calls it in every step, with or without a forward, before ``get_finished``.
+        """
+        self._idle_step = meta.idle
+        super().wait_for_save(meta)
+
     def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str], set[str]]:
         """Forgets finished requests; returns (held blocks to free, loads done) by request.
 
         The first set names finished requests whose held blocks vLLM may free now, the second
-        requests whose background loads are done; each request is named once.
+        requests whose background loads are done; each request is named once. In a step
+        without a forward it first waits up to ``idle_wait`` seconds for a background load to
+        finish, and names it then.
         """
         self.finished(finished_req_ids)
+        idle, self._idle_step = self._idle_step, False
+        if idle and self.idle_wait > 0:
+            self.wait_for_loads(self.idle_wait)
         return self.finished_sending(), self.finished_loads()
 
     def _drain(self) -> None:
