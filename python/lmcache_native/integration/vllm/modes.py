@@ -10,11 +10,13 @@ step (no tokens scheduled) the worker waits, without the GIL, up to ``async_load
 ``get_finished``, so the idle loop does not take the GIL from the loads it waits for, and a load
 that finishes is reported in that step. A step that runs a forward never waits.
 
-``enable_async_saving`` (default off): ``wait_for_save`` hands a step's stores to a background
-thread (hashing, copy out of vLLM's blocks, checksums, disk and Redis writes) and returns. A
-finished request's blocks stay allocated until its stores are done (``request_finished`` returns
-delayed free, the worker reports it in ``get_finished``); a preempted request's stores are
-finished before the next forward may overwrite its blocks (``handle_preemptions``).
+``enable_async_saving`` (default off): ``wait_for_save`` copies a step's stores out of vLLM's
+blocks into pool buffers (the only synchronous part) and hands their commit (checksums, the CPU
+tier, disk and Redis writes) to a background thread. On the CPU the copy is done when it
+returns, so vLLM may reuse the blocks at once. On CUDA the copy is only enqueued on the forward's
+stream: a finished request's blocks stay allocated until it is done (``request_finished``
+returns delayed free, the worker reports it in ``get_finished``), and a preempted request's
+stores are finished before the next forward may overwrite its blocks (``handle_preemptions``).
 
 Either key can be given as an engine config key (YAML, ``LMCACHE_ENABLE_ASYNC_LOADING``,
 ``lmcache.``-prefixed ``kv_connector_extra_config``) where the engine defines it, or in
