@@ -81,6 +81,7 @@ class LoadPath(WorkerState):
             self.fail_loads(meta.loads)
             self.release([s.req_id for s in meta.loads if not s.async_load])
             return
+        self._prefetch([s for s in meta.loads if not s.async_load][1:])
         for spec in meta.loads:
             if spec.async_load:
                 self._start_async(spec)
@@ -92,6 +93,22 @@ class LoadPath(WorkerState):
                 self._fail_load_raised(spec)
             finally:
                 self.release([spec.req_id])
+
+    def _prefetch(self, specs: list[LoadSpec]) -> None:
+        """Starts the disk reads and Redis GETs of this step's later loads now (a hint).
+
+        The loads run one after another, so without it the reads of the second request
+        would wait for the first request's copy; each load then takes its chunks from the CPU
+        tier, or waits for the read started here. What fails is reported by the load itself.
+        """
+        assert self.engine is not None
+        for spec in specs:
+            if len(spec.token_ids) < spec.end:
+                continue  # no plan to load (see ``_retrieve``)
+            try:
+                self.engine.prefetch(spec.token_ids[: spec.end], spec.extras, spec.start)
+            except Exception as e:  # the load reports it
+                logger.debug("LMCacheNativeConnector: prefetch of %s: %s", spec.req_id, e)
 
     def _fail_load(self, spec: LoadSpec, first_missing: int) -> None:
         if first_missing >= spec.end:

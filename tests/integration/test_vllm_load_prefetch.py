@@ -1,0 +1,111 @@
+"""The worker starts the lower-tier reads of a step's later synchronous loads before the first.
+
+A real engine over vLLM-shaped CPU caches and a real disk tier, no vLLM engine: two requests
+whose prompts only the disk tier holds load in one step. The second request's disk reads are
+started before the first request loads; both land exactly the stored KV, and no chunk is read
+from disk twice.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("vllm")
+
+from lmcache_native.config import LMCacheEngineConfig
+from lmcache_native.engine import CacheEngine, EngineMetadata, transfer
+from lmcache_native.integration.vllm.metadata import (
+    LMCacheNativeConnectorMetadata,
+    LoadSpec,
+    SaveSpec,
+)
+from lmcache_native.integration.vllm.worker import WorkerSide
+
+pytestmark = pytest.mark.vllm
+
+NUM_BLOCKS, HEADS, BLOCK, HEAD, CHUNK = 40, 2, 32, 16, 64
+PROMPTS = {"a": list(range(1000, 1192)), "b": list(range(3000, 3192))}  # 3 chunks each
+
+
+def _worker(tmp_path: Path) -> WorkerSide:
+    config = LMCacheEngineConfig.from_defaults(
+        chunk_size=CHUNK, local_disk=str(tmp_path / "disk"), max_local_disk_size=0.1
+    )
+    gen = torch.Generator().manual_seed(11)
+    caches = [torch.randn(NUM_BLOCKS, HEADS, BLOCK, 2 * HEAD, generator=gen) for _ in range(2)]
+    vllm_config = SimpleNamespace(cache_config=SimpleNamespace(block_size=BLOCK))
+    worker = WorkerSide(vllm_config, None, config, "prefetch", rank=0, world_size=1)  # type: ignore[arg-type]
+    engine = CacheEngine(config, EngineMetadata(model_name="m"))
+    engine.register_kv_caches({"l0": caches[0], "l1": caches[1]}, "vllm_cpu")
+    worker.engine = engine
+    return worker
+
+
+def _sums(engine: CacheEngine, first_block: int, n: int) -> Any:
+    start = first_block * BLOCK
+    return engine.kv_checksums(torch.arange(start, start + n), n, False)
+
+
+def test_later_loads_of_a_step_start_their_disk_reads_before_the_first_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker = _worker(tmp_path)
+    engine = worker.engine
+    assert engine is not None
+    saves = [
+        SaveSpec("sa", PROMPTS["a"], [1, 2, 3, 4, 5, 6], num_prompt_tokens=192),
+        SaveSpec("sb", PROMPTS["b"], [7, 8, 9, 10, 11, 12], num_prompt_tokens=192),
+    ]
+    worker.wait_for_save(LMCacheNativeConnectorMetadata(saves=saves))
+    assert engine.flush(timeout=30)
+    engine.clear(["LocalCPUBackend"])
+    owner = {k: name for name, p in PROMPTS.items() for k in engine.chunk_keys(p)}
+
+    events: list[str] = []
+    lock = threading.Lock()
+    disk = engine.storage.backend("LocalDiskBackend")
+    real_get, real_scatter = disk.get, transfer.ops.paged_kv_scatter_chunks
+
+    def get(key: str) -> Any:
+        with lock:
+            events.append(f"read {owner[key]}")
+        return real_get(key)
+
+    def scatter(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            events.append("copy")
+        return real_scatter(*args, **kwargs)
+
+    def prefetch(tokens: Any, *args: Any) -> int:
+        with lock:
+            events.append(f"prefetch {owner[engine.chunk_keys(tokens)[0]]}")
+        return real_prefetch(tokens, *args)
+
+    real_prefetch = engine.prefetch
+    monkeypatch.setattr(disk, "get", get)
+    monkeypatch.setattr(transfer.ops, "paged_kv_scatter_chunks", scatter)
+    monkeypatch.setattr(engine, "prefetch", prefetch)
+    loads = [
+        LoadSpec("ra", PROMPTS["a"], [20, 21, 22, 23, 24, 25], start=0, end=191),
+        LoadSpec("rb", PROMPTS["b"], [30, 31, 32, 33, 34, 35], start=0, end=191),
+    ]
+    worker.start_load_kv(LMCacheNativeConnectorMetadata(loads=loads))
+
+    assert worker.take_load_errors() == set()
+    assert worker.stats.loaded_tokens == 2 * 191
+    assert _sums(engine, 20, 191) == _sums(engine, 1, 191)
+    assert _sums(engine, 30, 191) == _sums(engine, 7, 191)
+    # b's reads were started before a's copy (the first request's reads go on meanwhile)...
+    assert events[0] == "prefetch b", events
+    assert events.count("prefetch b") == 1, events
+    assert "prefetch a" not in events, events
+    # ...and each chunk was read from disk once: b's load took them from the CPU tier.
+    reads = sorted(e for e in events if e.startswith("read"))
+    assert reads == ["read a"] * 3 + ["read b"] * 3, events
+    worker.close()
