@@ -30,14 +30,7 @@ FULL = 192  # tokens of the 3 full chunks of a 200-token prompt
 
 
 def _config(disk: Path, async_saving: bool) -> dict[str, Any]:
-    return {
-        "chunk_size": vt.CHUNK_SIZE,
-        "max_local_cpu_size": 0.05,
-        "local_disk": str(disk),
-        "max_local_disk_size": 0.2,
-        "use_layerwise": True,
-        "enable_async_saving": async_saving,
-    }
+    return vt.disk_tier_config(disk, use_layerwise=True, enable_async_saving=async_saving)
 
 
 def _run(model: str, disk: Path, async_saving: bool) -> dict[str, Any]:

@@ -31,13 +31,7 @@ FULL = 192  # tokens of the 3 full chunks of a 200-token prompt
 
 
 def _config(disk: Path, layerwise: bool) -> dict[str, Any]:
-    return {
-        "chunk_size": vt.CHUNK_SIZE,
-        "max_local_cpu_size": 0.05,
-        "local_disk": str(disk),
-        "max_local_disk_size": 0.2,
-        "use_layerwise": layerwise,
-    }
+    return vt.disk_tier_config(disk, use_layerwise=layerwise)
 
 
 def _run(model: str, disk: Path, layerwise: bool, prompts: dict[str, list[int]]) -> dict[str, Any]:

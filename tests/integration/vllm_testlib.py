@@ -395,3 +395,14 @@ def record_save_threads(engine: Any) -> dict[str, list[str]]:
 
     engine.stage_store, engine.commit_store = staged, committed
     return seen
+
+
+def disk_tier_config(disk: Path, **extra: Any) -> dict[str, Any]:
+    """Connector config: a 0.05 GB CPU tier over a 0.2 GB disk tier at ``disk``, and ``extra``."""
+    return {
+        "chunk_size": CHUNK_SIZE,
+        "max_local_cpu_size": 0.05,
+        "local_disk": str(disk),
+        "max_local_disk_size": 0.2,
+        **extra,
+    }

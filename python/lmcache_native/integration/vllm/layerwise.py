@@ -152,6 +152,20 @@ class StoreJob:
     offset: int = 0
     prev_hash: str | None = None
 
+    def stage(
+        self, engine: CacheEngine, *, copy: bool = True, blocking: bool = True
+    ) -> StagedStore:
+        """``engine.stage_store`` of this job (``copy`` and ``blocking`` as there)."""
+        return engine.stage_store(
+            self.tokens,
+            self.slots,
+            self.extras,
+            offset=self.offset,
+            prev_hash=self.prev_hash,
+            copy=copy,
+            blocking=blocking,
+        )
+
 
 @dataclass
 class _Group:
@@ -282,14 +296,7 @@ class LayerwiseSaver:
         groups: dict[int, _Group] = {}
         self._jobs = list(jobs)
         for job in jobs:
-            staged = eng.stage_store(
-                job.tokens,
-                job.slots,
-                job.extras,
-                offset=job.offset,
-                prev_hash=job.prev_hash,
-                copy=False,
-            )
+            staged = job.stage(eng, copy=False)
             self._staged[id(job)] = staged
             for c in staged.chunks:
                 g = groups.setdefault(c.span.num_tokens, _Group(c.span.num_tokens))
@@ -350,14 +357,7 @@ class LayerwiseSaver:
         eng = self.engine
         staged = self._staged.pop(id(job), None)
         if staged is None:
-            return eng.stage_store(
-                job.tokens,
-                job.slots,
-                job.extras,
-                offset=job.offset,
-                prev_hash=job.prev_hash,
-                blocking=False,
-            )
+            return job.stage(eng, blocking=False)
         step = self._step
         if not self.complete:
             eng.fill_store(staged)
