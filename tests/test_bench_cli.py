@@ -330,7 +330,7 @@ def test_connector_async_runs_both_modes_of_every_case(tmp_path: Path) -> None:
     small = ["--tokens", "256", "--layers", "1", "--heads", "1", "--head-size", "16"]
     assert connector_async.main([*small, "--repeat", "1", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
-    cases = ("cpu-tier load", "disk-tier load", "save")
+    cases = ("cpu-tier load", "disk-tier load", "save", "save, warm pool")
     assert [(r["case"], r["mode"]) for r in rows] == [
         (c, m) for c in cases for m in ("sync", "async")
     ]
@@ -341,7 +341,7 @@ def test_connector_async_runs_both_modes_of_every_case(tmp_path: Path) -> None:
     cpu = [r for r in rows if r["case"] == "cpu-tier load"]
     assert all(r["limit_ms"] > 0 for r in cpu)
     # A save's forward-thread time stands next to a memcpy of the same bytes.
-    saves = [r for r in rows if r["case"] == "save"]
+    saves = [r for r in rows if r["case"].startswith("save")]
     assert all(r["limit/forward"] == pytest.approx(r["limit_ms"] / r["forward_ms"]) for r in saves)
 
 
