@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import tempfile
 import time
@@ -141,6 +142,8 @@ def _save_once(
     stored = worker.stats.stored_tokens - stored
     if not flushed or stored != args.tokens:
         raise RuntimeError(f"save: stored {stored} of {args.tokens} tokens")
+    # NOTE: the kernel writes the files back later; done here, not during the next save's copy.
+    os.sync()
     return t1 - t0, t2 - t0
 
 
@@ -165,7 +168,9 @@ def _saves(
             _save_once(warm_worker, args, blocks, args.repeat)  # faults the pool's memory in
             warm_workers[mode] = warm_worker
         for i in range(args.repeat):
-            for mode, extra in modes.items():
+            # NOTE: the order alternates, so neither mode always runs right after the other.
+            order = list(modes.items()) if i % 2 == 0 else list(modes.items())[::-1]
+            for mode, extra in order:
                 worker = warm_workers.get(mode)
                 if worker is not None:
                     engine = worker.engine
