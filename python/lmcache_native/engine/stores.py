@@ -6,8 +6,9 @@ tiers. ``stage_store`` does the first half only (chunk keys, which chunks storag
 buffer for each, one native gather into them) and returns a
 :class:`~lmcache_native.engine.staged.StagedStore`; once it returns, the paged cache may be
 overwritten (a CUDA copy made with ``blocking=False``: once ``copy_done()``).
-``commit_store`` puts the staged chunks into the tiers (checksums, the CPU tier, the queued disk
-and remote writes, metrics), from any thread; ``release_store`` drops a staged store instead.
+``commit_store`` puts the staged chunks into the tiers (the CPU tier; the disk and remote
+writes are queued to the tiers' writer thread, which checksums them) and counts them, from any
+thread; ``release_store`` drops a staged store instead.
 Keys staged and not yet committed are skipped by other stores, so two stores of one prefix
 copy it once.
 """

@@ -11,12 +11,13 @@ step (no tokens scheduled) the worker waits, without the GIL, up to ``async_load
 that finishes is reported in that step. A step that runs a forward never waits.
 
 ``enable_async_saving`` (default off): ``wait_for_save`` copies a step's stores out of vLLM's
-blocks into pool buffers (the only synchronous part) and hands their commit (checksums, the CPU
-tier, disk and Redis writes) to a background thread. On the CPU the copy is done when it
-returns, so vLLM may reuse the blocks at once. On CUDA the copy is only enqueued on the forward's
-stream: a finished request's blocks stay allocated until it is done (``request_finished``
-returns delayed free, the worker reports it in ``get_finished``), and a preempted request's
-stores are finished before the next forward may overwrite its blocks (``handle_preemptions``).
+blocks into pool buffers (the only synchronous part) and hands their commit (the tier puts;
+disk and Redis writes go on to the tiers' writer thread) to a background thread. On the CPU the
+copy is done when it returns, so vLLM may reuse the blocks at once. On CUDA the copy is only
+enqueued on the forward's stream: a finished request's blocks stay allocated until it is done
+(``request_finished`` returns delayed free, the worker reports it in ``get_finished``), and a
+preempted request's stores are finished before the next forward may overwrite its blocks
+(``handle_preemptions``).
 
 Either key can be given as an engine config key (YAML, ``LMCACHE_ENABLE_ASYNC_LOADING``,
 ``lmcache.``-prefixed ``kv_connector_extra_config``) where the engine defines it, or in

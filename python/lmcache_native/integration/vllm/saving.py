@@ -8,7 +8,8 @@ last full stored chunk, so a request's saves cost what they add. A failed store 
 With ``enable_async_saving`` (see :mod:`.modes`), ``wait_for_save`` copies each store's chunks
 out of vLLM's blocks into pool buffers (``CacheEngine.stage_store``: the chunk keys, which
 chunks storage lacks, one native gather) and hands the commit (``CacheEngine.commit_store``:
-checksums, the CPU tier, the disk and Redis writes) to one background thread, in order. On the
+the puts into the CPU tier, the disk and Redis writes handed to the tiers' writer thread) to
+one background thread, in order. On the
 CPU the copy is done when ``wait_for_save`` returns, so vLLM may reuse the blocks at once. On
 CUDA the copy is only enqueued on the forward's stream; until it is done a finished request's
 blocks are held by vLLM (delayed free: :meth:`SavePath.finished_sending` names it once its
