@@ -10,7 +10,8 @@ from any thread. ``CacheEngine.store`` is the two in a row.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -83,3 +84,49 @@ class StagedStore:
     def copy_done(self) -> bool:
         """Whether every copy out of the paged cache finished (its blocks may be reused)."""
         return all(c.done() for c in self.copies)
+
+
+def wait_copies(copies: Sequence[PendingCopy]) -> None:
+    """Waits for each of ``copies`` (raising the first failure)."""
+    for c in copies:
+        c.wait()
+
+
+class KeyClaims:
+    """The keys staged stores are about to put: another store skips them (one copy each)."""
+
+    def __init__(self) -> None:
+        """No key claimed."""
+        self._keys: set[str] = set()
+        self._lock = threading.Lock()
+
+    def claim(self, key: str) -> bool:
+        """Marks ``key`` as being stored; ``False`` when another staged store has it."""
+        with self._lock:
+            if key in self._keys:
+                return False
+            self._keys.add(key)
+            return True
+
+    def unclaim(self, keys: Sequence[str]) -> None:
+        """Lets ``keys`` go (put, or dropped)."""
+        with self._lock:
+            self._keys.difference_update(keys)
+
+    def drop(self, batch: Sequence[StagedChunk]) -> None:
+        """Drops ``batch``'s buffer references and the claims on its keys."""
+        for c in batch:
+            c.buf.unref()
+        self.unclaim([c.key for c in batch])
+
+    def guarded(
+        self, batch: list[StagedChunk], run: Callable[[], object], staged: StagedStore | None = None
+    ) -> None:
+        """Runs ``run``; on an error drops ``batch`` (emptying ``staged``) and raises."""
+        try:
+            run()
+        except BaseException:
+            if staged is not None:
+                staged.chunks = []
+            self.drop(batch)
+            raise

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -28,7 +27,13 @@ from lmcache_native.engine.inflight import InFlightCopies
 from lmcache_native.engine.keys import ChunkSpan
 from lmcache_native.engine.memory import ChunkBuffer
 from lmcache_native.engine.slots import batch_slots, padding_counts
-from lmcache_native.engine.staged import PendingCopy, StagedChunk, StagedStore, StoreOutcome
+from lmcache_native.engine.staged import (
+    KeyClaims,
+    StagedChunk,
+    StagedStore,
+    StoreOutcome,
+    wait_copies,
+)
 from lmcache_native.stats.metrics import EngineMetrics
 from lmcache_native.storage import StorageManager
 from lmcache_native.storage.base import ChunkBufferLike
@@ -47,11 +52,6 @@ def _unref_on_error(batch: list[Any], pos: int) -> Iterator[None]:
         for item in batch:
             item[pos].unref()
         raise
-
-
-def _wait_all(copies: Sequence[PendingCopy]) -> None:
-    for c in copies:
-        c.wait()
 
 
 @dataclass(frozen=True)
@@ -106,8 +106,7 @@ class Transfer:
         self.metrics = metrics
         self._fetch = FetchPool()  # reads ahead of retrieves, below the CPU tier
         self._inflight = InFlightCopies()  # buffers CUDA scatters still read
-        self._claimed: set[str] = set()  # keys staged stores are about to put
-        self._claim_lock = threading.Lock()
+        self._claims = KeyClaims()  # keys staged stores are about to put
 
     def close(self) -> None:
         """Stops the read-ahead threads (after the reads in flight); waits for the scatters."""
@@ -175,7 +174,7 @@ class Transfer:
                 if pads[span.end] != pads[span.start]:
                     staged.stop = ("padding slots", len(spans) - i)
                     break
-                if not self._claim(key):
+                if not self._claims.claim(key):
                     out.skipped += 1
                     continue
                 shape = kv.chunk_shape(span.num_tokens)
@@ -185,11 +184,11 @@ class Transfer:
                     # evict yet: store them first, then ask again (as one chunk at a time would).
                     todo = batch[:]
                     batch.clear()
-                    self._guarded(todo, partial(self._gather, kv, slot_mapping, todo, True))
+                    self._claims.guarded(todo, partial(self._gather, kv, slot_mapping, todo, True))
                     self._put(todo, out)
                     buf = self.allocate(shape, kv.paged.dtype)
                 if buf is None:
-                    self._unclaim([key])
+                    self._claims.unclaim([key])
                     staged.stop = ("out of memory", len(spans) - i)
                     break
                 batch.append(StagedChunk(span, key, rewrite[i], buf))
@@ -205,7 +204,7 @@ class Transfer:
         """Copies a store staged without ``copy`` out of the paged cache (blocking)."""
         req = staged.source
         if req is not None and staged.chunks:
-            self._guarded(
+            self._claims.guarded(
                 staged.chunks,
                 lambda: self._gather(req.kv, req.slot_mapping, staged.chunks, True),
                 staged,
@@ -220,7 +219,7 @@ class Transfer:
         batch, staged.chunks = staged.chunks, []
         out = staged.outcome
         if batch:
-            self._guarded(batch, partial(_wait_all, staged.copies))
+            self._claims.guarded(batch, partial(wait_copies, staged.copies))
             self._put(batch, out)
         skipped_stores = self.metrics.skipped_stores
         if staged.stop is not None:
@@ -236,37 +235,7 @@ class Transfer:
     def release(self, staged: StagedStore) -> None:
         """Drops a staged store that will not be committed (its buffers and claimed keys)."""
         batch, staged.chunks = staged.chunks, []
-        self._drop(batch)
-
-    def _claim(self, key: str) -> bool:
-        """Marks ``key`` as being stored; ``False`` when another staged store has it."""
-        with self._claim_lock:
-            if key in self._claimed:
-                return False
-            self._claimed.add(key)
-            return True
-
-    def _unclaim(self, keys: Sequence[str]) -> None:
-        with self._claim_lock:
-            self._claimed.difference_update(keys)
-
-    def _drop(self, batch: Sequence[StagedChunk]) -> None:
-        """Drops ``batch``'s buffer references and the claims on its keys."""
-        for c in batch:
-            c.buf.unref()
-        self._unclaim([c.key for c in batch])
-
-    def _guarded(
-        self, batch: list[StagedChunk], run: Callable[[], object], staged: StagedStore | None = None
-    ) -> None:
-        """Runs ``run``; on an error drops ``batch`` (emptying ``staged``) and raises."""
-        try:
-            run()
-        except BaseException:
-            if staged is not None:
-                staged.chunks = []
-            self._drop(batch)
-            raise
+        self._claims.drop(batch)
 
     def _gather(
         self,
@@ -302,7 +271,7 @@ class Transfer:
             for c in batch:
                 written = self._manager.put(c.key, c.buf, rewrite=c.rewrite)
                 c.buf.unref()
-                self._unclaim([c.key])
+                self._claims.unclaim([c.key])
                 released += 1
                 if not written:
                     out.reason = out.reason or self.why_not_writable() or "storage full"
@@ -312,7 +281,7 @@ class Transfer:
                 stored_tokens += c.span.num_tokens
                 stored_bytes += c.buf.nbytes
         finally:
-            self._drop(batch[released:])
+            self._claims.drop(batch[released:])
         if stored_tokens:
             out.stored_tokens += stored_tokens
             m.stored_tokens.inc(stored_tokens)
