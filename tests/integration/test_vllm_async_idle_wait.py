@@ -27,6 +27,7 @@ import vllm_testlib as vt
 pytest.importorskip("vllm")
 
 from lmcache_native.config import LMCacheEngineConfig
+from lmcache_native.errors import ConfigError
 from lmcache_native.integration.vllm import loading
 from lmcache_native.integration.vllm.metadata import (
     LMCacheNativeConnectorMetadata,
@@ -227,10 +228,11 @@ def test_idle_wait_config_rejects_bad_values(value: Any) -> None:
     config = LMCacheEngineConfig.from_defaults(
         extra_config={"async_load_idle_wait_ms": value, **ASYNC}
     )
-    with pytest.raises(ValueError, match="async_load_idle_wait_ms must be a number"):
+    with pytest.raises(ConfigError, match="async_load_idle_wait_ms must be a number") as raised:
         idle_wait_secs(config)
+    assert raised.value.key == "extra_config"
     vllm_config = SimpleNamespace(cache_config=SimpleNamespace(block_size=vt.BLOCK_SIZE))
-    with pytest.raises(ValueError, match="async_load_idle_wait_ms"):
+    with pytest.raises(ConfigError, match="async_load_idle_wait_ms"):
         WorkerSide(vllm_config, None, config, "bad", rank=0, world_size=1)  # type: ignore[arg-type]
 
 

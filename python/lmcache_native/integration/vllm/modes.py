@@ -27,6 +27,7 @@ Either key can be given as an engine config key (YAML, ``LMCACHE_ENABLE_ASYNC_LO
 from __future__ import annotations
 
 from lmcache_native.config import CONFIG_DEFINITIONS, LMCacheEngineConfig
+from lmcache_native.errors import ConfigError
 
 ASYNC_LOADING = "enable_async_loading"
 ASYNC_SAVING = "enable_async_saving"
@@ -49,7 +50,7 @@ def idle_wait_secs(config: LMCacheEngineConfig) -> float:
     """Seconds an idle step waits for a background load (``async_load_idle_wait_ms``).
 
     Raises:
-        ValueError: the value is not a number of milliseconds from 0 to 1000.
+        ConfigError: the value is not a number of milliseconds from 0 to 1000.
     """
     value = config.extra(IDLE_WAIT, IDLE_WAIT_DEFAULT_MS)
     try:
@@ -57,8 +58,9 @@ def idle_wait_secs(config: LMCacheEngineConfig) -> float:
     except (TypeError, ValueError):
         ms = -1.0
     if isinstance(value, bool) or not 0.0 <= ms <= _IDLE_WAIT_MAX_MS:
-        raise ValueError(
+        raise ConfigError(
             f"extra_config.{IDLE_WAIT} must be a number of milliseconds from 0 to "
-            f"{_IDLE_WAIT_MAX_MS:g} (got {value!r})"
+            f"{_IDLE_WAIT_MAX_MS:g} (got {value!r})",
+            key="extra_config",
         )
     return ms / 1e3

@@ -98,7 +98,11 @@ class WorkerState:
         loads: bool = True,
         saves: bool = True,
     ) -> None:
-        """Sets up the state; the engine comes with ``register_kv_caches``."""
+        """Sets up the state; the engine comes with ``register_kv_caches``.
+
+        Raises:
+            ConfigError: with async loading, a bad ``async_load_idle_wait_ms``.
+        """
         self.vllm_config = vllm_config
         self.loads = loads
         self.saves = saves
