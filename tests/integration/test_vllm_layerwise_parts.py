@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -391,3 +392,42 @@ def test_pipeline_with_async_saves_commits_the_layer_copies_in_the_background(
         assert engine.pool.used_bytes == 3 * int(engine.metadata_dict()["chunk_bytes"])
     finally:
         worker.close()
+
+
+def test_layerwise_load_reads_disk_chunks_ahead_on_the_reader_threads(
+    dtype: torch.dtype, tmp_path: Path
+) -> None:
+    config = LMCacheEngineConfig.from_defaults(
+        chunk_size=CHUNK, max_local_cpu_size=0.02, local_disk=str(tmp_path)
+    )
+    with CacheEngine(config, EngineMetadata(model_name="m")) as engine:
+        engine.register_kv_caches(_caches(5, dtype), LAYOUT)
+        caches = _kv(engine)
+        other = list(range(900, 1092))  # a second request's 3 chunks
+        expected = _rows(caches, slot_mapping([0, 1, 2, 3, 4, 5], BLOCK, 192))
+        assert engine.store(TOKENS, slot_mapping([0, 1, 2, 3, 4, 5], BLOCK, 192)).num_stored_tokens
+        assert engine.store(other, slot_mapping([6, 7, 8, 9, 10, 11], BLOCK, 192)).num_stored_tokens
+        assert engine.flush(timeout=30)
+        engine.clear(["LocalCPUBackend"])
+        disk = engine.storage.backend("LocalDiskBackend")
+        threads: list[str] = []
+        real_get = disk.get
+
+        def get(key: str) -> object:
+            threads.append(threading.current_thread().name)
+            return real_get(key)
+
+        disk.get = get  # type: ignore[method-assign]
+        dst = slot_mapping([12, 13, 14, 15, 16, 17], BLOCK, 192)
+        jobs = [
+            LoadJob(TOKENS, dst),
+            LoadJob(other, slot_mapping([18, 19, 20, 21, 22, 23], BLOCK, 192)),
+        ]
+        load = LayerwiseLoad(engine, LayerCaches.of(caches, LAYOUT), jobs)
+        load.start()
+        results = load.wait()
+        assert [r.num_retrieved for r in results] == [192, 192]
+        assert load.errors == []
+        assert _same(_rows(caches, dst), expected)
+        assert len(threads) == 6  # each chunk of both requests read once...
+        assert all(t.startswith("lmcn-fetch") for t in threads), threads  # ...ahead, in parallel

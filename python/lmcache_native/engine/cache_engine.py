@@ -35,6 +35,7 @@ import torch
 from lmcache_native import ops
 from lmcache_native.config import LMCacheEngineConfig, size_bytes
 from lmcache_native.engine.admin import EngineViews
+from lmcache_native.engine.fetch import ReadAhead
 from lmcache_native.engine.keys import ChunkNamer, ChunkSpan, KeyExtras, tokens_to_array
 from lmcache_native.engine.memory import ChunkBufferPool
 from lmcache_native.engine.metadata import EngineMetadata, RetrieveResult
@@ -354,6 +355,14 @@ class CacheEngine(EngineSwitches, EngineViews, EngineStores):
         arr = tokens_to_array(list_to_array(tokens))
         spans = [s for s in self._names.spans(arr, extras) if s.end > start]
         return self._transfer.promote(self._names.keys(spans, self._key_dtype()))
+
+    def read_ahead(self, keys: Sequence[str]) -> ReadAhead:
+        """Reads for a run of ``get`` calls over ``keys``, those below the CPU tier ahead.
+
+        ``ReadAhead.get(key)`` answers as ``storage.get(key)`` does, in any order; close it
+        when done (what was read ahead and not taken is released).
+        """
+        return self._transfer.read_ahead(keys)
 
     def retrieve(
         self,

@@ -113,6 +113,10 @@ class Transfer:
         self._fetch.close()
         self._inflight.reap(wait=True)
 
+    def read_ahead(self, keys: Sequence[str]) -> ReadAhead:
+        """A :class:`~.fetch.ReadAhead` over ``keys`` on the engine's reader threads."""
+        return ReadAhead(self._manager, self._fetch, keys)
+
     def promote(self, keys: Sequence[str]) -> int:
         """Starts reading ``keys`` into the CPU tier on the reader threads (see :mod:`.fetch`)."""
         return self._fetch.promote(self._manager, keys)
@@ -351,9 +355,7 @@ class Transfer:
         manager = self._manager
         pads = padding_counts(req.slots)
         padding = [pads[s.end] - pads[s.start] == s.num_tokens for s in spans]
-        ahead = ReadAhead(
-            manager, self._fetch, [k for k, p in zip(keys, padding, strict=True) if not p]
-        )
+        ahead = self.read_ahead([k for k, p in zip(keys, padding, strict=True) if not p])
         self._inflight.reap()
         failed = manager.failed_allocations
         loaded = 0

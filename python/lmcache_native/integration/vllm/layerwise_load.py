@@ -28,6 +28,7 @@ import torch
 
 from lmcache_native import ops
 from lmcache_native.engine import CacheEngine
+from lmcache_native.engine.fetch import ReadAhead
 from lmcache_native.engine.keys import ChunkSpan, KeyExtras
 from lmcache_native.engine.metadata import RetrieveResult
 from lmcache_native.integration.vllm.layerwise import LayerCaches, Staging
@@ -130,13 +131,18 @@ class LayerwiseLoad:
         t0 = time.perf_counter()
         fetched: list[_Fetched] = []
         failed = False
+        ahead: ReadAhead | None = None
         try:
-            for job in self.jobs:
+            named = [self._chunks(job) for job in self.jobs]
+            # The step's lower-tier reads all start now, a few chunks ahead of the fetch loop.
+            ahead = self.engine.read_ahead([k for _, _, reads in named for k in reads])
+            for job, chunks in zip(self.jobs, named, strict=True):
                 try:
-                    fetched.append(self._fetch(job))
+                    fetched.append(self._fetch(job, chunks, ahead))
                 except Exception as e:  # this job loads nothing
                     self.errors.append(e)
                     fetched.append(_Fetched(reason=f"{type(e).__name__}: {e}"))
+            ahead.close()
             ctx = torch.cuda.stream(self._stream) if self._stream is not None else nullcontext()
             with ctx:
                 self._write_layers(fetched)
@@ -144,6 +150,8 @@ class LayerwiseLoad:
             self.errors.append(e)
             failed = True
         finally:
+            if ahead is not None:
+                ahead.close()
             for f in fetched:
                 for _, buf, _ in f.chunks:
                     buf.unref()
@@ -200,16 +208,31 @@ class LayerwiseLoad:
         m.copy_seconds.labels(direction="scatter").observe(time.perf_counter() - t0)
         m.copy_bytes.labels(direction="scatter").inc(sum(buf.nbytes for buf in bufs))
 
-    def _fetch(self, job: LoadJob) -> _Fetched:
-        """The stored prefix of ``job`` in host memory, as ``CacheEngine.retrieve`` finds it."""
+    def _chunks(self, job: LoadJob) -> tuple[list[ChunkSpan], list[str], list[str]]:
+        """``job``'s chunks, their keys, and the keys to read (not all padding slots)."""
+        spans = self.engine.chunk_spans(job.tokens, job.extras)
+        keys = self.engine.span_keys(spans)
+        pad = (job.slots < 0).tolist()
+        reads = [k for s, k in zip(spans, keys, strict=True) if not all(pad[s.start : s.end])]
+        return spans, keys, reads
+
+    def _fetch(
+        self,
+        job: LoadJob,
+        chunks: tuple[list[ChunkSpan], list[str], list[str]],
+        ahead: ReadAhead,
+    ) -> _Fetched:
+        """The stored prefix of ``job`` in host memory, as ``CacheEngine.retrieve`` finds it.
+
+        ``chunks`` is :meth:`_chunks` of ``job``; its chunks are read through ``ahead``.
+        """
         eng = self.engine
         t0 = time.perf_counter()
         m = eng.metrics
         m.requests.labels(op="retrieve").inc()
         n = len(job.tokens)
         m.retrieve_requested_tokens.inc(n)
-        spans = eng.chunk_spans(job.tokens, job.extras)
-        keys = eng.span_keys(spans)
+        spans, keys, _ = chunks
         storage = eng.storage
         out = _Fetched()
         min_tokens = int(eng.config.get("min_retrieve_tokens"))
@@ -229,7 +252,7 @@ class LayerwiseLoad:
                         break
                     out.loaded = span.end
                     continue
-                got = storage.get(key)
+                got = ahead.get(key)
                 if got is None:
                     storage.mark_suspect(keys[idx:])  # the next store rewrites them
                     break
