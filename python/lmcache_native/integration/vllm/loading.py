@@ -81,7 +81,7 @@ class LoadPath(WorkerState):
             self.fail_loads(meta.loads)
             self.release([s.req_id for s in meta.loads if not s.async_load])
             return
-        self._prefetch([s for s in meta.loads if not s.async_load][1:])
+        self._prefetch([s for s in meta.loads if not s.async_load])
         for spec in meta.loads:
             if spec.async_load:
                 self._start_async(spec)
@@ -95,12 +95,15 @@ class LoadPath(WorkerState):
                 self.release([spec.req_id])
 
     def _prefetch(self, specs: list[LoadSpec]) -> None:
-        """Starts the disk reads and Redis GETs of this step's later loads now (a hint).
+        """Starts the disk reads and Redis GETs of this step's loads now, in load order (a hint).
 
         The loads run one after another, so without it the reads of the second request
         would wait for the first request's copy; each load then takes its chunks from the CPU
-        tier, or waits for the read started here. What fails is reported by the load itself.
+        tier, or waits for the read started here. The reads are queued in the order of the
+        loads, so the first load's chunks come first. What fails is reported by the load.
         """
+        if len(specs) < 2:
+            return  # one load reads ahead by itself
         assert self.engine is not None
         for spec in specs:
             if len(spec.token_ids) < spec.end:
