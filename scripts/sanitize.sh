@@ -23,7 +23,9 @@ pip=("$venv/bin/pip" install -q)
 LMC_CUDA=OFF "${pip[@]}" --no-build-isolation -C build-dir="$build" \
   -C cmake.build-type=RelWithDebInfo -C cmake.define.LMC_SANITIZE=ON ".[test]"
 so="$(echo "$venv"/lib/python3*/site-packages/lmcache_native/_C*.so)"
-if ! ldd "$so" | grep -q libasan; then
+# NOTE: not `ldd | grep -q`: grep exits at the first match, ldd may then die of SIGPIPE, and
+# pipefail turns that into a failed check.
+if ! grep -q libasan <<<"$(ldd "$so")"; then
   echo "sanitize.sh: $so is not an ASan build" >&2
   exit 1
 fi
