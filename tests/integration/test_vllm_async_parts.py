@@ -23,11 +23,12 @@ from typing import Any
 
 import pytest
 import torch
+import vllm_testlib as vt
 
 pytest.importorskip("vllm")
 
 from lmcache_native.config import LMCacheEngineConfig
-from lmcache_native.engine import CacheEngine, EngineMetadata
+from lmcache_native.engine import CacheEngine
 from lmcache_native.integration.vllm.lookup import LookupServer
 from lmcache_native.integration.vllm.metadata import (
     LMCacheNativeConnectorMetadata,
@@ -40,7 +41,7 @@ from lmcache_native.integration.vllm.worker import WorkerSide
 
 pytestmark = pytest.mark.vllm
 
-NUM_BLOCKS, HEADS, BLOCK, HEAD, CHUNK = 40, 2, 32, 16, 64
+NUM_BLOCKS, BLOCK, CHUNK = 40, vt.BLOCK_SIZE, vt.CHUNK_SIZE
 PROMPT = list(range(7000, 7192))  # 3 chunks
 CPU = "LocalCPUBackend"
 DISK = "LocalDiskBackend"
@@ -48,17 +49,10 @@ WAIT_SECS = 60.0  # an upper bound on a background job, never a timing assertion
 
 
 def _worker(tmp_path: Path, **cfg: Any) -> WorkerSide:
-    config = LMCacheEngineConfig.from_defaults(
-        chunk_size=CHUNK, local_disk=str(tmp_path / "disk"), max_local_disk_size=0.1, **cfg
+    worker, _ = vt.unit_worker(
+        "async", NUM_BLOCKS, 7, local_disk=str(tmp_path / "disk"), max_local_disk_size=0.1, **cfg
     )
-    gen = torch.Generator().manual_seed(7)
-    caches = [torch.randn(NUM_BLOCKS, HEADS, BLOCK, 2 * HEAD, generator=gen) for _ in range(2)]
-    vllm_config = SimpleNamespace(cache_config=SimpleNamespace(block_size=BLOCK))
-    worker = WorkerSide(vllm_config, None, config, "async", rank=0, world_size=1)  # type: ignore[arg-type]
-    engine = CacheEngine(config, EngineMetadata(model_name="m"))
-    engine.register_kv_caches({"l0": caches[0], "l1": caches[1]}, "vllm_cpu")
-    worker.engine = engine
-    return worker
+    return worker  # type: ignore[no-any-return]
 
 
 def _until(poll: Any) -> Any:

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
+import vllm_testlib as vt
 
 pytest.importorskip("vllm")
 
-from lmcache_native.config import LMCacheEngineConfig
-from lmcache_native.engine import CacheEngine, EngineMetadata, transfer
+from lmcache_native.engine import CacheEngine, transfer
 from lmcache_native.integration.vllm.metadata import (
     LMCacheNativeConnectorMetadata,
     LoadSpec,
@@ -29,22 +28,15 @@ from lmcache_native.integration.vllm.worker import WorkerSide
 
 pytestmark = pytest.mark.vllm
 
-NUM_BLOCKS, HEADS, BLOCK, HEAD, CHUNK = 40, 2, 32, 16, 64
+NUM_BLOCKS, BLOCK = 40, vt.BLOCK_SIZE
 PROMPTS = {"a": list(range(1000, 1192)), "b": list(range(3000, 3192))}  # 3 chunks each
 
 
 def _worker(tmp_path: Path) -> WorkerSide:
-    config = LMCacheEngineConfig.from_defaults(
-        chunk_size=CHUNK, local_disk=str(tmp_path / "disk"), max_local_disk_size=0.1
+    worker, _ = vt.unit_worker(
+        "prefetch", NUM_BLOCKS, 11, local_disk=str(tmp_path / "disk"), max_local_disk_size=0.1
     )
-    gen = torch.Generator().manual_seed(11)
-    caches = [torch.randn(NUM_BLOCKS, HEADS, BLOCK, 2 * HEAD, generator=gen) for _ in range(2)]
-    vllm_config = SimpleNamespace(cache_config=SimpleNamespace(block_size=BLOCK))
-    worker = WorkerSide(vllm_config, None, config, "prefetch", rank=0, world_size=1)  # type: ignore[arg-type]
-    engine = CacheEngine(config, EngineMetadata(model_name="m"))
-    engine.register_kv_caches({"l0": caches[0], "l1": caches[1]}, "vllm_cpu")
-    worker.engine = engine
-    return worker
+    return worker  # type: ignore[no-any-return]
 
 
 def _sums(engine: CacheEngine, first_block: int, n: int) -> Any:
