@@ -115,3 +115,35 @@ def test_in_flight_copies_release_in_order_of_completion() -> None:
     state["run"] = True
     assert copies.reap() == 1
     assert (copies.pending(), a.refs, b.refs) == (0, 0, 0)
+
+
+def test_a_copy_finishing_during_a_reap_is_released_or_kept_never_lost() -> None:
+    class Buf:
+        def __init__(self) -> None:
+            self.refs = 1
+
+        def unref(self) -> None:
+            self.refs -= 1
+
+    class FinishesWhileAsked:
+        """Not done at the first question, done from the second on (the copy ran meanwhile)."""
+
+        def __init__(self) -> None:
+            self.asked = 0
+
+        def done(self) -> bool:
+            self.asked += 1
+            return self.asked > 1
+
+        def wait(self) -> None:
+            pass
+
+    copies = inflight.InFlightCopies()
+    buf = Buf()
+    handle = FinishesWhileAsked()
+    with copies._lock:  # added as in flight (its first question answered "not done")
+        copies._items.append((handle, [buf]))  # type: ignore[arg-type]
+    released = copies.reap()
+    assert released + copies.pending() == 1  # released now, or still listed for later
+    copies.reap(wait=True)
+    assert buf.refs == 0

@@ -48,9 +48,12 @@ class InFlightCopies:
             How many copies were released.
         """
         with self._lock:
-            items = self._items
-            done = items if wait else [item for item in items if item[0].done()]
-            self._items = [] if wait else [item for item in items if not item[0].done()]
+            items, self._items = self._items, []
+            # NOTE: each handle is asked once: a copy finishing between two questions would
+            # otherwise be in neither list and its buffers never released.
+            ran = [wait or handle.done() for handle, _ in items]
+            done = [item for item, r in zip(items, ran, strict=True) if r]
+            self._items = [item for item, r in zip(items, ran, strict=True) if not r]
         for handle, bufs in done:
             _finish(handle, bufs)
         return len(done)
